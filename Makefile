@@ -1,0 +1,30 @@
+# syncast: `make run` starts the server on its embedded default store; `make test` runs every test.
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+DB ?= syncast.db
+
+.PHONY: run build release test lint fmt unit e2e stress bench clean
+
+run: release
+	./target/release/syncast --listen $(LISTEN) --db $(DB)
+
+build:
+	$(CARGO) build --all-targets
+
+release:
+	$(CARGO) build --release --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+unit:
+	$(CARGO) test --all-targets
+
+test: lint unit
+
+clean:
+	$(CARGO) clean

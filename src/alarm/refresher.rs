@@ -1,0 +1,133 @@
+//! The refresher: the one thread that reads the alarm store.
+//!
+//! Every `refresh` interval it loads, with one batched query, the ids connected now (none: no
+//! query), stores the results in the hub under one short write lock and wakes the change-mode
+//! streams whose value changed. A newly connected id is loaded at once. A failing store is logged
+//! and counted, the last known values stay, `/healthz` degrades, and the next tick tries again
+//! (reopening the file if it was replaced or deleted).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, tick, Receiver};
+use parking_lot::RwLock;
+
+use super::hub::AlarmHub;
+use super::store::{Store, StoreError};
+use crate::metrics::Metrics;
+
+/// The store's health as `/healthz` reports it: `None` when the last refresh succeeded.
+pub type Health = Arc<RwLock<Option<String>>>;
+
+/// What the refresher needs.
+pub struct Refresher {
+    /// The store file.
+    pub db: PathBuf,
+    /// Lock wait for each query.
+    pub busy_timeout: Duration,
+    /// Interval between refreshes.
+    pub every: Duration,
+    /// Shared state.
+    pub hub: Arc<AlarmHub>,
+    /// Ids to load at once.
+    pub load_now: Receiver<Arc<str>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Degraded reason, if any.
+    pub health: Health,
+    /// Disconnected when the server shuts down.
+    pub shutdown: Receiver<()>,
+}
+
+struct Opened {
+    store: Store,
+    inode: Option<(u64, u64)>,
+}
+
+impl Refresher {
+    /// Runs until shutdown.
+    pub fn run(self) {
+        let ticker = tick(self.every);
+        let mut opened: Option<Opened> = None;
+        loop {
+            select! {
+                recv(ticker) -> _ => {
+                    let ids = self.hub.ids();
+                    if !ids.is_empty() {
+                        self.refresh(&mut opened, &ids);
+                    } else if opened.is_none() || self.health.read().is_some() {
+                        // Nothing to query, but keep /healthz honest about the store.
+                        self.refresh(&mut opened, &[]);
+                    }
+                }
+                recv(self.load_now) -> id => {
+                    let Ok(id) = id else { return };
+                    let mut ids = vec![id];
+                    ids.extend(self.load_now.try_iter());
+                    self.refresh(&mut opened, &ids);
+                }
+                recv(self.shutdown) -> _ => return,
+            }
+        }
+    }
+
+    fn refresh(&self, opened: &mut Option<Opened>, ids: &[Arc<str>]) {
+        let started = Instant::now();
+        match self.query(opened, ids) {
+            Ok(values) => {
+                let held = self.hub.store(&values);
+                let us = started.elapsed().as_micros() as u64;
+                self.metrics.refresh_total.inc();
+                self.metrics.refresh_last_us.set(us);
+                self.metrics.refresh_sum_us.add(us);
+                let held_us = held.as_micros() as u64;
+                if held_us > self.metrics.refresh_lock_max_us.get() {
+                    self.metrics.refresh_lock_max_us.set(held_us);
+                }
+                if self.health.write().take().is_some() {
+                    log::info!("store recovered");
+                }
+            }
+            Err(e) => {
+                self.metrics.refresh_errors.inc();
+                // Drop the connection: the next tick reopens, which also picks up a new file.
+                *opened = None;
+                let mut health = self.health.write();
+                if health.as_deref() != Some(e.0.as_str()) {
+                    log::error!("refresh failed error={:?}", e.0);
+                }
+                *health = Some(e.0);
+            }
+        }
+    }
+
+    fn query(
+        &self,
+        opened: &mut Option<Opened>,
+        ids: &[Arc<str>],
+    ) -> Result<std::collections::HashMap<Arc<str>, bool>, StoreError> {
+        let now = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
+        if let Some(o) = opened.as_ref() {
+            if o.inode != now {
+                log::warn!("store file changed path={}; reopening", self.db.display());
+                *opened = None;
+            }
+        }
+        if opened.is_none() {
+            // Never create the file here: a store deleted under us is a fault to report (and to
+            // keep the last known values through), not an empty store.
+            let store = Store::open(&self.db, self.busy_timeout, false)?;
+            let inode = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
+            *opened = Some(Opened { store, inode });
+        }
+        let o = opened.as_ref().expect("opened above");
+        if ids.is_empty() {
+            // A cheap check that the schema is still there.
+            o.store.load(&[Arc::from("")]).map(|_| Default::default())
+        } else {
+            o.store.load(ids)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The alarm store: a real SQLite file other programs may write into.
+//!
+//! Schema (created if missing):
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS alarms (
+//!     id         TEXT PRIMARY KEY NOT NULL,   -- the user id, 1-64 chars of [A-Za-z0-9._-]
+//!     alarm      INTEGER NOT NULL CHECK (alarm IN (0, 1)),
+//!     updated_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s','now') AS INTEGER) * 1000)
+//! ) WITHOUT ROWID;
+//! ```
+//! An id with no row is `false`. The file is in WAL mode, so outside writers and the refresher's
+//! reads do not block each other.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+/// A store failure, in words for `/healthz` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alarms (
+    id         TEXT PRIMARY KEY NOT NULL,
+    alarm      INTEGER NOT NULL CHECK (alarm IN (0, 1)),
+    updated_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s','now') AS INTEGER) * 1000)
+) WITHOUT ROWID;";
+
+/// One connection to the alarm store.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens the store at `path` in WAL mode (creating the file and its schema if `create`),
+    /// with `busy` as the time a statement may wait for another writer's lock.
+    pub fn open(path: &Path, busy: Duration, create: bool) -> Result<Store, StoreError> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(busy)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Reads the alarms of `ids` with one query; ids without a row are `false`.
+    pub fn load(&self, ids: &[Arc<str>]) -> Result<HashMap<Arc<str>, bool>, StoreError> {
+        let mut out: HashMap<Arc<str>, bool> = ids.iter().map(|id| (id.clone(), false)).collect();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        // One statement for the whole batch: the ids go in as one JSON array, so the statement
+        // text (and its cached plan) is the same whatever the count.
+        let list = serde_json::to_string(&ids.iter().map(|s| &**s).collect::<Vec<_>>())
+            .map_err(|e| StoreError(e.to_string()))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.id, a.alarm FROM json_each(?1) AS j JOIN alarms AS a ON a.id = j.value",
+        )?;
+        let mut rows = stmt.query(params![list])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let alarm: i64 = row.get(1)?;
+            if let Some(v) = out.get_mut(id.as_str()) {
+                *v = alarm != 0;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads one id's alarm.
+    pub fn get(&self, id: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT alarm FROM alarms WHERE id = ?1")?;
+        let mut rows = stmt.query(params![id])?;
+        Ok(match rows.next()? {
+            Some(row) => row.get::<_, i64>(0)? != 0,
+            None => false,
+        })
+    }
+
+    /// Inserts or updates one id's alarm.
+    pub fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO alarms (id, alarm, updated_at)
+             VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)
+             ON CONFLICT(id) DO UPDATE SET alarm = excluded.alarm, updated_at = excluded.updated_at",
+            params![id, alarm as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes one id's row (it reads as `false` afterwards).
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM alarms WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("syncast-store-{}-{name}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn set_get_delete_and_batch_load() {
+        let path = temp_db("crud");
+        let s = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        assert!(!s.get("a").unwrap());
+        s.set("a", true).unwrap();
+        s.set("b", false).unwrap();
+        assert!(s.get("a").unwrap());
+        let ids: Vec<Arc<str>> = vec!["a".into(), "b".into(), "c".into()];
+        let got = s.load(&ids).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got["a"]);
+        assert!(!got["b"]);
+        assert!(!got["c"]);
+        s.delete("a").unwrap();
+        assert!(!s.get("a").unwrap());
+        // A second connection (an outside writer) sees the same file.
+        let other = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        other.set("c", true).unwrap();
+        assert!(s.load(&ids).unwrap()["c"]);
+    }
+
+    #[test]
+    fn a_wrong_schema_is_an_error() {
+        let path = temp_db("schema");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE alarms (x INTEGER);").unwrap();
+        drop(c);
+        let s = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        assert!(s.load(&["a".into()]).is_err());
+    }
+}

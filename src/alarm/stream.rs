@@ -1,0 +1,178 @@
+//! One alarm stream: `GET /sse/call/{id}` served on its own named thread.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, select, tick};
+
+use super::hub::AlarmHub;
+use crate::http::conn::Liveness;
+use crate::http::sse::{self, CloseReason, SseWriter};
+use crate::server::{Shared, StreamSlot};
+
+/// How a stream sends values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One event every tick (the Go original's behaviour).
+    Tick,
+    /// An event only when the value changes, plus keepalives.
+    Change,
+}
+
+impl Mode {
+    /// Parses `?mode=`: absent means tick.
+    pub fn parse(text: Option<&str>) -> Option<Mode> {
+        match text {
+            None | Some("tick") => Some(Mode::Tick),
+            Some("change") => Some(Mode::Change),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Tick => "tick",
+            Mode::Change => "change",
+        }
+    }
+}
+
+fn event(alarm: bool) -> &'static [u8] {
+    if alarm {
+        b"data: {\"alarm\":true}\n\n"
+    } else {
+        b"data: {\"alarm\":false}\n\n"
+    }
+}
+
+/// Logs the open line when made and the close line (with its reason) when dropped, and keeps the
+/// open-streams gauge: every exit path of the thread, panics included, logs and counts once.
+struct Lifecycle<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+    conn: u64,
+    reason: CloseReason,
+}
+
+impl<'a> Lifecycle<'a> {
+    fn new(shared: &'a Shared, id: &'a str, conn: u64, mode: Mode) -> Lifecycle<'a> {
+        shared.metrics.alarm_streams.inc();
+        log::info!(
+            "sse stream opened id={id} conn={conn} mode={}",
+            mode.as_str()
+        );
+        Lifecycle {
+            shared,
+            id,
+            conn,
+            // Until the loop says otherwise, an unwinding thread closed because of a fault.
+            reason: CloseReason::ClientGone,
+        }
+    }
+}
+
+impl Drop for Lifecycle<'_> {
+    fn drop(&mut self) {
+        self.shared.metrics.alarm_streams.dec();
+        if self.reason == CloseReason::Stalled {
+            self.shared.metrics.stalled.inc();
+        }
+        log::info!(
+            "sse stream closed id={} conn={} reason={}",
+            self.id,
+            self.conn,
+            self.reason.as_str()
+        );
+    }
+}
+
+/// Serves one stream until the client leaves or the server shuts down. Runs on the stream's
+/// own thread; `slot` is its place under `--max-clients`, released when this returns.
+pub fn serve(
+    shared: Arc<Shared>,
+    request: tiny_http::Request,
+    id: String,
+    mode: Mode,
+    conn: u64,
+    slot: StreamSlot,
+) {
+    let _slot = slot;
+    let cfg = &shared.config;
+    let mut out = match SseWriter::start(
+        request,
+        shared.local,
+        &shared.cors_headers(),
+        cfg.write_timeout,
+    ) {
+        Ok(out) => out,
+        Err(e) => {
+            log::info!("sse stream failed to start id={id} conn={conn} error={e}");
+            return;
+        }
+    };
+    let (wake_tx, wake_rx) = bounded::<()>(1);
+    let _registration = AlarmHub::register(&shared.hub, &id, conn, wake_tx);
+    let mut life = Lifecycle::new(&shared, &id, conn, mode);
+    let ticker = tick(match mode {
+        Mode::Tick => cfg.tick,
+        Mode::Change => cfg.heartbeat,
+    });
+    let mut last: Option<bool> = shared.hub.get(&id);
+    let mut first = sse::retry(std::time::Duration::from_secs(2));
+    if let Some(v) = last {
+        first.extend_from_slice(event(v));
+    }
+    let result = send_counted(&shared, &mut out, &first, last.is_some()).and_then(|()| loop {
+        select! {
+            recv(ticker) -> _ => {
+                if out.liveness() == Liveness::Gone {
+                    break Ok(CloseReason::ClientGone);
+                }
+                match mode {
+                    Mode::Tick => {
+                        if let Some(v) = shared.hub.get(&id) {
+                            last = Some(v);
+                            send_counted(&shared, &mut out, event(v), true)?;
+                        }
+                    }
+                    Mode::Change => {
+                        out.send(b": keepalive\n\n")?;
+                        shared.metrics.keepalives_sent.inc();
+                    }
+                }
+            }
+            recv(wake_rx) -> _ => {
+                let now = shared.hub.get(&id);
+                // Tick mode waits for its tick once it has sent a first value.
+                let wanted = match mode {
+                    Mode::Tick => last.is_none(),
+                    Mode::Change => now != last,
+                };
+                if let (true, Some(v)) = (wanted, now) {
+                    last = Some(v);
+                    send_counted(&shared, &mut out, event(v), true)?;
+                }
+            }
+            recv(shared.shutdown) -> _ => {
+                let _ = out.send(b"event: shutdown\ndata: {}\n\n");
+                break Ok(CloseReason::Shutdown);
+            }
+        }
+    });
+    life.reason = match result {
+        Ok(reason) => reason,
+        Err(e) => CloseReason::from_write_error(&e),
+    };
+}
+
+fn send_counted(
+    shared: &Shared,
+    out: &mut SseWriter,
+    bytes: &[u8],
+    is_event: bool,
+) -> std::io::Result<()> {
+    out.send(bytes)?;
+    if is_event {
+        shared.metrics.events_sent.inc();
+    }
+    Ok(())
+}

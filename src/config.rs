@@ -1,0 +1,190 @@
+//! Server configuration: one struct, documented defaults, validated once.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a [`crate::Server`] needs to start. Build it with [`Config::default`] and change
+/// fields; [`Config::validate`] is called by `Server::start`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// SQLite file holding the alarms. Default `syncast.db` in the working directory; created
+    /// with its schema if missing.
+    pub db: PathBuf,
+    /// Interval between events of a tick-mode alarm stream. Default 500 ms.
+    pub tick: Duration,
+    /// Interval between refresher queries. Default 500 ms.
+    pub refresh: Duration,
+    /// Interval between `: keepalive` comments on change-mode and chat streams. Default 15 s.
+    pub heartbeat: Duration,
+    /// Streaming clients (alarm and chat streams together) served at once; one more gets 503 with
+    /// `Retry-After`. Default 10,000.
+    pub max_clients: usize,
+    /// Short requests (bodies, store writes) served at once on their own threads; one more gets
+    /// 503. Default 64.
+    pub max_requests: usize,
+    /// How long a store query may wait for a lock held by another writer. Default 250 ms.
+    pub busy_timeout: Duration,
+    /// How long one write of an event to a client may block before the stream is closed as
+    /// `stalled`. Default 10 s.
+    pub write_timeout: Duration,
+    /// Chat: events kept for resume by `Last-Event-ID`. Default 1024.
+    pub history: usize,
+    /// Chat: events queued per member before it is cut off as slow. Default 1024.
+    pub queue: usize,
+    /// Chat: how long a session without a stream lives. Default 30 s.
+    pub grace: Duration,
+    /// Chat: messages per second one session may post (sustained). Default 20.
+    pub rate: f64,
+    /// Chat: messages one session may post in a burst. Default 40.
+    pub burst: f64,
+    /// Stack size of each stream thread. Default 64 KiB.
+    pub stream_stack: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            db: PathBuf::from("syncast.db"),
+            tick: Duration::from_millis(500),
+            refresh: Duration::from_millis(500),
+            heartbeat: Duration::from_secs(15),
+            max_clients: 10_000,
+            max_requests: 64,
+            busy_timeout: Duration::from_millis(250),
+            write_timeout: Duration::from_secs(10),
+            history: 1024,
+            queue: 1024,
+            grace: Duration::from_secs(30),
+            rate: 20.0,
+            burst: 40.0,
+            stream_stack: 64 * 1024,
+        }
+    }
+}
+
+/// A configuration value out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every value once, at the edge; the rest of the code trusts them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ms = |d: Duration| d.as_millis();
+        let check = |ok: bool, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError(msg.to_string()))
+            }
+        };
+        check(
+            (10..=60_000).contains(&ms(self.tick)),
+            "--tick must be 10ms..60s",
+        )?;
+        check(
+            (10..=60_000).contains(&ms(self.refresh)),
+            "--refresh must be 10ms..60s",
+        )?;
+        check(
+            (100..=3_600_000).contains(&ms(self.heartbeat)),
+            "--heartbeat must be 0.1s..3600s",
+        )?;
+        check(
+            (1..=100_000).contains(&self.max_clients),
+            "--max-clients must be 1..100000",
+        )?;
+        check(
+            (1..=4096).contains(&self.max_requests),
+            "--max-requests must be 1..4096",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.history),
+            "--history must be 1..1000000",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.queue),
+            "--queue must be 1..1000000",
+        )?;
+        check(
+            (1..=86_400_000).contains(&ms(self.grace)),
+            "--grace must be 1ms..1 day",
+        )?;
+        check(
+            self.rate > 0.0 && self.rate.is_finite(),
+            "--rate must be a positive number",
+        )?;
+        check(
+            self.burst >= 1.0 && self.burst.is_finite(),
+            "--burst must be >= 1",
+        )?;
+        check(
+            self.stream_stack >= 16 * 1024,
+            "stream stack must be at least 16 KiB",
+        )?;
+        Ok(())
+    }
+}
+
+/// Parses a duration written as `500ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "invalid duration {text:?} (use e.g. 500ms, 2s, 1m)"
+        ))
+    };
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e7 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_bounds_are_checked() {
+        assert!(Config::default().validate().is_ok());
+        let c = Config {
+            max_clients: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

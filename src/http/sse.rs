@@ -1,0 +1,197 @@
+//! Server-Sent Events: encoding events (WHATWG HTML, "Server-sent events") and writing a stream.
+//!
+//! tiny_http's `respond()` buffers a streaming body in an 8 KiB chunk (src/response.rs,
+//! `raw_print`), so streams take the raw writer with `into_writer()`, write the status line and
+//! headers themselves, and flush each event with one write.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::conn::{Liveness, StreamSocket};
+
+/// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
+/// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
+/// contain line breaks (callers pass fixed names and numbers).
+pub fn encode_event(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(name) = event {
+        debug_assert!(!name.contains(['\r', '\n']));
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    for line in split_lines(data) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
+}
+
+/// Splits on `\r\n`, `\n` or `\r`, as the SSE parser does; an empty text is one empty line.
+fn split_lines(text: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => {
+                lines.push(&text[start..i]);
+                start = i + 1;
+            }
+            b'\r' => {
+                lines.push(&text[start..i]);
+                if bytes.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    lines.push(&text[start..]);
+    lines
+}
+
+/// A comment line (`: text`), ignored by clients; used for keepalives.
+pub fn comment(text: &str) -> Vec<u8> {
+    format!(": {}\n\n", text.replace(['\r', '\n'], " ")).into_bytes()
+}
+
+/// The `retry:` field telling `EventSource` how long to wait before reconnecting.
+pub fn retry(after: Duration) -> Vec<u8> {
+    format!("retry: {}\n\n", after.as_millis()).into_bytes()
+}
+
+/// Why a stream ended: the `reason=` of its close log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away (FIN/RST seen, or a write failed).
+    ClientGone,
+    /// A write stayed blocked past the write time-out: the client stopped reading.
+    Stalled,
+    /// The server is shutting down.
+    Shutdown,
+    /// Chat: the member's queue was full.
+    Slow,
+    /// Chat: a newer stream attached to the same session.
+    Replaced,
+    /// Chat: the session left.
+    Left,
+    /// Chat: the session expired.
+    Expired,
+}
+
+impl CloseReason {
+    /// The stable word used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client-gone",
+            CloseReason::Stalled => "stalled",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Slow => "slow",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Left => "left",
+            CloseReason::Expired => "expired",
+        }
+    }
+
+    /// The reason a failed write stands for.
+    pub fn from_write_error(err: &io::Error) -> CloseReason {
+        match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::Stalled,
+            _ => CloseReason::ClientGone,
+        }
+    }
+}
+
+/// The writing end of one SSE response, owned by the stream's thread.
+pub struct SseWriter {
+    out: Box<dyn Write + Send>,
+    socket: Option<StreamSocket>,
+}
+
+impl SseWriter {
+    /// Takes over `request`: writes `200` and the SSE headers (plus `extra` header lines, each
+    /// without CRLF), frees tiny_http's pool thread from the connection and sets the write
+    /// time-out. `local` is the server's listening address.
+    pub fn start(
+        request: tiny_http::Request,
+        local: SocketAddr,
+        extra: &[String],
+        write_timeout: Duration,
+    ) -> io::Result<SseWriter> {
+        let peer = request.remote_addr().copied();
+        let mut out = request.into_writer();
+        let mut head = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
+        );
+        for line in extra {
+            head.push_str(line);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        out.write_all(head.as_bytes())?;
+        out.flush()?;
+        let mut socket = peer.and_then(|peer| StreamSocket::find(local, peer));
+        match socket.as_mut() {
+            Some(s) => {
+                s.release_reader();
+                s.set_write_timeout(write_timeout)?;
+            }
+            None => {
+                log::warn!("sse socket not found peer={peer:?}; disconnects seen on write only")
+            }
+        }
+        Ok(SseWriter { out, socket })
+    }
+
+    /// Writes one encoded event (or comment) and flushes it to the socket.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.out.flush()
+    }
+
+    /// Whether the client is still connected, checked without writing.
+    pub fn liveness(&mut self) -> Liveness {
+        super::conn::liveness_of(&mut self.socket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_with_name_id_and_multiline_data() {
+        let e = encode_event(Some("message"), Some(7), "a\nb\r\nc\rd");
+        assert_eq!(
+            String::from_utf8(e).unwrap(),
+            "event: message\nid: 7\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn an_unnamed_event_and_an_empty_one() {
+        assert_eq!(
+            encode_event(None, None, "{\"alarm\":true}"),
+            b"data: {\"alarm\":true}\n\n"
+        );
+        assert_eq!(encode_event(None, None, ""), b"data: \n\n");
+    }
+
+    #[test]
+    fn comments_and_retry() {
+        assert_eq!(comment("keepalive"), b": keepalive\n\n");
+        assert_eq!(comment("a\nb"), b": a b\n\n");
+        assert_eq!(retry(Duration::from_secs(2)), b"retry: 2000\n\n");
+    }
+}

@@ -1,0 +1,132 @@
+//! Validation of what clients send: ids, names, query strings, bodies.
+
+/// An alarm id: 1–64 characters of `[A-Za-z0-9._-]`.
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A chat name: 1–32 Unicode characters, none a control character or white space.
+pub fn valid_name(name: &str) -> bool {
+    let n = name.chars().count();
+    (1..=32).contains(&n) && name.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+/// Splits a request URL into its path and its decoded query pairs. Pairs that do not decode to
+/// UTF-8 are dropped; the caller reports missing values.
+pub fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (url, ""),
+    };
+    let pairs = query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect();
+    (path, pairs)
+}
+
+/// The first value of `key` in decoded query pairs.
+pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Decodes `%XX` escapes and `+` (as space); `None` on a bad escape or invalid UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses an alarm body: `true`/`false` (surrounding white space allowed) or `{"alarm": bool}`.
+pub fn parse_alarm_body(body: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    match text {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => {
+            let v: serde_json::Value = serde_json::from_str(text).ok()?;
+            v.as_object()?.get("alarm")?.as_bool()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("42"));
+        assert!(valid_id("user.name_1-x"));
+        assert!(valid_id(&"a".repeat(64)));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(65)));
+        assert!(!valid_id("a b"));
+        assert!(!valid_id("a/b"));
+        assert!(!valid_id("é"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("alice"));
+        assert!(valid_name("Zoë"));
+        assert!(valid_name("日本語"));
+        assert!(valid_name(&"é".repeat(32)));
+        assert!(!valid_name(&"é".repeat(33)));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("a\tb"));
+        assert!(!valid_name("a\u{7}"));
+    }
+
+    #[test]
+    fn urls_and_queries() {
+        let (p, q) = split_url("/sse/call/1?mode=change&x=a%20b+c");
+        assert_eq!(p, "/sse/call/1");
+        assert_eq!(query_get(&q, "mode"), Some("change"));
+        assert_eq!(query_get(&q, "x"), Some("a b c"));
+        assert_eq!(query_get(&q, "y"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%C3%A9"), Some("é".into()));
+    }
+
+    #[test]
+    fn alarm_bodies() {
+        assert_eq!(parse_alarm_body(b"true"), Some(true));
+        assert_eq!(parse_alarm_body(b" false\n"), Some(false));
+        assert_eq!(parse_alarm_body(br#"{"alarm":true}"#), Some(true));
+        assert_eq!(parse_alarm_body(br#"{"alarm":1}"#), None);
+        assert_eq!(parse_alarm_body(b"yes"), None);
+        assert_eq!(parse_alarm_body(b"\xff"), None);
+    }
+}

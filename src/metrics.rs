@@ -1,0 +1,267 @@
+//! Counters and gauges, rendered as Prometheus text, plus the process's own threads and RSS
+//! read from `/proc/self/status`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// A monotonically increasing counter or an up/down gauge.
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Subtracts one (gauges only).
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Sets the value (gauges only).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Why a request or connection was refused; a label of `syncast_rejected_total`.
+pub const REJECT_REASONS: [&str; 8] = [
+    "max-clients",
+    "max-requests",
+    "thread-spawn",
+    "bad-request",
+    "unauthorized",
+    "name-taken",
+    "rate-limited",
+    "too-large",
+];
+
+/// Every number `/metrics` shows that the server counts itself.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// Alarm streams open now.
+    pub alarm_streams: Counter,
+    /// Alarm events (data lines, not keepalives) written.
+    pub events_sent: Counter,
+    /// Keepalive comments written (alarm and chat).
+    pub keepalives_sent: Counter,
+    /// Refresher queries that succeeded.
+    pub refresh_total: Counter,
+    /// Refresher queries that failed.
+    pub refresh_errors: Counter,
+    /// Duration of the last refresh, microseconds.
+    pub refresh_last_us: Counter,
+    /// Sum of refresh durations, microseconds.
+    pub refresh_sum_us: Counter,
+    /// Longest refresh write-lock hold, microseconds.
+    pub refresh_lock_max_us: Counter,
+    /// Streams closed as stalled (write time-out).
+    pub stalled: Counter,
+    /// Chat sessions that exist now.
+    pub chat_members: Counter,
+    /// Chat streams attached now.
+    pub chat_streams: Counter,
+    /// Chat messages accepted.
+    pub chat_messages: Counter,
+    /// Chat room events queued to members.
+    pub chat_deliveries: Counter,
+    /// Chat streams cut off because their queue was full.
+    pub chat_slow: Counter,
+    /// Requests served (any route).
+    pub requests: Counter,
+    rejected: Mutex<Vec<(&'static str, u64)>>,
+}
+
+impl Metrics {
+    /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
+    pub fn reject(&self, reason: &'static str) {
+        let mut r = self.rejected.lock();
+        match r.iter_mut().find(|(k, _)| *k == reason) {
+            Some((_, n)) => *n += 1,
+            None => r.push((reason, 1)),
+        }
+    }
+
+    /// Refusals counted for `reason`.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected
+            .lock()
+            .iter()
+            .find(|(k, _)| *k == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Renders the counters, `extra` gauges (name, help, value) and the process figures.
+    pub fn render(&self, extra: &[(&str, &str, String)]) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut one = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        let (threads, rss) = process_status();
+        one(
+            "syncast_process_threads",
+            "gauge",
+            "Threads of this process (/proc/self/status).",
+            threads.to_string(),
+        );
+        one(
+            "syncast_process_rss_bytes",
+            "gauge",
+            "Resident set size of this process.",
+            rss.to_string(),
+        );
+        one(
+            "syncast_alarm_streams_open",
+            "gauge",
+            "Alarm streams open now.",
+            self.alarm_streams.get().to_string(),
+        );
+        one(
+            "syncast_events_sent_total",
+            "counter",
+            "Alarm events written to streams.",
+            self.events_sent.get().to_string(),
+        );
+        one(
+            "syncast_keepalives_sent_total",
+            "counter",
+            "Keepalive comments written.",
+            self.keepalives_sent.get().to_string(),
+        );
+        one(
+            "syncast_refresh_total",
+            "counter",
+            "Successful refresher queries.",
+            self.refresh_total.get().to_string(),
+        );
+        one(
+            "syncast_refresh_errors_total",
+            "counter",
+            "Failed refresher queries.",
+            self.refresh_errors.get().to_string(),
+        );
+        one(
+            "syncast_refresh_last_duration_seconds",
+            "gauge",
+            "Duration of the last refresh.",
+            secs(self.refresh_last_us.get()),
+        );
+        one(
+            "syncast_refresh_duration_seconds_sum",
+            "counter",
+            "Total time spent refreshing.",
+            secs(self.refresh_sum_us.get()),
+        );
+        one(
+            "syncast_refresh_lock_max_seconds",
+            "gauge",
+            "Longest write-lock hold of a refresh.",
+            secs(self.refresh_lock_max_us.get()),
+        );
+        one(
+            "syncast_streams_stalled_total",
+            "counter",
+            "Streams closed because a write stayed blocked.",
+            self.stalled.get().to_string(),
+        );
+        one(
+            "syncast_chat_members",
+            "gauge",
+            "Chat sessions now.",
+            self.chat_members.get().to_string(),
+        );
+        one(
+            "syncast_chat_streams_attached",
+            "gauge",
+            "Chat streams attached now.",
+            self.chat_streams.get().to_string(),
+        );
+        one(
+            "syncast_chat_messages_total",
+            "counter",
+            "Chat messages accepted.",
+            self.chat_messages.get().to_string(),
+        );
+        one(
+            "syncast_chat_deliveries_total",
+            "counter",
+            "Chat events queued to members.",
+            self.chat_deliveries.get().to_string(),
+        );
+        one(
+            "syncast_chat_slow_cutoffs_total",
+            "counter",
+            "Chat streams cut off as slow.",
+            self.chat_slow.get().to_string(),
+        );
+        one(
+            "syncast_requests_total",
+            "counter",
+            "HTTP requests received.",
+            self.requests.get().to_string(),
+        );
+        for (name, help, value) in extra {
+            one(name, "gauge", help, value.clone());
+        }
+        let _ = writeln!(out, "# HELP syncast_rejected_total Requests refused, by reason.\n# TYPE syncast_rejected_total counter");
+        let rejected = self.rejected.lock().clone();
+        for reason in REJECT_REASONS {
+            let n = rejected
+                .iter()
+                .find(|(k, _)| *k == reason)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(out, "syncast_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
+        for (reason, n) in rejected.iter().filter(|(k, _)| !REJECT_REASONS.contains(k)) {
+            let _ = writeln!(out, "syncast_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
+        out
+    }
+}
+
+fn secs(us: u64) -> String {
+    format!("{:.6}", us as f64 / 1e6)
+}
+
+/// `(threads, rss_bytes)` of this process from `/proc/self/status`; zeros if unreadable.
+pub fn process_status() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("Threads:"), field("VmRSS:") * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_process_figures() {
+        let m = Metrics::default();
+        m.events_sent.add(3);
+        m.reject("max-clients");
+        let text = m.render(&[("syncast_x", "An extra.", "5".into())]);
+        assert!(text.contains("syncast_events_sent_total 3\n"));
+        assert!(text.contains("syncast_rejected_total{reason=\"max-clients\"} 1\n"));
+        assert!(text.contains("syncast_x 5\n"));
+        let (threads, rss) = process_status();
+        assert!(threads >= 1 && rss > 0);
+    }
+}

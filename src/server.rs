@@ -1,0 +1,562 @@
+//! The server: starts tiny_http on a listener, the dispatcher and the refresher, routes requests,
+//! and shuts everything down in order, joining every thread it spawned.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::RwLock;
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use crate::alarm::hub::AlarmHub;
+use crate::alarm::refresher::{Health, Refresher};
+use crate::alarm::store::Store;
+use crate::alarm::stream::{self as alarm_stream, Mode};
+use crate::config::{Config, ConfigError};
+use crate::http::response::{self, Reply};
+use crate::http::validate::{parse_alarm_body, query_get, split_url, valid_id};
+use crate::metrics::Metrics;
+use crate::threads::{Role, Threads};
+
+/// Largest request body read; a larger one gets 413 without being read.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Stack of the dispatcher, refresher and request threads (SQLite wants more than a stream).
+const SERVICE_STACK: usize = 256 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A configuration value is out of range.
+    Config(ConfigError),
+    /// The listening socket could not be bound.
+    Bind(std::io::Error),
+    /// The store could not be opened or created.
+    Store(String),
+    /// A thread could not be spawned.
+    Spawn(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Bind(e) => write!(f, "cannot listen: {e}"),
+            StartError::Store(e) => write!(f, "cannot open store: {e}"),
+            StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// State every thread of one server shares.
+pub struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// The address the server listens on (port resolved).
+    pub local: SocketAddr,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Every thread this server spawned.
+    pub threads: Threads,
+    /// Connected alarm ids and their values.
+    pub hub: Arc<AlarmHub>,
+    /// Store health (`None`: fine).
+    pub health: Health,
+    /// Disconnected when the server shuts down: every `select!` loop watches it.
+    pub shutdown: Receiver<()>,
+    /// The chat room.
+    pub chat: Arc<crate::chat::Room>,
+    next_conn: AtomicU64,
+    streams: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+/// A place under `--max-clients`, held by a streaming client; released on drop.
+pub struct StreamSlot(Arc<Shared>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct RequestSlot(Arc<Shared>);
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    /// A new connection number for logs.
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Takes a streaming slot, or `None` at `--max-clients`.
+    pub fn stream_slot(self: &Arc<Self>) -> Option<StreamSlot> {
+        let max = self.config.max_clients;
+        self.streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(self.clone()))
+    }
+
+    /// Streaming clients now.
+    pub fn stream_count(&self) -> usize {
+        self.streams.load(Ordering::Acquire)
+    }
+
+    /// Extra header lines every SSE response carries (CORS, when configured).
+    pub fn cors_headers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Spawns a stream thread for `request`; on refusal (slot or OS) answers 503 itself.
+    pub fn spawn_stream<F>(self: &Arc<Self>, role: Role, name: String, request: Request, body: F)
+    where
+        F: FnOnce(Arc<Shared>, Request, StreamSlot) + Send + 'static,
+    {
+        let Some(slot) = self.stream_slot() else {
+            self.metrics.reject("max-clients");
+            log::warn!(
+                "stream refused reason=max-clients max={}",
+                self.config.max_clients
+            );
+            let _ = request.respond(response::retry_later(503, 1, "too many clients"));
+            return;
+        };
+        self.spawn_with(
+            role,
+            name,
+            self.config.stream_stack,
+            request,
+            move |shared, rq| body(shared, rq, slot),
+        );
+    }
+
+    /// Spawns a short request thread (store access, bodies); over `--max-requests` answers 503.
+    fn spawn_request<F>(self: &Arc<Self>, request: Request, handler: F)
+    where
+        F: FnOnce(&Shared, &mut Request) -> Reply + Send + 'static,
+    {
+        let max = self.config.max_requests;
+        if self
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            self.metrics.reject("max-requests");
+            let _ = request.respond(response::retry_later(503, 1, "server busy"));
+            return;
+        }
+        let slot = RequestSlot(self.clone());
+        let name = format!("req-{}", self.next_conn());
+        self.spawn_with(
+            Role::Request,
+            name,
+            SERVICE_STACK,
+            request,
+            move |shared, mut rq| {
+                let _slot = slot;
+                let reply = handler(&shared, &mut rq);
+                let _ = rq.respond(reply);
+            },
+        );
+    }
+
+    /// Spawns `body` with `request`; if the OS refuses the thread, answers 503 and counts it.
+    fn spawn_with<F>(
+        self: &Arc<Self>,
+        role: Role,
+        name: String,
+        stack: usize,
+        request: Request,
+        body: F,
+    ) where
+        F: FnOnce(Arc<Shared>, Request) + Send + 'static,
+    {
+        // The request travels through a channel so it can be taken back if the spawn fails.
+        let (tx, rx) = bounded::<Request>(1);
+        let _ = tx.send(request);
+        let shared = self.clone();
+        let rx2 = rx.clone();
+        let spawned = self.threads.spawn(role, name, stack, move || {
+            if let Ok(rq) = rx2.try_recv() {
+                body(shared, rq);
+            }
+        });
+        if let Err(e) = spawned {
+            self.metrics.reject("thread-spawn");
+            log::error!("thread spawn failed role={} error={e}", role.as_str());
+            if let Ok(rq) = rx.try_recv() {
+                let _ = rq.respond(response::retry_later(503, 1, "cannot start a thread"));
+            }
+        }
+    }
+}
+
+/// A running syncast server.
+pub struct Server {
+    shared: Arc<Shared>,
+    http: Arc<tiny_http::Server>,
+    shutdown_tx: Option<Sender<()>>,
+}
+
+impl Server {
+    /// Validates `config`, opens (or creates) the store, binds the listener and starts serving.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        // Create the file and schema now, so a bad path is a start error, not a degraded run.
+        Store::open(&config.db, config.busy_timeout, true).map_err(|e| StartError::Store(e.0))?;
+        let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
+        let local = listener.local_addr().map_err(StartError::Bind)?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| StartError::Bind(std::io::Error::other(e.to_string())))?;
+        let http = Arc::new(http);
+        let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+        let (hub, load_now) = AlarmHub::new();
+        let metrics = Arc::new(Metrics::default());
+        let threads = Threads::new();
+        let health: Health = Arc::new(RwLock::new(None));
+        let chat = crate::chat::Room::new(&config, metrics.clone());
+        let shared = Arc::new(Shared {
+            config,
+            local,
+            metrics: metrics.clone(),
+            threads: threads.clone(),
+            hub: hub.clone(),
+            health: health.clone(),
+            shutdown: shutdown_rx.clone(),
+            chat,
+            next_conn: AtomicU64::new(0),
+            streams: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+        });
+        let refresher = Refresher {
+            db: shared.config.db.clone(),
+            busy_timeout: shared.config.busy_timeout,
+            every: shared.config.refresh,
+            hub,
+            load_now,
+            metrics,
+            health,
+            shutdown: shutdown_rx,
+        };
+        threads
+            .spawn(
+                Role::Refresher,
+                "refresher".into(),
+                SERVICE_STACK,
+                move || refresher.run(),
+            )
+            .map_err(StartError::Spawn)?;
+        let d_shared = shared.clone();
+        let d_http = http.clone();
+        threads
+            .spawn(
+                Role::Dispatcher,
+                "dispatcher".into(),
+                SERVICE_STACK,
+                move || dispatch_loop(&d_shared, &d_http),
+            )
+            .map_err(StartError::Spawn)?;
+        log::info!("server listening addr={local}");
+        Ok(Server {
+            shared,
+            http,
+            shutdown_tx: Some(shutdown_tx),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The shared state (for embedding and tests).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, sends every stream `event: shutdown` and closes it, stops the
+    /// refresher, joins every thread this server spawned and returns how many it joined.
+    /// Connections tiny_http still holds are shut so its own (unjoinable) threads end too.
+    pub fn shutdown(mut self) -> usize {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> usize {
+        let Some(tx) = self.shutdown_tx.take() else {
+            return 0;
+        };
+        log::info!("shutdown started streams={}", self.shared.stream_count());
+        drop(tx);
+        self.http.unblock();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (joined, left) = self.shared.threads.join_all(deadline);
+        // tiny_http's pool threads park reading keep-alive connections: shut those sockets so
+        // they see EOF and exit; its accept thread exits when the Server is dropped.
+        let shut = crate::http::conn::shutdown_all(self.shared.local);
+        if left > 0 {
+            log::error!("shutdown incomplete: joined {joined} threads, {left} still running");
+        }
+        log::info!("shutdown complete: joined {joined} threads");
+        log::debug!("shutdown closed {shut} idle connections");
+        joined
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dispatch_loop(shared: &Arc<Shared>, http: &tiny_http::Server) {
+    let housekeeping = Duration::from_millis(250);
+    let mut next_housekeeping = Instant::now() + housekeeping;
+    loop {
+        let wait = next_housekeeping.saturating_duration_since(Instant::now());
+        match http.recv_timeout(wait) {
+            Ok(Some(request)) => route(shared, request),
+            Ok(None) => {}
+            Err(e) => {
+                // tiny_http's accept loop ended (src/lib.rs, "Error accepting new client").
+                log::error!("accept loop failed error={e}");
+                if shutting_down(shared) {
+                    return;
+                }
+            }
+        }
+        if shutting_down(shared) {
+            return;
+        }
+        if Instant::now() >= next_housekeeping {
+            shared.threads.reap();
+            shared.chat.housekeeping();
+            next_housekeeping = Instant::now() + housekeeping;
+        }
+    }
+}
+
+fn shutting_down(shared: &Shared) -> bool {
+    matches!(
+        shared.shutdown.try_recv(),
+        Err(crossbeam_channel::TryRecvError::Disconnected)
+    )
+}
+
+/// Routes one request: cheap in-memory answers inline, streams and store work on threads.
+fn route(shared: &Arc<Shared>, request: Request) {
+    shared.metrics.requests.inc();
+    let url = request.url().to_string();
+    let (path, query) = split_url(&url);
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let Some(len) = request.body_length() {
+        if len > MAX_BODY {
+            shared.metrics.reject("too-large");
+            let _ = request.respond(response::error(
+                413,
+                "request body too large (max 65536 bytes)",
+            ));
+            return;
+        }
+    }
+    let reply = match (segments.as_slice(), &method) {
+        (["healthz"], Method::Get) => healthz(shared),
+        (["metrics"], Method::Get) => metrics(shared),
+        (["debug", "threads"], Method::Get) => debug_threads(shared),
+        (["sse", "call", id], Method::Get) => {
+            let id = crate::http::validate::percent_decode(id).unwrap_or_default();
+            if !valid_id(&id) {
+                bad_request(
+                    shared,
+                    "invalid id: use 1-64 characters of A-Z a-z 0-9 . _ -",
+                )
+            } else {
+                match Mode::parse(query_get(&query, "mode")) {
+                    None => bad_request(shared, "invalid mode: use tick or change"),
+                    Some(mode) => {
+                        let conn = shared.next_conn();
+                        shared.spawn_stream(
+                            Role::AlarmStream,
+                            format!("sse-{conn}"),
+                            request,
+                            move |shared, rq, slot| {
+                                alarm_stream::serve(shared, rq, id, mode, conn, slot)
+                            },
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        (["alarms", id], Method::Get | Method::Put | Method::Delete) => {
+            let id = crate::http::validate::percent_decode(id).unwrap_or_default();
+            if !valid_id(&id) {
+                bad_request(
+                    shared,
+                    "invalid id: use 1-64 characters of A-Z a-z 0-9 . _ -",
+                )
+            } else {
+                shared.spawn_request(request, move |shared, rq| {
+                    alarm_request(shared, rq, &id, &method)
+                });
+                return;
+            }
+        }
+        (["sse", "call", _], _) => method_not_allowed("GET"),
+        (["alarms", _], _) => method_not_allowed("GET, PUT, DELETE"),
+        (["healthz"] | ["metrics"] | ["debug", "threads"], _) => method_not_allowed("GET"),
+        (["chat", ..], _) => {
+            crate::chat::http::route(shared, request, &segments, &query);
+            return;
+        }
+        ([""], Method::Get) => crate::web::index(),
+        ([""], _) => method_not_allowed("GET"),
+        _ => response::error(404, "not found"),
+    };
+    let _ = request.respond(reply);
+}
+
+/// Counts and answers a 400.
+pub fn bad_request(shared: &Shared, message: &str) -> Reply {
+    shared.metrics.reject("bad-request");
+    response::error(400, message)
+}
+
+/// A 405 naming the allowed methods.
+pub fn method_not_allowed(allow: &str) -> Reply {
+    response::add_header(response::error(405, "method not allowed"), "Allow", allow)
+}
+
+/// Reads a request body of at most [`MAX_BODY`] bytes (also when no length was declared).
+pub fn read_body(shared: &Shared, request: &mut Request) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    match request
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body)
+    {
+        Ok(n) if n > MAX_BODY => {
+            shared.metrics.reject("too-large");
+            Err(response::error(
+                413,
+                "request body too large (max 65536 bytes)",
+            ))
+        }
+        Ok(_) => Ok(body),
+        Err(e) => Err(response::error(400, &format!("cannot read body: {e}"))),
+    }
+}
+
+fn alarm_request(shared: &Shared, request: &mut Request, id: &str, method: &Method) -> Reply {
+    let body = match method {
+        Method::Put => match read_body(shared, request) {
+            Ok(body) => match parse_alarm_body(&body) {
+                Some(v) => Some(v),
+                None => {
+                    return bad_request(shared, "body must be true, false or {\"alarm\":bool}");
+                }
+            },
+            Err(reply) => return reply,
+        },
+        _ => None,
+    };
+    let store = match Store::open(&shared.config.db, shared.config.busy_timeout, false) {
+        Ok(s) => s,
+        Err(e) => return response::error(503, &format!("store unavailable: {e}")),
+    };
+    let result = match (method, body) {
+        (Method::Put, Some(v)) => store.set(id, v).map(|()| response::no_content()),
+        (Method::Delete, _) => store.delete(id).map(|()| response::no_content()),
+        _ => store
+            .get(id)
+            .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
+    };
+    result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+}
+
+fn healthz(shared: &Shared) -> Reply {
+    match shared.health.read().clone() {
+        None => response::json(200, &json!({ "status": "ok" })),
+        Some(reason) => response::json(503, &json!({ "status": "degraded", "reason": reason })),
+    }
+}
+
+fn metrics(shared: &Shared) -> Reply {
+    let mut extra: Vec<(&str, &str, String)> = vec![
+        (
+            "syncast_alarm_ids_registered",
+            "Alarm ids connected now.",
+            shared.hub.len().to_string(),
+        ),
+        (
+            "syncast_streaming_clients",
+            "Streaming clients (alarm and chat) now.",
+            shared.stream_count().to_string(),
+        ),
+        (
+            "syncast_threads_spawned_live",
+            "Live threads this server spawned.",
+            shared.threads.live().to_string(),
+        ),
+        (
+            "syncast_thread_panics_total",
+            "Panics caught in server threads.",
+            shared.threads.panics().to_string(),
+        ),
+    ];
+    let text = shared.metrics.render(&std::mem::take(&mut extra));
+    let mut text = text;
+    for (role, n) in shared.threads.count_by_role() {
+        text.push_str(&format!(
+            "syncast_threads_live{{role=\"{}\"}} {n}\n",
+            role.as_str()
+        ));
+    }
+    response::with_type(
+        200,
+        text.into_bytes(),
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+fn debug_threads(shared: &Shared) -> Reply {
+    let (process_threads, rss) = crate::metrics::process_status();
+    let by_role: serde_json::Map<String, serde_json::Value> = shared
+        .threads
+        .count_by_role()
+        .into_iter()
+        .map(|(r, n)| (r.as_str().to_string(), json!(n)))
+        .collect();
+    let list: Vec<serde_json::Value> = shared
+        .threads
+        .list()
+        .into_iter()
+        .map(|t| json!({ "name": t.name, "role": t.role.as_str(), "age_ms": t.started.elapsed().as_millis() as u64 }))
+        .collect();
+    response::json(
+        200,
+        &json!({
+            "process_threads": process_threads,
+            "process_rss_bytes": rss,
+            "spawned_live": list.len(),
+            "by_role": by_role,
+            "threads": list,
+        }),
+    )
+}

@@ -1,0 +1,270 @@
+//! Named, tracked, joinable threads: the only place syncast spawns a thread.
+//!
+//! Every thread the project starts goes through [`Threads::spawn`], which names it, sets its stack
+//! size, registers it by role (so `/debug/threads` can list it), catches a panic in its body (logged
+//! with its cause and counted) and keeps its `JoinHandle`. A thread that ends on its own moves its
+//! handle to a "finished" list that [`Threads::reap`] joins; [`Threads::join_all`] joins everything
+//! at shutdown and says how many threads it joined.
+
+use std::collections::HashMap;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// What a thread is for; `/debug/threads` and `/metrics` group threads by this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Takes requests from tiny_http and routes them.
+    Dispatcher,
+    /// Polls the alarm store for the connected ids.
+    Refresher,
+    /// Serves one alarm stream.
+    AlarmStream,
+    /// Serves one chat stream.
+    ChatStream,
+    /// Serves one short request that reads a body or touches the store.
+    Request,
+}
+
+impl Role {
+    /// The stable lower-case name used in logs, JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Dispatcher => "dispatcher",
+            Role::Refresher => "refresher",
+            Role::AlarmStream => "alarm-stream",
+            Role::ChatStream => "chat-stream",
+            Role::Request => "request",
+        }
+    }
+
+    /// Every role, in a fixed order (for metrics with zero counts).
+    pub const ALL: [Role; 5] = [
+        Role::Dispatcher,
+        Role::Refresher,
+        Role::AlarmStream,
+        Role::ChatStream,
+        Role::Request,
+    ];
+}
+
+/// A live thread as `/debug/threads` shows it.
+#[derive(Clone, Debug)]
+pub struct ThreadInfo {
+    /// The OS thread name (at most 15 bytes are visible to the OS).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// When it was spawned.
+    pub started: Instant,
+}
+
+struct Entry {
+    info: ThreadInfo,
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    live: HashMap<u64, Entry>,
+    finished: Vec<JoinHandle<()>>,
+}
+
+/// The registry of every thread syncast spawned. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct Threads {
+    inner: Arc<Mutex<Inner>>,
+    next_id: Arc<AtomicU64>,
+    panics: Arc<AtomicU64>,
+}
+
+impl Threads {
+    /// An empty registry.
+    pub fn new() -> Threads {
+        Threads::default()
+    }
+
+    /// Spawns `body` on a new thread named `name` with a stack of `stack` bytes, registered under
+    /// `role`. A panic inside `body` is caught, logged (`thread panicked name=.. cause=..`) and
+    /// counted; the thread then ends normally, so joining it never re-raises.
+    ///
+    /// Fails only when the OS refuses a thread (`EAGAIN`): callers answer 503.
+    pub fn spawn<F>(&self, role: Role, name: String, stack: usize, body: F) -> io::Result<u64>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let info = ThreadInfo {
+            name: name.clone(),
+            role,
+            started: Instant::now(),
+        };
+        // Register before the thread can finish, so its own unregistering always finds the entry.
+        let mut inner = self.inner.lock();
+        let registry = self.clone();
+        let thread_name = name.clone();
+        let spawned = thread::Builder::new()
+            .name(name)
+            .stack_size(stack)
+            .spawn(move || {
+                if let Err(cause) = panic::catch_unwind(AssertUnwindSafe(body)) {
+                    let cause = panic_message(&*cause);
+                    registry.panics.fetch_add(1, Ordering::Relaxed);
+                    log::error!("thread panicked name={thread_name} cause={cause:?}");
+                }
+                registry.finish(id);
+            });
+        match spawned {
+            Ok(handle) => {
+                inner.live.insert(
+                    id,
+                    Entry {
+                        info,
+                        handle: Some(handle),
+                    },
+                );
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn finish(&self, id: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(mut entry) = inner.live.remove(&id) {
+            if let Some(handle) = entry.handle.take() {
+                inner.finished.push(handle);
+            }
+        }
+    }
+
+    /// Joins the threads that have already ended; returns how many. Called periodically so
+    /// finished handles do not pile up.
+    pub fn reap(&self) -> usize {
+        let finished = std::mem::take(&mut self.inner.lock().finished);
+        let n = finished.len();
+        for handle in finished {
+            let _ = handle.join();
+        }
+        n
+    }
+
+    /// Joins every thread, live or finished, waiting at most until `deadline` for live ones;
+    /// returns how many were joined and how many were still running at the deadline.
+    /// The caller must first have told every thread to stop (dropped the shutdown sender).
+    pub fn join_all(&self, deadline: Instant) -> (usize, usize) {
+        let mut joined = 0;
+        loop {
+            joined += self.reap();
+            let live = self.inner.lock().live.len();
+            if live == 0 {
+                return (joined, 0);
+            }
+            if Instant::now() >= deadline {
+                return (joined, live);
+            }
+            // Threads move themselves to `finished` as they end; wait for that, not a flag.
+            let pending: Vec<JoinHandle<()>> = {
+                let mut inner = self.inner.lock();
+                inner
+                    .live
+                    .values_mut()
+                    .filter(|e| e.handle.as_ref().is_some_and(|h| h.is_finished()))
+                    .filter_map(|e| e.handle.take())
+                    .collect()
+            };
+            if pending.is_empty() {
+                thread::sleep(Duration::from_millis(5));
+            }
+            for handle in pending {
+                let _ = handle.join();
+                joined += 1;
+            }
+        }
+    }
+
+    /// Live threads of each role.
+    pub fn count_by_role(&self) -> Vec<(Role, usize)> {
+        let inner = self.inner.lock();
+        let mut counts: HashMap<Role, usize> = HashMap::new();
+        for entry in inner.live.values() {
+            *counts.entry(entry.info.role).or_default() += 1;
+        }
+        Role::ALL
+            .iter()
+            .map(|r| (*r, counts.get(r).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// All live threads (for `/debug/threads`), oldest first.
+    pub fn list(&self) -> Vec<ThreadInfo> {
+        let mut all: Vec<ThreadInfo> = self
+            .inner
+            .lock()
+            .live
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        all.sort_by_key(|t| t.started);
+        all
+    }
+
+    /// Number of live threads.
+    pub fn live(&self) -> usize {
+        self.inner.lock().live.len()
+    }
+
+    /// Panics caught in project threads since start.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+}
+
+/// The message of a caught panic payload.
+pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = cause.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = cause.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawned_threads_are_listed_then_joined() {
+        let threads = Threads::new();
+        let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+        threads
+            .spawn(Role::AlarmStream, "t-a".into(), 64 * 1024, move || {
+                let _ = rx.recv();
+            })
+            .unwrap();
+        assert_eq!(threads.live(), 1);
+        assert_eq!(threads.list()[0].name, "t-a");
+        drop(tx);
+        let (joined, left) = threads.join_all(Instant::now() + Duration::from_secs(5));
+        assert_eq!((joined, left), (1, 0));
+        assert_eq!(threads.live(), 0);
+    }
+
+    #[test]
+    fn a_panic_is_caught_and_counted() {
+        let threads = Threads::new();
+        threads
+            .spawn(Role::Request, "t-p".into(), 64 * 1024, || panic!("boom"))
+            .unwrap();
+        let (joined, _) = threads.join_all(Instant::now() + Duration::from_secs(5));
+        assert_eq!(joined, 1);
+        assert_eq!(threads.panics(), 1);
+    }
+}
