@@ -1,0 +1,424 @@
+//! Shared test harness: a real server on port 0 with its own SQLite file, real HTTP clients, an
+//! SSE reader over a raw socket, a capturing logger, and waiting with deadlines (never sleeping
+//! as synchronisation).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use syncast::{Config, Server};
+
+/// A generous upper bound used only as a time-out, never as an expected duration.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+static LOGS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.target().starts_with("syncast")
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            let line = format!("[{}] {}", r.level(), r.args());
+            LOGS.get_or_init(Default::default).lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the capturing logger (once per test process).
+pub fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = log::set_boxed_logger(Box::new(Capture));
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+/// Captured log lines containing every one of `parts`.
+pub fn log_lines(parts: &[&str]) -> Vec<String> {
+    LOGS.get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| parts.iter().all(|p| l.contains(p)))
+        .cloned()
+        .collect()
+}
+
+/// Waits until a captured line contains every one of `parts`; panics after [`PATIENCE`].
+pub fn wait_log(parts: &[&str]) -> String {
+    wait_for(&format!("log line with {parts:?}"), || {
+        log_lines(parts).into_iter().next()
+    })
+}
+
+/// Polls `probe` until it returns `Some`, panicking with `what` after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A unique string for ids and names, so parallel tests never share state or log lines.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A running server with its own store in a temporary folder.
+pub struct TestServer {
+    /// The server (None once shut down).
+    pub server: Option<Server>,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its SQLite file.
+    pub db: PathBuf,
+}
+
+/// Starts a server on 127.0.0.1:0 with a fresh store; `tweak` adjusts the config.
+pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    capture_logs();
+    let dir = std::env::temp_dir().join(unique("syncast-test-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("alarms.db");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        db: db.clone(),
+        tick: Duration::from_millis(100),
+        refresh: Duration::from_millis(50),
+        heartbeat: Duration::from_millis(500),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let server = Server::start(config).expect("server starts");
+    let addr = server.addr();
+    TestServer {
+        server: Some(server),
+        addr,
+        db,
+    }
+}
+
+impl TestServer {
+    /// `http://addr` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Performs a request with a real HTTP client; returns status, body, and headers.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.request_with(method, path, body, &[])
+    }
+
+    /// Like [`TestServer::request`] with extra headers.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(PATIENCE))
+            .build()
+            .into();
+        let url = self.url(path);
+        let resp = match (method, body) {
+            ("GET", _) => {
+                let mut rq = agent.get(&url);
+                for (k, v) in headers {
+                    rq = rq.header(*k, *v);
+                }
+                rq.call()
+            }
+            ("DELETE", _) => {
+                let mut rq = agent.delete(&url);
+                for (k, v) in headers {
+                    rq = rq.header(*k, *v);
+                }
+                rq.call()
+            }
+            (m, b) => {
+                let mut rq = match m {
+                    "PUT" => agent.put(&url),
+                    "POST" => agent.post(&url),
+                    "PATCH" => agent.patch(&url),
+                    other => panic!("method {other} not supported by the harness"),
+                };
+                for (k, v) in headers {
+                    rq = rq.header(*k, *v);
+                }
+                rq.send(b.unwrap_or(""))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp.into_body().read_to_string().unwrap_or_default();
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// GET a JSON document.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let r = self.request("GET", path, None);
+        serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
+    }
+
+    /// One metric's value from `/metrics` (the line `name value`, labels included in `name`).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.request("GET", "/metrics", None).body;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Live threads of `role` this server spawned, from `/debug/threads`.
+    pub fn threads_of(&self, role: &str) -> u64 {
+        self.json("/debug/threads")["by_role"][role]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Opens an SSE stream on a raw socket.
+    pub fn sse(&self, path: &str) -> Sse {
+        Sse::open(self.addr, path, &[])
+    }
+
+    /// Shuts the server down; returns how many threads it joined.
+    pub fn shutdown(&mut self) -> usize {
+        self.server.take().map(|s| s.shutdown()).unwrap_or(0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(dir) = self.db.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A finished HTTP exchange.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body text.
+    pub body: String,
+    /// Headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    /// A header value by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The `error` field of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", self.body))
+            .to_string()
+    }
+}
+
+/// One item read from an SSE stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A dispatched event (`event` defaults to `message`).
+    Event {
+        /// Event type.
+        event: String,
+        /// Last `id:` field of this event, if any.
+        id: Option<String>,
+        /// Data lines joined with `\n`.
+        data: String,
+    },
+    /// A comment line (without the leading `:`), e.g. ` keepalive`.
+    Comment(String),
+    /// A `retry:` field.
+    Retry(u64),
+}
+
+/// An SSE client on a raw socket, parsing per the WHATWG rules.
+pub struct Sse {
+    /// HTTP status of the response.
+    pub status: u16,
+    /// Response head lines.
+    pub head: Vec<String>,
+    reader: BufReader<TcpStream>,
+}
+
+impl Sse {
+    /// Sends `GET path` with `headers` and reads the response head.
+    pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut sock = TcpStream::connect(addr).expect("connect");
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut rq = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            rq.push_str(&format!("{k}: {v}\r\n"));
+        }
+        rq.push_str("\r\n");
+        sock.write_all(rq.as_bytes()).unwrap();
+        Sse::read_head(sock)
+    }
+
+    /// Reads the response head from a socket on which a request was written.
+    pub fn read_head(sock: TcpStream) -> Sse {
+        let mut reader = BufReader::new(sock);
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read head");
+            let line = line.trim_end().to_string();
+            if line.is_empty() {
+                break;
+            }
+            head.push(line);
+        }
+        let status = head
+            .first()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        Sse {
+            status,
+            head,
+            reader,
+        }
+    }
+
+    /// A response header value.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.iter().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    /// The rest of the body (for error responses).
+    pub fn body(mut self) -> String {
+        let len: usize = self
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut buf = vec![0; len];
+        self.reader.read_exact(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf).to_string()
+    }
+
+    /// The next item, or `None` at end of stream.
+    pub fn next_item(&mut self) -> Option<Item> {
+        let mut event = String::new();
+        let mut id = None;
+        let mut data: Option<String> = None;
+        loop {
+            let mut raw = Vec::new();
+            match self.reader.read_until(b'\n', &mut raw) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => panic!("sse read: {e}"),
+            }
+            let line = String::from_utf8(raw).expect("utf-8 stream");
+            let line = line.strip_suffix('\n').unwrap_or(&line);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                if let Some(data) = data.take() {
+                    let event = if event.is_empty() {
+                        "message".to_string()
+                    } else {
+                        event
+                    };
+                    return Some(Item::Event { event, id, data });
+                }
+                event.clear();
+                continue;
+            }
+            if let Some(c) = line.strip_prefix(':') {
+                return Some(Item::Comment(c.to_string()));
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => event = value.to_string(),
+                "id" => id = Some(value.to_string()),
+                "data" => match data.as_mut() {
+                    Some(d) => {
+                        d.push('\n');
+                        d.push_str(value);
+                    }
+                    None => data = Some(value.to_string()),
+                },
+                "retry" => {
+                    if let Ok(ms) = value.parse() {
+                        return Some(Item::Retry(ms));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The next event (skipping comments and retry fields), or `None` at end of stream.
+    pub fn next_event(&mut self) -> Option<(String, Option<String>, String)> {
+        loop {
+            match self.next_item()? {
+                Item::Event { event, id, data } => return Some((event, id, data)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next event's data; panics at end of stream.
+    pub fn next_data(&mut self) -> String {
+        self.next_event().expect("an event before end of stream").2
+    }
+
+    /// Sets how long a read may block.
+    pub fn set_timeout(&self, d: Duration) {
+        self.reader.get_ref().set_read_timeout(Some(d)).unwrap();
+    }
+}
