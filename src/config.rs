@@ -157,7 +157,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
         "m" => value * 60.0,
         _ => return Err(bad()),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e7 {
+    if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(secs))

@@ -302,10 +302,13 @@ impl Server {
             return 0;
         };
         log::info!("shutdown started streams={}", self.shared.stream_count());
+        // Count every join from here on, including the dispatcher's last reaps.
+        let joined_before = self.shared.threads.joined_total();
         drop(tx);
         self.http.unblock();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (joined, left) = self.shared.threads.join_all(deadline);
+        let (_, left) = self.shared.threads.join_all(deadline);
+        let joined = (self.shared.threads.joined_total() - joined_before) as usize;
         // tiny_http's pool threads park reading keep-alive connections: shut those sockets so
         // they see EOF and exit; its accept thread exits when the Server is dropped.
         let shut = crate::http::conn::shutdown_all(self.shared.local);

@@ -81,6 +81,7 @@ pub struct Threads {
     inner: Arc<Mutex<Inner>>,
     next_id: Arc<AtomicU64>,
     panics: Arc<AtomicU64>,
+    joined: Arc<AtomicU64>,
 }
 
 impl Threads {
@@ -151,7 +152,13 @@ impl Threads {
         for handle in finished {
             let _ = handle.join();
         }
+        self.joined.fetch_add(n as u64, Ordering::Relaxed);
         n
+    }
+
+    /// Threads joined since this registry was made (by `reap` or `join_all`, whoever ran it).
+    pub fn joined_total(&self) -> u64 {
+        self.joined.load(Ordering::Relaxed)
     }
 
     /// Joins every thread, live or finished, waiting at most until `deadline` for live ones;
@@ -184,6 +191,7 @@ impl Threads {
             for handle in pending {
                 let _ = handle.join();
                 joined += 1;
+                self.joined.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -61,7 +61,13 @@ impl Store {
         conn.busy_timeout(busy)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
+        if create {
+            conn.execute_batch(SCHEMA)?;
+        }
+        // A store another program broke (table renamed, wrong columns) is an error, not
+        // something to paper over by recreating the table.
+        conn.prepare("SELECT id, alarm FROM alarms LIMIT 0")
+            .map_err(|e| StoreError(format!("wrong schema in {}: {e}", path.display())))?;
         Ok(Store { conn })
     }
 

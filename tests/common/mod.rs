@@ -26,7 +26,10 @@ impl log::Log for Capture {
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
             let line = format!("[{}] {}", r.level(), r.args());
-            LOGS.get_or_init(Default::default).lock().unwrap().push(line);
+            LOGS.get_or_init(Default::default)
+                .lock()
+                .unwrap()
+                .push(line);
         }
     }
     fn flush(&self) {}
@@ -293,7 +296,8 @@ impl Sse {
     pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
         let mut sock = TcpStream::connect(addr).expect("connect");
         sock.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut rq = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        let mut rq =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
         for (k, v) in headers {
             rq.push_str(&format!("{k}: {v}\r\n"));
         }

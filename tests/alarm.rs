@@ -1,0 +1,311 @@
+//! The alarm stream on a real server: first event at once, PUT to stream, change mode, two
+//! streams for one id, disconnect clean-up, a burst of 500 streams, bad input, a broken store,
+//! shutdown and the client cap.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{start, unique, wait_for, wait_log, Item, Sse};
+
+const T: &str = r#"{"alarm":true}"#;
+const F: &str = r#"{"alarm":false}"#;
+
+#[test]
+fn the_first_event_arrives_at_once_with_sse_headers() {
+    // A tick of a minute: anything that arrives did not wait for a tick.
+    let s = start(|c| c.tick = Duration::from_secs(60));
+    let id = unique("first");
+    assert_eq!(
+        s.request("PUT", &format!("/alarms/{id}"), Some("true"))
+            .status,
+        204
+    );
+    let mut sse = s.sse(&format!("/sse/call/{id}"));
+    assert_eq!(sse.status, 200);
+    assert_eq!(
+        sse.header("Content-Type").as_deref(),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(sse.header("Cache-Control").as_deref(), Some("no-cache"));
+    assert_eq!(sse.header("X-Accel-Buffering").as_deref(), Some("no"));
+    assert_eq!(sse.next_item(), Some(Item::Retry(2000)));
+    assert_eq!(
+        sse.next_item(),
+        Some(Item::Event {
+            event: "message".into(),
+            id: None,
+            data: T.into()
+        })
+    );
+}
+
+#[test]
+fn a_put_shows_up_on_the_stream_within_two_refresh_ticks() {
+    let s = start(|c| c.refresh = Duration::from_millis(100));
+    let id = unique("put");
+    let mut sse = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(sse.next_data(), F);
+    let before = s.metric("syncast_refresh_total");
+    assert_eq!(
+        s.request("PUT", &format!("/alarms/{id}"), Some("true"))
+            .status,
+        204
+    );
+    assert_eq!(sse.next_data(), T);
+    let after = s.metric("syncast_refresh_total");
+    // The change was picked up by the first or second refresh after the write (the metrics read
+    // itself may straddle one more).
+    assert!(after - before <= 3.0, "took {} refreshes", after - before);
+}
+
+#[test]
+fn tick_mode_sends_the_current_value_every_tick() {
+    let s = start(|c| c.tick = Duration::from_millis(50));
+    let id = unique("tick");
+    let mut sse = s.sse(&format!("/sse/call/{id}?mode=tick"));
+    for _ in 0..5 {
+        assert_eq!(sse.next_data(), F);
+    }
+    s.request("PUT", &format!("/alarms/{id}"), Some(r#"{"alarm":true}"#));
+    wait_for("true on the tick stream", || {
+        (sse.next_data() == T).then_some(())
+    });
+    // Once true, every tick repeats it.
+    for _ in 0..3 {
+        assert_eq!(sse.next_data(), T);
+    }
+}
+
+#[test]
+fn change_mode_sends_only_changes_and_keepalives() {
+    let s = start(|c| {
+        c.heartbeat = Duration::from_millis(200);
+        c.tick = Duration::from_millis(20);
+    });
+    let id = unique("change");
+    let mut sse = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(sse.next_item(), Some(Item::Retry(2000)));
+    assert_eq!(sse.next_data(), F);
+    // Nothing changes: only keepalives come (several heartbeats, no data).
+    for _ in 0..3 {
+        assert_eq!(sse.next_item(), Some(Item::Comment(" keepalive".into())));
+    }
+    s.request("PUT", &format!("/alarms/{id}"), Some("true"));
+    assert_eq!(sse.next_data(), T);
+    // Writing the same value again is not a change.
+    s.request("PUT", &format!("/alarms/{id}"), Some("true"));
+    s.request("PUT", &format!("/alarms/{id}"), Some("false"));
+    assert_eq!(sse.next_data(), F, "no second true between the two changes");
+    s.request("DELETE", &format!("/alarms/{id}"), None);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(sse.next_item().unwrap());
+    }
+    assert!(
+        seen.iter().all(|i| matches!(i, Item::Comment(_))),
+        "deleting a false alarm changes nothing: {seen:?}"
+    );
+}
+
+#[test]
+fn two_streams_for_one_id_survive_one_leaving() {
+    let s = start(|_| {});
+    let id = unique("two");
+    let mut a = s.sse(&format!("/sse/call/{id}?mode=change"));
+    let mut b = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(a.next_data(), F);
+    assert_eq!(b.next_data(), F);
+    drop(a);
+    // tick mode is not in play; the closed one is seen at its next heartbeat (500 ms here).
+    wait_log(&[
+        "sse stream closed",
+        &format!("id={id} "),
+        "reason=client-gone",
+    ]);
+    assert_eq!(s.metric("syncast_alarm_ids_registered"), 1.0);
+    s.request("PUT", &format!("/alarms/{id}"), Some("true"));
+    assert_eq!(b.next_data(), T, "the remaining stream still gets changes");
+    let mut c = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(c.next_data(), T, "a new stream gets the kept value at once");
+}
+
+#[test]
+fn a_disconnected_client_is_gone_and_its_id_unregistered() {
+    let s = start(|c| c.tick = Duration::from_millis(100));
+    let id = unique("gone");
+    let mut sse = s.sse(&format!("/sse/call/{id}"));
+    assert_eq!(sse.next_data(), F);
+    assert_eq!(s.threads_of("alarm-stream"), 1);
+    assert_eq!(s.metric("syncast_alarm_ids_registered"), 1.0);
+    drop(sse);
+    wait_for("stream thread gone", || {
+        (s.threads_of("alarm-stream") == 0).then_some(())
+    });
+    assert_eq!(s.metric("syncast_alarm_ids_registered"), 0.0);
+    assert_eq!(s.metric("syncast_alarm_streams_open"), 0.0);
+    let line = wait_log(&["sse stream closed", &format!("id={id} ")]);
+    assert!(line.contains("reason=client-gone"), "{line}");
+    assert_eq!(
+        common::log_lines(&["sse stream opened", &format!("id={id} ")]).len(),
+        1
+    );
+}
+
+#[test]
+fn five_hundred_streams_opened_in_one_burst_each_get_their_first_event() {
+    let s = start(|c| c.tick = Duration::from_secs(30));
+    let id = unique("burst");
+    let mut socks = Vec::new();
+    // Connect and send every request first: one burst, before any response is read.
+    for i in 0..500 {
+        let mut sock = TcpStream::connect(s.addr).unwrap();
+        let rq = format!("GET /sse/call/{id}-{} HTTP/1.1\r\nHost: x\r\n\r\n", i % 50);
+        std::io::Write::write_all(&mut sock, rq.as_bytes()).unwrap();
+        socks.push(sock);
+    }
+    for sock in socks.iter() {
+        sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    }
+    let mut streams: Vec<Sse> = socks.into_iter().map(Sse::read_head).collect();
+    for sse in streams.iter_mut() {
+        assert_eq!(sse.status, 200);
+        assert_eq!(sse.next_data(), F);
+    }
+    assert_eq!(s.threads_of("alarm-stream"), 500);
+    assert_eq!(s.metric("syncast_alarm_ids_registered"), 50.0);
+}
+
+#[test]
+fn bad_ids_bodies_methods_and_paths_get_json_errors() {
+    let s = start(|_| {});
+    let cases: &[(&str, &str, Option<&str>, u16)] = &[
+        ("GET", "/sse/call/a%20b", None, 400),
+        ("GET", "/sse/call/a$b", None, 400),
+        ("GET", &format!("/sse/call/{}", "x".repeat(65)), None, 400),
+        ("GET", "/sse/call/ok?mode=sometimes", None, 400),
+        ("PUT", "/alarms/ok", Some("maybe"), 400),
+        ("PUT", "/alarms/ok", Some(r#"{"alarm":"yes"}"#), 400),
+        ("PUT", "/alarms/b%2Fad", Some("true"), 400),
+        ("GET", "/nope", None, 404),
+        ("GET", "/sse/call", None, 404),
+        ("POST", "/sse/call/ok", Some(""), 405),
+        ("POST", "/alarms/ok", Some("true"), 405),
+        ("PUT", "/metrics", Some(""), 405),
+    ];
+    for (method, path, body, want) in cases {
+        let r = s.request(method, path, *body);
+        assert_eq!(r.status, *want, "{method} {path}: {}", r.body);
+        assert!(!r.error().is_empty(), "{method} {path}");
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+    }
+    let r = s.request("POST", "/alarms/ok", Some("true"));
+    assert_eq!(r.header("Allow"), Some("GET, PUT, DELETE"));
+    let big = "t".repeat(70 * 1024);
+    assert_eq!(s.request("PUT", "/alarms/ok", Some(&big)).status, 413);
+}
+
+#[test]
+fn alarms_can_be_put_read_and_deleted() {
+    let s = start(|_| {});
+    let id = unique("crud");
+    let path = format!("/alarms/{id}");
+    assert_eq!(s.json(&path), serde_json::json!({"id": id, "alarm": false}));
+    assert_eq!(s.request("PUT", &path, Some("true")).status, 204);
+    assert_eq!(s.json(&path)["alarm"], true);
+    assert_eq!(
+        s.request("PUT", &path, Some(r#"{"alarm":false}"#)).status,
+        204
+    );
+    assert_eq!(s.json(&path)["alarm"], false);
+    assert_eq!(s.request("PUT", &path, Some("true")).status, 204);
+    assert_eq!(s.request("DELETE", &path, None).status, 204);
+    assert_eq!(s.json(&path)["alarm"], false);
+}
+
+#[test]
+fn a_broken_store_degrades_healthz_while_streams_go_on_and_recovery_clears_it() {
+    let s = start(|c| c.tick = Duration::from_millis(50));
+    let id = unique("broken");
+    s.request("PUT", &format!("/alarms/{id}"), Some("true"));
+    let mut sse = s.sse(&format!("/sse/call/{id}"));
+    assert_eq!(sse.next_data(), T);
+    assert_eq!(s.json("/healthz")["status"], "ok");
+    // Another program breaks the schema under the running server.
+    let outside = rusqlite::Connection::open(&s.db).unwrap();
+    outside
+        .execute_batch("ALTER TABLE alarms RENAME TO alarms_moved")
+        .unwrap();
+    let health = wait_for("degraded health", || {
+        let r = s.request("GET", "/healthz", None);
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(health.json()["status"], "degraded");
+    assert!(!health.json()["reason"].as_str().unwrap().is_empty());
+    assert!(s.metric("syncast_refresh_errors_total") >= 1.0);
+    wait_log(&["refresh failed"]);
+    // The stream keeps streaming the last known value.
+    for _ in 0..5 {
+        assert_eq!(sse.next_data(), T);
+    }
+    outside
+        .execute_batch("ALTER TABLE alarms_moved RENAME TO alarms")
+        .unwrap();
+    wait_for("recovered health", || {
+        (s.request("GET", "/healthz", None).status == 200).then_some(())
+    });
+    assert_eq!(sse.next_data(), T);
+}
+
+#[test]
+fn shutdown_with_streams_open_ends_each_stream_and_joins_every_thread() {
+    let mut s = start(|c| c.tick = Duration::from_secs(30));
+    let mut streams: Vec<Sse> = (0..20)
+        .map(|i| {
+            s.sse(&format!(
+                "/sse/call/{}?mode=change",
+                unique(&format!("down{i}-"))
+            ))
+        })
+        .collect();
+    for sse in streams.iter_mut() {
+        assert_eq!(sse.next_data(), F);
+    }
+    let joined = s.shutdown();
+    // 20 streams + dispatcher + refresher (request threads may add a few more).
+    assert!(joined >= 22, "joined {joined}");
+    for sse in streams.iter_mut() {
+        let (event, _, _) = sse.next_event().expect("shutdown event");
+        assert_eq!(event, "shutdown");
+        assert_eq!(sse.next_item(), None, "then the stream ends");
+    }
+    wait_log(&[&format!("shutdown complete: joined {joined} threads")]);
+}
+
+#[test]
+fn one_stream_over_max_clients_gets_503_with_retry_after() {
+    let s = start(|c| c.max_clients = 3);
+    let mut open: Vec<Sse> = (0..3)
+        .map(|_| s.sse(&format!("/sse/call/{}", unique("cap"))))
+        .collect();
+    for sse in open.iter_mut() {
+        assert_eq!(sse.status, 200);
+        sse.next_data();
+    }
+    let extra = s.sse("/sse/call/one-more");
+    assert_eq!(extra.status, 503);
+    assert_eq!(extra.header("Retry-After").as_deref(), Some("1"));
+    let body = extra.body();
+    assert!(body.contains("\"error\""), "{body}");
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"max-clients\"}"),
+        1.0
+    );
+    // A slot frees when a stream leaves.
+    drop(open.pop());
+    wait_for("a free slot", || {
+        let mut sse = s.sse(&format!("/sse/call/{}", unique("cap")));
+        (sse.status == 200).then(|| sse.next_data())
+    });
+}

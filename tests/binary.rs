@@ -1,0 +1,135 @@
+//! The real `syncast` binary: flags, and SIGTERM with 1,000 streams open.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use common::{wait_for, Sse, PATIENCE};
+
+fn syncast() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_syncast"))
+}
+
+#[test]
+fn a_bad_flag_or_value_is_a_one_line_error_with_exit_2() {
+    for args in [
+        &["--nope"][..],
+        &["--tick", "fast"],
+        &["--max-clients", "0"],
+        &["--listen", "nowhere"],
+        &["--log-level", "loud"],
+    ] {
+        let out = syncast().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("syncast: "), "{err}");
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let out = syncast().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--db",
+        "--tick",
+        "--refresh",
+        "--heartbeat",
+        "--max-clients",
+        "--log-level",
+        "--log-file",
+    ] {
+        assert!(help.contains(flag), "help lacks {flag}");
+    }
+    let out = syncast().arg("--version").output().unwrap();
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("syncast 0."));
+}
+
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    log: std::path::PathBuf,
+}
+
+fn run_server() -> Running {
+    let dir = std::env::temp_dir().join(common::unique("syncast-bin-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("server.log");
+    let mut child = syncast()
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tick",
+            "30s",
+            "--heartbeat",
+            "30s",
+        ])
+        .arg("--db")
+        .arg(dir.join("a.db"))
+        .arg("--log-file")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {first:?}"));
+    Running { child, addr, log }
+}
+
+#[test]
+fn sigterm_with_1000_streams_open_exits_0_after_joining_every_thread() {
+    let mut server = run_server();
+    let mut streams: Vec<Sse> = (0..1000)
+        .map(|i| {
+            Sse::open(
+                server.addr,
+                &format!("/sse/call/term{}?mode=change", i % 100),
+                &[],
+            )
+        })
+        .collect();
+    for sse in streams.iter_mut() {
+        assert_eq!(sse.status, 200);
+        sse.next_data();
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = wait_for("the server to exit", || server.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < PATIENCE);
+    for sse in streams.iter_mut() {
+        assert_eq!(sse.next_event().unwrap().0, "shutdown");
+    }
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutdown complete: joined"))
+        .unwrap_or_else(|| panic!("no shutdown line in {log}"));
+    let n: usize = line
+        .rsplit("joined ")
+        .next()
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(n >= 1002, "joined only {n}: {line}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(log.matches("reason=shutdown").count(), 1000);
+}

@@ -1,0 +1,46 @@
+//! The process's own thread count (tiny_http's unjoinable threads included) falls back to its
+//! baseline after clients leave and after shutdown. Alone in its test binary, so no other test's
+//! threads disturb the count.
+
+mod common;
+
+use common::{start, unique, wait_for, Sse};
+
+fn process_threads() -> u64 {
+    syncast::metrics::process_status().0
+}
+
+#[test]
+fn thread_count_falls_back_after_clients_leave_and_after_shutdown() {
+    let baseline = process_threads();
+    let mut s = start(|_| {});
+    let idle = wait_for("server idle", || {
+        // tiny_http keeps 4 pool threads; its accept thread, the dispatcher and the refresher.
+        let n = process_threads();
+        (n <= baseline + 7).then_some(n)
+    });
+    let mut streams: Vec<Sse> = (0..100)
+        .map(|_| s.sse(&format!("/sse/call/{}", unique("thr"))))
+        .collect();
+    for sse in streams.iter_mut() {
+        sse.next_data();
+    }
+    let peak = process_threads();
+    assert!(
+        peak >= idle + 100,
+        "one thread per stream: idle {idle}, peak {peak}"
+    );
+    assert!(
+        peak <= idle + 100 + 8,
+        "no second thread parked per stream: idle {idle}, peak {peak}"
+    );
+    drop(streams);
+    // tiny_http's pool threads above its minimum of 4 exit after 5 s idle (src/util/task_pool.rs).
+    wait_for("threads back to idle after clients left", || {
+        (process_threads() <= idle).then_some(())
+    });
+    s.shutdown();
+    wait_for("threads back to baseline after shutdown", || {
+        (process_threads() <= baseline).then_some(())
+    });
+}
