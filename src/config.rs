@@ -43,6 +43,18 @@ pub struct Config {
     pub burst: f64,
     /// Stack size of each stream thread. Default 64 KiB.
     pub stream_stack: usize,
+    /// A connection that has not sent a complete request line and headers this long after it
+    /// was seen (or after its previous request, for keep-alive) is closed. Default 10 s.
+    pub header_timeout: Duration,
+    /// Connections waiting for their headers at once; the oldest beyond this are closed.
+    /// Capped separately from streaming clients. Default 2048.
+    pub max_pending: usize,
+    /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
+    pub cors_origin: Option<String>,
+    /// Test-only fault injection: a stream or refresh that meets this alarm id panics, so tests
+    /// can show panics are caught, counted and survived. Never set by the binary.
+    #[doc(hidden)]
+    pub fault_panic_id: Option<String>,
 }
 
 impl Default for Config {
@@ -63,6 +75,10 @@ impl Default for Config {
             rate: 20.0,
             burst: 40.0,
             stream_stack: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_pending: 2048,
+            cors_origin: None,
+            fault_panic_id: None,
         }
     }
 }
@@ -129,6 +145,20 @@ impl Config {
         check(
             self.burst >= 1.0 && self.burst.is_finite(),
             "--burst must be >= 1",
+        )?;
+        check(
+            (50..=3_600_000).contains(&ms(self.header_timeout)),
+            "--header-timeout must be 50ms..1h",
+        )?;
+        check(
+            (1..=100_000).contains(&self.max_pending),
+            "--max-pending must be 1..100000",
+        )?;
+        check(
+            self.cors_origin
+                .as_deref()
+                .is_none_or(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic())),
+            "--cors-origin must be an origin like https://example.com or *",
         )?;
         check(
             self.stream_stack >= 16 * 1024,

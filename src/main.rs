@@ -26,6 +26,9 @@ OPTIONS:
   --history N          chat events kept for resume       [default: 1024]
   --queue N            chat events queued per member     [default: 1024]
   --grace DUR          chat session life without stream [default: 30s]
+  --header-timeout DUR close connections without a request this long [default: 10s]
+  --max-pending N      connections waiting for headers   [default: 2048]
+  --cors-origin ORIGIN allow browsers on ORIGIN (or *)    [default: off]
   --log-level LEVEL    error|warn|info|debug|trace|off   [default: info]
   --log-file PATH      append logs to PATH (else stderr)
   -h, --help           print this help
@@ -95,6 +98,20 @@ fn parse_args() -> Result<Option<Cli>, String> {
             }
             Long("queue") => {
                 config.queue = num(parser.value().map_err(|e| e.to_string())?, "--queue")?
+            }
+            Long("header-timeout") => {
+                config.header_timeout = dur(
+                    parser.value().map_err(|e| e.to_string())?,
+                    "--header-timeout",
+                )?
+            }
+            Long("max-pending") => {
+                config.max_pending =
+                    num(parser.value().map_err(|e| e.to_string())?, "--max-pending")?
+            }
+            Long("cors-origin") => {
+                let v = parser.value().map_err(|e| e.to_string())?;
+                config.cors_origin = Some(v.to_string_lossy().to_string())
             }
             Long("log-level") => {
                 let v = parser.value().map_err(|e| e.to_string())?;

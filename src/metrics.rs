@@ -78,6 +78,18 @@ pub struct Metrics {
     pub chat_slow: Counter,
     /// Requests served (any route).
     pub requests: Counter,
+    /// Times the refresher was restarted after a panic.
+    pub refresher_restarts: Counter,
+    /// Times tiny_http's accept loop died and was restarted.
+    pub accept_restarts: Counter,
+    /// Connections closed for not sending their headers in time.
+    pub header_timeouts: Counter,
+    /// Keep-alive connections closed for idling.
+    pub idle_closed: Counter,
+    /// Connections closed because too many were waiting for headers.
+    pub pending_over_cap: Counter,
+    /// Connections waiting for their headers at the last sweep.
+    pub pending_connections: Counter,
     rejected: Mutex<Vec<(&'static str, u64)>>,
 }
 
@@ -212,6 +224,47 @@ impl Metrics {
             "HTTP requests received.",
             self.requests.get().to_string(),
         );
+        let more: [(&str, &str, &str, u64); 6] = [
+            (
+                "syncast_refresher_restarts_total",
+                "counter",
+                "Refresher restarts after a panic.",
+                self.refresher_restarts.get(),
+            ),
+            (
+                "syncast_accept_restarts_total",
+                "counter",
+                "Accept loop restarts after an accept error.",
+                self.accept_restarts.get(),
+            ),
+            (
+                "syncast_header_timeouts_total",
+                "counter",
+                "Connections closed for not finishing their headers in time.",
+                self.header_timeouts.get(),
+            ),
+            (
+                "syncast_idle_closed_total",
+                "counter",
+                "Keep-alive connections closed for idling.",
+                self.idle_closed.get(),
+            ),
+            (
+                "syncast_pending_over_cap_total",
+                "counter",
+                "Connections closed because too many waited for headers.",
+                self.pending_over_cap.get(),
+            ),
+            (
+                "syncast_pending_connections",
+                "gauge",
+                "Connections waiting for headers at the last sweep.",
+                self.pending_connections.get(),
+            ),
+        ];
+        for (name, kind, help, value) in more {
+            one(name, kind, help, value.to_string());
+        }
         for (name, help, value) in extra {
             one(name, "gauge", help, value.clone());
         }

@@ -17,6 +17,7 @@ use crate::alarm::refresher::{Health, Refresher};
 use crate::alarm::store::Store;
 use crate::alarm::stream::{self as alarm_stream, Mode};
 use crate::config::{Config, ConfigError};
+use crate::http::conn::ConnTable;
 use crate::http::response::{self, Reply};
 use crate::http::validate::{parse_alarm_body, query_get, split_url, valid_id};
 use crate::metrics::Metrics;
@@ -24,6 +25,12 @@ use crate::threads::{Role, Threads};
 
 /// Largest request body read; a larger one gets 413 without being read.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Longest request target; a longer one gets 414.
+pub const MAX_URL: usize = 8 * 1024;
+/// Most header bytes (names and values); more get 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most header lines; more get 431.
+pub const MAX_HEADERS: usize = 100;
 
 /// Stack of the dispatcher, refresher and request threads (SQLite wants more than a stream).
 const SERVICE_STACK: usize = 256 * 1024;
@@ -72,6 +79,12 @@ pub struct Shared {
     pub shutdown: Receiver<()>,
     /// The chat room.
     pub chat: Arc<crate::chat::Room>,
+    /// Accepted connections: header deadline, idle time-out, streams.
+    pub conns: Arc<ConnTable>,
+    /// The tiny_http server in use (replaced if its accept loop dies).
+    http: parking_lot::Mutex<Option<Arc<tiny_http::Server>>>,
+    /// The listening socket, kept to rebuild tiny_http on it.
+    listener: TcpListener,
     next_conn: AtomicU64,
     streams: AtomicUsize,
     requests: AtomicUsize,
@@ -118,7 +131,24 @@ impl Shared {
 
     /// Extra header lines every SSE response carries (CORS, when configured).
     pub fn cors_headers(&self) -> Vec<String> {
-        Vec::new()
+        match &self.config.cors_origin {
+            Some(origin) => vec![
+                format!("Access-Control-Allow-Origin: {origin}"),
+                "Vary: Origin".to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// Sends `reply` for `request`, adding the CORS headers when configured. Every reply of
+    /// the server goes through here.
+    pub fn respond(&self, request: Request, reply: Reply) {
+        let mut reply = reply;
+        if let Some(origin) = &self.config.cors_origin {
+            reply = response::add_header(reply, "Access-Control-Allow-Origin", origin);
+            reply = response::add_header(reply, "Vary", "Origin");
+        }
+        let _ = request.respond(reply);
     }
 
     /// Spawns a stream thread for `request`; on refusal (slot or OS) answers 503 itself.
@@ -132,7 +162,7 @@ impl Shared {
                 "stream refused reason=max-clients max={}",
                 self.config.max_clients
             );
-            let _ = request.respond(response::retry_later(503, 1, "too many clients"));
+            self.respond(request, response::retry_later(503, 1, "too many clients"));
             return;
         };
         self.spawn_with(
@@ -145,7 +175,7 @@ impl Shared {
     }
 
     /// Spawns a short request thread (store access, bodies); over `--max-requests` answers 503.
-    fn spawn_request<F>(self: &Arc<Self>, request: Request, handler: F)
+    pub fn spawn_request<F>(self: &Arc<Self>, request: Request, handler: F)
     where
         F: FnOnce(&Shared, &mut Request) -> Reply + Send + 'static,
     {
@@ -158,7 +188,7 @@ impl Shared {
             .is_err()
         {
             self.metrics.reject("max-requests");
-            let _ = request.respond(response::retry_later(503, 1, "server busy"));
+            self.respond(request, response::retry_later(503, 1, "server busy"));
             return;
         }
         let slot = RequestSlot(self.clone());
@@ -171,7 +201,7 @@ impl Shared {
             move |shared, mut rq| {
                 let _slot = slot;
                 let reply = handler(&shared, &mut rq);
-                let _ = rq.respond(reply);
+                shared.respond(rq, reply);
             },
         );
     }
@@ -201,7 +231,7 @@ impl Shared {
             self.metrics.reject("thread-spawn");
             log::error!("thread spawn failed role={} error={e}", role.as_str());
             if let Ok(rq) = rx.try_recv() {
-                let _ = rq.respond(response::retry_later(503, 1, "cannot start a thread"));
+                self.respond(rq, response::retry_later(503, 1, "cannot start a thread"));
             }
         }
     }
@@ -210,7 +240,6 @@ impl Shared {
 /// A running syncast server.
 pub struct Server {
     shared: Arc<Shared>,
-    http: Arc<tiny_http::Server>,
     shutdown_tx: Option<Sender<()>>,
 }
 
@@ -222,9 +251,7 @@ impl Server {
         Store::open(&config.db, config.busy_timeout, true).map_err(|e| StartError::Store(e.0))?;
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| StartError::Bind(std::io::Error::other(e.to_string())))?;
-        let http = Arc::new(http);
+        let http = tiny_http_on(&listener).map_err(StartError::Bind)?;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
@@ -240,6 +267,9 @@ impl Server {
             health: health.clone(),
             shutdown: shutdown_rx.clone(),
             chat,
+            conns: Arc::new(ConnTable::new(local)),
+            http: parking_lot::Mutex::new(Some(http)),
+            listener,
             next_conn: AtomicU64::new(0),
             streams: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
@@ -253,29 +283,41 @@ impl Server {
             metrics,
             health,
             shutdown: shutdown_rx,
+            fault_panic_id: shared.config.fault_panic_id.clone(),
         };
         threads
             .spawn(
                 Role::Refresher,
                 "refresher".into(),
                 SERVICE_STACK,
-                move || refresher.run(),
+                move || {
+                    // A panic in a refresh must not leave streams without values: restart.
+                    loop {
+                        let run = std::panic::AssertUnwindSafe(|| refresher.run());
+                        match std::panic::catch_unwind(run) {
+                            Ok(()) => return,
+                            Err(cause) => {
+                                refresher.metrics.refresher_restarts.inc();
+                                let cause = crate::threads::panic_message(&*cause);
+                                log::error!("refresher panicked cause={cause:?}; restarting");
+                            }
+                        }
+                    }
+                },
             )
             .map_err(StartError::Spawn)?;
         let d_shared = shared.clone();
-        let d_http = http.clone();
         threads
             .spawn(
                 Role::Dispatcher,
                 "dispatcher".into(),
                 SERVICE_STACK,
-                move || dispatch_loop(&d_shared, &d_http),
+                move || dispatch_loop(&d_shared),
             )
             .map_err(StartError::Spawn)?;
         log::info!("server listening addr={local}");
         Ok(Server {
             shared,
-            http,
             shutdown_tx: Some(shutdown_tx),
         })
     }
@@ -305,12 +347,16 @@ impl Server {
         // Count every join from here on, including the dispatcher's last reaps.
         let joined_before = self.shared.threads.joined_total();
         drop(tx);
-        self.http.unblock();
+        if let Some(http) = self.shared.http.lock().as_ref() {
+            http.unblock();
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         let (_, left) = self.shared.threads.join_all(deadline);
         let joined = (self.shared.threads.joined_total() - joined_before) as usize;
         // tiny_http's pool threads park reading keep-alive connections: shut those sockets so
         // they see EOF and exit; its accept thread exits when the Server is dropped.
+        // The dispatcher has ended: dropping the last tiny_http Server stops its accept thread.
+        self.shared.http.lock().take();
         let shut = crate::http::conn::shutdown_all(self.shared.local);
         if left > 0 {
             log::error!("shutdown incomplete: joined {joined} threads, {left} still running");
@@ -327,29 +373,72 @@ impl Drop for Server {
     }
 }
 
-fn dispatch_loop(shared: &Arc<Shared>, http: &tiny_http::Server) {
+/// Starts tiny_http on a clone of `listener` (so it can be started again on the same socket).
+fn tiny_http_on(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
+    let clone = listener.try_clone()?;
+    tiny_http::Server::from_listener(clone, None)
+        .map(Arc::new)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn dispatch_loop(shared: &Arc<Shared>) {
     let housekeeping = Duration::from_millis(250);
+    let sweep_every = Duration::from_secs(1).min(shared.config.header_timeout / 2);
     let mut next_housekeeping = Instant::now() + housekeeping;
+    let mut next_sweep = Instant::now() + sweep_every;
+    let mut backoff = Duration::from_millis(50);
     loop {
-        let wait = next_housekeeping.saturating_duration_since(Instant::now());
+        let Some(http) = shared.http.lock().clone() else {
+            return;
+        };
+        let wait = next_housekeeping
+            .min(next_sweep)
+            .saturating_duration_since(Instant::now());
         match http.recv_timeout(wait) {
-            Ok(Some(request)) => route(shared, request),
+            Ok(Some(request)) => {
+                backoff = Duration::from_millis(50);
+                route(shared, request);
+            }
             Ok(None) => {}
             Err(e) => {
-                // tiny_http's accept loop ended (src/lib.rs, "Error accepting new client").
-                log::error!("accept loop failed error={e}");
                 if shutting_down(shared) {
                     return;
+                }
+                // tiny_http's accept loop ends on any accept error, e.g. EMFILE (src/lib.rs,
+                // "Error accepting new client"): nothing would be accepted again. Start a new
+                // tiny_http on the same listening socket, backing off while the error persists.
+                log::error!(
+                    "accept loop failed error={e}; restarting in {}ms",
+                    backoff.as_millis()
+                );
+                shared.metrics.accept_restarts.inc();
+                let _ = shared.shutdown.recv_timeout(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                match tiny_http_on(&shared.listener) {
+                    Ok(new) => *shared.http.lock() = Some(new),
+                    Err(e) => log::error!("accept loop restart failed error={e}"),
                 }
             }
         }
         if shutting_down(shared) {
             return;
         }
-        if Instant::now() >= next_housekeeping {
+        let now = Instant::now();
+        if now >= next_housekeeping {
             shared.threads.reap();
             shared.chat.housekeeping();
-            next_housekeeping = Instant::now() + housekeeping;
+            next_housekeeping = now + housekeeping;
+        }
+        if now >= next_sweep {
+            let swept = shared
+                .conns
+                .sweep(shared.config.header_timeout, shared.config.max_pending);
+            let m = &shared.metrics;
+            m.header_timeouts.add(swept.header_timeouts as u64);
+            m.idle_closed.add(swept.idle as u64);
+            m.pending_over_cap.add(swept.over_cap as u64);
+            m.pending_connections.set(swept.pending as u64);
+            next_sweep = now + sweep_every;
         }
     }
 }
@@ -364,6 +453,51 @@ fn shutting_down(shared: &Shared) -> bool {
 /// Routes one request: cheap in-memory answers inline, streams and store work on threads.
 fn route(shared: &Arc<Shared>, request: Request) {
     shared.metrics.requests.inc();
+    if let Some(peer) = request.remote_addr() {
+        shared.conns.request_seen(*peer);
+    }
+    // tiny_http reads request lines and headers without a limit; refuse oversized ones here.
+    if request.url().len() > MAX_URL {
+        shared.metrics.reject("too-large");
+        let reply = response::error(414, "request line too long (max 8192 bytes)");
+        shared.respond(request, reply);
+        return;
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES || request.headers().len() > MAX_HEADERS {
+        shared.metrics.reject("too-large");
+        let reply = response::error(
+            431,
+            "request headers too large (max 16384 bytes, 100 lines)",
+        );
+        shared.respond(request, reply);
+        return;
+    }
+    if *request.method() == Method::Options {
+        let reply = match &shared.config.cors_origin {
+            Some(_) => {
+                let r = response::no_content();
+                let r = response::add_header(
+                    r,
+                    "Access-Control-Allow-Methods",
+                    "GET, PUT, POST, DELETE, OPTIONS",
+                );
+                let r = response::add_header(
+                    r,
+                    "Access-Control-Allow-Headers",
+                    "Authorization, Content-Type, Last-Event-ID",
+                );
+                response::add_header(r, "Access-Control-Max-Age", "600")
+            }
+            None => method_not_allowed("GET, PUT, POST, DELETE"),
+        };
+        shared.respond(request, reply);
+        return;
+    }
     let url = request.url().to_string();
     let (path, query) = split_url(&url);
     let method = request.method().clone();
@@ -371,10 +505,8 @@ fn route(shared: &Arc<Shared>, request: Request) {
     if let Some(len) = request.body_length() {
         if len > MAX_BODY {
             shared.metrics.reject("too-large");
-            let _ = request.respond(response::error(
-                413,
-                "request body too large (max 65536 bytes)",
-            ));
+            let reply = response::error(413, "request body too large (max 65536 bytes)");
+            shared.respond(request, reply);
             return;
         }
     }
@@ -432,7 +564,7 @@ fn route(shared: &Arc<Shared>, request: Request) {
         ([""], _) => method_not_allowed("GET"),
         _ => response::error(404, "not found"),
     };
-    let _ = request.respond(reply);
+    shared.respond(request, reply);
 }
 
 /// Counts and answers a 400.

@@ -167,31 +167,27 @@ impl Threads {
     pub fn join_all(&self, deadline: Instant) -> (usize, usize) {
         let mut joined = 0;
         loop {
-            joined += self.reap();
-            let live = self.inner.lock().live.len();
+            // Look at `live` and take `finished` under one lock: a thread moves itself from one
+            // to the other under that lock, so none can slip between the two reads.
+            let (finished, live) = {
+                let mut inner = self.inner.lock();
+                (std::mem::take(&mut inner.finished), inner.live.len())
+            };
+            let n = finished.len();
+            for handle in finished {
+                let _ = handle.join();
+            }
+            self.joined.fetch_add(n as u64, Ordering::Relaxed);
+            joined += n;
             if live == 0 {
                 return (joined, 0);
             }
             if Instant::now() >= deadline {
                 return (joined, live);
             }
-            // Threads move themselves to `finished` as they end; wait for that, not a flag.
-            let pending: Vec<JoinHandle<()>> = {
-                let mut inner = self.inner.lock();
-                inner
-                    .live
-                    .values_mut()
-                    .filter(|e| e.handle.as_ref().is_some_and(|h| h.is_finished()))
-                    .filter_map(|e| e.handle.take())
-                    .collect()
-            };
-            if pending.is_empty() {
-                thread::sleep(Duration::from_millis(5));
-            }
-            for handle in pending {
-                let _ = handle.join();
-                joined += 1;
-                self.joined.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                // Threads move themselves to `finished` as they end; give them a moment.
+                thread::sleep(Duration::from_millis(2));
             }
         }
     }

@@ -39,6 +39,8 @@ pub struct Refresher {
     pub health: Health,
     /// Disconnected when the server shuts down.
     pub shutdown: Receiver<()>,
+    /// Test-only: panic when a refresh includes this id (see `Config::fault_panic_id`).
+    pub fault_panic_id: Option<String>,
 }
 
 struct Opened {
@@ -48,7 +50,7 @@ struct Opened {
 
 impl Refresher {
     /// Runs until shutdown.
-    pub fn run(self) {
+    pub fn run(&self) {
         let ticker = tick(self.every);
         let mut opened: Option<Opened> = None;
         loop {
@@ -74,6 +76,11 @@ impl Refresher {
     }
 
     fn refresh(&self, opened: &mut Option<Opened>, ids: &[Arc<str>]) {
+        if let Some(bad) = &self.fault_panic_id {
+            if ids.iter().any(|id| **id == **bad) {
+                panic!("injected fault in refresh id={bad}");
+            }
+        }
         let started = Instant::now();
         match self.query(opened, ids) {
             Ok(values) => {

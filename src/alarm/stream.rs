@@ -97,9 +97,12 @@ pub fn serve(
 ) {
     let _slot = slot;
     let cfg = &shared.config;
+    if cfg.fault_panic_id.as_deref() == Some(id.as_str()) {
+        panic!("injected fault in stream id={id}");
+    }
     let mut out = match SseWriter::start(
         request,
-        shared.local,
+        &shared.conns,
         &shared.cors_headers(),
         cfg.write_timeout,
     ) {

@@ -247,3 +247,166 @@ mod tests {
         assert!(StreamSocket::find(local, nobody).is_none());
     }
 }
+
+/// What the server knows of its accepted connections, for the sweep that gives tiny_http the
+/// header deadline, idle time-out and pending-connection cap it lacks (it reads a request line
+/// and headers for as long as a client cares to send them, on a thread of its own).
+pub struct ConnTable {
+    local: SocketAddr,
+    inner: parking_lot::Mutex<ConnInner>,
+}
+
+#[derive(Default)]
+struct ConnInner {
+    /// Last time a request arrived from each peer (keep-alive connections).
+    last_request: std::collections::HashMap<SocketAddr, Instant>,
+    /// When the sweep first saw a connection that has sent no request yet.
+    first_seen: std::collections::HashMap<SocketAddr, Instant>,
+    /// Peers whose connection is a running stream: never swept.
+    streaming: std::collections::HashSet<SocketAddr>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Connections that had sent no complete request within the deadline.
+    pub header_timeouts: usize,
+    /// Keep-alive connections idle past the deadline.
+    pub idle: usize,
+    /// Connections shut because more than the cap were waiting for headers.
+    pub over_cap: usize,
+    /// Connections waiting for headers after the sweep.
+    pub pending: usize,
+}
+
+impl ConnTable {
+    /// A table for the server listening on `local`.
+    pub fn new(local: SocketAddr) -> ConnTable {
+        ConnTable {
+            local,
+            inner: parking_lot::Mutex::new(ConnInner::default()),
+        }
+    }
+
+    /// The server's listening address.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A complete request arrived from `peer`.
+    pub fn request_seen(&self, peer: SocketAddr) {
+        let mut inner = self.inner.lock();
+        inner.first_seen.remove(&peer);
+        inner.last_request.insert(peer, Instant::now());
+    }
+
+    /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
+    pub fn stream_started(&self, peer: SocketAddr) {
+        self.inner.lock().streaming.insert(peer);
+    }
+
+    /// `peer`'s stream ended.
+    pub fn stream_ended(&self, peer: SocketAddr) {
+        let mut inner = self.inner.lock();
+        inner.streaming.remove(&peer);
+        inner.last_request.remove(&peer);
+    }
+
+    /// Shuts every connection that has not completed a request within `deadline` of being
+    /// seen or of its previous request, and the oldest waiting ones beyond `max_pending`.
+    /// Shutting (not closing) the socket makes tiny_http's blocked read end, so its thread is
+    /// freed; the descriptor stays tiny_http's to close.
+    pub fn sweep(&self, deadline: Duration, max_pending: usize) -> Sweep {
+        let now = Instant::now();
+        // Group descriptors by peer first (tiny_http holds two per connection).
+        let mut conns: std::collections::HashMap<SocketAddr, Vec<RawFd>> = Default::default();
+        {
+            let streaming = self.inner.lock().streaming.clone();
+            for fd in list_fds() {
+                if sock_addr(fd, true) != Some(self.local) {
+                    continue;
+                }
+                let Some(peer) = sock_addr(fd, false) else {
+                    continue;
+                };
+                if !streaming.contains(&peer) {
+                    conns.entry(peer).or_default().push(fd);
+                }
+            }
+        }
+        let mut result = Sweep::default();
+        let mut pending: Vec<(Instant, SocketAddr)> = Vec::new();
+        let mut shut: Vec<(SocketAddr, &'static str)> = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            inner.first_seen.retain(|p, _| conns.contains_key(p));
+            inner.last_request.retain(|p, _| conns.contains_key(p));
+            for peer in conns.keys() {
+                if inner.streaming.contains(peer) {
+                    continue;
+                }
+                if let Some(&t) = inner.last_request.get(peer) {
+                    if now.duration_since(t) > deadline {
+                        shut.push((*peer, "idle"));
+                    }
+                    continue;
+                }
+                let t = *inner.first_seen.entry(*peer).or_insert(now);
+                if now.duration_since(t) > deadline {
+                    shut.push((*peer, "header-timeout"));
+                } else {
+                    pending.push((t, *peer));
+                }
+            }
+        }
+        if pending.len() > max_pending {
+            pending.sort();
+            let excess = pending.len() - max_pending;
+            for (_, peer) in pending.drain(..excess) {
+                shut.push((peer, "over-cap"));
+            }
+        }
+        result.pending = pending.len();
+        for (peer, reason) in shut {
+            // Re-check each descriptor's addresses right before acting on it.
+            for &fd in &conns[&peer] {
+                if addrs_match(fd, self.local, peer) {
+                    // SAFETY: fd verified to be this connection's socket just above.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+            }
+            log::info!("connection closed peer={peer} reason={reason}");
+            match reason {
+                "idle" => result.idle += 1,
+                "header-timeout" => result.header_timeouts += 1,
+                _ => result.over_cap += 1,
+            }
+            let mut inner = self.inner.lock();
+            inner.first_seen.remove(&peer);
+            inner.last_request.remove(&peer);
+        }
+        result
+    }
+}
+
+/// Turns on TCP keepalive so a peer that vanished without a FIN is found by the kernel
+/// (idle 30 s, then 3 probes 10 s apart): the socket leaves `ESTABLISHED` and writes fail.
+pub fn set_keepalive(socket: &mut StreamSocket) {
+    let Some(fd) = socket.fd() else { return };
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: fd verified by fd(); value is a c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+}

@@ -6,9 +6,10 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::conn::{Liveness, StreamSocket};
+use super::conn::{ConnTable, Liveness, StreamSocket};
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
@@ -116,20 +117,43 @@ impl CloseReason {
 pub struct SseWriter {
     out: Box<dyn Write + Send>,
     socket: Option<StreamSocket>,
+    conns: Arc<ConnTable>,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for SseWriter {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer {
+            self.conns.stream_ended(peer);
+        }
+    }
 }
 
 impl SseWriter {
     /// Takes over `request`: writes `200` and the SSE headers (plus `extra` header lines, each
-    /// without CRLF), frees tiny_http's pool thread from the connection and sets the write
-    /// time-out. `local` is the server's listening address.
+    /// without CRLF), marks the connection as a stream in `conns` (so the idle sweep leaves it
+    /// alone until this writer is dropped), frees tiny_http's pool thread from the connection,
+    /// and sets the write time-out and TCP keepalive.
     pub fn start(
         request: tiny_http::Request,
-        local: SocketAddr,
+        conns: &Arc<ConnTable>,
         extra: &[String],
         write_timeout: Duration,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
-        let mut out = request.into_writer();
+        let local = conns.local();
+        if let Some(peer) = peer {
+            conns.stream_started(peer);
+        }
+        // From here on, Drop unregisters the stream whatever happens.
+        let mut writer = SseWriter {
+            out: Box::new(io::sink()),
+            socket: None,
+            conns: conns.clone(),
+            peer,
+        };
+        writer.out = request.into_writer();
+        let out = &mut writer.out;
         let mut head = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
@@ -141,17 +165,18 @@ impl SseWriter {
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
         out.flush()?;
-        let mut socket = peer.and_then(|peer| StreamSocket::find(local, peer));
-        match socket.as_mut() {
+        writer.socket = peer.and_then(|peer| StreamSocket::find(local, peer));
+        match writer.socket.as_mut() {
             Some(s) => {
                 s.release_reader();
                 s.set_write_timeout(write_timeout)?;
+                super::conn::set_keepalive(s);
             }
             None => {
                 log::warn!("sse socket not found peer={peer:?}; disconnects seen on write only")
             }
         }
-        Ok(SseWriter { out, socket })
+        Ok(writer)
     }
 
     /// Writes one encoded event (or comment) and flushes it to the socket.
