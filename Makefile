@@ -28,3 +28,8 @@ test: lint unit
 
 clean:
 	$(CARGO) clean
+
+# Issue 5: measures memory per stream, CPU, fan-out latency and refresher cost against the
+# release server (< 10 minutes on the 2-core machine); writes target/bench/results.json.
+bench:
+	CARGO=$(CARGO) scripts/bench.sh $(BENCH_ARGS)

@@ -1,0 +1,702 @@
+//! `syncast-bench`: starts the release server as a child process and measures it from outside
+//! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
+//! the runs, and writes `target/bench/results.json`.
+//!
+//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--out PATH]`
+
+mod epoll;
+mod proc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use epoll::{get, Clients};
+use proc::{http, temp_db, ServerProc};
+use serde_json::json;
+
+/// One figure over several runs.
+struct Figure {
+    scenario: String,
+    name: String,
+    unit: String,
+    values: Vec<f64>,
+    target: String,
+}
+
+#[derive(Default)]
+struct Results {
+    figures: Vec<Figure>,
+    notes: Vec<String>,
+}
+
+impl Results {
+    fn add(&mut self, scenario: &str, name: &str, unit: &str, target: &str, v: f64) {
+        match self
+            .figures
+            .iter_mut()
+            .find(|f| f.scenario == scenario && f.name == name)
+        {
+            Some(f) => f.values.push(v),
+            None => self.figures.push(Figure {
+                scenario: scenario.into(),
+                name: name.into(),
+                unit: unit.into(),
+                values: vec![v],
+                target: target.into(),
+            }),
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn fmt(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+struct Bench {
+    bin: PathBuf,
+    runs: usize,
+    results: Results,
+}
+
+const KIB: f64 = 1024.0;
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn no_events(_: epoll::Event<'_>) {}
+
+impl Bench {
+    fn server(&self, extra: &[&str]) -> Result<ServerProc, String> {
+        let (dir, db) = temp_db();
+        ServerProc::start(&self.bin, dir, db, extra)
+    }
+
+    /// Waits until the server's thread count is at most `idle` (or `limit` passes); returns
+    /// how long that took.
+    fn wait_threads(srv: &ServerProc, idle: u64, limit: Duration) -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if srv.sample().threads <= idle {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    fn footprint(&mut self) -> Result<(), String> {
+        let size = std::fs::metadata(&self.bin)
+            .map_err(|e| e.to_string())?
+            .len();
+        for _ in 0..self.runs {
+            let srv = self.server(&[])?;
+            let ready = srv.ready_after;
+            std::thread::sleep(Duration::from_secs(2));
+            let s = srv.sample();
+            let r = &mut self.results;
+            r.add(
+                "footprint",
+                "release binary size",
+                "MiB",
+                "",
+                size as f64 / MIB,
+            );
+            r.add("footprint", "idle RSS", "MiB", "<= 4", s.rss as f64 / MIB);
+            r.add("footprint", "idle threads", "", "<= 8", s.threads as f64);
+            r.add(
+                "footprint",
+                "start to first answered request",
+                "ms",
+                "",
+                ready.as_secs_f64() * 1e3,
+            );
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    fn idle(&mut self, n: usize) -> Result<(), String> {
+        let sc = format!("idle change streams N={n}");
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = srv.sample();
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| get(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change")))
+                .collect();
+            let t0 = Instant::now();
+            let open = c
+                .open(rqs, 256, Duration::from_secs(120), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            let ramp = t0.elapsed();
+            if open < n {
+                self.results.notes.push(format!(
+                    "{sc} run {run}: only {open} of {n} streams opened in {:.1} s",
+                    ramp.as_secs_f64()
+                ));
+            }
+            // Let tiny_http's extra pool threads (5 s idle time-out) go before holding.
+            c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
+            let h0 = srv.sample();
+            c.run_until(Duration::from_secs(10), &mut no_events, |_| false);
+            let at = srv.sample();
+            let still = c.streaming();
+            c.close_all();
+            let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
+            std::thread::sleep(
+                Duration::from_secs(10).saturating_sub(back.unwrap_or(Duration::from_secs(10))),
+            );
+            let after = srv.sample();
+            let r = &mut self.results;
+            r.add(
+                &sc,
+                "streams open",
+                "",
+                &n.to_string(),
+                open.min(still) as f64,
+            );
+            r.add(&sc, "ramp time", "s", "", ramp.as_secs_f64());
+            r.add(&sc, "RSS before", "MiB", "", before.rss as f64 / MIB);
+            r.add(&sc, "RSS at N", "MiB", "", at.rss as f64 / MIB);
+            r.add(
+                &sc,
+                "RSS 10 s after close",
+                "MiB",
+                "",
+                after.rss as f64 / MIB,
+            );
+            r.add(
+                &sc,
+                "RSS per stream",
+                "KiB",
+                if n == 10_000 { "<= 16" } else { "" },
+                (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
+            );
+            r.add(&sc, "threads before", "", "", before.threads as f64);
+            r.add(&sc, "threads at N", "", "", at.threads as f64);
+            r.add(
+                &sc,
+                "threads per stream",
+                "",
+                "1",
+                (at.threads as f64 - before.threads as f64) / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads 10 s after close",
+                "",
+                &format!("<= {}", before.threads),
+                after.threads as f64,
+            );
+            r.add(
+                &sc,
+                "threads back to idle after",
+                "s",
+                "<= 10",
+                back.map_or(f64::NAN, |d| d.as_secs_f64()),
+            );
+            let cpu = at.cpu - h0.cpu;
+            r.add(&sc, "server CPU holding 10 s", "s", "", cpu);
+            r.add(
+                &sc,
+                "server CPU holding",
+                "% core",
+                if n == 10_000 { "<= 2" } else { "" },
+                cpu / 10.0 * 100.0,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, n: usize) -> Result<(), String> {
+        let sc = format!("tick streams N={n}");
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| get(srv.addr, &format!("/sse/call/tick{run}x{}", i % 1000)))
+                .collect();
+            let open = c
+                .open(rqs, 256, Duration::from_secs(120), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            c.run_until(Duration::from_secs(2), &mut no_events, |_| false);
+            let e0 = c.events();
+            let s0 = srv.sample();
+            let t0 = Instant::now();
+            c.run_until(Duration::from_secs(10), &mut no_events, |_| false);
+            let secs = t0.elapsed().as_secs_f64();
+            let s1 = srv.sample();
+            let got = (c.events() - e0) as f64 / secs;
+            let r = &mut self.results;
+            r.add(&sc, "streams open", "", &n.to_string(), open as f64);
+            r.add(&sc, "events/s delivered", "1/s", &format!("{}", n * 2), got);
+            r.add(
+                &sc,
+                "server CPU",
+                "% core",
+                "",
+                (s1.cpu - s0.cpu) / secs * 100.0,
+            );
+            r.add(&sc, "server RSS", "MiB", "", s1.rss as f64 / MIB);
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<(), String> {
+        let sc = "refresher: 10,000 ids connected, 100,000 rows";
+        let n = 10_000;
+        for _ in 0..self.runs {
+            let (dir, db) = temp_db();
+            {
+                let conn = rusqlite::Connection::open(&db).map_err(|e| e.to_string())?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode=WAL;
+                     CREATE TABLE IF NOT EXISTS alarms (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        alarm INTEGER NOT NULL CHECK (alarm IN (0, 1)),
+                        updated_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+                     BEGIN;",
+                )
+                .map_err(|e| e.to_string())?;
+                let mut st = conn
+                    .prepare("INSERT INTO alarms (id, alarm) VALUES (?1, ?2)")
+                    .map_err(|e| e.to_string())?;
+                for i in 0..100_000u32 {
+                    st.execute(rusqlite::params![format!("r{i}"), (i % 7 == 0) as i64])
+                        .map_err(|e| e.to_string())?;
+                }
+                drop(st);
+                conn.execute_batch("COMMIT;").map_err(|e| e.to_string())?;
+            }
+            let srv = ServerProc::start(&self.bin, dir, db, &["--refresh", "100ms"])?;
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            // Every 10th connected id has no row, as in real life.
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| {
+                    let id = if i % 10 == 9 {
+                        format!("none{i}")
+                    } else {
+                        format!("r{}", i * 10)
+                    };
+                    get(srv.addr, &format!("/sse/call/{id}?mode=change"))
+                })
+                .collect();
+            let open = c
+                .open(rqs, 256, Duration::from_secs(120), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            // A writer changes one row every 50 ms, so every refresh sees a changed store.
+            let addr = srv.addr;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop2 = stop.clone();
+            let writer = std::thread::spawn(move || {
+                let mut k = 0u32;
+                while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = if k.is_multiple_of(2) { "true" } else { "false" };
+                    let _ = http(
+                        addr,
+                        "PUT",
+                        &format!("/alarms/r{}", (k % n as u32) * 10),
+                        Some(body),
+                        None,
+                    );
+                    k += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+            let r0 = srv.metric("syncast_refresh_total").unwrap_or(0.0);
+            let e0 = c.events();
+            // 70 ticks: the 64-refresh window then holds only refreshes of all 10,000 ids.
+            c.run_until(Duration::from_secs(30), &mut no_events, |_| {
+                srv.metric("syncast_refresh_total").unwrap_or(0.0) >= r0 + 70.0
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = writer.join();
+            let q = |name: &str, quant: &str| {
+                srv.metric(&format!("{name}{{quantile=\"{quant}\"}}"))
+                    .map_or(f64::NAN, |v| v * 1e3)
+            };
+            let r = &mut self.results;
+            r.add(sc, "streams open", "", "10000", open as f64);
+            let w = "syncast_refresh_window_seconds";
+            let l = "syncast_refresh_lock_window_seconds";
+            r.add(sc, "refresh p50", "ms", "", q(w, "0.5"));
+            r.add(sc, "refresh p99", "ms", "<= 20", q(w, "0.99"));
+            r.add(sc, "refresh max", "ms", "", q(w, "1"));
+            r.add(sc, "write lock p99", "ms", "<= 1", q(l, "0.99"));
+            r.add(sc, "write lock max", "ms", "<= 1", q(l, "1"));
+            r.add(
+                sc,
+                "change events received",
+                "",
+                "",
+                (c.events() - e0) as f64,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    fn chat(&mut self) -> Result<(), String> {
+        let sc = "chat fan-out: 1,000 members";
+        let members = 1000;
+        let posters = 20;
+        for _run in 0..self.runs {
+            let srv = self.server(&[])?;
+            let join = |name: String| -> Result<String, String> {
+                let (st, body) = http(srv.addr, "POST", "/chat/join", Some(&name), None)
+                    .map_err(|e| e.to_string())?;
+                if st != 201 {
+                    return Err(format!("POST /chat/join answered {st}: {body}"));
+                }
+                let v: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                v["token"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("no token in {body}"))
+            };
+            let mut tokens = Vec::new();
+            for i in 0..members {
+                tokens.push(join(format!("m{i}"))?);
+            }
+            let mut poster_tokens = Vec::new();
+            for i in 0..posters {
+                poster_tokens.push(join(format!("p{i}"))?);
+            }
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            c.parse = true;
+            let rqs: Vec<Vec<u8>> = tokens
+                .iter()
+                .map(|t| get(srv.addr, &format!("/chat/stream?token={t}")))
+                .collect();
+            let receipts: Arc<Mutex<Vec<(u64, usize, Instant)>>> = Arc::default();
+            let rec = receipts.clone();
+            let mut on_event = move |e: epoll::Event<'_>| {
+                if e.name == Some("message") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&e.data) {
+                        if let Some(id) = v["id"].as_u64() {
+                            rec.lock().unwrap().push((id, e.conn, e.at));
+                        }
+                    }
+                }
+            };
+            let open = c
+                .open(rqs, 256, Duration::from_secs(60), &mut on_event)
+                .map_err(|e| e.to_string())?;
+            receipts.lock().unwrap().clear();
+            let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let s0 = srv.sample();
+            let addr = srv.addr;
+            let sent2 = sent.clone();
+            let ptoks = poster_tokens.clone();
+            let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Instant, String>>(1);
+            let poster = std::thread::spawn(move || {
+                let post = |k: usize| -> Result<(), String> {
+                    let t = Instant::now();
+                    let (st, body) = http(
+                        addr,
+                        "POST",
+                        "/chat/messages",
+                        Some(&format!("bench message {k}")),
+                        Some(&ptoks[k % ptoks.len()]),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    if st != 202 {
+                        return Err(format!("POST /chat/messages answered {st}: {body}"));
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                    let id = v["id"].as_u64().ok_or(format!("no id in {body}"))?;
+                    sent2.lock().unwrap().insert(id, t);
+                    Ok(())
+                };
+                let run = || -> Result<Instant, String> {
+                    for k in 0..200 {
+                        post(k)?;
+                    }
+                    // Let the sequential phase drain before the bursts.
+                    std::thread::sleep(Duration::from_millis(500));
+                    let burst_start = Instant::now();
+                    for b in 0..10 {
+                        std::thread::scope(|s| {
+                            let hs: Vec<_> = (0..20)
+                                .map(|j| s.spawn(move || post(200 + b * 20 + j)))
+                                .collect();
+                            hs.into_iter()
+                                .map(|h| h.join().unwrap_or(Err("poster panicked".into())))
+                                .collect::<Result<Vec<_>, _>>()
+                        })?;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Ok(burst_start)
+                };
+                let _ = done_tx.send(run());
+            });
+            let expected = 400 * open;
+            let mut burst_start = None;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                c.run_until(Duration::from_millis(100), &mut on_event, |_| false);
+                if burst_start.is_none() {
+                    match done_rx.try_recv() {
+                        Ok(Ok(t)) => burst_start = Some(t),
+                        Ok(Err(e)) => return Err(e),
+                        Err(_) => {}
+                    }
+                }
+                if burst_start.is_some() && receipts.lock().unwrap().len() >= expected {
+                    break;
+                }
+                if burst_start.is_some() && Instant::now() > deadline - Duration::from_secs(50) {
+                    // Give stragglers 10 s after the last post, then count what is missing.
+                    c.run_until(Duration::from_secs(10), &mut on_event, |_| false);
+                    break;
+                }
+            }
+            let _ = poster.join();
+            let s1 = srv.sample();
+            let sent = sent.lock().unwrap().clone();
+            let receipts = receipts.lock().unwrap().clone();
+            let mut seen: std::collections::HashSet<(u64, usize)> = Default::default();
+            let mut lat: Vec<f64> = Vec::new();
+            let mut last_burst_receipt = None::<Instant>;
+            let mut burst_deliveries = 0usize;
+            let burst_start = burst_start.unwrap_or_else(Instant::now);
+            for &(id, conn, at) in &receipts {
+                if !seen.insert((id, conn)) {
+                    continue;
+                }
+                if let Some(t) = sent.get(&id) {
+                    lat.push(at.saturating_duration_since(*t).as_secs_f64() * 1e3);
+                    if *t >= burst_start {
+                        burst_deliveries += 1;
+                        last_burst_receipt = Some(last_burst_receipt.map_or(at, |l| l.max(at)));
+                    }
+                }
+            }
+            lat.sort_by(|a, b| a.total_cmp(b));
+            let delivered = seen.len();
+            let burst_secs = last_burst_receipt
+                .map_or(f64::NAN, |l| l.duration_since(burst_start).as_secs_f64());
+            let r = &mut self.results;
+            r.add(sc, "members streaming", "", "1000", open as f64);
+            r.add(sc, "latency p50", "ms", "", quantile(&lat, 0.5));
+            r.add(sc, "latency p99", "ms", "<= 10", quantile(&lat, 0.99));
+            r.add(sc, "latency max", "ms", "", quantile(&lat, 1.0));
+            r.add(
+                sc,
+                "lost",
+                "",
+                "0",
+                (sent.len() * open).saturating_sub(delivered) as f64,
+            );
+            r.add(
+                sc,
+                "deliveries/s (bursts)",
+                "1/s",
+                ">= 150000",
+                burst_deliveries as f64 / burst_secs,
+            );
+            r.add(
+                sc,
+                "server CPU per 1,000 deliveries",
+                "ms",
+                "",
+                (s1.cpu - s0.cpu) / delivered.max(1) as f64 * 1e6,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+}
+
+/// One scenario of the bench.
+type Step = Box<dyn Fn(&mut Bench) -> Result<(), String>>;
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores ({model}), {:.1} GiB RAM, Linux {}",
+        mem as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn main() -> std::process::ExitCode {
+    let mut runs = 3;
+    let mut only: Option<Vec<String>> = None;
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    let mut out = dir.join("../bench/results.json");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(3),
+            "--only" => {
+                only = args
+                    .next()
+                    .map(|v| v.split(',').map(String::from).collect())
+            }
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            _ => {
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--out PATH]");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let mut b = Bench {
+        bin: dir.join("syncast"),
+        runs,
+        results: Results::default(),
+    };
+    let machine = machine();
+    let started = Instant::now();
+    println!(
+        "syncast-bench: {machine}; {runs} runs per figure; server {}",
+        b.bin.display()
+    );
+    let mut steps: Vec<(&str, Step)> = Vec::new();
+    if want("footprint") {
+        steps.push(("footprint", Box::new(|b| b.footprint())));
+    }
+    if want("idle") {
+        for n in [1000, 5000, 10_000] {
+            steps.push(("idle", Box::new(move |b| b.idle(n))));
+        }
+    }
+    if want("tick") {
+        steps.push(("tick", Box::new(|b| b.tick(5000))));
+    }
+    if want("refresh") {
+        steps.push(("refresh", Box::new(|b| b.refresh())));
+    }
+    if want("chat") {
+        steps.push(("chat", Box::new(|b| b.chat())));
+    }
+    for (name, step) in steps {
+        let t = Instant::now();
+        eprintln!("[{:>5.0} s] {name} ...", started.elapsed().as_secs_f64());
+        if let Err(e) = step(&mut b) {
+            eprintln!("{name}: {e}");
+            b.results.notes.push(format!("{name}: not measured: {e}"));
+        }
+        eprintln!(
+            "[{:>5.0} s] {name} done in {:.0} s",
+            started.elapsed().as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    // The table.
+    let mut by_sc: BTreeMap<usize, (&str, Vec<&Figure>)> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for f in &b.results.figures {
+        let i = match order.iter().position(|s| *s == f.scenario) {
+            Some(i) => i,
+            None => {
+                order.push(&f.scenario);
+                order.len() - 1
+            }
+        };
+        by_sc
+            .entry(i)
+            .or_insert((&f.scenario, Vec::new()))
+            .1
+            .push(f);
+    }
+    let mut table = String::new();
+    table.push_str("| scenario | figure | median | min | max | unit | target |\n");
+    table.push_str("| --- | --- | ---: | ---: | ---: | --- | --- |\n");
+    for (_, (sc, figs)) in by_sc {
+        for f in figs {
+            let ok: Vec<f64> = f.values.iter().copied().filter(|v| !v.is_nan()).collect();
+            let min = ok.iter().copied().reduce(f64::min).unwrap_or(f64::NAN);
+            let max = ok.iter().copied().reduce(f64::max).unwrap_or(f64::NAN);
+            table.push_str(&format!(
+                "| {sc} | {} | {} | {} | {} | {} | {} |\n",
+                f.name,
+                fmt(median(&f.values)),
+                fmt(min),
+                fmt(max),
+                f.unit,
+                f.target
+            ));
+        }
+    }
+    println!("\n{table}");
+    for n in &b.results.notes {
+        println!("note: {n}");
+    }
+    println!("total bench time: {:.0} s", started.elapsed().as_secs_f64());
+    let json = json!({
+        "machine": machine,
+        "runs": runs,
+        "seconds": started.elapsed().as_secs_f64(),
+        "figures": b.results.figures.iter().map(|f| json!({
+            "scenario": f.scenario, "figure": f.name, "unit": f.unit, "target": f.target,
+            "median": median(&f.values), "values": f.values,
+        })).collect::<Vec<_>>(),
+        "notes": b.results.notes,
+    });
+    if let Some(p) = out.parent() {
+        let _ = std::fs::create_dir_all(p);
+    }
+    match std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    ) {
+        Ok(()) => println!("wrote {}", out.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", out.display()),
+    }
+    std::process::ExitCode::SUCCESS
+}
