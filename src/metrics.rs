@@ -90,10 +90,35 @@ pub struct Metrics {
     pub pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
     pub pending_connections: Counter,
+    /// Refresher ticks that skipped the query because the store had not changed.
+    pub refresh_skipped: Counter,
+    /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
+    refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
 }
 
+/// How many recent full refreshes the quantiles in `/metrics` are taken over.
+pub const REFRESH_WINDOW: usize = 64;
+
+/// The `q` quantile (nearest rank) of sorted `v`.
+fn quantile(v: &[u64], q: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
 impl Metrics {
+    /// Records one full refresh (every connected id queried): its duration and write-lock hold.
+    pub fn record_full_refresh(&self, us: u64, lock_us: u64) {
+        let mut w = self.refresh_window.lock();
+        if w.len() == REFRESH_WINDOW {
+            w.pop_front();
+        }
+        w.push_back((us, lock_us));
+    }
+
     /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
     pub fn reject(&self, reason: &'static str) {
         let mut r = self.rejected.lock();
@@ -265,8 +290,39 @@ impl Metrics {
         for (name, kind, help, value) in more {
             one(name, kind, help, value.to_string());
         }
+        one(
+            "syncast_refresh_skipped_total",
+            "counter",
+            "Refresher ticks that skipped the query: store unchanged (PRAGMA data_version).",
+            self.refresh_skipped.get().to_string(),
+        );
         for (name, help, value) in extra {
             one(name, "gauge", help, value.clone());
+        }
+        let window: Vec<(u64, u64)> = self.refresh_window.lock().iter().copied().collect();
+        for (name, help, pick) in [
+            (
+                "syncast_refresh_window_seconds",
+                "Duration of the last full refreshes (all connected ids).",
+                0,
+            ),
+            (
+                "syncast_refresh_lock_window_seconds",
+                "Write-lock hold of the last full refreshes.",
+                1,
+            ),
+        ] {
+            let mut v: Vec<u64> = window
+                .iter()
+                .map(|&(a, b)| if pick == 0 { a } else { b })
+                .collect();
+            v.sort_unstable();
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
+            for q in ["0.5", "0.99", "1"] {
+                let x = quantile(&v, q.parse().unwrap_or(1.0));
+                let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", secs(x));
+            }
+            let _ = writeln!(out, "{name}_count {}", v.len());
         }
         let _ = writeln!(out, "# HELP syncast_rejected_total Requests refused, by reason.\n# TYPE syncast_rejected_total counter");
         let rejected = self.rejected.lock().clone();

@@ -53,29 +53,56 @@ impl Refresher {
     pub fn run(&self) {
         let ticker = tick(self.every);
         let mut opened: Option<Opened> = None;
+        // `PRAGMA data_version` after the last full refresh that succeeded.
+        let mut version: Option<i64> = None;
         loop {
             select! {
                 recv(ticker) -> _ => {
-                    let ids = self.hub.ids();
-                    if !ids.is_empty() {
-                        self.refresh(&mut opened, &ids);
-                    } else if opened.is_none() || self.health.read().is_some() {
-                        // Nothing to query, but keep /healthz honest about the store.
-                        self.refresh(&mut opened, &[]);
+                    if self.hub.is_empty() {
+                        if opened.is_none() || self.health.read().is_some() {
+                            // Nothing to query, but keep /healthz honest about the store.
+                            self.refresh(&mut opened, &[], false);
+                        }
+                        continue;
                     }
+                    // Nothing committed since the last full refresh and every id loaded: the
+                    // values cannot have changed, so skip the query of every connected id
+                    // (with 10,000 ids connected it costs milliseconds, twice a second).
+                    let now = self.data_version(&mut opened);
+                    if now.is_some() && now == version && !self.hub.take_missed_load() {
+                        self.metrics.refresh_total.inc();
+                        self.metrics.refresh_skipped.inc();
+                        continue;
+                    }
+                    let ids = self.hub.ids();
+                    version = if self.refresh(&mut opened, &ids, true) { now } else { None };
                 }
                 recv(self.load_now) -> id => {
                     let Ok(id) = id else { return };
                     let mut ids = vec![id];
                     ids.extend(self.load_now.try_iter());
-                    self.refresh(&mut opened, &ids);
+                    if !self.refresh(&mut opened, &ids, false) {
+                        version = None;
+                    }
                 }
                 recv(self.shutdown) -> _ => return,
             }
         }
     }
 
-    fn refresh(&self, opened: &mut Option<Opened>, ids: &[Arc<str>]) {
+    /// The store's `data_version`, if it is open and still the same file (else `None`, which
+    /// forces a full refresh that reopens it).
+    fn data_version(&self, opened: &mut Option<Opened>) -> Option<i64> {
+        let o = opened.as_ref()?;
+        let now = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
+        if o.inode != now {
+            return None;
+        }
+        o.store.data_version().ok()
+    }
+
+    /// One refresh of `ids` (`full`: every connected id, on a tick); true if it succeeded.
+    fn refresh(&self, opened: &mut Option<Opened>, ids: &[Arc<str>], full: bool) -> bool {
         if let Some(bad) = &self.fault_panic_id {
             if ids.iter().any(|id| **id == **bad) {
                 panic!("injected fault in refresh id={bad}");
@@ -93,9 +120,13 @@ impl Refresher {
                 if held_us > self.metrics.refresh_lock_max_us.get() {
                     self.metrics.refresh_lock_max_us.set(held_us);
                 }
+                if full {
+                    self.metrics.record_full_refresh(us, held_us);
+                }
                 if self.health.write().take().is_some() {
                     log::info!("store recovered");
                 }
+                true
             }
             Err(e) => {
                 self.metrics.refresh_errors.inc();
@@ -106,6 +137,7 @@ impl Refresher {
                     log::error!("refresh failed error={:?}", e.0);
                 }
                 *health = Some(e.0);
+                false
             }
         }
     }

@@ -155,6 +155,13 @@ pub fn serve(
                     send_counted(&shared, &mut out, event(v), true)?;
                 }
             }
+            recv(out.gone()) -> _ => {
+                // The server's batched socket check saw the peer leave: end now instead of
+                // at the next keepalive (up to --heartbeat away).
+                if out.liveness() == Liveness::Gone {
+                    break Ok(CloseReason::ClientGone);
+                }
+            }
             recv(shared.shutdown) -> _ => {
                 let _ = out.send(b"event: shutdown\ndata: {}\n\n");
                 break Ok(CloseReason::Shutdown);

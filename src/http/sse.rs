@@ -9,6 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::RawFd;
+
+use crossbeam_channel::Receiver;
+
 use super::conn::{ConnTable, Liveness, StreamSocket};
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
@@ -119,10 +123,18 @@ pub struct SseWriter {
     socket: Option<StreamSocket>,
     conns: Arc<ConnTable>,
     peer: Option<SocketAddr>,
+    /// The socket's descriptors as registered in `conns` (unregistered in `Drop`, which runs
+    /// before `out` closes them).
+    fds: Vec<RawFd>,
+    gone: Receiver<()>,
+    /// Keeps `gone` connected even if the table drops its sender (a descriptor number reused
+    /// by another stream replaces the entry): a disconnected channel would be always ready.
+    _gone_tx: Option<crossbeam_channel::Sender<()>>,
 }
 
 impl Drop for SseWriter {
     fn drop(&mut self) {
+        self.conns.stream_fds_closed(&self.fds);
         if let Some(peer) = self.peer {
             self.conns.stream_ended(peer);
         }
@@ -151,6 +163,9 @@ impl SseWriter {
             socket: None,
             conns: conns.clone(),
             peer,
+            fds: Vec::new(),
+            gone: crossbeam_channel::never(),
+            _gone_tx: None,
         };
         writer.out = request.into_writer();
         let out = &mut writer.out;
@@ -165,12 +180,18 @@ impl SseWriter {
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
         out.flush()?;
-        writer.socket = peer.and_then(|peer| StreamSocket::find(local, peer));
+        let skip = conns.stream_fds();
+        writer.socket = peer.and_then(|peer| StreamSocket::find_skipping(local, peer, &skip));
         match writer.socket.as_mut() {
             Some(s) => {
                 s.release_reader();
                 s.set_write_timeout(write_timeout)?;
                 super::conn::set_keepalive(s);
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                writer.fds = s.fds();
+                conns.stream_fds_opened(&writer.fds, tx.clone());
+                writer.gone = rx;
+                writer._gone_tx = Some(tx);
             }
             None => {
                 log::warn!("sse socket not found peer={peer:?}; disconnects seen on write only")
@@ -183,6 +204,13 @@ impl SseWriter {
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
         self.out.flush()
+    }
+
+    /// Gets a message when the server's sweep saw this connection leave `ESTABLISHED` (peer
+    /// gone): a stream's `select!` loop watches it and then confirms with
+    /// [`SseWriter::liveness`]. Never ready if the socket was not found.
+    pub fn gone(&self) -> &Receiver<()> {
+        &self.gone
     }
 
     /// Whether the client is still connected, checked without writing.

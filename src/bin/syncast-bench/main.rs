@@ -2,7 +2,8 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--out PATH]`
+//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint]
+//! [--idle-sizes 1000,5000,10000] [--out PATH]`
 
 mod epoll;
 mod proc;
@@ -575,6 +576,7 @@ fn machine() -> String {
 fn main() -> std::process::ExitCode {
     let mut runs = 3;
     let mut only: Option<Vec<String>> = None;
+    let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut out = dir.join("../bench/results.json");
@@ -588,8 +590,14 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--idle-sizes" => {
+                sizes = args
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or(sizes)
+            }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -611,7 +619,7 @@ fn main() -> std::process::ExitCode {
         steps.push(("footprint", Box::new(|b| b.footprint())));
     }
     if want("idle") {
-        for n in [1000, 5000, 10_000] {
+        for n in sizes {
             steps.push(("idle", Box::new(move |b| b.idle(n))));
         }
     }

@@ -53,6 +53,12 @@ impl ServerProc {
             .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--db"])
             .arg(&db)
             .args(extra)
+            // For experiments only (e.g. `--heartbeat 60s`); `make bench` sets nothing here.
+            .args(
+                std::env::var("SYNCAST_BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
