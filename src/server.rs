@@ -223,7 +223,10 @@ impl Shared {
         let shared = self.clone();
         let rx2 = rx.clone();
         let spawned = self.threads.spawn(role, name, stack, move || {
-            if let Ok(rq) = rx2.try_recv() {
+            let rq = rx2.try_recv();
+            // The channel (~0.6 KiB) would otherwise live as long as a stream: free it first.
+            drop(rx2);
+            if let Ok(rq) = rq {
                 body(shared, rq);
             }
         });

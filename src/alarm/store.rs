@@ -86,9 +86,10 @@ impl Store {
         )?;
         let mut rows = stmt.query(params![list])?;
         while let Some(row) = rows.next()? {
-            let id: String = row.get(0)?;
+            // Borrowed text: no allocation per row.
+            let id = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
             let alarm: i64 = row.get(1)?;
-            if let Some(v) = out.get_mut(id.as_str()) {
+            if let Some(v) = out.get_mut(id) {
                 *v = alarm != 0;
             }
         }
