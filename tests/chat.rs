@@ -120,6 +120,42 @@ fn say(s: &TestServer, token: &str, text: &str) -> u64 {
     r.json()["id"].as_u64().unwrap()
 }
 
+/// Posts over one keep-alive connection, for tests that post a lot.
+struct Poster {
+    agent: ureq::Agent,
+    url: String,
+    auth: String,
+}
+
+impl Poster {
+    fn new(s: &TestServer, token: &str) -> Poster {
+        Poster {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(common::PATIENCE))
+                .build()
+                .into(),
+            url: s.url("/chat/messages"),
+            auth: format!("Bearer {token}"),
+        }
+    }
+
+    /// Posts and expects 202; returns the id.
+    fn say(&self, text: &str) -> u64 {
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .header("Authorization", &self.auth)
+            .send(text)
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
 /// `POST /chat/join`; returns the token.
 fn join_only(s: &TestServer, name: &str) -> String {
     let r = s.request("POST", "/chat/join", Some(name));
@@ -389,7 +425,8 @@ fn deaf_reader(s: &TestServer, path: &str) -> TcpStream {
 #[test]
 fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_loses_nothing() {
     let s = Arc::new(start(|c| {
-        c.queue = 8;
+        // Small, but with room for a busy CI machine's scheduling of the fast member's thread.
+        c.queue = 32;
         // Kept long enough to resume from whatever the deaf socket held.
         c.history = 1_000_000;
         c.grace = Duration::from_secs(600);
@@ -402,7 +439,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
     let sock = deaf_reader(&s, &format!("/chat/stream?token={slow_token}"));
     wait_log(&["chat stream opened", &format!("name={slow_name} ")]);
     let fast = Member::join(&s, &unique("fast"));
-    let poster = join_only(&s, &unique("poster"));
+    let poster = Poster::new(&s, &join_only(&s, &unique("poster")));
     // The fast member reads on its own thread all along.
     let fast_reader = std::thread::spawn(move || {
         let mut fast = fast;
@@ -413,7 +450,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
     let big = "x".repeat(4000);
     wait_for("the deaf reader cut off as slow", || {
         for _ in 0..20 {
-            posted.push(say(&s, &poster, &format!("{}:{big}", posted.len())));
+            posted.push(poster.say(&format!("{}:{big}", posted.len())));
         }
         if !log_lines(&[
             "chat stream closed",
@@ -427,7 +464,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
         cut.load(Ordering::Relaxed).then_some(())
     });
     assert!(s.metric("syncast_chat_slow_cutoffs_total") >= 1.0);
-    posted.push(say(&s, &poster, "end"));
+    posted.push(poster.say("end"));
     let fast_got: Vec<u64> = fast_reader.join().unwrap().iter().map(|m| m.0).collect();
     assert_eq!(fast_got, posted, "the fast member got everything, in order");
     // The slow member's session outlives its stream: read what reached it, then resume.

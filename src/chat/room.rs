@@ -47,6 +47,8 @@ pub enum ChatError {
     RateLimited(Duration),
     /// The message text is empty, too long or holds NUL (400).
     InvalidText(&'static str),
+    /// The room holds `--max-members` sessions already (503).
+    RoomFull,
     /// The OS random source failed (503).
     Random(String),
 }
@@ -61,6 +63,7 @@ impl fmt::Display for ChatError {
             ChatError::Unauthorized => f.write_str("unknown or missing token"),
             ChatError::RateLimited(_) => f.write_str("too many messages: slow down"),
             ChatError::InvalidText(why) => write!(f, "invalid message: {why}"),
+            ChatError::RoomFull => f.write_str("the room is full: try again later"),
             ChatError::Random(e) => write!(f, "cannot make a token: {e}"),
         }
     }
@@ -137,6 +140,7 @@ pub struct Room {
     grace: Duration,
     rate: f64,
     burst: f64,
+    max_members: usize,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
 }
@@ -231,6 +235,10 @@ impl Inner {
         let folded = fold(name);
         if self.names.contains_key(&folded) {
             return Err(ChatError::NameTaken);
+        }
+        // The bound on sessions; the policy when full: 503, the client retries later.
+        if self.sessions.len() >= room.max_members {
+            return Err(ChatError::RoomFull);
         }
         let token = loop {
             let t = Token::generate().map_err(|e| ChatError::Random(e.to_string()))?;
@@ -334,7 +342,8 @@ impl Inner {
 }
 
 impl Room {
-    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`).
+    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
+    /// `max_members`).
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
         Arc::new(Room {
             history: config.history,
@@ -342,6 +351,7 @@ impl Room {
             grace: config.grace,
             rate: config.rate,
             burst: config.burst,
+            max_members: config.max_members,
             metrics,
             inner: Mutex::new(Inner::default()),
         })
@@ -411,14 +421,20 @@ impl Room {
     }
 
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
-    /// `(from, to)`.
+    /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
         let from = {
             let mut inner = self.inner.lock();
-            let key = inner.session(token)?.token.selector();
+            let session = inner.session(token)?;
+            let key = session.token.selector();
             if !valid_name(to) {
                 return Err(ChatError::InvalidName);
             }
+            // A rename is broadcast like a message, so it draws on the same bucket.
+            session
+                .limiter
+                .take(Instant::now())
+                .map_err(ChatError::RateLimited)?;
             let folded = fold(to);
             if inner.names.get(&folded).is_some_and(|k| *k != key) {
                 return Err(ChatError::NameTaken);
@@ -770,6 +786,16 @@ mod tests {
             Err(ChatError::RateLimited(d)) => assert!(d <= Duration::from_secs(1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_full_room_refuses_joins_until_someone_leaves() {
+        let r = room(|c| c.max_members = 2);
+        let a = r.join("a").unwrap();
+        r.join("b").unwrap();
+        assert_eq!(r.join("c").unwrap_err(), ChatError::RoomFull);
+        r.leave(&token(&a)).unwrap();
+        r.join("c").unwrap();
     }
 
     #[test]
