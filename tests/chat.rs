@@ -748,3 +748,24 @@ fn shutdown_sends_chat_streams_a_shutdown_event() {
         "reason=shutdown",
     ]);
 }
+
+#[test]
+fn the_close_line_names_the_session_as_it_was_called_last() {
+    let s = start(|_| {});
+    let mut m = Member::join(&s, &unique("old"));
+    let new = unique("new");
+    let auth = format!("Bearer {}", m.token);
+    let h = [("Authorization", auth.as_str())];
+    assert_eq!(
+        s.request_with("POST", "/chat/name", Some(&new), &h).status,
+        200
+    );
+    assert_eq!(m.next_of("rename").data["to"], new);
+    assert_eq!(s.request_with("POST", "/chat/leave", None, &h).status, 204);
+    assert!(
+        m.next().is_none(),
+        "the stream ends when its session leaves"
+    );
+    wait_log(&["chat stream closed", &format!("name={new} "), "reason=left"]);
+    wait_log(&["chat left", &format!("name={new}")]);
+}

@@ -94,13 +94,33 @@ pub struct Attached {
     /// Live events, in id order, starting right after the backlog.
     pub events: Receiver<Encoded>,
     /// Why the room closed this stream (replaced, left, slow).
-    pub kick: Receiver<CloseReason>,
+    pub kick: Receiver<Kick>,
+}
+
+/// The room closing a stream: why, and the session's name at that moment (for the close line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    /// `replaced`, `left` or `slow`.
+    pub reason: CloseReason,
+    /// The session's name when it was closed.
+    pub name: String,
 }
 
 struct Attachment {
     serial: u64,
     events: Sender<Encoded>,
-    kick: Sender<CloseReason>,
+    kick: Sender<Kick>,
+}
+
+impl Attachment {
+    /// Tells the stream to close; never blocks (the channel holds one kick, and a stream is
+    /// kicked at most once because the room forgets it in the same step).
+    fn kick(&self, reason: CloseReason, name: &str) {
+        let _ = self.kick.try_send(Kick {
+            reason,
+            name: name.to_string(),
+        });
+    }
 }
 
 struct Session {
@@ -201,7 +221,7 @@ impl Inner {
                 Err(TrySendError::Full(_)) => {
                     // The policy for the bound: cut the member off; its session stays for the
                     // grace period and it resumes from history with Last-Event-ID.
-                    let _ = att.kick.try_send(CloseReason::Slow);
+                    att.kick(CloseReason::Slow, &session.name);
                     session.attached = None;
                     session.detached_since = Some(Instant::now());
                     room.metrics.chat_slow.inc();
@@ -276,7 +296,7 @@ impl Inner {
         let oldest = self.history.front().map_or(last_id + 1, |k| k.id);
         let session = self.sessions.get_mut(&key).expect("caller checked the key");
         if let Some(old) = session.attached.take() {
-            let _ = old.kick.try_send(CloseReason::Replaced);
+            old.kick(CloseReason::Replaced, &session.name);
         }
         let after = match last_event_id {
             Some(k) => Some(k),
@@ -328,7 +348,7 @@ impl Inner {
         self.names.remove(&fold(&session.name));
         room.metrics.chat_members.dec();
         if let Some(att) = session.attached {
-            let _ = att.kick.try_send(reason);
+            att.kick(reason, &session.name);
         }
         self.broadcast(
             room,
@@ -666,7 +686,7 @@ mod tests {
         // A later attach without Last-Event-ID is live only.
         let again = r.attach(&token(&a), None).unwrap();
         assert_eq!(again.backlog.len(), 1);
-        assert_eq!(att.kick.try_recv(), Ok(CloseReason::Replaced));
+        assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Replaced);
     }
 
     #[test]
@@ -688,7 +708,7 @@ mod tests {
             ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
             assert_eq!(drain(&f.events).len(), 1);
         }
-        assert_eq!(s.kick.try_recv(), Ok(CloseReason::Slow));
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
         assert_eq!(metrics.chat_slow.get(), 1);
         let queued: Vec<_> = drain(&s.events).into_iter().map(|e| e.1).collect();
         assert_eq!(queued, vec![Some(ids[0]), Some(ids[1])]);
@@ -766,7 +786,7 @@ mod tests {
         let a = r.join("a").unwrap();
         let s = r.attach(&token(&a), None).unwrap();
         assert_eq!(r.leave(&token(&a)).unwrap(), "a");
-        assert_eq!(s.kick.try_recv(), Ok(CloseReason::Left));
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
         let leave = drain(&w.events).pop().unwrap();
         assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
         assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
