@@ -726,6 +726,7 @@ fn a_session_without_a_stream_expires_with_leave_timeout() {
     let leave = watcher.next_of("leave");
     assert_eq!(leave.data, json!({ "name": ghost, "reason": "timeout" }));
     wait_log(&["chat expired", &format!("name={ghost}")]);
+    assert_eq!(s.metric("syncast_chat_members"), 1.0);
     // The name is free again, and the watcher (attached all along) is still there.
     join_only(&s, &ghost);
     assert!(s.json("/chat/users")["online"]
@@ -768,4 +769,27 @@ fn the_close_line_names_the_session_as_it_was_called_last() {
     );
     wait_log(&["chat stream closed", &format!("name={new} "), "reason=left"]);
     wait_log(&["chat left", &format!("name={new}")]);
+}
+
+#[test]
+fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
+    let s = start(|_| {});
+    let p = join_only(&s, &unique("p"));
+    let first = say(&s, &p, "one");
+    say(&s, &p, "two");
+    let name = unique("back");
+    let sse = Sse::open(
+        s.addr,
+        &format!("/chat/stream?name={name}"),
+        &[("Last-Event-ID", &first.to_string())],
+    );
+    let mut m = Member {
+        name,
+        token: String::new(),
+        sse,
+        last: 0,
+    };
+    assert_eq!(m.next().unwrap().event, "welcome");
+    let got: Vec<String> = m.messages_until("two").into_iter().map(|g| g.2).collect();
+    assert_eq!(got, vec!["two"]);
 }

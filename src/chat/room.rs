@@ -388,11 +388,17 @@ impl Room {
     }
 
     /// Creates a session and attaches a stream to it in one step (`GET /chat/stream?name=`).
-    pub fn join_and_attach(&self, name: &str) -> Result<Attached, ChatError> {
+    /// With `last_event_id` (an `EventSource` reconnecting to a `?name=` URL after its session
+    /// expired) the kept events after it are replayed, as for any attach.
+    pub fn join_and_attach(
+        &self,
+        name: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
         let attached = {
             let mut inner = self.inner.lock();
             let (key, _) = inner.join(self, name)?;
-            inner.attach(self, key, None)
+            inner.attach(self, key, last_event_id)
         };
         log::info!("chat joined name={name}");
         Ok(attached)
@@ -583,7 +589,7 @@ mod tests {
     #[test]
     fn welcome_comes_first_and_a_message_reaches_others_only() {
         let r = room(|_| {});
-        let a = r.join_and_attach("alice").unwrap();
+        let a = r.join_and_attach("alice", None).unwrap();
         let (ev, id, data) = parse(&a.backlog[0]);
         assert_eq!((ev.as_str(), id), ("welcome", None));
         assert_eq!(data["name"], "alice");
@@ -726,9 +732,9 @@ mod tests {
             ..Config::default()
         };
         let r = Room::new(&c, metrics.clone());
-        let watcher = r.join_and_attach("w").unwrap();
+        let watcher = r.join_and_attach("w", None).unwrap();
         let gone = r.join("gone").unwrap();
-        let stays = r.join_and_attach("stays").unwrap();
+        let stays = r.join_and_attach("stays", None).unwrap();
         assert_eq!(metrics.chat_members.get(), 3);
         let now = Instant::now();
         assert_eq!(r.expire(now), 0);
@@ -782,7 +788,7 @@ mod tests {
     #[test]
     fn leaving_closes_the_stream_and_frees_the_name() {
         let r = room(|_| {});
-        let w = r.join_and_attach("w").unwrap();
+        let w = r.join_and_attach("w", None).unwrap();
         let a = r.join("a").unwrap();
         let s = r.attach(&token(&a), None).unwrap();
         assert_eq!(r.leave(&token(&a)).unwrap(), "a");

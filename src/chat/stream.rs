@@ -100,7 +100,7 @@ pub fn serve(
     let _slot = slot;
     let room = shared.chat.clone();
     let attached = match &member {
-        Member::Join(name) => room.join_and_attach(name),
+        Member::Join(name) => room.join_and_attach(name, last_event_id),
         Member::Resume(token) => room.attach(token, last_event_id),
     };
     let att = match attached {
