@@ -793,3 +793,26 @@ fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
     let got: Vec<String> = m.messages_until("two").into_iter().map(|g| g.2).collect();
     assert_eq!(got, vec!["two"]);
 }
+
+#[test]
+fn a_full_room_answers_503_with_retry_after_until_someone_leaves() {
+    let s = start(|c| c.max_members = 2);
+    let a = join_only(&s, &unique("one"));
+    join_only(&s, &unique("two"));
+    let r = s.request("POST", "/chat/join", Some(&unique("three")));
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+    assert_eq!(
+        s.sse(&format!("/chat/stream?name={}", unique("four")))
+            .status,
+        503
+    );
+    let r = s.request_with(
+        "POST",
+        "/chat/leave",
+        None,
+        &[("Authorization", &format!("Bearer {a}"))],
+    );
+    assert_eq!(r.status, 204);
+    join_only(&s, &unique("three"));
+    assert!(s.metric("syncast_rejected_total{reason=\"room-full\"}") >= 2.0);
+}

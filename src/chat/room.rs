@@ -247,8 +247,8 @@ impl Inner {
         names
     }
 
-    /// Creates a session named `name` and broadcasts its `join`.
-    fn join(&mut self, room: &Room, name: &str) -> Result<(u64, Token), ChatError> {
+    /// Creates a session named `name` holding `token` and broadcasts its `join`.
+    fn join(&mut self, room: &Room, name: &str, token: Token) -> Result<u64, ChatError> {
         if !valid_name(name) {
             return Err(ChatError::InvalidName);
         }
@@ -260,18 +260,16 @@ impl Inner {
         if self.sessions.len() >= room.max_members {
             return Err(ChatError::RoomFull);
         }
-        let token = loop {
-            let t = Token::generate().map_err(|e| ChatError::Random(e.to_string()))?;
-            if !self.sessions.contains_key(&t.selector()) {
-                break t;
-            }
-        };
         let key = token.selector();
+        if self.sessions.contains_key(&key) {
+            // Two random 64-bit selectors met (about 1 in 2^64 per pair of sessions).
+            return Err(ChatError::Random("token collision: try again".into()));
+        }
         let id = self.broadcast(room, "join", json!({ "name": name }), None, None);
         self.sessions.insert(
             key,
             Session {
-                token: token.clone(),
+                token,
                 name: name.to_string(),
                 limiter: RateLimiter::new(room.rate, room.burst, Instant::now()),
                 attached: None,
@@ -282,7 +280,7 @@ impl Inner {
         );
         self.names.insert(folded, key);
         room.metrics.chat_members.inc();
-        Ok((key, token))
+        Ok(key)
     }
 
     /// Attaches a new stream to session `key`, closing an older one; see [`Attached`].
@@ -379,7 +377,8 @@ impl Room {
 
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
     pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
-        let (_, token) = self.inner.lock().join(self, name)?;
+        let token = new_token()?;
+        self.inner.lock().join(self, name, token.clone())?;
         log::info!("chat joined name={name}");
         Ok(Joined {
             name: name.to_string(),
@@ -395,9 +394,10 @@ impl Room {
         name: &str,
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
+        let token = new_token()?;
         let attached = {
             let mut inner = self.inner.lock();
-            let (key, _) = inner.join(self, name)?;
+            let key = inner.join(self, name, token)?;
             inner.attach(self, key, last_event_id)
         };
         log::info!("chat joined name={name}");
@@ -535,6 +535,11 @@ impl Room {
         }
         notes.len()
     }
+}
+
+/// A fresh token, made before the room's lock is taken (it reads the OS random source).
+fn new_token() -> Result<Token, ChatError> {
+    Token::generate().map_err(|e| ChatError::Random(e.to_string()))
 }
 
 /// Checks a message: 1–[`MAX_TEXT`] bytes, no NUL.
