@@ -664,8 +664,13 @@ fn attaching_again_replaces_the_older_stream() {
 #[test]
 fn leaving_ends_the_session_and_its_stream_and_every_thread_goes() {
     let s = start(|_| {});
-    let baseline = s.threads_of("chat-stream");
-    assert_eq!(baseline, 0);
+    assert_eq!(s.threads_of("chat-stream"), 0);
+    let spawned = |s: &TestServer| s.json("/debug/threads")["spawned_live"].as_u64().unwrap();
+    // Request threads of the harness's own calls end quickly; wait for the quiet count.
+    let baseline = wait_for("a quiet server", || {
+        let n = spawned(&s);
+        (s.threads_of("request") == 0).then_some(n)
+    });
     let names: Vec<String> = (0..6).map(|_| unique("bye")).collect();
     let mut members: Vec<Member> = names.iter().map(|n| Member::join(&s, n)).collect();
     wait_for("six chat threads", || {
@@ -714,6 +719,9 @@ fn leaving_ends_the_session_and_its_stream_and_every_thread_goes() {
     }
     assert_eq!(s.metric("syncast_chat_members"), 0.0);
     assert_eq!(s.json("/chat/users")["online"], json!([]));
+    wait_for("/debug/threads back to its baseline", || {
+        (s.threads_of("request") == 0 && spawned(&s) == baseline).then_some(())
+    });
 }
 
 #[test]
