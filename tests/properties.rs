@@ -3,8 +3,10 @@
 //! name validators, query-string decoding and alarm bodies.
 //!
 //! Each property runs 512 cases by default so the file stays a few seconds long in CI; set
-//! `PROPTEST_CASES=100000` to search longer. A crasher found here is kept below as a plain
-//! `#[test]` with its literal input.
+//! `PROPTEST_CASES=100000` to search longer. A failure found here is kept twice: as a plain
+//! `#[test]` with its literal input beside the code it broke (e.g.
+//! `percent_decode_refuses_a_sign_inside_an_escape` in `src/http/validate.rs`), and as the seed
+//! proptest saved in `tests/properties.proptest-regressions`, which is replayed first.
 
 use std::time::Duration;
 
