@@ -14,6 +14,7 @@ if [ ! -x "$CHROMIUM" ]; then
         [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
         $sudo_cmd apt-get update -q
         DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q chromium
+        [ -x "$CHROMIUM" ] || { echo "e2e: chromium installed but $CHROMIUM is still missing" >&2; exit 2; }
     else
         echo "e2e: no Chromium at $CHROMIUM." >&2
         echo "e2e: install Debian's browser with:  sudo apt-get update && sudo apt-get install -y chromium" >&2
