@@ -53,13 +53,14 @@ async function waitFor(what, probe) {
   }
 }
 
-async function startServer() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "syncast-e2e-"));
-  const port = await freePort();
+// Starts syncast; with `again`, on the same port and store as a server that has stopped.
+async function startServer(again) {
+  const dir = again ? again.dir : fs.mkdtempSync(path.join(os.tmpdir(), "syncast-e2e-"));
+  const port = again ? again.port : await freePort();
   const base = `http://127.0.0.1:${port}`;
   fs.mkdirSync(OUT, { recursive: true });
   const log = path.join(OUT, "server.log");
-  const out = fs.openSync(log, "w");
+  const out = fs.openSync(log, again ? "a" : "w");
   const proc = spawn(
     BIN,
     ["--listen", `127.0.0.1:${port}`, "--db", path.join(dir, "alarms.db"), "--refresh", "50ms",
@@ -72,6 +73,12 @@ async function startServer() {
     exited.then((e) => { throw new Error(`syncast exited early (${JSON.stringify(e)}); see ${log}`); }),
   ]);
   return { proc, port, base, dir, log, exited };
+}
+
+async function stopServer(s) {
+  s.proc.kill("SIGTERM");
+  const { code } = await s.exited;
+  assert.equal(code, 0, `syncast exited with ${code}; see ${s.log}`);
 }
 
 // A TCP relay to `port`. While offline it closes every relayed connection and refuses new ones.
@@ -162,10 +169,8 @@ before(async () => {
 after(async () => {
   if (browser) await browser.close();
   if (server) {
-    server.proc.kill("SIGTERM");
-    const { code } = await server.exited;
+    await stopServer(server);
     fs.rmSync(server.dir, { recursive: true, force: true });
-    assert.equal(code, 0, `syncast exited with ${code}; see ${server.log}`);
   }
 });
 
@@ -328,5 +333,36 @@ test("screenshots of both panels at phone width", async () => {
   await page.locator("#alarm-id").press("Enter");
   await waitText(page, "#alarm-conn", "live");
   await page.screenshot({ path: path.join(OUT, "page-375.png"), fullPage: true });
+  await page.context().close();
+});
+
+test("after a server restart both panels say so, come back by themselves, and carry on", async () => {
+  const page = await newPage(server.base);
+  const id = `e2e-restart-${process.pid}`;
+  assert.equal((await fetch(`${server.base}/alarms/${id}`, { method: "PUT", body: "true" })).status, 204);
+  await page.locator("#alarm-id").fill(id);
+  await page.locator("#alarm-id").press("Enter");
+  await waitText(page, "#alarm-state", "ON");
+  const name = `carol${process.pid}`;
+  if (hasChat) await join(page, name);
+
+  await stopServer(server);
+  await waitText(page, "#alarm-conn", "reconnecting");
+  if (hasChat) await waitText(page, "#chat-conn", "reconnecting");
+  server = await startServer(server);
+
+  await waitText(page, "#alarm-conn", "live");
+  await waitText(page, "#alarm-state", "ON"); // the store outlived the process
+  assert.equal((await fetch(`${server.base}/alarms/${id}`, { method: "PUT", body: "false" })).status, 204);
+  await waitText(page, "#alarm-state", "OFF");
+  if (hasChat) {
+    // The room lived in the old process: the page rejoins under the same name and says so.
+    await waitFor("rejoined notice", async () => (await text(page, "#chat-log")).includes(`rejoined as ${name}`));
+    await waitText(page, "#chat-conn", "live");
+    await send(page, "still here");
+    const users = await (await fetch(`${server.base}/chat/users`)).json();
+    assert.ok(users.online.includes(name), `${name} online after the restart: ${JSON.stringify(users)}`);
+  }
+  assert.deepEqual(page.errors, []);
   await page.context().close();
 });
