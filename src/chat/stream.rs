@@ -122,7 +122,7 @@ pub fn serve(
         request,
         &shared.conns,
         &shared.cors_headers(),
-        cfg.write_timeout,
+        crate::http::sse::WriteLimits::of(cfg),
     ) {
         Ok(out) => out,
         Err(e) => {
