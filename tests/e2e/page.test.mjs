@@ -328,6 +328,47 @@ test("two people chat; one drops off, comes back, and sees what it missed exactl
   r.close();
 });
 
+test("a page cut off before any event reached it still gets what it missed", async (t) => {
+  if (!hasChat) {
+    t.skip("server has no chat routes yet (GET /chat/users answered 404)");
+    return;
+  }
+  // Erin talks through the API; she joins first, so Dave's stream carries no event with an id.
+  const erin = `erin${process.pid}`;
+  const joined = await fetch(`${server.base}/chat/join`, { method: "POST", body: erin });
+  assert.equal(joined.status, 201);
+  const { token } = await joined.json();
+  const say = async (words) => {
+    const r = await fetch(`${server.base}/chat/messages`, {
+      method: "POST", body: words, headers: { Authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 202);
+  };
+  const r = await relay(server.port);
+  const dave = await newPage(`http://127.0.0.1:${r.port}`);
+  const d = `dave${process.pid}`;
+  await join(dave, d);
+  await waitFor("erin online for dave", async () => (await online(dave)).includes(erin));
+  r.setOffline(true);
+  await waitText(dave, "#chat-conn", "reconnecting");
+  await say("while you were out 1");
+  await say("while you were out 2");
+  const headsBefore = r.heads.length;
+  r.setOffline(false);
+  await waitText(dave, "#chat-conn", "live");
+  await waitFor("dave caught up", async () => (await messages(dave)).length >= 2);
+  await say("and now");
+  await waitFor("the live one", async () => (await messages(dave)).length >= 3);
+  assert.deepEqual(await messages(dave),
+    [`${erin}: while you were out 1`, `${erin}: while you were out 2`, `${erin}: and now`]);
+  const resumed = r.heads.slice(headsBefore).find((h) => h.startsWith("GET /chat/stream"));
+  assert.ok(resumed, "dave's browser reopened its stream through the relay");
+  assert.match(resumed, /[?&]last_event_id=\d+|\r\nLast-Event-ID: \d+/i, "the reopen said where to resume");
+  await fetch(`${server.base}/chat/leave`, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+  assert.deepEqual(dave.errors, []);
+  await dave.context().close();
+  r.close();
+});
+
 test("screenshots of both panels at phone width", async () => {
   const page = await newPage(server.base, { width: 375, height: 800 });
   const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
