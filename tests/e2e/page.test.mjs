@@ -5,7 +5,6 @@
 //   SYNCAST_BIN   the binary (default: <repo>/target/debug/syncast, or $CARGO_TARGET_DIR/debug/syncast)
 //   CHROMIUM      the browser (default: /usr/bin/chromium)
 //   E2E_OUT       where screenshots and the server log go (default: <repo>/target/e2e)
-//   E2E_REQUIRE_CHAT=1  fail, instead of skipping the chat test, when the server has no chat routes
 //
 // One page reaches the server through a small TCP relay owned by this test, so the test can cut
 // that page's connections and refuse new ones ("offline"), then let them through again: the
@@ -31,7 +30,6 @@ const PATIENCE = 20_000;
 
 let server; // { proc, port, base, dir, log }
 let browser;
-let hasChat = false;
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -157,9 +155,6 @@ before(async () => {
   assert.ok(fs.existsSync(BIN), `no syncast binary at ${BIN}: run \`cargo build\` (scripts/e2e.sh does)`);
   assert.ok(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium`);
   server = await startServer();
-  hasChat = (await fetch(`${server.base}/chat/users`)).status !== 404;
-  assert.ok(hasChat || process.env.E2E_REQUIRE_CHAT !== "1",
-    "E2E_REQUIRE_CHAT=1 but GET /chat/users answered 404: this binary has no chat");
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -236,11 +231,7 @@ test("the alarm panel says it is reconnecting when its stream drops, then is liv
   r.close();
 });
 
-test("two people chat; one drops off, comes back, and sees what it missed exactly once", async (t) => {
-  if (!hasChat) {
-    t.skip("server has no chat routes yet (GET /chat/users answered 404)");
-    return;
-  }
+test("two people chat; one drops off, comes back, and sees what it missed exactly once", async () => {
   const r = await relay(server.port);
   const alice = await newPage(server.base);
   const bob = await newPage(`http://127.0.0.1:${r.port}`);
@@ -328,11 +319,7 @@ test("two people chat; one drops off, comes back, and sees what it missed exactl
   r.close();
 });
 
-test("a page cut off before any event reached it still gets what it missed", async (t) => {
-  if (!hasChat) {
-    t.skip("server has no chat routes yet (GET /chat/users answered 404)");
-    return;
-  }
+test("a page cut off before any event reached it still gets what it missed", async () => {
   // Erin talks through the API; she joins first, so Dave's stream carries no event with an id.
   const erin = `erin${process.pid}`;
   const joined = await fetch(`${server.base}/chat/join`, { method: "POST", body: erin });
@@ -388,25 +375,23 @@ test("after a server restart both panels say so, come back by themselves, and ca
   await page.locator("#alarm-id").press("Enter");
   await waitText(page, "#alarm-state", "ON");
   const name = `carol${process.pid}`;
-  if (hasChat) await join(page, name);
+  await join(page, name);
 
   await stopServer(server);
   await waitText(page, "#alarm-conn", "reconnecting");
-  if (hasChat) await waitText(page, "#chat-conn", "reconnecting");
+  await waitText(page, "#chat-conn", "reconnecting");
   server = await startServer(server);
 
   await waitText(page, "#alarm-conn", "live");
   await waitText(page, "#alarm-state", "ON"); // the store outlived the process
   assert.equal((await fetch(`${server.base}/alarms/${id}`, { method: "PUT", body: "false" })).status, 204);
   await waitText(page, "#alarm-state", "OFF");
-  if (hasChat) {
-    // The room lived in the old process: the page rejoins under the same name and says so.
-    await waitFor("rejoined notice", async () => (await text(page, "#chat-log")).includes(`rejoined as ${name}`));
-    await waitText(page, "#chat-conn", "live");
-    await send(page, "still here");
-    const users = await (await fetch(`${server.base}/chat/users`)).json();
-    assert.ok(users.online.includes(name), `${name} online after the restart: ${JSON.stringify(users)}`);
-  }
+  // The room lived in the old process: the page rejoins under the same name and says so.
+  await waitFor("rejoined notice", async () => (await text(page, "#chat-log")).includes(`rejoined as ${name}`));
+  await waitText(page, "#chat-conn", "live");
+  await send(page, "still here");
+  const users = await (await fetch(`${server.base}/chat/users`)).json();
+  assert.ok(users.online.includes(name), `${name} online after the restart: ${JSON.stringify(users)}`);
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
