@@ -26,5 +26,9 @@ unit:
 
 test: lint unit
 
+# The page at / in Debian's headless Chromium (scripts/e2e.sh); screenshots in target/e2e/.
+e2e:
+	CARGO=$(CARGO) ./scripts/e2e.sh
+
 clean:
 	$(CARGO) clean

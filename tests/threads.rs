@@ -4,7 +4,16 @@
 
 mod common;
 
-use common::{start, unique, wait_for, Sse};
+use std::time::Duration;
+
+use common::{start, unique, wait_for_within, Sse};
+
+/// tiny_http's idle pool threads exit after 5 s; on a loaded machine that takes longer.
+const SLOW: Duration = Duration::from_secs(60);
+
+fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(SLOW, what, probe)
+}
 
 fn process_threads() -> u64 {
     syncast::metrics::process_status().0
