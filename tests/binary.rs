@@ -4,7 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{wait_for, Sse, PATIENCE};
 
@@ -194,7 +194,7 @@ fn running_out_of_file_descriptors_does_not_stop_accepting_for_good() {
     drop(hogs);
     // Once descriptors are free again, the server accepts and answers.
     // Connections may still be reset while the server recovers: try until one is served.
-    let answer = wait_for("a served request", || {
+    let answer = common::wait_for_within(Duration::from_secs(60), "a served request", || {
         use std::io::{Read, Write};
         let mut sock = std::net::TcpStream::connect(addr).ok()?;
         sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
