@@ -1,0 +1,445 @@
+//! Scenario `chat`: N members join, each sends M numbered messages at random intervals, waits
+//! until it has seen everything the others had sent before it leaves, then leaves.
+//!
+//! Each member is two threads: the member's script (join, send, leave) and a reader for its SSE
+//! stream, which reconnects with its token and `Last-Event-ID` when the stream is cut.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde_json::Value;
+
+use crate::check::{ChatLog, Receipt, Sent, Window};
+use crate::http::{self, Closer, Opened, SseItem};
+use crate::shared::{spawn, Ctx, Rng, REQUEST_TIMEOUT, RETRIES};
+
+/// What the chat scenario does.
+#[derive(Debug, Clone)]
+pub struct ChatPlan {
+    /// Members.
+    pub clients: usize,
+    /// Messages per member.
+    pub messages: u32,
+    /// Random pause before each message, in `[lo, hi]`.
+    pub interval: (Duration, Duration),
+    /// Seed of the pauses.
+    pub seed: u64,
+    /// Prefix of the member names (unique per run).
+    pub tag: String,
+    /// How long a member waits to see the others' messages before leaving.
+    pub drain: Duration,
+    /// Longest silence on a stream before it counts as dead.
+    pub idle: Duration,
+}
+
+/// What the members recorded.
+pub struct ChatRun {
+    /// The log the checker reads.
+    pub log: ChatLog,
+    /// Members that could not finish their script.
+    pub failed: u64,
+}
+
+/// What a member's reader shares with its script.
+#[derive(Default)]
+struct Stream {
+    state: Mutex<StreamState>,
+    changed: Condvar,
+    leaving: AtomicBool,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// `last_id` of the first welcome.
+    welcome: Option<u64>,
+    /// The highest room id seen.
+    last_seen: u64,
+    /// The reader has stopped.
+    ended: bool,
+    closer: Option<Closer>,
+}
+
+impl Stream {
+    fn update(&self, f: impl FnOnce(&mut StreamState)) {
+        f(&mut self.state.lock());
+        self.changed.notify_all();
+    }
+
+    /// Waits until `done` holds or `deadline` passes; returns whether it holds.
+    fn wait(&self, deadline: Instant, done: impl Fn(&StreamState) -> bool) -> bool {
+        let mut s = self.state.lock();
+        while !done(&s) {
+            if self.changed.wait_until(&mut s, deadline).timed_out() {
+                return done(&s);
+            }
+        }
+        true
+    }
+}
+
+/// Runs the scenario and returns when every member has left (or given up).
+pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan) -> ChatRun {
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new((0..plan.clients).map(|_| AtomicU64::new(0)).collect());
+    let mut handles = Vec::with_capacity(plan.clients);
+    for i in 0..plan.clients {
+        let (ctx2, plan2, acked2) = (ctx.clone(), plan.clone(), acked.clone());
+        match spawn(format!("chat-{i}"), move || {
+            member(&ctx2, &plan2, i, &acked2)
+        }) {
+            Ok(h) => handles.push(Some(h)),
+            Err(_) => {
+                ctx.error("client-spawn");
+                handles.push(None);
+            }
+        }
+    }
+    let mut run = ChatRun {
+        log: ChatLog::default(),
+        failed: 0,
+    };
+    for h in handles {
+        let m = h.and_then(|h| h.join().ok()).unwrap_or_else(|| {
+            ctx.error("client-panic");
+            Member::failed()
+        });
+        run.failed += u64::from(m.failed);
+        run.log.sent.push(m.sent);
+        run.log.received.push(m.received);
+        run.log.windows.push(m.window);
+    }
+    run
+}
+
+struct Member {
+    sent: Vec<Sent>,
+    received: Vec<Receipt>,
+    window: Option<Window>,
+    failed: bool,
+}
+
+impl Member {
+    fn failed() -> Member {
+        Member {
+            sent: Vec::new(),
+            received: Vec::new(),
+            window: None,
+            failed: true,
+        }
+    }
+}
+
+/// Posts with retries on 503 and 429 (waiting `Retry-After`); `Err` after an answer that is not
+/// a retryable refusal, or a transport error.
+fn post(
+    ctx: &Ctx,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<http::Response, String> {
+    for attempt in 0..=RETRIES {
+        match http::request(&ctx.target, "POST", path, headers, body, REQUEST_TIMEOUT) {
+            Ok(r) if (r.status == 503 || r.status == 429) && attempt < RETRIES => {
+                ctx.error(&r.status.to_string());
+                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+            }
+            Ok(r) => return Ok(r),
+            // Refused before anything was sent: safe to try again.
+            Err(http::HttpError::Refused) if attempt < RETRIES => {
+                ctx.error("refused");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                ctx.error(e.kind());
+                return Err(e.to_string());
+            }
+        }
+    }
+    Err("retries exhausted".into())
+}
+
+fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Member {
+    let mut me = Member {
+        sent: Vec::new(),
+        received: Vec::new(),
+        window: None,
+        failed: false,
+    };
+    ctx.ramp();
+    let name = format!("{}-{i}", plan.tag);
+    let token = match post(ctx, "/chat/join", &[], name.as_bytes()) {
+        Ok(r) if r.status == 201 => {
+            match serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v["token"].as_str().map(str::to_string))
+            {
+                Some(t) => t,
+                None => {
+                    ctx.error("bad-response");
+                    me.failed = true;
+                    return me;
+                }
+            }
+        }
+        Ok(r) => {
+            ctx.error(&format!("join-{}", r.status));
+            me.failed = true;
+            return me;
+        }
+        Err(_) => {
+            me.failed = true;
+            return me;
+        }
+    };
+    let stream = Arc::new(Stream::default());
+    let reader = {
+        let (ctx, plan, stream, token) = (ctx.clone(), plan.clone(), stream.clone(), token.clone());
+        spawn(format!("chat-{i}-sse"), move || {
+            read(&ctx, &plan, &token, &stream)
+        })
+    };
+    let reader = match reader {
+        Ok(h) => h,
+        Err(_) => {
+            ctx.error("client-spawn");
+            me.failed = true;
+            let _ = post(
+                ctx,
+                "/chat/leave",
+                &[("Authorization", &format!("Bearer {token}"))],
+                b"",
+            );
+            return me;
+        }
+    };
+    let auth = format!("Bearer {token}");
+    let welcomed = stream.wait(Instant::now() + plan.idle, |s| {
+        s.welcome.is_some() || s.ended
+    });
+    let after = stream.state.lock().welcome;
+    if !welcomed || after.is_none() {
+        ctx.error("no-welcome");
+        me.failed = true;
+    } else {
+        ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
+        let mut rng = Rng::new(plan.seed, i as u64);
+        for seq in 1..=plan.messages {
+            std::thread::sleep(rng.between(plan.interval.0, plan.interval.1));
+            let at_us = ctx.now_us();
+            let text = format!("seq={seq}");
+            let id = match post(
+                ctx,
+                "/chat/messages",
+                &[("Authorization", &auth)],
+                text.as_bytes(),
+            ) {
+                Ok(r) if r.status == 202 => {
+                    let id = serde_json::from_slice::<Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v["id"].as_u64());
+                    if id.is_none() {
+                        ctx.error("bad-response");
+                    }
+                    id
+                }
+                Ok(r) => {
+                    ctx.error(&format!("send-{}", r.status));
+                    None
+                }
+                Err(_) => None,
+            };
+            match id {
+                Some(id) => {
+                    acked[i].fetch_max(id, Ordering::AcqRel);
+                    ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                None => me.failed = true,
+            }
+            me.sent.push(Sent { seq, id, at_us });
+        }
+        // Everything the others had sent by now must reach us before we leave.
+        let until = acked
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, a)| a.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0);
+        let after = after.unwrap_or(0);
+        me.window = Some(Window { after, until });
+        if !stream.wait(Instant::now() + plan.drain, |s| {
+            s.last_seen >= until || s.ended
+        }) {
+            ctx.error("drain-timeout");
+        }
+        ctx.progress.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+    stream.leaving.store(true, Ordering::Release);
+    match post(ctx, "/chat/leave", &[("Authorization", &auth)], b"") {
+        Ok(r) if r.status == 204 => {}
+        Ok(r) => {
+            ctx.error(&format!("leave-{}", r.status));
+            me.failed = true;
+        }
+        Err(_) => me.failed = true,
+    }
+    // Leaving ends the stream on the server's side; if it does not, we end it.
+    if !stream.wait(Instant::now() + Duration::from_secs(5), |s| s.ended) {
+        ctx.error("stream-not-closed");
+        me.failed = true;
+        if let Some(c) = &stream.state.lock().closer {
+            c.close();
+        }
+    }
+    match reader.join() {
+        Ok(Ok(received)) => me.received = received,
+        Ok(Err(received)) => {
+            me.received = received;
+            me.failed = true;
+        }
+        Err(_) => {
+            ctx.error("client-panic");
+            me.failed = true;
+        }
+    }
+    me
+}
+
+/// Parses `{tag}-{index}` back into the index.
+fn sender_index(tag: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(tag)?.strip_prefix('-')?.parse().ok()
+}
+
+/// The reader: streams, records, reconnects. `Err` carries what was received when it gave up.
+fn read(
+    ctx: &Ctx,
+    plan: &ChatPlan,
+    token: &str,
+    stream: &Stream,
+) -> Result<Vec<Receipt>, Vec<Receipt>> {
+    let mut received = Vec::new();
+    let mut reconnects = 0;
+    let path = format!("/chat/stream?token={token}");
+    let result = loop {
+        let last = stream.state.lock().last_seen;
+        let last_text = last.to_string();
+        let resume: Vec<(&str, &str)> = if stream.state.lock().welcome.is_some() {
+            vec![("Last-Event-ID", last_text.as_str())]
+        } else {
+            vec![]
+        };
+        let opened = http::open_stream(&ctx.target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
+        let mut es = match opened {
+            Ok(Opened::Stream(es)) => es,
+            Ok(Opened::Refused(r)) if r.status == 503 && reconnects < RETRIES => {
+                ctx.error("503");
+                reconnects += 1;
+                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+                continue;
+            }
+            Ok(Opened::Refused(r)) => {
+                if !stream.leaving.load(Ordering::Acquire) {
+                    ctx.error(&format!("stream-{}", r.status));
+                }
+                break Err(());
+            }
+            Err(e) => {
+                ctx.error(e.kind());
+                if reconnects < RETRIES && !stream.leaving.load(Ordering::Acquire) {
+                    reconnects += 1;
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                break Err(());
+            }
+        };
+        if let Ok(c) = es.closer() {
+            stream.update(|s| s.closer = Some(c));
+        }
+        let mut shutdown = false;
+        let end = loop {
+            match es.next() {
+                Ok(Some(SseItem::Event(ev))) => {
+                    let id = ev.id.as_deref().and_then(|t| t.parse::<u64>().ok());
+                    let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                    match ev.event.as_str() {
+                        "welcome" => {
+                            let last_id = data["last_id"].as_u64().unwrap_or(0);
+                            stream.update(|s| {
+                                if s.welcome.is_none() {
+                                    s.welcome = Some(last_id);
+                                    s.last_seen = s.last_seen.max(last_id);
+                                }
+                            });
+                        }
+                        "message" => {
+                            let from = data["from"]
+                                .as_str()
+                                .and_then(|n| sender_index(&plan.tag, n));
+                            let seq = data["text"]
+                                .as_str()
+                                .and_then(|t| t.strip_prefix("seq="))
+                                .and_then(|t| t.parse().ok());
+                            let msg_id = data["id"].as_u64().or(id);
+                            if let (Some(from), Some(seq), Some(mid)) = (from, seq, msg_id) {
+                                received.push(Receipt {
+                                    from,
+                                    seq,
+                                    id: mid,
+                                    at_us: ctx.now_us(),
+                                });
+                                ctx.progress.received.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        "reset" => ctx.error("history-reset"),
+                        "shutdown" => shutdown = true,
+                        _ => {}
+                    }
+                    if let Some(id) = id {
+                        stream.update(|s| s.last_seen = s.last_seen.max(id));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        if stream.leaving.load(Ordering::Acquire) {
+            break Ok(());
+        }
+        if shutdown {
+            ctx.error("server-shutdown");
+            break Err(());
+        }
+        match end {
+            Ok(()) => ctx.error("stream-cut"),
+            Err(e) => ctx.error(&format!("stream-{}", e.kind())),
+        }
+        if reconnects >= RETRIES {
+            break Err(());
+        }
+        reconnects += 1;
+    };
+    stream.update(|s| {
+        s.ended = true;
+        s.closer = None;
+    });
+    match result {
+        Ok(()) => Ok(received),
+        Err(()) => Err(received),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sender_names_map_back_to_indexes() {
+        assert_eq!(sender_index("st1a2b", "st1a2b-17"), Some(17));
+        assert_eq!(sender_index("st1a2b", "alice"), None);
+        assert_eq!(sender_index("st1a2b", "st1a2b-x"), None);
+    }
+}
