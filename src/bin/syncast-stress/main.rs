@@ -44,7 +44,8 @@ OPTIONS:
   --put-rate R         most alarm PUTs per second          [default: 100]
   --idle D             silence after which a stream is dead [default: 45s]
   --refresh D          the server's --refresh (alarm deadline: two of them) [default: 500ms]
-  --tick D             the server's --tick (tick mode adds it to the deadline) [default: 500ms]
+  --tick D             the server's --tick (tick mode: refresh + max(refresh, tick)) [default: 500ms]
+  --slack D            added to the alarm deadline for scheduling on a loaded machine [default: 250ms]
   --json               print the summary as one JSON object on stdout
   -q, --quiet          no status line
   -h, --help           print this help
@@ -86,6 +87,7 @@ struct Opts {
     idle: Duration,
     refresh: Duration,
     tick: Duration,
+    slack: Duration,
     json: bool,
     quiet: bool,
 }
@@ -109,6 +111,7 @@ impl Default for Opts {
             idle: Duration::from_secs(45),
             refresh: Duration::from_millis(500),
             tick: Duration::from_millis(500),
+            slack: Duration::from_millis(250),
             json: false,
             quiet: false,
         }
@@ -184,6 +187,7 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
             Long("idle") => o.idle = dur(&mut p, "--idle")?,
             Long("refresh") => o.refresh = dur(&mut p, "--refresh")?,
             Long("tick") => o.tick = dur(&mut p, "--tick")?,
+            Long("slack") => o.slack = dur(&mut p, "--slack")?,
             Long("json") => o.json = true,
             Short('q') | Long("quiet") => o.quiet = true,
             Short('h') | Long("help") => {
@@ -311,7 +315,8 @@ fn run(o: Opts) -> Result<Summary, String> {
         + match o.mode {
             AlarmMode::Change => o.refresh,
             AlarmMode::Tick => o.refresh.max(o.tick),
-        };
+        }
+        + o.slack;
     let alarm_clients = if o.scenario == Scenario::Mixed {
         o.alarm_clients.unwrap_or(o.clients)
     } else {
