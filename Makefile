@@ -26,5 +26,8 @@ unit:
 
 test: lint unit
 
+stress:
+	CARGO="$(CARGO)" ./scripts/stress.sh
+
 clean:
 	$(CARGO) clean
