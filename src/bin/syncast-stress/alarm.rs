@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::check::{check_alarm, AlarmMode, AlarmTally, Flip, Seen};
 use crate::http::{self, Closer, Opened, SseItem};
-use crate::shared::{spawn, Ctx, REQUEST_TIMEOUT, RETRIES};
+use crate::shared::{spawn, Ctx, Retry, REQUEST_TIMEOUT};
 
 /// What the alarm scenario does.
 #[derive(Debug, Clone)]
@@ -178,20 +178,27 @@ fn write(
 }
 
 fn put(ctx: &Ctx, path: &str, body: &[u8]) -> bool {
-    for attempt in 0..=RETRIES {
+    let retry = Retry::new();
+    loop {
         match http::request(&ctx.target, "PUT", path, &[], body, REQUEST_TIMEOUT) {
             Ok(r) if r.status == 204 => return true,
-            Ok(r) if r.status == 503 && attempt < RETRIES => {
+            Ok(r) if r.status == 503 => {
                 ctx.error("put-503");
-                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+                if !retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) {
+                    ctx.error("put-gave-up");
+                    return false;
+                }
             }
             Ok(r) => {
                 ctx.error(&format!("put-{}", r.status));
                 return false;
             }
-            Err(http::HttpError::Refused) if attempt < RETRIES => {
-                ctx.error("refused");
-                std::thread::sleep(Duration::from_millis(200));
+            Err(http::HttpError::Refused) => {
+                ctx.error("put-refused");
+                if !retry.wait(Duration::from_millis(200)) {
+                    ctx.error("put-gave-up");
+                    return false;
+                }
             }
             Err(e) => {
                 ctx.error(&format!("put-{}", e.kind()));
@@ -199,7 +206,6 @@ fn put(ctx: &Ctx, path: &str, body: &[u8]) -> bool {
             }
         }
     }
-    false
 }
 
 /// One stream's thread: connect (retrying 503), record every value until we close it.
@@ -218,24 +224,23 @@ fn stream(
     };
     let path = format!("/sse/call/{}-{i}?mode={mode}", plan.tag);
     let mut ready = Some(ready);
-    let mut attempts = 0;
+    let retry = Retry::new();
     let mut es = loop {
         match http::open_stream(&ctx.target, &path, &[], REQUEST_TIMEOUT, plan.idle) {
             Ok(Opened::Stream(es)) => break es,
-            Ok(Opened::Refused(r)) if r.status == 503 && attempts < RETRIES => {
-                ctx.error("503");
-                attempts += 1;
-                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+            Ok(Opened::Refused(r))
+                if r.status == 503
+                    && retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) =>
+            {
+                ctx.error("stream-503");
             }
             Ok(Opened::Refused(r)) => {
                 ctx.error(&format!("stream-{}", r.status));
                 let _ = ready.take().map(|r| r.send(false));
                 return Err(());
             }
-            Err(http::HttpError::Refused) if attempts < RETRIES => {
-                ctx.error("refused");
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(200));
+            Err(http::HttpError::Refused) if retry.wait(Duration::from_millis(200)) => {
+                ctx.error("stream-refused");
             }
             Err(e) => {
                 ctx.error(e.kind());
@@ -256,9 +261,14 @@ fn stream(
     let result = loop {
         match es.next() {
             Ok(Some(SseItem::Event(ev))) if ev.event == "message" => {
-                let value = serde_json::from_str::<Value>(&ev.data)
-                    .ok()
-                    .and_then(|v| v["alarm"].as_bool());
+                let value = match ev.data.as_str() {
+                    // The server's two fixed encodings first; anything else through JSON.
+                    "{\"alarm\":true}" => Some(true),
+                    "{\"alarm\":false}" => Some(false),
+                    other => serde_json::from_str::<Value>(other)
+                        .ok()
+                        .and_then(|v| v["alarm"].as_bool()),
+                };
                 match value {
                     Some(value) => {
                         seen.push(Seen {

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::check::{ChatLog, Receipt, Sent, Window};
 use crate::http::{self, Closer, Opened, SseItem};
-use crate::shared::{spawn, Ctx, Rng, REQUEST_TIMEOUT, RETRIES};
+use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
 
 /// What the chat scenario does.
 #[derive(Debug, Clone)]
@@ -131,33 +132,42 @@ impl Member {
     }
 }
 
-/// Posts with retries on 503 and 429 (waiting `Retry-After`); `Err` after an answer that is not
-/// a retryable refusal, or a transport error.
+/// Posts with retries on 503, 429 and refused connections (see [`Retry`]); errors are counted
+/// as `{label}-{status}` or `{label}-{kind}`. Returns the answer and when the attempt that got it
+/// started; `Err` after a transport error or an exhausted budget.
 fn post(
     ctx: &Ctx,
+    label: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
-) -> Result<http::Response, String> {
-    for attempt in 0..=RETRIES {
+) -> Result<(http::Response, u64), ()> {
+    let retry = Retry::new();
+    loop {
+        let at_us = ctx.now_us();
         match http::request(&ctx.target, "POST", path, headers, body, REQUEST_TIMEOUT) {
-            Ok(r) if (r.status == 503 || r.status == 429) && attempt < RETRIES => {
-                ctx.error(&r.status.to_string());
-                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+            Ok(r) if r.status == 503 || r.status == 429 => {
+                ctx.error(&format!("{label}-{}", r.status));
+                if !retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) {
+                    ctx.error(&format!("{label}-gave-up"));
+                    return Err(());
+                }
             }
-            Ok(r) => return Ok(r),
+            Ok(r) => return Ok((r, at_us)),
             // Refused before anything was sent: safe to try again.
-            Err(http::HttpError::Refused) if attempt < RETRIES => {
-                ctx.error("refused");
-                std::thread::sleep(Duration::from_millis(200));
+            Err(http::HttpError::Refused) => {
+                ctx.error(&format!("{label}-refused"));
+                if !retry.wait(Duration::from_millis(200)) {
+                    ctx.error(&format!("{label}-gave-up"));
+                    return Err(());
+                }
             }
             Err(e) => {
-                ctx.error(e.kind());
-                return Err(e.to_string());
+                ctx.error(&format!("{label}-{}", e.kind()));
+                return Err(());
             }
         }
     }
-    Err("retries exhausted".into())
 }
 
 fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Member {
@@ -169,8 +179,8 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
     };
     ctx.ramp();
     let name = format!("{}-{i}", plan.tag);
-    let token = match post(ctx, "/chat/join", &[], name.as_bytes()) {
-        Ok(r) if r.status == 201 => {
+    let token = match post(ctx, "join", "/chat/join", &[], name.as_bytes()) {
+        Ok((r, _)) if r.status == 201 => {
             match serde_json::from_slice::<Value>(&r.body)
                 .ok()
                 .and_then(|v| v["token"].as_str().map(str::to_string))
@@ -183,7 +193,7 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
                 }
             }
         }
-        Ok(r) => {
+        Ok((r, _)) => {
             ctx.error(&format!("join-{}", r.status));
             me.failed = true;
             return me;
@@ -205,10 +215,12 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
         Err(_) => {
             ctx.error("client-spawn");
             me.failed = true;
+            let auth = format!("Bearer {token}");
             let _ = post(
                 ctx,
+                "leave",
                 "/chat/leave",
-                &[("Authorization", &format!("Bearer {token}"))],
+                &[("Authorization", &auth)],
                 b"",
             );
             return me;
@@ -227,15 +239,19 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
         let mut rng = Rng::new(plan.seed, i as u64);
         for seq in 1..=plan.messages {
             std::thread::sleep(rng.between(plan.interval.0, plan.interval.1));
-            let at_us = ctx.now_us();
+            let mut at_us = ctx.now_us();
             let text = format!("seq={seq}");
-            let id = match post(
+            let sent = post(
                 ctx,
+                "send",
                 "/chat/messages",
                 &[("Authorization", &auth)],
                 text.as_bytes(),
-            ) {
-                Ok(r) if r.status == 202 => {
+            );
+            let id = match sent {
+                Ok((r, accepted_at)) if r.status == 202 => {
+                    // Latency counts from the attempt the server accepted, not from refusals.
+                    at_us = accepted_at;
                     let id = serde_json::from_slice::<Value>(&r.body)
                         .ok()
                         .and_then(|v| v["id"].as_u64());
@@ -244,7 +260,7 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
                     }
                     id
                 }
-                Ok(r) => {
+                Ok((r, _)) => {
                     ctx.error(&format!("send-{}", r.status));
                     None
                 }
@@ -277,9 +293,15 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
         ctx.progress.connected.fetch_sub(1, Ordering::Relaxed);
     }
     stream.leaving.store(true, Ordering::Release);
-    match post(ctx, "/chat/leave", &[("Authorization", &auth)], b"") {
-        Ok(r) if r.status == 204 => {}
-        Ok(r) => {
+    match post(
+        ctx,
+        "leave",
+        "/chat/leave",
+        &[("Authorization", &auth)],
+        b"",
+    ) {
+        Ok((r, _)) if r.status == 204 => {}
+        Ok((r, _)) => {
             ctx.error(&format!("leave-{}", r.status));
             me.failed = true;
         }
@@ -307,6 +329,22 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
     me
 }
 
+/// The part of `event: welcome` we read.
+#[derive(Deserialize)]
+struct Welcome {
+    last_id: u64,
+}
+
+/// The part of `event: message` we read (borrowed: no allocation per event unless escaped).
+#[derive(Deserialize)]
+struct Message<'a> {
+    id: u64,
+    #[serde(borrow)]
+    from: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    text: std::borrow::Cow<'a, str>,
+}
+
 /// Parses `{tag}-{index}` back into the index.
 fn sender_index(tag: &str, name: &str) -> Option<u32> {
     name.strip_prefix(tag)?.strip_prefix('-')?.parse().ok()
@@ -321,6 +359,7 @@ fn read(
 ) -> Result<Vec<Receipt>, Vec<Receipt>> {
     let mut received = Vec::new();
     let mut reconnects = 0;
+    let mut retry = Retry::new();
     let path = format!("/chat/stream?token={token}");
     let result = loop {
         let last = stream.state.lock().last_seen;
@@ -333,10 +372,11 @@ fn read(
         let opened = http::open_stream(&ctx.target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
         let mut es = match opened {
             Ok(Opened::Stream(es)) => es,
-            Ok(Opened::Refused(r)) if r.status == 503 && reconnects < RETRIES => {
-                ctx.error("503");
-                reconnects += 1;
-                std::thread::sleep(r.retry_after().unwrap_or(Duration::from_secs(1)));
+            Ok(Opened::Refused(r))
+                if r.status == 503
+                    && retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) =>
+            {
+                ctx.error("stream-503");
                 continue;
             }
             Ok(Opened::Refused(r)) => {
@@ -363,10 +403,10 @@ fn read(
             match es.next() {
                 Ok(Some(SseItem::Event(ev))) => {
                     let id = ev.id.as_deref().and_then(|t| t.parse::<u64>().ok());
-                    let data: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
                     match ev.event.as_str() {
                         "welcome" => {
-                            let last_id = data["last_id"].as_u64().unwrap_or(0);
+                            let last_id =
+                                serde_json::from_str::<Welcome>(&ev.data).map_or(0, |w| w.last_id);
                             stream.update(|s| {
                                 if s.welcome.is_none() {
                                     s.welcome = Some(last_id);
@@ -374,25 +414,22 @@ fn read(
                                 }
                             });
                         }
-                        "message" => {
-                            let from = data["from"]
-                                .as_str()
-                                .and_then(|n| sender_index(&plan.tag, n));
-                            let seq = data["text"]
-                                .as_str()
-                                .and_then(|t| t.strip_prefix("seq="))
-                                .and_then(|t| t.parse().ok());
-                            let msg_id = data["id"].as_u64().or(id);
-                            if let (Some(from), Some(seq), Some(mid)) = (from, seq, msg_id) {
-                                received.push(Receipt {
-                                    from,
-                                    seq,
-                                    id: mid,
-                                    at_us: ctx.now_us(),
-                                });
-                                ctx.progress.received.fetch_add(1, Ordering::Relaxed);
+                        "message" => match serde_json::from_str::<Message>(&ev.data) {
+                            Ok(m) => {
+                                let from = sender_index(&plan.tag, &m.from);
+                                let seq = m.text.strip_prefix("seq=").and_then(|t| t.parse().ok());
+                                if let (Some(from), Some(seq)) = (from, seq) {
+                                    received.push(Receipt {
+                                        from,
+                                        seq,
+                                        id: m.id,
+                                        at_us: ctx.now_us(),
+                                    });
+                                    ctx.progress.received.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
-                        }
+                            Err(_) => ctx.error("bad-event"),
+                        },
                         "reset" => ctx.error("history-reset"),
                         "shutdown" => shutdown = true,
                         _ => {}
@@ -421,6 +458,7 @@ fn read(
             break Err(());
         }
         reconnects += 1;
+        retry = Retry::new();
     };
     stream.update(|s| {
         s.ended = true;

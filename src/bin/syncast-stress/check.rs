@@ -316,12 +316,19 @@ pub struct Leak {
     pub settle_s: f64,
 }
 
+/// Idle tiny_http pool threads the process may keep above its baseline without a leak.
+/// tiny_http keeps up to 4 idle pool threads forever (`MIN_THREADS` in its
+/// src/util/task_pool.rs: a thread that starts waiting while at most 4 are active never times
+/// out); the baseline probe itself needed at least one, so at most 3 more can remain.
+pub const POOL_ALLOWANCE: u64 = 3;
+
 impl Leak {
-    /// Whether `s` is back at (or below) the baseline on the thread figures.
+    /// Whether `s` is back at the baseline: (spawned threads exactly, process threads within
+    /// [`POOL_ALLOWANCE`]).
     pub fn threads_back(baseline: &Snapshot, s: &Snapshot) -> (bool, bool) {
         (
             s.spawned_live <= baseline.spawned_live,
-            s.process_threads <= baseline.process_threads,
+            s.process_threads <= baseline.process_threads + POOL_ALLOWANCE,
         )
     }
 }
@@ -372,9 +379,9 @@ pub fn verdict(o: &Outcome) -> Vec<String> {
                     a.spawned_live, b.spawned_live, l.settle_s
                 ));
             }
-            if a.process_threads > b.process_threads {
+            if a.process_threads > b.process_threads + POOL_ALLOWANCE {
                 reasons.push(format!(
-                    "thread leak: process_threads {} > baseline {} after {:.1}s",
+                    "thread leak: process_threads {} > baseline {} + {POOL_ALLOWANCE} idle pool threads after {:.1}s",
                     a.process_threads, b.process_threads, l.settle_s
                 ));
             }
@@ -666,16 +673,23 @@ mod tests {
             ..Outcome::default()
         };
         assert!(passes(&ok));
-        // A server that never ends one stream thread.
-        leak.after = snap(9, 3);
+        // tiny_http may keep up to 3 more idle pool threads than at baseline.
+        leak.after = snap(11, 2);
+        let ok = Outcome {
+            leak: Some(leak.clone()),
+            ..Outcome::default()
+        };
+        assert!(passes(&ok));
+        // A server that never ends a few stream threads (each also pinning a pool thread).
+        leak.after = snap(14, 5);
         let o = Outcome {
             leak: Some(leak),
             ..Outcome::default()
         };
         let r = verdict(&o);
         assert_eq!(r.len(), 2, "{r:?}");
-        assert!(r[0].starts_with("thread leak: spawned_live 3 > baseline 2"));
-        assert!(r[1].starts_with("thread leak: process_threads 9 > baseline 8"));
+        assert!(r[0].starts_with("thread leak: spawned_live 5 > baseline 2"));
+        assert!(r[1].starts_with("thread leak: process_threads 14 > baseline 8 + 3"));
     }
 
     #[test]

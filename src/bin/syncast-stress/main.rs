@@ -39,7 +39,7 @@ OPTIONS:
   --mode MODE          alarm stream mode: tick | change    [default: tick]
   --ramp R             new connections per second          [default: 200]
   --seed S             seed of the random pauses           [default: from the clock]
-  --settle D           longest wait for threads to fall back to baseline [default: 10s]
+  --settle D           longest wait for threads to fall back to baseline [default: 15s]
   --drain D            longest wait of a member for others' messages before leaving [default: 15s]
   --put-rate R         most alarm PUTs per second          [default: 100]
   --idle D             silence after which a stream is dead [default: 45s]
@@ -105,7 +105,7 @@ impl Default for Opts {
             mode: AlarmMode::Tick,
             ramp: 200.0,
             seed: None,
-            settle: Duration::from_secs(10),
+            settle: Duration::from_secs(15),
             drain: Duration::from_secs(15),
             put_rate: 100.0,
             idle: Duration::from_secs(45),
@@ -247,8 +247,11 @@ fn status(ctx: &Ctx, snap: Option<Snapshot>, tty: bool) {
     }
 }
 
-/// After the last client left: polls every 250 ms until spawned and process threads, streams
-/// and members are back at baseline, or `settle` has passed.
+/// After the last client left: polls until spawned and process threads, streams and members are
+/// back at baseline, or `settle` has passed. tiny_http's pool threads above its minimum exit
+/// after 5 s without work, but every request (our probes too) wakes the longest-waiting one and
+/// restarts its 5 s: probing 8 times a second keeps about 40 idle threads alive. So probe fast
+/// (250 ms) only until our own clients are gone, then one request every 2 s.
 fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Option<Leak> {
     let start = Instant::now();
     let mut leak = Leak {
@@ -258,10 +261,17 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
         ..Leak::default()
     };
     let mut read_once = false;
+    let mut clients_back = false;
     loop {
-        if let Ok(s) = probe::snapshot(&ctx.target) {
+        let snap = if clients_back {
+            probe::threads(&ctx.target, leak.after)
+        } else {
+            probe::snapshot(&ctx.target)
+        };
+        if let Ok(s) = snap {
             read_once = true;
             leak.after = s;
+            leak.peak = probe::max(leak.peak, s);
             let (spawned, process) = Leak::threads_back(&baseline, &s);
             let t = start.elapsed().as_secs_f64();
             if spawned && leak.spawned_back_after_s.is_none() {
@@ -270,16 +280,23 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
             if process && leak.process_back_after_s.is_none() {
                 leak.process_back_after_s = Some(t);
             }
-            let clients_back = s.streaming_clients <= baseline.streaming_clients
+            clients_back = spawned
+                && s.streaming_clients <= baseline.streaming_clients
                 && s.chat_members <= baseline.chat_members;
-            if spawned && process && clients_back {
+            if clients_back && process {
                 break;
             }
         }
-        if start.elapsed() >= settle {
+        let gap = if clients_back {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(250)
+        };
+        let left = settle.saturating_sub(start.elapsed());
+        if left.is_zero() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(gap.min(left));
     }
     read_once.then_some(leak)
 }
@@ -363,12 +380,15 @@ fn run(o: Opts) -> Result<Summary, String> {
     });
     drop(done_tx);
     let tty = std::io::stderr().is_terminal();
+    // Peak figures twice a second (a short run still gets a few), a status line every second.
+    let mut samples = 0u64;
     loop {
         select! {
             recv(done_rx) -> _ => break,
-            default(Duration::from_secs(1)) => {
+            default(Duration::from_millis(500)) => {
                 let snap = sample(&ctx, &mut peak);
-                if !o.quiet {
+                samples += 1;
+                if !o.quiet && samples.is_multiple_of(2) {
                     status(&ctx, snap, tty);
                 }
             }

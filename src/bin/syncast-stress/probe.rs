@@ -7,8 +7,17 @@ use crate::check::Snapshot;
 use crate::http::{self, Target};
 use crate::shared::REQUEST_TIMEOUT;
 
-/// Takes one snapshot; `Err` says what could not be read.
+/// Takes one snapshot (two requests); `Err` says what could not be read.
 pub fn snapshot(target: &Target) -> Result<Snapshot, String> {
+    let mut s = threads(target, Snapshot::default())?;
+    let metrics = String::from_utf8_lossy(&get(target, "/metrics")?).into_owned();
+    s.streaming_clients = gauge(&metrics, "syncast_streaming_clients").unwrap_or(0);
+    s.chat_members = gauge(&metrics, "syncast_chat_members").unwrap_or(0);
+    Ok(s)
+}
+
+/// Reads only `/debug/threads` (one request); the `/metrics` figures are taken from `prev`.
+pub fn threads(target: &Target, prev: Snapshot) -> Result<Snapshot, String> {
     let threads = get(target, "/debug/threads")?;
     let v: Value =
         serde_json::from_slice(&threads).map_err(|e| format!("/debug/threads: not JSON: {e}"))?;
@@ -17,13 +26,11 @@ pub fn snapshot(target: &Target) -> Result<Snapshot, String> {
             .as_u64()
             .ok_or_else(|| format!("/debug/threads: no number {key:?}"))
     };
-    let metrics = String::from_utf8_lossy(&get(target, "/metrics")?).into_owned();
     Ok(Snapshot {
         process_threads: num("process_threads")?,
         spawned_live: num("spawned_live")?,
         rss_bytes: num("process_rss_bytes")?,
-        streaming_clients: gauge(&metrics, "syncast_streaming_clients").unwrap_or(0),
-        chat_members: gauge(&metrics, "syncast_chat_members").unwrap_or(0),
+        ..prev
     })
 }
 

@@ -17,8 +17,32 @@ pub const CLIENT_STACK: usize = 128 * 1024;
 /// Time-out of one short request (connect, write, read).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How often a refused or rate-limited request is retried before the client gives up.
+/// How often a cut stream is reopened before its client gives up.
 pub const RETRIES: u32 = 20;
+
+/// How long a client keeps retrying a refused request (503 at a cap, 429, connection refused)
+/// before it gives up; each wait is the server's `Retry-After` (else 1 s, or 200 ms after a
+/// refused connection).
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// A retry budget of [`RETRY_FOR`].
+pub struct Retry(Instant);
+
+impl Retry {
+    /// A budget starting now.
+    pub fn new() -> Retry {
+        Retry(Instant::now() + RETRY_FOR)
+    }
+
+    /// Waits `after` and returns `true`, or returns `false` at once if that would pass the budget.
+    pub fn wait(&self, after: Duration) -> bool {
+        if Instant::now() + after > self.0 {
+            return false;
+        }
+        std::thread::sleep(after);
+        true
+    }
+}
 
 /// Counters the status line shows.
 #[derive(Default)]
