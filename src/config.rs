@@ -31,6 +31,10 @@ pub struct Config {
     /// How long one write of an event to a client may block before the stream is closed as
     /// `stalled`. Default 10 s.
     pub write_timeout: Duration,
+    /// Kernel send buffer of each stream socket (`SO_SNDBUF`): bounds the memory a client that
+    /// stops reading can pin, and how much is queued before the write time-out starts. Default
+    /// 64 KiB (Linux doubles the value it is given).
+    pub send_buffer: usize,
     /// Chat: events kept for resume by `Last-Event-ID`. Default 1024.
     pub history: usize,
     /// Chat: events queued per member before it is cut off as slow. Default 1024.
@@ -69,6 +73,7 @@ impl Default for Config {
             max_requests: 64,
             busy_timeout: Duration::from_millis(250),
             write_timeout: Duration::from_secs(10),
+            send_buffer: 64 * 1024,
             history: 1024,
             queue: 1024,
             grace: Duration::from_secs(30),
@@ -125,6 +130,10 @@ impl Config {
         check(
             (1..=4096).contains(&self.max_requests),
             "--max-requests must be 1..4096",
+        )?;
+        check(
+            (1024..=16 * 1024 * 1024).contains(&self.send_buffer),
+            "send buffer must be 1 KiB..16 MiB",
         )?;
         check(
             (1..=1_000_000).contains(&self.history),

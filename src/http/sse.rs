@@ -113,6 +113,25 @@ impl CloseReason {
     }
 }
 
+/// How long a write may block and how much the kernel may queue for one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLimits {
+    /// `SO_SNDTIMEO`: a write blocked this long fails and the stream closes as `stalled`.
+    pub timeout: Duration,
+    /// `SO_SNDBUF` in bytes.
+    pub send_buffer: usize,
+}
+
+impl WriteLimits {
+    /// The limits a configuration sets.
+    pub fn of(config: &crate::Config) -> WriteLimits {
+        WriteLimits {
+            timeout: config.write_timeout,
+            send_buffer: config.send_buffer,
+        }
+    }
+}
+
 /// The writing end of one SSE response, owned by the stream's thread.
 pub struct SseWriter {
     out: Box<dyn Write + Send>,
@@ -138,7 +157,7 @@ impl SseWriter {
         request: tiny_http::Request,
         conns: &Arc<ConnTable>,
         extra: &[String],
-        write_timeout: Duration,
+        limits: WriteLimits,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
         let local = conns.local();
@@ -169,7 +188,8 @@ impl SseWriter {
         match writer.socket.as_mut() {
             Some(s) => {
                 s.release_reader();
-                s.set_write_timeout(write_timeout)?;
+                s.set_write_timeout(limits.timeout)?;
+                s.set_send_buffer(limits.send_buffer);
                 super::conn::set_keepalive(s);
             }
             None => {
