@@ -67,7 +67,6 @@ fn a_hundred_alarm_streams_see_every_flip_and_leave_no_thread_behind() {
 }
 
 #[test]
-#[ignore = "needs the chat room of issue 3, not merged into main yet"]
 fn a_hundred_and_fifty_chat_members_get_every_message_once_and_in_order() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let server = common::start(|_| {});
