@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::check::{ChatLog, Receipt, Sent, Window};
-use crate::http::{self, Closer, Opened, SseItem};
+use crate::http::{self, Closer, Opened, SseEvent, SseItem};
 use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
 
 /// What the chat scenario does.
@@ -345,6 +345,49 @@ struct Message<'a> {
     text: std::borrow::Cow<'a, str>,
 }
 
+/// What one event of a member's stream means to the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Note {
+    /// `welcome` with its `last_id`.
+    Welcome(u64),
+    /// A message of this run's member `from`, its sequence number and room id.
+    Message { from: u32, seq: u32, id: u64 },
+    /// `reset`: the history did not reach back to our `Last-Event-ID`.
+    Reset,
+    /// `shutdown`: the server is stopping.
+    Shutdown,
+    /// An event that does not parse.
+    Bad,
+    /// Anything else (join, leave, rename, a message from someone outside this run).
+    Other,
+}
+
+/// Reads one event (pure, so recorded transcripts can be checked without a server).
+fn note(tag: &str, ev: &SseEvent) -> Note {
+    match ev.event.as_str() {
+        "welcome" => serde_json::from_str::<Welcome>(&ev.data)
+            .map_or(Note::Bad, |w| Note::Welcome(w.last_id)),
+        "message" => match serde_json::from_str::<Message>(&ev.data) {
+            Ok(m) => {
+                let from = sender_index(tag, &m.from);
+                let seq = m.text.strip_prefix("seq=").and_then(|t| t.parse().ok());
+                match (from, seq) {
+                    (Some(from), Some(seq)) => Note::Message {
+                        from,
+                        seq,
+                        id: m.id,
+                    },
+                    _ => Note::Other,
+                }
+            }
+            Err(_) => Note::Bad,
+        },
+        "reset" => Note::Reset,
+        "shutdown" => Note::Shutdown,
+        _ => Note::Other,
+    }
+}
+
 /// Parses `{tag}-{index}` back into the index.
 fn sender_index(tag: &str, name: &str) -> Option<u32> {
     name.strip_prefix(tag)?.strip_prefix('-')?.parse().ok()
@@ -403,36 +446,26 @@ fn read(
             match es.next() {
                 Ok(Some(SseItem::Event(ev))) => {
                     let id = ev.id.as_deref().and_then(|t| t.parse::<u64>().ok());
-                    match ev.event.as_str() {
-                        "welcome" => {
-                            let last_id =
-                                serde_json::from_str::<Welcome>(&ev.data).map_or(0, |w| w.last_id);
-                            stream.update(|s| {
-                                if s.welcome.is_none() {
-                                    s.welcome = Some(last_id);
-                                    s.last_seen = s.last_seen.max(last_id);
-                                }
-                            });
-                        }
-                        "message" => match serde_json::from_str::<Message>(&ev.data) {
-                            Ok(m) => {
-                                let from = sender_index(&plan.tag, &m.from);
-                                let seq = m.text.strip_prefix("seq=").and_then(|t| t.parse().ok());
-                                if let (Some(from), Some(seq)) = (from, seq) {
-                                    received.push(Receipt {
-                                        from,
-                                        seq,
-                                        id: m.id,
-                                        at_us: ctx.now_us(),
-                                    });
-                                    ctx.progress.received.fetch_add(1, Ordering::Relaxed);
-                                }
+                    match note(&plan.tag, &ev) {
+                        Note::Welcome(last_id) => stream.update(|s| {
+                            if s.welcome.is_none() {
+                                s.welcome = Some(last_id);
+                                s.last_seen = s.last_seen.max(last_id);
                             }
-                            Err(_) => ctx.error("bad-event"),
-                        },
-                        "reset" => ctx.error("history-reset"),
-                        "shutdown" => shutdown = true,
-                        _ => {}
+                        }),
+                        Note::Message { from, seq, id } => {
+                            received.push(Receipt {
+                                from,
+                                seq,
+                                id,
+                                at_us: ctx.now_us(),
+                            });
+                            ctx.progress.received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Note::Reset => ctx.error("history-reset"),
+                        Note::Shutdown => shutdown = true,
+                        Note::Bad => ctx.error("bad-event"),
+                        Note::Other => {}
                     }
                     if let Some(id) = id {
                         stream.update(|s| s.last_seen = s.last_seen.max(id));
@@ -473,11 +506,124 @@ fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::{check_chat, verdict, ChatLog, Leak, Outcome, Window};
+    use crate::http::SseParser;
 
     #[test]
     fn sender_names_map_back_to_indexes() {
         assert_eq!(sender_index("st1a2b", "st1a2b-17"), Some(17));
         assert_eq!(sender_index("st1a2b", "alice"), None);
         assert_eq!(sender_index("st1a2b", "st1a2b-x"), None);
+    }
+
+    /// The room's events as the server writes them on the wire (`src/chat/stream.rs`): member
+    /// `me` sees a welcome, the others' joins and messages, keepalives; `skip` leaves out the
+    /// event with that id, `twice` repeats one (as a bad resume would).
+    fn transcript(
+        me: u32,
+        room: &[(u64, u32, u32)],
+        skip: Option<u64>,
+        twice: Option<u64>,
+    ) -> Vec<u8> {
+        let mut w = String::from("retry: 2000\n\n");
+        w += "event: welcome\ndata: {\"name\":\"t-0\",\"token\":\"x\",\"online\":[],\"last_id\":0}\n\n";
+        w += "event: join\nid: 1\ndata: {\"name\":\"t-9\"}\n\n: keepalive\n\n";
+        for &(id, from, seq) in room {
+            if from == me || Some(id) == skip {
+                continue;
+            }
+            let ev = format!(
+                "event: message\nid: {id}\ndata: {{\"id\":{id},\"from\":\"t-{from}\",\"text\":\"seq={seq}\",\"ts\":1}}\n\n"
+            );
+            w += &ev;
+            if Some(id) == twice {
+                w += &ev;
+            }
+        }
+        w.into_bytes()
+    }
+
+    /// Replays transcripts through the parser and the reader's [`note`], like the real reader.
+    fn replay(
+        room: &[(u64, u32, u32)],
+        skip: Option<(u32, u64)>,
+        twice: Option<(u32, u64)>,
+    ) -> Vec<String> {
+        let members = 3;
+        let mut log = ChatLog::default();
+        for m in 0..members {
+            log.sent.push(
+                room.iter()
+                    .filter(|r| r.1 == m)
+                    .map(|&(id, _, seq)| Sent {
+                        seq,
+                        id: Some(id),
+                        at_us: id,
+                    })
+                    .collect(),
+            );
+            let bytes = transcript(
+                m,
+                room,
+                skip.filter(|s| s.0 == m).map(|s| s.1),
+                twice.filter(|s| s.0 == m).map(|s| s.1),
+            );
+            let mut parser = SseParser::default();
+            let mut received = Vec::new();
+            let mut after = None;
+            // Fed in 7-byte pieces, as a socket may deliver them.
+            for (i, chunk) in bytes.chunks(7).enumerate() {
+                for item in parser.feed(chunk) {
+                    if let SseItem::Event(ev) = item {
+                        match note("t", &ev) {
+                            Note::Welcome(l) => after = Some(l),
+                            Note::Message { from, seq, id } => received.push(Receipt {
+                                from,
+                                seq,
+                                id,
+                                at_us: 100 + i as u64,
+                            }),
+                            Note::Bad => panic!("bad event {ev:?}"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            log.received.push(received);
+            log.windows
+                .push(after.map(|after| Window { after, until: 100 }));
+        }
+        let outcome = Outcome {
+            chat: Some(check_chat(&log)),
+            leak: Some(Leak::default()),
+            ..Outcome::default()
+        };
+        verdict(&outcome)
+    }
+
+    const ROOM: &[(u64, u32, u32)] = &[
+        (2, 0, 1),
+        (3, 1, 1),
+        (4, 2, 1),
+        (5, 0, 2),
+        (6, 1, 2),
+        (7, 2, 2),
+    ];
+
+    #[test]
+    fn wire_transcripts_of_a_correct_room_pass() {
+        assert!(replay(ROOM, None, None).is_empty());
+    }
+
+    #[test]
+    fn wire_transcripts_of_a_server_that_drops_or_repeats_a_message_fail() {
+        assert_eq!(
+            replay(ROOM, Some((2, 5)), None),
+            vec!["1 chat messages lost".to_string()]
+        );
+        assert_eq!(
+            replay(ROOM, None, Some((0, 6))),
+            vec!["1 chat messages duplicated".to_string()]
+        );
     }
 }
