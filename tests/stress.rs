@@ -109,3 +109,30 @@ fn an_unreachable_server_is_exit_2_with_one_line() {
         "{err}"
     );
 }
+
+#[test]
+fn members_cut_off_as_slow_resume_with_their_token_and_lose_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A queue of 2 events per member: bursts from 60 members cut streams off as slow, and each
+    // reader reattaches with its token and Last-Event-ID.
+    let server = common::start(|c| c.queue = 2);
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "chat",
+            "--clients",
+            "60",
+            "--messages",
+            "10",
+            "--interval",
+            "0ms..5ms",
+            "--ramp",
+            "500",
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    assert!(s["errors"]["stream-cut"].as_u64().unwrap_or(0) > 0, "{s:#}");
+    assert_eq!(s["chat"]["lost"], 0);
+}

@@ -415,6 +415,8 @@ fn read(
         let opened = http::open_stream(&ctx.target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
         let mut es = match opened {
             Ok(Opened::Stream(es)) => es,
+            // The member left while we reconnected: its session is gone, and that is fine.
+            _ if stream.leaving.load(Ordering::Acquire) => break Ok(()),
             Ok(Opened::Refused(r))
                 if r.status == 503
                     && retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) =>
@@ -423,14 +425,12 @@ fn read(
                 continue;
             }
             Ok(Opened::Refused(r)) => {
-                if !stream.leaving.load(Ordering::Acquire) {
-                    ctx.error(&format!("stream-{}", r.status));
-                }
+                ctx.error(&format!("stream-{}", r.status));
                 break Err(());
             }
             Err(e) => {
-                ctx.error(e.kind());
-                if reconnects < RETRIES && !stream.leaving.load(Ordering::Acquire) {
+                ctx.error(&format!("stream-{}", e.kind()));
+                if reconnects < RETRIES {
                     reconnects += 1;
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
@@ -487,7 +487,14 @@ fn read(
             Ok(()) => ctx.error("stream-cut"),
             Err(e) => ctx.error(&format!("stream-{}", e.kind())),
         }
+        // A stream that is cut again and again but moves on each time (a member cut off as slow
+        // under load) is fine; give up only after RETRIES cuts in a row without a new event.
+        let now_seen = stream.state.lock().last_seen;
+        if now_seen > last {
+            reconnects = 0;
+        }
         if reconnects >= RETRIES {
+            ctx.error("stream-gave-up");
             break Err(());
         }
         reconnects += 1;
