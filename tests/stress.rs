@@ -136,3 +136,39 @@ fn members_cut_off_as_slow_resume_with_their_token_and_lose_nothing() {
     assert!(s["errors"]["stream-cut"].as_u64().unwrap_or(0) > 0, "{s:#}");
     assert_eq!(s["chat"]["lost"], 0);
 }
+
+#[test]
+fn change_mode_streams_see_each_flip_exactly_once() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start(|_| {});
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "alarm",
+            "--mode",
+            "change",
+            "--clients",
+            "50",
+            "--duration",
+            "2s",
+            "--refresh",
+            "50ms",
+            "--tick",
+            "100ms",
+            "--slack",
+            "500ms",
+            "--ramp",
+            "500",
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    let alarm = &s["alarm"];
+    // One first value per stream plus exactly one event per flip.
+    assert_eq!(
+        alarm["events"].as_u64().unwrap(),
+        50 + alarm["flips"].as_u64().unwrap(),
+        "{s:#}"
+    );
+}

@@ -52,6 +52,9 @@ OPTIONS:
 D: 500ms, 2s, 1m or a number of seconds. Exit status: 0 PASS, 1 FAIL, 2 usage or unreachable.
 ";
 
+/// Most client threads one run may start.
+const MAX_THREADS: usize = 12_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     Chat,
@@ -203,8 +206,20 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
     if !(o.put_rate > 0.0 && o.put_rate.is_finite()) {
         return Err("--put-rate must be a positive number".into());
     }
-    if o.clients == 0 || o.clients > 20_000 || o.alarm_clients.is_some_and(|n| n > 20_000) {
-        return Err("--clients must be 1..20000".into());
+    if o.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    // Two threads per member, one per alarm stream; the server needs about as many again, and
+    // the whole machine shares one pid space (pid_max is often 32768).
+    let threads = match o.scenario {
+        Scenario::Chat => 2 * o.clients,
+        Scenario::Alarm => o.clients,
+        Scenario::Mixed => 2 * o.clients + o.alarm_clients.unwrap_or(o.clients),
+    };
+    if threads > MAX_THREADS {
+        return Err(format!(
+            "that needs {threads} client threads (2 per chat member, 1 per alarm stream); at most {MAX_THREADS}"
+        ));
     }
     if o.refresh.is_zero() || o.idle.is_zero() {
         return Err("--refresh and --idle must be above zero".into());
@@ -530,5 +545,7 @@ mod tests {
         assert!(args(&["--scenario", "poll"]).is_err());
         assert!(args(&["--ramp", "0"]).is_err());
         assert!(args(&["--bogus"]).is_err());
+        assert!(args(&["--clients", "6001"]).is_err());
+        assert!(args(&["--scenario", "alarm", "--clients", "6001"]).is_ok());
     }
 }
