@@ -45,6 +45,9 @@ pub struct Config {
     pub rate: f64,
     /// Chat: messages one session may post in a burst. Default 40.
     pub burst: f64,
+    /// Chat: sessions at once (with or without a stream); one more join gets 503 with
+    /// `Retry-After`. Default 10,000.
+    pub max_members: usize,
     /// Stack size of each stream thread. Default 64 KiB.
     pub stream_stack: usize,
     /// A connection that has not sent a complete request line and headers this long after it
@@ -79,6 +82,7 @@ impl Default for Config {
             grace: Duration::from_secs(30),
             rate: 20.0,
             burst: 40.0,
+            max_members: 10_000,
             stream_stack: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             max_pending: 2048,
@@ -154,6 +158,10 @@ impl Config {
         check(
             self.burst >= 1.0 && self.burst.is_finite(),
             "--burst must be >= 1",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.max_members),
+            "--max-members must be 1..1000000",
         )?;
         check(
             (50..=3_600_000).contains(&ms(self.header_timeout)),

@@ -28,6 +28,7 @@ OPTIONS:
   --grace DUR          chat session life without stream [default: 30s]
   --rate N             chat messages/s per session       [default: 20]
   --burst N            chat messages in a burst          [default: 40]
+  --max-members N      chat sessions at once             [default: 10000]
   --header-timeout DUR close connections without a request this long [default: 10s]
   --max-pending N      connections waiting for headers   [default: 2048]
   --cors-origin ORIGIN allow browsers on ORIGIN (or *)    [default: off]
@@ -111,6 +112,10 @@ fn parse_args() -> Result<Option<Cli>, String> {
             }
             Long("burst") => {
                 config.burst = float(parser.value().map_err(|e| e.to_string())?, "--burst")?
+            }
+            Long("max-members") => {
+                config.max_members =
+                    num(parser.value().map_err(|e| e.to_string())?, "--max-members")?
             }
             Long("header-timeout") => {
                 config.header_timeout = dur(

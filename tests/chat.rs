@@ -120,6 +120,42 @@ fn say(s: &TestServer, token: &str, text: &str) -> u64 {
     r.json()["id"].as_u64().unwrap()
 }
 
+/// Posts over one keep-alive connection, for tests that post a lot.
+struct Poster {
+    agent: ureq::Agent,
+    url: String,
+    auth: String,
+}
+
+impl Poster {
+    fn new(s: &TestServer, token: &str) -> Poster {
+        Poster {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(common::PATIENCE))
+                .build()
+                .into(),
+            url: s.url("/chat/messages"),
+            auth: format!("Bearer {token}"),
+        }
+    }
+
+    /// Posts and expects 202; returns the id.
+    fn say(&self, text: &str) -> u64 {
+        let mut r = self
+            .agent
+            .post(&self.url)
+            .header("Authorization", &self.auth)
+            .send(text)
+            .unwrap();
+        let body = r.body_mut().read_to_string().unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["id"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
 /// `POST /chat/join`; returns the token.
 fn join_only(s: &TestServer, name: &str) -> String {
     let r = s.request("POST", "/chat/join", Some(name));
@@ -389,7 +425,8 @@ fn deaf_reader(s: &TestServer, path: &str) -> TcpStream {
 #[test]
 fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_loses_nothing() {
     let s = Arc::new(start(|c| {
-        c.queue = 8;
+        // Small, but with room for a busy CI machine's scheduling of the fast member's thread.
+        c.queue = 32;
         // Kept long enough to resume from whatever the deaf socket held.
         c.history = 1_000_000;
         c.grace = Duration::from_secs(600);
@@ -402,7 +439,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
     let sock = deaf_reader(&s, &format!("/chat/stream?token={slow_token}"));
     wait_log(&["chat stream opened", &format!("name={slow_name} ")]);
     let fast = Member::join(&s, &unique("fast"));
-    let poster = join_only(&s, &unique("poster"));
+    let poster = Poster::new(&s, &join_only(&s, &unique("poster")));
     // The fast member reads on its own thread all along.
     let fast_reader = std::thread::spawn(move || {
         let mut fast = fast;
@@ -413,7 +450,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
     let big = "x".repeat(4000);
     wait_for("the deaf reader cut off as slow", || {
         for _ in 0..20 {
-            posted.push(say(&s, &poster, &format!("{}:{big}", posted.len())));
+            posted.push(poster.say(&format!("{}:{big}", posted.len())));
         }
         if !log_lines(&[
             "chat stream closed",
@@ -427,7 +464,7 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
         cut.load(Ordering::Relaxed).then_some(())
     });
     assert!(s.metric("syncast_chat_slow_cutoffs_total") >= 1.0);
-    posted.push(say(&s, &poster, "end"));
+    posted.push(poster.say("end"));
     let fast_got: Vec<u64> = fast_reader.join().unwrap().iter().map(|m| m.0).collect();
     assert_eq!(fast_got, posted, "the fast member got everything, in order");
     // The slow member's session outlives its stream: read what reached it, then resume.
@@ -627,8 +664,13 @@ fn attaching_again_replaces_the_older_stream() {
 #[test]
 fn leaving_ends_the_session_and_its_stream_and_every_thread_goes() {
     let s = start(|_| {});
-    let baseline = s.threads_of("chat-stream");
-    assert_eq!(baseline, 0);
+    assert_eq!(s.threads_of("chat-stream"), 0);
+    let spawned = |s: &TestServer| s.json("/debug/threads")["spawned_live"].as_u64().unwrap();
+    // Request threads of the harness's own calls end quickly; wait for the quiet count.
+    let baseline = wait_for("a quiet server", || {
+        let n = spawned(&s);
+        (s.threads_of("request") == 0).then_some(n)
+    });
     let names: Vec<String> = (0..6).map(|_| unique("bye")).collect();
     let mut members: Vec<Member> = names.iter().map(|n| Member::join(&s, n)).collect();
     wait_for("six chat threads", || {
@@ -677,6 +719,9 @@ fn leaving_ends_the_session_and_its_stream_and_every_thread_goes() {
     }
     assert_eq!(s.metric("syncast_chat_members"), 0.0);
     assert_eq!(s.json("/chat/users")["online"], json!([]));
+    wait_for("/debug/threads back to its baseline", || {
+        (s.threads_of("request") == 0 && spawned(&s) == baseline).then_some(())
+    });
 }
 
 #[test]
@@ -689,6 +734,7 @@ fn a_session_without_a_stream_expires_with_leave_timeout() {
     let leave = watcher.next_of("leave");
     assert_eq!(leave.data, json!({ "name": ghost, "reason": "timeout" }));
     wait_log(&["chat expired", &format!("name={ghost}")]);
+    assert_eq!(s.metric("syncast_chat_members"), 1.0);
     // The name is free again, and the watcher (attached all along) is still there.
     join_only(&s, &ghost);
     assert!(s.json("/chat/users")["online"]
@@ -710,4 +756,71 @@ fn shutdown_sends_chat_streams_a_shutdown_event() {
         &format!("name={name} "),
         "reason=shutdown",
     ]);
+}
+
+#[test]
+fn the_close_line_names_the_session_as_it_was_called_last() {
+    let s = start(|_| {});
+    let mut m = Member::join(&s, &unique("old"));
+    let new = unique("new");
+    let auth = format!("Bearer {}", m.token);
+    let h = [("Authorization", auth.as_str())];
+    assert_eq!(
+        s.request_with("POST", "/chat/name", Some(&new), &h).status,
+        200
+    );
+    assert_eq!(m.next_of("rename").data["to"], new);
+    assert_eq!(s.request_with("POST", "/chat/leave", None, &h).status, 204);
+    assert!(
+        m.next().is_none(),
+        "the stream ends when its session leaves"
+    );
+    wait_log(&["chat stream closed", &format!("name={new} "), "reason=left"]);
+    wait_log(&["chat left", &format!("name={new}")]);
+}
+
+#[test]
+fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
+    let s = start(|_| {});
+    let p = join_only(&s, &unique("p"));
+    let first = say(&s, &p, "one");
+    say(&s, &p, "two");
+    let name = unique("back");
+    let sse = Sse::open(
+        s.addr,
+        &format!("/chat/stream?name={name}"),
+        &[("Last-Event-ID", &first.to_string())],
+    );
+    let mut m = Member {
+        name,
+        token: String::new(),
+        sse,
+        last: 0,
+    };
+    assert_eq!(m.next().unwrap().event, "welcome");
+    let got: Vec<String> = m.messages_until("two").into_iter().map(|g| g.2).collect();
+    assert_eq!(got, vec!["two"]);
+}
+
+#[test]
+fn a_full_room_answers_503_with_retry_after_until_someone_leaves() {
+    let s = start(|c| c.max_members = 2);
+    let a = join_only(&s, &unique("one"));
+    join_only(&s, &unique("two"));
+    let r = s.request("POST", "/chat/join", Some(&unique("three")));
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+    assert_eq!(
+        s.sse(&format!("/chat/stream?name={}", unique("four")))
+            .status,
+        503
+    );
+    let r = s.request_with(
+        "POST",
+        "/chat/leave",
+        None,
+        &[("Authorization", &format!("Bearer {a}"))],
+    );
+    assert_eq!(r.status, 204);
+    join_only(&s, &unique("three"));
+    assert!(s.metric("syncast_rejected_total{reason=\"room-full\"}") >= 2.0);
 }

@@ -34,7 +34,7 @@ pub fn status_of(e: &ChatError) -> u16 {
         ChatError::Unauthorized => 401,
         ChatError::NameTaken => 409,
         ChatError::RateLimited(_) => 429,
-        ChatError::Random(_) => 503,
+        ChatError::RoomFull | ChatError::Random(_) => 503,
     }
 }
 
@@ -61,6 +61,10 @@ pub fn error_reply(shared: &Shared, e: &ChatError) -> Reply {
             // Retry-After is whole seconds; round up so a client that obeys it succeeds.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response::retry_later(status, secs.max(1), &message)
+        }
+        ChatError::RoomFull => {
+            shared.metrics.reject("room-full");
+            response::retry_later(status, 1, &message)
         }
         ChatError::Random(_) => response::error(status, &message),
     }

@@ -47,6 +47,8 @@ pub enum ChatError {
     RateLimited(Duration),
     /// The message text is empty, too long or holds NUL (400).
     InvalidText(&'static str),
+    /// The room holds `--max-members` sessions already (503).
+    RoomFull,
     /// The OS random source failed (503).
     Random(String),
 }
@@ -61,6 +63,7 @@ impl fmt::Display for ChatError {
             ChatError::Unauthorized => f.write_str("unknown or missing token"),
             ChatError::RateLimited(_) => f.write_str("too many messages: slow down"),
             ChatError::InvalidText(why) => write!(f, "invalid message: {why}"),
+            ChatError::RoomFull => f.write_str("the room is full: try again later"),
             ChatError::Random(e) => write!(f, "cannot make a token: {e}"),
         }
     }
@@ -91,13 +94,33 @@ pub struct Attached {
     /// Live events, in id order, starting right after the backlog.
     pub events: Receiver<Encoded>,
     /// Why the room closed this stream (replaced, left, slow).
-    pub kick: Receiver<CloseReason>,
+    pub kick: Receiver<Kick>,
+}
+
+/// The room closing a stream: why, and the session's name at that moment (for the close line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    /// `replaced`, `left` or `slow`.
+    pub reason: CloseReason,
+    /// The session's name when it was closed.
+    pub name: String,
 }
 
 struct Attachment {
     serial: u64,
     events: Sender<Encoded>,
-    kick: Sender<CloseReason>,
+    kick: Sender<Kick>,
+}
+
+impl Attachment {
+    /// Tells the stream to close; never blocks (the channel holds one kick, and a stream is
+    /// kicked at most once because the room forgets it in the same step).
+    fn kick(&self, reason: CloseReason, name: &str) {
+        let _ = self.kick.try_send(Kick {
+            reason,
+            name: name.to_string(),
+        });
+    }
 }
 
 struct Session {
@@ -137,6 +160,7 @@ pub struct Room {
     grace: Duration,
     rate: f64,
     burst: f64,
+    max_members: usize,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
 }
@@ -197,7 +221,7 @@ impl Inner {
                 Err(TrySendError::Full(_)) => {
                     // The policy for the bound: cut the member off; its session stays for the
                     // grace period and it resumes from history with Last-Event-ID.
-                    let _ = att.kick.try_send(CloseReason::Slow);
+                    att.kick(CloseReason::Slow, &session.name);
                     session.attached = None;
                     session.detached_since = Some(Instant::now());
                     room.metrics.chat_slow.inc();
@@ -223,8 +247,8 @@ impl Inner {
         names
     }
 
-    /// Creates a session named `name` and broadcasts its `join`.
-    fn join(&mut self, room: &Room, name: &str) -> Result<(u64, Token), ChatError> {
+    /// Creates a session named `name` holding `token` and broadcasts its `join`.
+    fn join(&mut self, room: &Room, name: &str, token: Token) -> Result<u64, ChatError> {
         if !valid_name(name) {
             return Err(ChatError::InvalidName);
         }
@@ -232,18 +256,20 @@ impl Inner {
         if self.names.contains_key(&folded) {
             return Err(ChatError::NameTaken);
         }
-        let token = loop {
-            let t = Token::generate().map_err(|e| ChatError::Random(e.to_string()))?;
-            if !self.sessions.contains_key(&t.selector()) {
-                break t;
-            }
-        };
+        // The bound on sessions; the policy when full: 503, the client retries later.
+        if self.sessions.len() >= room.max_members {
+            return Err(ChatError::RoomFull);
+        }
         let key = token.selector();
+        if self.sessions.contains_key(&key) {
+            // Two random 64-bit selectors met (about 1 in 2^64 per pair of sessions).
+            return Err(ChatError::Random("token collision: try again".into()));
+        }
         let id = self.broadcast(room, "join", json!({ "name": name }), None, None);
         self.sessions.insert(
             key,
             Session {
-                token: token.clone(),
+                token,
                 name: name.to_string(),
                 limiter: RateLimiter::new(room.rate, room.burst, Instant::now()),
                 attached: None,
@@ -254,7 +280,7 @@ impl Inner {
         );
         self.names.insert(folded, key);
         room.metrics.chat_members.inc();
-        Ok((key, token))
+        Ok(key)
     }
 
     /// Attaches a new stream to session `key`, closing an older one; see [`Attached`].
@@ -268,7 +294,7 @@ impl Inner {
         let oldest = self.history.front().map_or(last_id + 1, |k| k.id);
         let session = self.sessions.get_mut(&key).expect("caller checked the key");
         if let Some(old) = session.attached.take() {
-            let _ = old.kick.try_send(CloseReason::Replaced);
+            old.kick(CloseReason::Replaced, &session.name);
         }
         let after = match last_event_id {
             Some(k) => Some(k),
@@ -320,7 +346,7 @@ impl Inner {
         self.names.remove(&fold(&session.name));
         room.metrics.chat_members.dec();
         if let Some(att) = session.attached {
-            let _ = att.kick.try_send(reason);
+            att.kick(reason, &session.name);
         }
         self.broadcast(
             room,
@@ -334,7 +360,8 @@ impl Inner {
 }
 
 impl Room {
-    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`).
+    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
+    /// `max_members`).
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
         Arc::new(Room {
             history: config.history,
@@ -342,6 +369,7 @@ impl Room {
             grace: config.grace,
             rate: config.rate,
             burst: config.burst,
+            max_members: config.max_members,
             metrics,
             inner: Mutex::new(Inner::default()),
         })
@@ -349,7 +377,8 @@ impl Room {
 
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
     pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
-        let (_, token) = self.inner.lock().join(self, name)?;
+        let token = new_token()?;
+        self.inner.lock().join(self, name, token.clone())?;
         log::info!("chat joined name={name}");
         Ok(Joined {
             name: name.to_string(),
@@ -358,11 +387,18 @@ impl Room {
     }
 
     /// Creates a session and attaches a stream to it in one step (`GET /chat/stream?name=`).
-    pub fn join_and_attach(&self, name: &str) -> Result<Attached, ChatError> {
+    /// With `last_event_id` (an `EventSource` reconnecting to a `?name=` URL after its session
+    /// expired) the kept events after it are replayed, as for any attach.
+    pub fn join_and_attach(
+        &self,
+        name: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
+        let token = new_token()?;
         let attached = {
             let mut inner = self.inner.lock();
-            let (key, _) = inner.join(self, name)?;
-            inner.attach(self, key, None)
+            let key = inner.join(self, name, token)?;
+            inner.attach(self, key, last_event_id)
         };
         log::info!("chat joined name={name}");
         Ok(attached)
@@ -411,14 +447,20 @@ impl Room {
     }
 
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
-    /// `(from, to)`.
+    /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
         let from = {
             let mut inner = self.inner.lock();
-            let key = inner.session(token)?.token.selector();
+            let session = inner.session(token)?;
+            let key = session.token.selector();
             if !valid_name(to) {
                 return Err(ChatError::InvalidName);
             }
+            // A rename is broadcast like a message, so it draws on the same bucket.
+            session
+                .limiter
+                .take(Instant::now())
+                .map_err(ChatError::RateLimited)?;
             let folded = fold(to);
             if inner.names.get(&folded).is_some_and(|k| *k != key) {
                 return Err(ChatError::NameTaken);
@@ -495,6 +537,11 @@ impl Room {
     }
 }
 
+/// A fresh token, made before the room's lock is taken (it reads the OS random source).
+fn new_token() -> Result<Token, ChatError> {
+    Token::generate().map_err(|e| ChatError::Random(e.to_string()))
+}
+
 /// Checks a message: 1–[`MAX_TEXT`] bytes, no NUL.
 pub fn check_text(text: &str) -> Result<(), ChatError> {
     if text.is_empty() {
@@ -547,7 +594,7 @@ mod tests {
     #[test]
     fn welcome_comes_first_and_a_message_reaches_others_only() {
         let r = room(|_| {});
-        let a = r.join_and_attach("alice").unwrap();
+        let a = r.join_and_attach("alice", None).unwrap();
         let (ev, id, data) = parse(&a.backlog[0]);
         assert_eq!((ev.as_str(), id), ("welcome", None));
         assert_eq!(data["name"], "alice");
@@ -650,7 +697,7 @@ mod tests {
         // A later attach without Last-Event-ID is live only.
         let again = r.attach(&token(&a), None).unwrap();
         assert_eq!(again.backlog.len(), 1);
-        assert_eq!(att.kick.try_recv(), Ok(CloseReason::Replaced));
+        assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Replaced);
     }
 
     #[test]
@@ -672,7 +719,7 @@ mod tests {
             ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
             assert_eq!(drain(&f.events).len(), 1);
         }
-        assert_eq!(s.kick.try_recv(), Ok(CloseReason::Slow));
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
         assert_eq!(metrics.chat_slow.get(), 1);
         let queued: Vec<_> = drain(&s.events).into_iter().map(|e| e.1).collect();
         assert_eq!(queued, vec![Some(ids[0]), Some(ids[1])]);
@@ -690,9 +737,9 @@ mod tests {
             ..Config::default()
         };
         let r = Room::new(&c, metrics.clone());
-        let watcher = r.join_and_attach("w").unwrap();
+        let watcher = r.join_and_attach("w", None).unwrap();
         let gone = r.join("gone").unwrap();
-        let stays = r.join_and_attach("stays").unwrap();
+        let stays = r.join_and_attach("stays", None).unwrap();
         assert_eq!(metrics.chat_members.get(), 3);
         let now = Instant::now();
         assert_eq!(r.expire(now), 0);
@@ -746,11 +793,11 @@ mod tests {
     #[test]
     fn leaving_closes_the_stream_and_frees_the_name() {
         let r = room(|_| {});
-        let w = r.join_and_attach("w").unwrap();
+        let w = r.join_and_attach("w", None).unwrap();
         let a = r.join("a").unwrap();
         let s = r.attach(&token(&a), None).unwrap();
         assert_eq!(r.leave(&token(&a)).unwrap(), "a");
-        assert_eq!(s.kick.try_recv(), Ok(CloseReason::Left));
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
         let leave = drain(&w.events).pop().unwrap();
         assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
         assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
@@ -770,6 +817,16 @@ mod tests {
             Err(ChatError::RateLimited(d)) => assert!(d <= Duration::from_secs(1)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_full_room_refuses_joins_until_someone_leaves() {
+        let r = room(|c| c.max_members = 2);
+        let a = r.join("a").unwrap();
+        r.join("b").unwrap();
+        assert_eq!(r.join("c").unwrap_err(), ChatError::RoomFull);
+        r.leave(&token(&a)).unwrap();
+        r.join("c").unwrap();
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{select, tick};
 
-use super::room::{Attached, Room};
+use super::room::{Attached, Kick, Room};
 use super::session::Token;
 use crate::http::conn::Liveness;
 use crate::http::sse::{self, CloseReason, SseWriter};
@@ -100,7 +100,7 @@ pub fn serve(
     let _slot = slot;
     let room = shared.chat.clone();
     let attached = match &member {
-        Member::Join(name) => room.join_and_attach(name),
+        Member::Join(name) => room.join_and_attach(name, last_event_id),
         Member::Resume(token) => room.attach(token, last_event_id),
     };
     let att = match attached {
@@ -153,11 +153,9 @@ pub fn serve(
                 recv(att.events) -> event => match event {
                     Ok(bytes) => out.send(&bytes)?,
                     // The room dropped our queue: it kicked us first.
-                    Err(_) => return Ok(att.kick.try_recv().unwrap_or(CloseReason::Left)),
+                    Err(_) => return Ok(kicked(&mut life.name, att.kick.try_recv().ok())),
                 },
-                recv(att.kick) -> reason => {
-                    return Ok(reason.unwrap_or(CloseReason::Left));
-                }
+                recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
                 recv(shared.shutdown) -> _ => {
                     let _ = out.send(b"event: shutdown\ndata: {}\n\n");
                     return Ok(CloseReason::Shutdown);
@@ -169,9 +167,21 @@ pub fn serve(
         Ok(reason) => reason,
         // A write that failed because the client stopped reading, after the room already cut
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
-        Err(e) => att
-            .kick
-            .try_recv()
-            .unwrap_or_else(|_| CloseReason::from_write_error(&e)),
+        Err(e) => match att.kick.try_recv() {
+            Ok(kick) => kicked(&mut life.name, Some(kick)),
+            Err(_) => CloseReason::from_write_error(&e),
+        },
     };
+}
+
+/// The close reason of a kick (a kick channel closed without one means the session is gone),
+/// taking the session's name at that moment for the close line.
+fn kicked(name: &mut String, kick: Option<Kick>) -> CloseReason {
+    match kick {
+        Some(kick) => {
+            *name = kick.name;
+            kick.reason
+        }
+        None => CloseReason::Left,
+    }
 }

@@ -138,6 +138,7 @@ pub struct SseWriter {
     socket: Option<StreamSocket>,
     conns: Arc<ConnTable>,
     peer: Option<SocketAddr>,
+    write_timeout: Duration,
 }
 
 impl Drop for SseWriter {
@@ -170,6 +171,7 @@ impl SseWriter {
             socket: None,
             conns: conns.clone(),
             peer,
+            write_timeout: limits.timeout,
         };
         writer.out = request.into_writer();
         let out = &mut writer.out;
@@ -200,9 +202,21 @@ impl SseWriter {
     }
 
     /// Writes one encoded event (or comment) and flushes it to the socket.
+    ///
+    /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
+    /// time (zero-window probes) would restart that clock on every call. So the whole event has
+    /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let started = std::time::Instant::now();
         self.out.write_all(bytes)?;
-        self.out.flush()
+        self.out.flush()?;
+        if started.elapsed() > self.write_timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "event took longer than the write time-out",
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the client is still connected, checked without writing.
