@@ -34,5 +34,8 @@ check: lint unit
 e2e:
 	CARGO=$(CARGO) ./scripts/e2e.sh
 
+stress:
+	CARGO="$(CARGO)" ./scripts/stress.sh
+
 clean:
 	$(CARGO) clean

@@ -206,6 +206,27 @@ impl Shared {
         );
     }
 
+    /// Runs `handler` for a request whose work is in memory (no store, no socket): inline on the
+    /// dispatcher when its body is already buffered, else on a request thread.
+    ///
+    /// tiny_http reads a body of at most 1 KiB into memory on its own thread before handing the
+    /// request over, unless the client sent `Expect: 100-continue` (src/request.rs,
+    /// `new_request`); reading such a body cannot block. A larger or chunked body is read from the
+    /// socket lazily, so it must not be read on the dispatcher.
+    pub fn run_request<F>(self: &Arc<Self>, mut request: Request, handler: F)
+    where
+        F: FnOnce(&Shared, &mut Request) -> Reply + Send + 'static,
+    {
+        let buffered = request.body_length().is_some_and(|n| n <= 1024)
+            && !request.headers().iter().any(|h| h.field.equiv("Expect"));
+        if buffered {
+            let reply = handler(self, &mut request);
+            self.respond(request, reply);
+        } else {
+            self.spawn_request(request, handler);
+        }
+    }
+
     /// Spawns `body` with `request`; if the OS refuses the thread, answers 503 and counts it.
     fn spawn_with<F>(
         self: &Arc<Self>,

@@ -11,8 +11,10 @@
 //! | `POST /chat/leave` (token) | `204` |
 //! | `GET /chat/users` | `200 {"online":[..]}` |
 //!
-//! Requests with a body run on a request thread (tiny_http reads a body over 1 KiB lazily from
-//! the socket, which must not stall the dispatcher); the stream runs on its own stream thread.
+//! Room calls touch only memory, so a request whose body tiny_http has already buffered (at most
+//! 1 KiB) is answered on the dispatcher; a larger body is read on a request thread (tiny_http
+//! reads it lazily from the socket, which must not stall the dispatcher). The stream runs on its
+//! own stream thread.
 
 use std::sync::Arc;
 
@@ -96,13 +98,13 @@ pub fn route(
             response::json(200, &json!({ "online": shared.chat.online() }))
         }
         (["chat", "join"], Method::Post) => {
-            shared.spawn_request(request, join);
+            shared.run_request(request, join);
             return;
         }
         (["chat", action @ ("messages" | "name" | "leave")], Method::Post) => {
             let token = token_of(&request, query);
             let action = action.to_string();
-            shared.spawn_request(request, move |shared, rq| {
+            shared.run_request(request, move |shared, rq| {
                 let token = match token {
                     Some(t) => t,
                     None => return error_reply(shared, &ChatError::Unauthorized),
