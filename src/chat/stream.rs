@@ -136,11 +136,14 @@ pub fn serve(
     detach.armed = false;
     let mut life = Lifecycle::new(&shared, &room, &att, conn);
     let ticker = tick(cfg.heartbeat);
+    let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
-        out.send(&sse::retry(std::time::Duration::from_secs(2)))?;
+        // The backlog goes out with as few writes as possible, like live events below.
+        batch = sse::retry(std::time::Duration::from_secs(2));
         for event in &att.backlog {
-            out.send(event)?;
+            batch.extend_from_slice(event);
         }
+        out.send(&batch)?;
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -151,7 +154,21 @@ pub fn serve(
                     shared.metrics.keepalives_sent.inc();
                 }
                 recv(att.events) -> event => match event {
-                    Ok(bytes) => out.send(&bytes)?,
+                    Ok(bytes) => {
+                        // Whatever else is queued already goes out in the same write: under
+                        // fan-out load one syscall carries many events. Bounded by the batch cap.
+                        let mut pending = att.events.try_iter().take(BATCH - 1).peekable();
+                        if pending.peek().is_none() {
+                            out.send(&bytes)?;
+                        } else {
+                            batch.clear();
+                            batch.extend_from_slice(&bytes);
+                            for more in pending {
+                                batch.extend_from_slice(&more);
+                            }
+                            out.send(&batch)?;
+                        }
+                    }
                     // The room dropped our queue: it kicked us first.
                     Err(_) => return Ok(kicked(&mut life.name, att.kick.try_recv().ok())),
                 },
@@ -173,6 +190,9 @@ pub fn serve(
         },
     };
 }
+
+/// Most queued events written together in one write.
+const BATCH: usize = 64;
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),
 /// taking the session's name at that moment for the close line.
