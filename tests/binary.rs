@@ -68,6 +68,14 @@ struct Running {
     log: std::path::PathBuf,
 }
 
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only a failed test gets here with the server still running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn run_server() -> Running {
     let dir = std::env::temp_dir().join(common::unique("syncast-bin-"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -218,4 +226,62 @@ fn running_out_of_file_descriptors_does_not_stop_accepting_for_good() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("accept loop failed"), "{log}");
     assert!(!log.contains("thread panicked"), "{log}");
+}
+
+#[test]
+fn sigterm_while_syncast_stress_runs_1000_clients_exits_0_with_every_thread_joined() {
+    let mut server = run_server();
+    let url = format!("http://{}", server.addr);
+    // 500 chat members + 500 alarm streams, arriving quickly, talking for longer than we wait.
+    let mut stress = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_syncast-stress"))
+            .args(["--url", &url, "--scenario", "mixed", "--clients", "500"])
+            .args([
+                "--messages",
+                "50",
+                "--interval",
+                "200ms..400ms",
+                "--duration",
+                "60s",
+            ])
+            .args(["--ramp", "2000", "--seed", "7", "-q", "--json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let metric = |name: &str| -> f64 {
+        let mut sock = match std::net::TcpStream::connect(server.addr) {
+            Ok(s) => s,
+            Err(_) => return 0.0,
+        };
+        use std::io::{Read, Write};
+        let _ = sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = sock.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    common::wait_for_within(Duration::from_secs(120), "1,000 streaming clients", || {
+        (metric("syncast_streaming_clients") >= 1000.0).then_some(())
+    });
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = wait_for("the server to exit", || server.child.try_wait().unwrap());
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(!log.contains("shutdown incomplete"), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutdown complete: joined"))
+        .expect("shutdown line");
+    // Reported, not asserted: wall-clock bounds are for the benchmark, not tests.
+    eprintln!("SIGTERM under load: exit after {took:?}; {line}");
+    let _ = stress.0.kill();
 }
