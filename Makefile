@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test lint fmt unit e2e stress bench clean
+.PHONY: run build release test check lint fmt unit e2e stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -24,7 +24,18 @@ fmt:
 unit:
 	$(CARGO) test --all-targets
 
-test: lint unit
+# Every test: fmt and clippy, unit and integration tests, and the page in a real browser.
+test: lint unit e2e
+
+# The quick loop without the browser.
+check: lint unit
+
+# The page at / in Debian's headless Chromium (scripts/e2e.sh); screenshots in target/e2e/.
+e2e:
+	CARGO=$(CARGO) ./scripts/e2e.sh
+
+stress:
+	CARGO="$(CARGO)" ./scripts/stress.sh
 
 clean:
 	$(CARGO) clean

@@ -31,6 +31,10 @@ pub struct Config {
     /// How long one write of an event to a client may block before the stream is closed as
     /// `stalled`. Default 10 s.
     pub write_timeout: Duration,
+    /// Kernel send buffer of each stream socket (`SO_SNDBUF`): bounds the memory a client that
+    /// stops reading can pin, and how much is queued before the write time-out starts. Default
+    /// 64 KiB (Linux doubles the value it is given).
+    pub send_buffer: usize,
     /// Chat: events kept for resume by `Last-Event-ID`. Default 1024.
     pub history: usize,
     /// Chat: events queued per member before it is cut off as slow. Default 1024.
@@ -41,6 +45,9 @@ pub struct Config {
     pub rate: f64,
     /// Chat: messages one session may post in a burst. Default 40.
     pub burst: f64,
+    /// Chat: sessions at once (with or without a stream); one more join gets 503 with
+    /// `Retry-After`. Default 10,000.
+    pub max_members: usize,
     /// Stack size of each stream thread. Default 64 KiB.
     pub stream_stack: usize,
     /// A connection that has not sent a complete request line and headers this long after it
@@ -69,11 +76,13 @@ impl Default for Config {
             max_requests: 64,
             busy_timeout: Duration::from_millis(250),
             write_timeout: Duration::from_secs(10),
+            send_buffer: 64 * 1024,
             history: 1024,
             queue: 1024,
             grace: Duration::from_secs(30),
             rate: 20.0,
             burst: 40.0,
+            max_members: 10_000,
             stream_stack: 64 * 1024,
             header_timeout: Duration::from_secs(10),
             max_pending: 2048,
@@ -127,6 +136,10 @@ impl Config {
             "--max-requests must be 1..4096",
         )?;
         check(
+            (1024..=16 * 1024 * 1024).contains(&self.send_buffer),
+            "send buffer must be 1 KiB..16 MiB",
+        )?;
+        check(
             (1..=1_000_000).contains(&self.history),
             "--history must be 1..1000000",
         )?;
@@ -145,6 +158,10 @@ impl Config {
         check(
             self.burst >= 1.0 && self.burst.is_finite(),
             "--burst must be >= 1",
+        )?;
+        check(
+            (1..=1_000_000).contains(&self.max_members),
+            "--max-members must be 1..1000000",
         )?;
         check(
             (50..=3_600_000).contains(&ms(self.header_timeout)),

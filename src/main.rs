@@ -26,6 +26,9 @@ OPTIONS:
   --history N          chat events kept for resume       [default: 1024]
   --queue N            chat events queued per member     [default: 1024]
   --grace DUR          chat session life without stream [default: 30s]
+  --rate N             chat messages/s per session       [default: 20]
+  --burst N            chat messages in a burst          [default: 40]
+  --max-members N      chat sessions at once             [default: 10000]
   --header-timeout DUR close connections without a request this long [default: 10s]
   --max-pending N      connections waiting for headers   [default: 2048]
   --cors-origin ORIGIN allow browsers on ORIGIN (or *)    [default: off]
@@ -53,6 +56,11 @@ fn parse_args() -> Result<Option<Cli>, String> {
         parse_duration(&v).map_err(|e| format!("{flag}: {e}"))
     };
     let num = |v: std::ffi::OsString, flag: &str| -> Result<usize, String> {
+        let v = v.into_string().map_err(|_| format!("{flag}: not UTF-8"))?;
+        v.parse()
+            .map_err(|_| format!("{flag}: invalid number {v:?}"))
+    };
+    let float = |v: std::ffi::OsString, flag: &str| -> Result<f64, String> {
         let v = v.into_string().map_err(|_| format!("{flag}: not UTF-8"))?;
         v.parse()
             .map_err(|_| format!("{flag}: invalid number {v:?}"))
@@ -98,6 +106,16 @@ fn parse_args() -> Result<Option<Cli>, String> {
             }
             Long("queue") => {
                 config.queue = num(parser.value().map_err(|e| e.to_string())?, "--queue")?
+            }
+            Long("rate") => {
+                config.rate = float(parser.value().map_err(|e| e.to_string())?, "--rate")?
+            }
+            Long("burst") => {
+                config.burst = float(parser.value().map_err(|e| e.to_string())?, "--burst")?
+            }
+            Long("max-members") => {
+                config.max_members =
+                    num(parser.value().map_err(|e| e.to_string())?, "--max-members")?
             }
             Long("header-timeout") => {
                 config.header_timeout = dur(

@@ -34,7 +34,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub const REJECT_REASONS: [&str; 8] = [
+pub const REJECT_REASONS: [&str; 9] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -43,6 +43,7 @@ pub const REJECT_REASONS: [&str; 8] = [
     "name-taken",
     "rate-limited",
     "too-large",
+    "room-full",
 ];
 
 /// Every number `/metrics` shows that the server counts itself.

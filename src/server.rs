@@ -206,6 +206,27 @@ impl Shared {
         );
     }
 
+    /// Runs `handler` for a request whose work is in memory (no store, no socket): inline on the
+    /// dispatcher when its body is already buffered, else on a request thread.
+    ///
+    /// tiny_http reads a body of at most 1 KiB into memory on its own thread before handing the
+    /// request over, unless the client sent `Expect: 100-continue` (src/request.rs,
+    /// `new_request`); reading such a body cannot block. A larger or chunked body is read from the
+    /// socket lazily, so it must not be read on the dispatcher.
+    pub fn run_request<F>(self: &Arc<Self>, mut request: Request, handler: F)
+    where
+        F: FnOnce(&Shared, &mut Request) -> Reply + Send + 'static,
+    {
+        let buffered = request.body_length().is_some_and(|n| n <= 1024)
+            && !request.headers().iter().any(|h| h.field.equiv("Expect"));
+        if buffered {
+            let reply = handler(self, &mut request);
+            self.respond(request, reply);
+        } else {
+            self.spawn_request(request, handler);
+        }
+    }
+
     /// Spawns `body` with `request`; if the OS refuses the thread, answers 503 and counts it.
     fn spawn_with<F>(
         self: &Arc<Self>,
@@ -250,6 +271,7 @@ impl Server {
     /// Validates `config`, opens (or creates) the store, binds the listener and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
+        install_panic_watch();
         // Create the file and schema now, so a bad path is a start error, not a degraded run.
         Store::open(&config.db, config.busy_timeout, true).map_err(|e| StartError::Store(e.0))?;
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
@@ -376,6 +398,60 @@ impl Drop for Server {
     }
 }
 
+/// Panics seen in tiny_http's own (unnamed) threads, process-wide.
+///
+/// tiny_http's accept thread `unwrap()`s the `dup` of every accepted socket
+/// (src/util/refined_tcp_stream.rs, `impl Clone for Stream`) and panics when the process is out
+/// of descriptors, and its pool `thread::spawn` panics when the OS refuses a thread. Either kills
+/// the accept thread silently: no error reaches `recv()`, and nothing is accepted again. A panic
+/// hook counts such panics; each dispatcher then probes its own accept loop.
+static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
+
+fn install_panic_watch() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tiny_http = info
+                .location()
+                .is_some_and(|l| l.file().contains("tiny_http"));
+            let unnamed = std::thread::current().name().is_none();
+            if in_tiny_http
+                || (unnamed && crate::threads::panic_message(info.payload()).contains("spawn"))
+            {
+                TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Header that marks the dispatcher's own liveness probe.
+const PROBE_HEADER: &str = "X-Syncast-Probe";
+
+/// A probe of the accept loop in flight: the connection and the nonce it carries.
+struct Probe {
+    _sock: std::net::TcpStream,
+    nonce: u64,
+    deadline: Instant,
+}
+
+/// Sends `GET /healthz` to ourselves, marked with a nonce, so the dispatcher can tell whether
+/// tiny_http still accepts.
+fn start_probe(shared: &Shared) -> Option<Probe> {
+    use std::io::Write;
+    let mut sock =
+        std::net::TcpStream::connect_timeout(&shared.local, Duration::from_millis(500)).ok()?;
+    let nonce = shared.next_conn();
+    let rq = format!("GET /healthz HTTP/1.1\r\nHost: probe\r\n{PROBE_HEADER}: {nonce}\r\n\r\n");
+    sock.write_all(rq.as_bytes()).ok()?;
+    Some(Probe {
+        _sock: sock,
+        nonce,
+        deadline: Instant::now() + Duration::from_secs(3),
+    })
+}
+
 /// Starts tiny_http on a clone of `listener` (so it can be started again on the same socket).
 fn tiny_http_on(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
@@ -390,6 +466,8 @@ fn dispatch_loop(shared: &Arc<Shared>) {
     let mut next_housekeeping = Instant::now() + housekeeping;
     let mut next_sweep = Instant::now() + sweep_every;
     let mut backoff = Duration::from_millis(50);
+    let mut panics_seen = TINY_HTTP_PANICS.load(Ordering::Relaxed);
+    let mut probe: Option<Probe> = None;
     loop {
         let Some(http) = shared.http.lock().clone() else {
             return;
@@ -400,6 +478,14 @@ fn dispatch_loop(shared: &Arc<Shared>) {
         match http.recv_timeout(wait) {
             Ok(Some(request)) => {
                 backoff = Duration::from_millis(50);
+                let answered = probe.as_ref().is_some_and(|p| {
+                    request.headers().iter().any(|h| {
+                        h.field.equiv(PROBE_HEADER) && h.value.as_str() == p.nonce.to_string()
+                    })
+                });
+                if answered {
+                    probe = None;
+                }
                 route(shared, request);
             }
             Ok(None) => {}
@@ -428,6 +514,24 @@ fn dispatch_loop(shared: &Arc<Shared>) {
         }
         let now = Instant::now();
         if now >= next_housekeeping {
+            let panics = TINY_HTTP_PANICS.load(Ordering::Relaxed);
+            if panics != panics_seen && probe.is_none() {
+                // Some tiny_http thread panicked (maybe another server's in this process):
+                // check that ours still accepts. A failed connect is retried next time.
+                probe = start_probe(shared);
+                if probe.is_some() {
+                    panics_seen = panics;
+                }
+            }
+            if probe.as_ref().is_some_and(|p| now >= p.deadline) {
+                probe = None;
+                log::error!("accept loop failed error=\"accept thread died\"; restarting");
+                shared.metrics.accept_restarts.inc();
+                match tiny_http_on(&shared.listener) {
+                    Ok(new) => *shared.http.lock() = Some(new),
+                    Err(e) => log::error!("accept loop restart failed error={e}"),
+                }
+            }
             shared.threads.reap();
             shared.chat.housekeeping();
             next_housekeeping = now + housekeeping;

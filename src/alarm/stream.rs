@@ -6,7 +6,7 @@ use crossbeam_channel::{bounded, select, tick};
 
 use super::hub::AlarmHub;
 use crate::http::conn::Liveness;
-use crate::http::sse::{self, CloseReason, SseWriter};
+use crate::http::sse::{self, CloseReason, SseWriter, WriteLimits};
 use crate::server::{Shared, StreamSlot};
 
 /// How a stream sends values.
@@ -97,14 +97,11 @@ pub fn serve(
 ) {
     let _slot = slot;
     let cfg = &shared.config;
-    if cfg.fault_panic_id.as_deref() == Some(id.as_str()) {
-        panic!("injected fault in stream id={id}");
-    }
     let mut out = match SseWriter::start(
         request,
         &shared.conns,
         &shared.cors_headers(),
-        cfg.write_timeout,
+        WriteLimits::of(cfg),
     ) {
         Ok(out) => out,
         Err(e) => {
@@ -127,6 +124,9 @@ pub fn serve(
     let result = send_counted(&shared, &mut out, &first, last.is_some()).and_then(|()| loop {
         select! {
             recv(ticker) -> _ => {
+                if cfg.fault_panic_id.as_deref() == Some(id.as_str()) {
+                    panic!("injected fault in stream id={id}");
+                }
                 if out.liveness() == Liveness::Gone {
                     break Ok(CloseReason::ClientGone);
                 }

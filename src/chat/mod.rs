@@ -1,22 +1,14 @@
-//! The chat room (issue 3): sessions, broadcast, history and resume. Not built yet: the routes
-//! answer 404 until it is.
+//! The chat room (issue 3): named sessions, broadcast with history, resume by `Last-Event-ID`,
+//! and slow-consumer cut-off, served over HTTP + SSE.
+//!
+//! - [`room`]: sessions, names, the history ring and broadcast, under one lock.
+//! - [`session`]: tokens (OS random, compared in constant time) and the rate limiter.
+//! - [`stream`]: one chat stream on its own thread, a `select!` loop.
+//! - [`http`]: the `/chat/...` routes.
 
 pub mod http;
+pub mod room;
+pub mod session;
+pub mod stream;
 
-use std::sync::Arc;
-
-use crate::config::Config;
-use crate::metrics::Metrics;
-
-/// The chat room.
-pub struct Room {}
-
-impl Room {
-    /// A new, empty room.
-    pub fn new(_config: &Config, _metrics: Arc<Metrics>) -> Arc<Room> {
-        Arc::new(Room {})
-    }
-
-    /// Periodic work (session expiry), called by the dispatcher.
-    pub fn housekeeping(&self) {}
-}
+pub use room::{ChatError, Room};

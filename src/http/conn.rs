@@ -151,6 +151,22 @@ impl StreamSocket {
         }
     }
 
+    /// Sets `SO_SNDBUF` (best effort: the kernel clamps it).
+    pub fn set_send_buffer(&mut self, bytes: usize) {
+        let Some(fd) = self.fd() else { return };
+        let value = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: fd verified by fd(); value is a c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                &value as *const libc::c_int as *const libc::c_void,
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+
     /// Checks the TCP state: anything but `ESTABLISHED` means the client is gone.
     pub fn liveness(&mut self) -> Liveness {
         let Some(fd) = self.fd() else {

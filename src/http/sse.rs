@@ -117,6 +117,25 @@ impl CloseReason {
     }
 }
 
+/// How long a write may block and how much the kernel may queue for one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLimits {
+    /// `SO_SNDTIMEO`: a write blocked this long fails and the stream closes as `stalled`.
+    pub timeout: Duration,
+    /// `SO_SNDBUF` in bytes.
+    pub send_buffer: usize,
+}
+
+impl WriteLimits {
+    /// The limits a configuration sets.
+    pub fn of(config: &crate::Config) -> WriteLimits {
+        WriteLimits {
+            timeout: config.write_timeout,
+            send_buffer: config.send_buffer,
+        }
+    }
+}
+
 /// The writing end of one SSE response, owned by the stream's thread.
 pub struct SseWriter {
     out: Box<dyn Write + Send>,
@@ -130,6 +149,7 @@ pub struct SseWriter {
     /// Keeps `gone` connected even if the table drops its sender (a descriptor number reused
     /// by another stream replaces the entry): a disconnected channel would be always ready.
     _gone_tx: Option<crossbeam_channel::Sender<()>>,
+    write_timeout: Duration,
 }
 
 impl Drop for SseWriter {
@@ -150,7 +170,7 @@ impl SseWriter {
         request: tiny_http::Request,
         conns: &Arc<ConnTable>,
         extra: &[String],
-        write_timeout: Duration,
+        limits: WriteLimits,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
         let local = conns.local();
@@ -166,6 +186,7 @@ impl SseWriter {
             fds: Vec::new(),
             gone: crossbeam_channel::never(),
             _gone_tx: None,
+            write_timeout: limits.timeout,
         };
         writer.out = request.into_writer();
         let out = &mut writer.out;
@@ -185,7 +206,8 @@ impl SseWriter {
         match writer.socket.as_mut() {
             Some(s) => {
                 s.release_reader();
-                s.set_write_timeout(write_timeout)?;
+                s.set_write_timeout(limits.timeout)?;
+                s.set_send_buffer(limits.send_buffer);
                 super::conn::set_keepalive(s);
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 writer.fds = s.fds();
@@ -201,9 +223,21 @@ impl SseWriter {
     }
 
     /// Writes one encoded event (or comment) and flushes it to the socket.
+    ///
+    /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
+    /// time (zero-window probes) would restart that clock on every call. So the whole event has
+    /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let started = std::time::Instant::now();
         self.out.write_all(bytes)?;
-        self.out.flush()
+        self.out.flush()?;
+        if started.elapsed() > self.write_timeout {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "event took longer than the write time-out",
+            ));
+        }
+        Ok(())
     }
 
     /// Gets a message when the server's sweep saw this connection leave `ESTABLISHED` (peer

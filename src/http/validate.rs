@@ -48,9 +48,10 @@ pub fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits: `u8::from_str_radix` alone would also take `+1`.
+                let hi = hex_digit(*bytes.get(i + 1)?)?;
+                let lo = hex_digit(*bytes.get(i + 2)?)?;
+                out.push((hi << 4) | lo);
                 i += 3;
             }
             b'+' => {
@@ -64,6 +65,16 @@ pub fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The value of one ASCII hex digit.
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// Parses an alarm body: `true`/`false` (surrounding white space allowed) or `{"alarm": bool}`.
@@ -118,6 +129,20 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
         assert_eq!(percent_decode("%C3%A9"), Some("é".into()));
+    }
+
+    /// Found by `tests/properties.rs` (`percent_decode_accepts_exactly_well_formed_escapes`,
+    /// `split_url_never_panics_and_only_returns_decodable_pairs`): a sign inside an escape was
+    /// taken as a hex number, so `%+C3` decoded to "\x0c3" and `?%+A` to a key "\n".
+    #[test]
+    fn percent_decode_refuses_a_sign_inside_an_escape() {
+        assert_eq!(percent_decode("%+C3"), None);
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%-1"), None);
+        assert_eq!(split_url("/?%+A").1, vec![]);
+        assert_eq!(percent_decode("%2B1"), Some("+1".into()));
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%a"), None);
     }
 
     #[test]

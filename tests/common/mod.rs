@@ -63,8 +63,17 @@ pub fn wait_log(parts: &[&str]) -> String {
 }
 
 /// Polls `probe` until it returns `Some`, panicking with `what` after [`PATIENCE`].
-pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + PATIENCE;
+pub fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    wait_for_within(PATIENCE, what, probe)
+}
+
+/// Like [`wait_for`] with another upper bound.
+pub fn wait_for_within<T>(
+    patience: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + patience;
     loop {
         if let Some(v) = probe() {
             return v;

@@ -1,0 +1,840 @@
+//! The room: sessions and their names, the history ring and broadcast.
+//!
+//! Everything lives under one `parking_lot::Mutex`. Broadcasting assigns the event its id,
+//! appends it to the history and `try_send`s it to every attached member's bounded queue, all
+//! under that lock, so every queue receives events in id order; attaching snapshots the history
+//! after `Last-Event-ID` and registers the new queue under the same lock, so a resuming member
+//! gets every event exactly once, also when messages arrive during the handoff.
+//!
+//! Holding the lock while sending is within "locks guard data, never I/O" (STYLE.md, 5):
+//! `try_send` on a bounded crossbeam channel never blocks (a full queue returns at once, and that
+//! member is cut off as slow), and no socket is written under the lock — each stream thread
+//! writes its own socket after taking events off its queue. Log lines are written after the
+//! lock is released. Each event is encoded once into an `Arc<[u8]>` shared by the history and
+//! every queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::session::{RateLimiter, Token};
+use crate::config::Config;
+use crate::http::sse::{encode_event, CloseReason};
+use crate::http::validate::valid_name;
+use crate::metrics::Metrics;
+
+/// Largest message, in bytes of UTF-8.
+pub const MAX_TEXT: usize = 4096;
+
+/// One encoded SSE event, shared by the history and every member's queue.
+pub type Encoded = Arc<[u8]>;
+
+/// Why a room operation was refused. The HTTP layer turns each into a status code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatError {
+    /// The name breaks the rules (400).
+    InvalidName,
+    /// Another session holds the name, compared case-insensitively (409).
+    NameTaken,
+    /// No session holds this token (401).
+    Unauthorized,
+    /// The session posts too fast; retry after this long (429).
+    RateLimited(Duration),
+    /// The message text is empty, too long or holds NUL (400).
+    InvalidText(&'static str),
+    /// The room holds `--max-members` sessions already (503).
+    RoomFull,
+    /// The OS random source failed (503).
+    Random(String),
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatError::InvalidName => f.write_str(
+                "invalid name: use 1-32 characters, no white space or control characters",
+            ),
+            ChatError::NameTaken => f.write_str("name taken"),
+            ChatError::Unauthorized => f.write_str("unknown or missing token"),
+            ChatError::RateLimited(_) => f.write_str("too many messages: slow down"),
+            ChatError::InvalidText(why) => write!(f, "invalid message: {why}"),
+            ChatError::RoomFull => f.write_str("the room is full: try again later"),
+            ChatError::Random(e) => write!(f, "cannot make a token: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChatError {}
+
+/// A session made by `POST /chat/join`.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The name as given.
+    pub name: String,
+    /// The session's token (hex).
+    pub token: String,
+}
+
+/// A stream's place in the room: what to send first, then where live events arrive.
+pub struct Attached {
+    /// The session's name now.
+    pub name: String,
+    /// The session's key (token selector), for [`Room::detach`].
+    pub key: u64,
+    /// This attachment's serial, for [`Room::detach`].
+    pub serial: u64,
+    /// `welcome`, then `reset` if events were lost, then the kept events after `Last-Event-ID`,
+    /// each encoded; write these before anything from `events`.
+    pub backlog: Vec<Encoded>,
+    /// Live events, in id order, starting right after the backlog.
+    pub events: Receiver<Encoded>,
+    /// Why the room closed this stream (replaced, left, slow).
+    pub kick: Receiver<Kick>,
+}
+
+/// The room closing a stream: why, and the session's name at that moment (for the close line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kick {
+    /// `replaced`, `left` or `slow`.
+    pub reason: CloseReason,
+    /// The session's name when it was closed.
+    pub name: String,
+}
+
+struct Attachment {
+    serial: u64,
+    events: Sender<Encoded>,
+    kick: Sender<Kick>,
+}
+
+impl Attachment {
+    /// Tells the stream to close; never blocks (the channel holds one kick, and a stream is
+    /// kicked at most once because the room forgets it in the same step).
+    fn kick(&self, reason: CloseReason, name: &str) {
+        let _ = self.kick.try_send(Kick {
+            reason,
+            name: name.to_string(),
+        });
+    }
+}
+
+struct Session {
+    token: Token,
+    name: String,
+    limiter: RateLimiter,
+    attached: Option<Attachment>,
+    /// When the session lost (or never had) its stream; `None` while attached.
+    detached_since: Option<Instant>,
+    /// Id of the session's `join` event: a first attach without `Last-Event-ID` resumes after
+    /// it, so a `POST /chat/join` client misses nothing before its stream opens.
+    joined_after: u64,
+    ever_attached: bool,
+}
+
+struct Kept {
+    id: u64,
+    /// The session whose message this is (its own messages are not sent back to it).
+    from: Option<u64>,
+    bytes: Encoded,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_id: u64,
+    history: VecDeque<Kept>,
+    sessions: HashMap<u64, Session>,
+    /// Lower-cased name → session key.
+    names: HashMap<String, u64>,
+    next_serial: u64,
+}
+
+/// The chat room: sessions are data here, not threads.
+pub struct Room {
+    history: usize,
+    queue: usize,
+    grace: Duration,
+    rate: f64,
+    burst: f64,
+    max_members: usize,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+}
+
+/// A log line to write once the lock is released.
+enum Note {
+    Expired(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+impl Inner {
+    /// Assigns the next id, encodes, keeps and queues an event for every attached member except
+    /// `skip`. Members whose queue is full are cut off as slow. Returns the id.
+    fn broadcast(
+        &mut self,
+        room: &Room,
+        kind: &str,
+        data: serde_json::Value,
+        from: Option<u64>,
+        skip: Option<u64>,
+    ) -> u64 {
+        self.last_id += 1;
+        let id = self.last_id;
+        let mut data = data;
+        if let Some(obj) = data.as_object_mut() {
+            if kind == "message" {
+                obj.insert("id".into(), json!(id));
+            }
+        }
+        let bytes: Encoded = encode_event(Some(kind), Some(id), &data.to_string()).into();
+        self.history.push_back(Kept {
+            id,
+            from,
+            bytes: bytes.clone(),
+        });
+        while self.history.len() > room.history {
+            self.history.pop_front();
+        }
+        let mut delivered = 0;
+        for (key, session) in self.sessions.iter_mut() {
+            if Some(*key) == skip {
+                continue;
+            }
+            let Some(att) = &session.attached else {
+                continue;
+            };
+            match att.events.try_send(bytes.clone()) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(_)) => {
+                    // The policy for the bound: cut the member off; its session stays for the
+                    // grace period and it resumes from history with Last-Event-ID.
+                    att.kick(CloseReason::Slow, &session.name);
+                    session.attached = None;
+                    session.detached_since = Some(Instant::now());
+                    room.metrics.chat_slow.inc();
+                }
+                // The stream thread is ending; its guard detaches the session.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        room.metrics.chat_deliveries.add(delivered);
+        id
+    }
+
+    fn session(&mut self, token: &Token) -> Result<&mut Session, ChatError> {
+        match self.sessions.get_mut(&token.selector()) {
+            Some(s) if s.token.matches(token) => Ok(s),
+            _ => Err(ChatError::Unauthorized),
+        }
+    }
+
+    fn online(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.sessions.values().map(|s| s.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Creates a session named `name` holding `token` and broadcasts its `join`.
+    fn join(&mut self, room: &Room, name: &str, token: Token) -> Result<u64, ChatError> {
+        if !valid_name(name) {
+            return Err(ChatError::InvalidName);
+        }
+        let folded = fold(name);
+        if self.names.contains_key(&folded) {
+            return Err(ChatError::NameTaken);
+        }
+        // The bound on sessions; the policy when full: 503, the client retries later.
+        if self.sessions.len() >= room.max_members {
+            return Err(ChatError::RoomFull);
+        }
+        let key = token.selector();
+        if self.sessions.contains_key(&key) {
+            // Two random 64-bit selectors met (about 1 in 2^64 per pair of sessions).
+            return Err(ChatError::Random("token collision: try again".into()));
+        }
+        let id = self.broadcast(room, "join", json!({ "name": name }), None, None);
+        self.sessions.insert(
+            key,
+            Session {
+                token,
+                name: name.to_string(),
+                limiter: RateLimiter::new(room.rate, room.burst, Instant::now()),
+                attached: None,
+                detached_since: Some(Instant::now()),
+                joined_after: id,
+                ever_attached: false,
+            },
+        );
+        self.names.insert(folded, key);
+        room.metrics.chat_members.inc();
+        Ok(key)
+    }
+
+    /// Attaches a new stream to session `key`, closing an older one; see [`Attached`].
+    fn attach(&mut self, room: &Room, key: u64, last_event_id: Option<u64>) -> Attached {
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        let (events_tx, events_rx) = bounded(room.queue);
+        let (kick_tx, kick_rx) = bounded(1);
+        let last_id = self.last_id;
+        let online = self.online();
+        let oldest = self.history.front().map_or(last_id + 1, |k| k.id);
+        let session = self.sessions.get_mut(&key).expect("caller checked the key");
+        if let Some(old) = session.attached.take() {
+            old.kick(CloseReason::Replaced, &session.name);
+        }
+        let after = match last_event_id {
+            Some(k) => Some(k),
+            None if !session.ever_attached => Some(session.joined_after),
+            None => None,
+        };
+        session.attached = Some(Attachment {
+            serial,
+            events: events_tx,
+            kick: kick_tx,
+        });
+        session.detached_since = None;
+        session.ever_attached = true;
+        let welcome = json!({
+            "name": session.name,
+            "token": session.token.as_str(),
+            "online": online,
+            "last_id": last_id,
+        });
+        let name = session.name.clone();
+        let mut backlog: Vec<Encoded> =
+            vec![encode_event(Some("welcome"), None, &welcome.to_string()).into()];
+        if let Some(k) = after {
+            // Events after k were dropped from the history (or k is from another run).
+            if k.saturating_add(1) < oldest || k > last_id {
+                let reset = json!({ "oldest": oldest });
+                backlog.push(encode_event(Some("reset"), None, &reset.to_string()).into());
+            }
+            backlog.extend(
+                self.history
+                    .iter()
+                    .filter(|e| e.id > k && e.from != Some(key))
+                    .map(|e| e.bytes.clone()),
+            );
+        }
+        Attached {
+            name,
+            key,
+            serial,
+            backlog,
+            events: events_rx,
+            kick: kick_rx,
+        }
+    }
+
+    /// Removes session `key`, closing its stream with `reason`, and broadcasts its `leave`.
+    fn remove(&mut self, room: &Room, key: u64, why: &str, reason: CloseReason) -> Option<String> {
+        let session = self.sessions.remove(&key)?;
+        self.names.remove(&fold(&session.name));
+        room.metrics.chat_members.dec();
+        if let Some(att) = session.attached {
+            att.kick(reason, &session.name);
+        }
+        self.broadcast(
+            room,
+            "leave",
+            json!({ "name": session.name, "reason": why }),
+            None,
+            None,
+        );
+        Some(session.name)
+    }
+}
+
+impl Room {
+    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
+    /// `max_members`).
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
+        Arc::new(Room {
+            history: config.history,
+            queue: config.queue,
+            grace: config.grace,
+            rate: config.rate,
+            burst: config.burst,
+            max_members: config.max_members,
+            metrics,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
+    pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
+        let token = new_token()?;
+        self.inner.lock().join(self, name, token.clone())?;
+        log::info!("chat joined name={name}");
+        Ok(Joined {
+            name: name.to_string(),
+            token: token.as_str().to_string(),
+        })
+    }
+
+    /// Creates a session and attaches a stream to it in one step (`GET /chat/stream?name=`).
+    /// With `last_event_id` (an `EventSource` reconnecting to a `?name=` URL after its session
+    /// expired) the kept events after it are replayed, as for any attach.
+    pub fn join_and_attach(
+        &self,
+        name: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
+        let token = new_token()?;
+        let attached = {
+            let mut inner = self.inner.lock();
+            let key = inner.join(self, name, token)?;
+            inner.attach(self, key, last_event_id)
+        };
+        log::info!("chat joined name={name}");
+        Ok(attached)
+    }
+
+    /// Attaches a stream to the session holding `token`; events after `last_event_id` are
+    /// replayed from history first. An older stream of the session is closed as `replaced`.
+    pub fn attach(&self, token: &Token, last_event_id: Option<u64>) -> Result<Attached, ChatError> {
+        let mut inner = self.inner.lock();
+        let key = inner.session(token)?;
+        let key = key.token.selector();
+        Ok(inner.attach(self, key, last_event_id))
+    }
+
+    /// Called when a stream ends: if it is still the session's stream, the session starts its
+    /// grace period. Returns the session's current name (if it still exists).
+    pub fn detach(&self, key: u64, serial: u64) -> Option<String> {
+        let mut inner = self.inner.lock();
+        let session = inner.sessions.get_mut(&key)?;
+        if session
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.serial == serial)
+        {
+            session.attached = None;
+            session.detached_since = Some(Instant::now());
+        }
+        Some(session.name.clone())
+    }
+
+    /// Posts `text` from the session holding `token` to every other member; returns its id.
+    pub fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
+        let mut inner = self.inner.lock();
+        let session = inner.session(token)?;
+        check_text(text)?;
+        session
+            .limiter
+            .take(Instant::now())
+            .map_err(ChatError::RateLimited)?;
+        let key = session.token.selector();
+        let from = session.name.clone();
+        let data = json!({ "from": from, "text": text, "ts": now_ms() });
+        let id = inner.broadcast(self, "message", data, Some(key), Some(key));
+        self.metrics.chat_messages.inc();
+        Ok(id)
+    }
+
+    /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
+    /// `(from, to)`. Counts against the session's rate limit, like a message.
+    pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
+        let from = {
+            let mut inner = self.inner.lock();
+            let session = inner.session(token)?;
+            let key = session.token.selector();
+            if !valid_name(to) {
+                return Err(ChatError::InvalidName);
+            }
+            // A rename is broadcast like a message, so it draws on the same bucket.
+            session
+                .limiter
+                .take(Instant::now())
+                .map_err(ChatError::RateLimited)?;
+            let folded = fold(to);
+            if inner.names.get(&folded).is_some_and(|k| *k != key) {
+                return Err(ChatError::NameTaken);
+            }
+            let session = inner.sessions.get_mut(&key).expect("found above");
+            let from = std::mem::replace(&mut session.name, to.to_string());
+            if from == to {
+                return Ok((from, to.to_string()));
+            }
+            inner.names.remove(&fold(&from));
+            inner.names.insert(folded, key);
+            let data = json!({ "from": from, "to": to });
+            inner.broadcast(self, "rename", data, None, None);
+            from
+        };
+        log::info!("chat renamed from={from} to={to}");
+        Ok((from, to.to_string()))
+    }
+
+    /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
+    pub fn leave(&self, token: &Token) -> Result<String, ChatError> {
+        let name = {
+            let mut inner = self.inner.lock();
+            let key = inner.session(token)?.token.selector();
+            inner
+                .remove(self, key, "left", CloseReason::Left)
+                .ok_or(ChatError::Unauthorized)?
+        };
+        log::info!("chat left name={name}");
+        Ok(name)
+    }
+
+    /// Names of every session, sorted.
+    pub fn online(&self) -> Vec<String> {
+        self.inner.lock().online()
+    }
+
+    /// Id of the last room event (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.inner.lock().last_id
+    }
+
+    /// Periodic work, called by the dispatcher: expires sessions that have had no stream for
+    /// the grace period.
+    pub fn housekeeping(&self) {
+        self.expire(Instant::now());
+    }
+
+    /// Expires, as of `now`, every session detached for longer than the grace period: each
+    /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
+    pub fn expire(&self, now: Instant) -> usize {
+        let notes: Vec<Note> = {
+            let mut inner = self.inner.lock();
+            let due: Vec<u64> = inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.detached_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= self.grace)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            due.into_iter()
+                .filter_map(|key| inner.remove(self, key, "timeout", CloseReason::Expired))
+                .map(Note::Expired)
+                .collect()
+        };
+        for note in &notes {
+            match note {
+                Note::Expired(name) => log::info!("chat expired name={name}"),
+            }
+        }
+        notes.len()
+    }
+}
+
+/// A fresh token, made before the room's lock is taken (it reads the OS random source).
+fn new_token() -> Result<Token, ChatError> {
+    Token::generate().map_err(|e| ChatError::Random(e.to_string()))
+}
+
+/// Checks a message: 1–[`MAX_TEXT`] bytes, no NUL.
+pub fn check_text(text: &str) -> Result<(), ChatError> {
+    if text.is_empty() {
+        Err(ChatError::InvalidText("empty"))
+    } else if text.len() > MAX_TEXT {
+        Err(ChatError::InvalidText("longer than 4096 bytes"))
+    } else if text.contains('\0') {
+        Err(ChatError::InvalidText("contains NUL"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(tweak: impl FnOnce(&mut Config)) -> Arc<Room> {
+        let mut c = Config::default();
+        tweak(&mut c);
+        Room::new(&c, Arc::new(Metrics::default()))
+    }
+
+    /// Parses an encoded event into (event, id, data).
+    fn parse(bytes: &[u8]) -> (String, Option<u64>, serde_json::Value) {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let mut event = String::new();
+        let mut id = None;
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = v.into();
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+        (event, id, serde_json::from_str(&data).unwrap())
+    }
+
+    fn drain(rx: &Receiver<Encoded>) -> Vec<(String, Option<u64>, serde_json::Value)> {
+        rx.try_iter().map(|b| parse(&b)).collect()
+    }
+
+    fn token(j: &Joined) -> Token {
+        Token::parse(&j.token).unwrap()
+    }
+
+    #[test]
+    fn welcome_comes_first_and_a_message_reaches_others_only() {
+        let r = room(|_| {});
+        let a = r.join_and_attach("alice", None).unwrap();
+        let (ev, id, data) = parse(&a.backlog[0]);
+        assert_eq!((ev.as_str(), id), ("welcome", None));
+        assert_eq!(data["name"], "alice");
+        assert_eq!(data["last_id"], 1);
+        assert_eq!(data["online"], json!(["alice"]));
+        let bob = r.join("bob").unwrap();
+        let b = r.attach(&token(&bob), None).unwrap();
+        let id = r.post(&token(&bob), "hi").unwrap();
+        let got = drain(&a.events);
+        assert_eq!(got[0].0, "join");
+        assert_eq!(got[1].0, "message");
+        assert_eq!(got[1].1, Some(id));
+        assert_eq!(got[1].2["from"], "bob");
+        assert_eq!(got[1].2["text"], "hi");
+        assert_eq!(got[1].2["id"], id);
+        assert!(drain(&b.events).is_empty(), "no echo of one's own message");
+    }
+
+    #[test]
+    fn names_are_unique_case_insensitively_and_renames_free_the_old_one() {
+        let r = room(|_| {});
+        let a = r.join("Alice").unwrap();
+        assert_eq!(r.join("alice").unwrap_err(), ChatError::NameTaken);
+        assert_eq!(r.join("ALICE").unwrap_err(), ChatError::NameTaken);
+        assert_eq!(r.join("a b").unwrap_err(), ChatError::InvalidName);
+        let b = r.join("bob").unwrap();
+        assert_eq!(
+            r.rename(&token(&b), "aLiCe").unwrap_err(),
+            ChatError::NameTaken
+        );
+        // A session may change the case of its own name.
+        r.rename(&token(&a), "ALICE").unwrap();
+        r.rename(&token(&a), "carol").unwrap();
+        r.join("alice").unwrap();
+        assert_eq!(r.online(), vec!["alice", "bob", "carol"]);
+    }
+
+    #[test]
+    fn resume_after_k_replays_exactly_the_later_events_then_live_ones() {
+        let r = room(|_| {});
+        let watcher = r.join("w").unwrap();
+        let poster = r.join("p").unwrap();
+        let w = r.attach(&token(&watcher), None).unwrap();
+        let ids: Vec<u64> = (0..5)
+            .map(|i| r.post(&token(&poster), &format!("m{i}")).unwrap())
+            .collect();
+        drop(w);
+        let w2 = r.attach(&token(&watcher), Some(ids[1])).unwrap();
+        let replayed: Vec<u64> = w2.backlog[1..]
+            .iter()
+            .map(|b| parse(b).1.unwrap())
+            .collect();
+        assert_eq!(replayed, ids[2..]);
+        let live = r.post(&token(&poster), "live").unwrap();
+        assert_eq!(drain(&w2.events)[0].1, Some(live));
+    }
+
+    #[test]
+    fn a_resume_older_than_the_history_gets_reset_first() {
+        let r = room(|c| c.history = 3);
+        let w = r.join("w").unwrap();
+        let p = r.join("p").unwrap();
+        for i in 0..10 {
+            r.post(&token(&p), &format!("m{i}")).unwrap();
+        }
+        let a = r.attach(&token(&w), Some(1)).unwrap();
+        let (ev, _, data) = parse(&a.backlog[1]);
+        assert_eq!(ev, "reset");
+        assert_eq!(data["oldest"], 10);
+        assert_eq!(a.backlog.len(), 2 + 3);
+    }
+
+    #[test]
+    fn own_messages_are_not_replayed() {
+        let r = room(|_| {});
+        let a = r.join("a").unwrap();
+        let b = r.join("b").unwrap();
+        r.post(&token(&a), "mine").unwrap();
+        let theirs = r.post(&token(&b), "theirs").unwrap();
+        let att = r.attach(&token(&a), Some(0)).unwrap();
+        let messages: Vec<_> = att.backlog[1..]
+            .iter()
+            .map(|b| parse(b))
+            .filter(|e| e.0 == "message")
+            .collect();
+        assert_eq!(messages.len(), 1);
+        assert_eq!(messages[0].1, Some(theirs));
+    }
+
+    #[test]
+    fn a_first_attach_after_post_join_gets_what_came_since_joining() {
+        let r = room(|_| {});
+        let a = r.join("a").unwrap();
+        let b = r.join("b").unwrap();
+        let m = r.post(&token(&b), "before your stream").unwrap();
+        let att = r.attach(&token(&a), None).unwrap();
+        let ids: Vec<_> = att.backlog[1..].iter().map(|b| parse(b).1).collect();
+        // b's join (after a's) and the message.
+        assert_eq!(ids, vec![Some(m - 1), Some(m)]);
+        // A later attach without Last-Event-ID is live only.
+        let again = r.attach(&token(&a), None).unwrap();
+        assert_eq!(again.backlog.len(), 1);
+        assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Replaced);
+    }
+
+    #[test]
+    fn a_full_queue_cuts_the_member_off_as_slow_and_others_go_on() {
+        let metrics = Arc::new(Metrics::default());
+        let c = Config {
+            queue: 2,
+            ..Config::default()
+        };
+        let r = Room::new(&c, metrics.clone());
+        let slow = r.join("slow").unwrap();
+        let fast = r.join("fast").unwrap();
+        let p = r.join("p").unwrap();
+        let s = r.attach(&token(&slow), None).unwrap();
+        let f = r.attach(&token(&fast), None).unwrap();
+        let _ = drain(&s.events);
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
+            assert_eq!(drain(&f.events).len(), 1);
+        }
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
+        assert_eq!(metrics.chat_slow.get(), 1);
+        let queued: Vec<_> = drain(&s.events).into_iter().map(|e| e.1).collect();
+        assert_eq!(queued, vec![Some(ids[0]), Some(ids[1])]);
+        // Reattaching after the last event it got gives it the rest.
+        let s2 = r.attach(&token(&slow), Some(ids[1])).unwrap();
+        let rest: Vec<_> = s2.backlog[1..].iter().map(|b| parse(b).1).collect();
+        assert_eq!(rest, ids[2..].iter().map(|i| Some(*i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sessions_expire_after_the_grace_period_without_a_stream() {
+        let metrics = Arc::new(Metrics::default());
+        let c = Config {
+            grace: Duration::from_secs(30),
+            ..Config::default()
+        };
+        let r = Room::new(&c, metrics.clone());
+        let watcher = r.join_and_attach("w", None).unwrap();
+        let gone = r.join("gone").unwrap();
+        let stays = r.join_and_attach("stays", None).unwrap();
+        assert_eq!(metrics.chat_members.get(), 3);
+        let now = Instant::now();
+        assert_eq!(r.expire(now), 0);
+        // Only the session without a stream expires.
+        assert_eq!(r.expire(now + Duration::from_secs(31)), 1);
+        assert_eq!(r.online(), vec!["stays", "w"]);
+        assert_eq!(metrics.chat_members.get(), 2);
+        // When the stream of "stays" ends, its grace period starts.
+        r.detach(stays.key, stays.serial);
+        let detached = Instant::now();
+        assert_eq!(r.expire(detached + Duration::from_secs(29)), 0);
+        assert_eq!(r.expire(detached + Duration::from_secs(31)), 1);
+        assert_eq!(r.online(), vec!["w"]);
+        let leave = drain(&watcher.events)
+            .into_iter()
+            .find(|e| e.0 == "leave")
+            .unwrap();
+        assert_eq!(leave.2, json!({ "name": "gone", "reason": "timeout" }));
+        assert_eq!(
+            r.post(&token(&gone), "x").unwrap_err(),
+            ChatError::Unauthorized
+        );
+        r.join("gone").unwrap();
+    }
+
+    #[test]
+    fn a_stale_detach_does_not_detach_the_newer_stream() {
+        let r = room(|_| {});
+        let j = r.join("a").unwrap();
+        let first = r.attach(&token(&j), None).unwrap();
+        let _second = r.attach(&token(&j), None).unwrap();
+        r.detach(first.key, first.serial);
+        assert_eq!(r.expire(Instant::now() + Duration::from_secs(3600)), 0);
+    }
+
+    #[test]
+    fn one_session_cannot_act_as_another() {
+        let r = room(|_| {});
+        let a = r.join("a").unwrap();
+        let b = r.join("b").unwrap();
+        // Same selector as a, wrong secret.
+        let forged = format!("{}{}", &a.token[..16], &b.token[16..]);
+        let forged = Token::parse(&forged).unwrap();
+        assert_eq!(r.post(&forged, "x").unwrap_err(), ChatError::Unauthorized);
+        assert_eq!(r.rename(&forged, "z").unwrap_err(), ChatError::Unauthorized);
+        assert_eq!(r.leave(&forged).unwrap_err(), ChatError::Unauthorized);
+        assert!(r.attach(&forged, None).is_err());
+        assert_eq!(r.online(), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn leaving_closes_the_stream_and_frees_the_name() {
+        let r = room(|_| {});
+        let w = r.join_and_attach("w", None).unwrap();
+        let a = r.join("a").unwrap();
+        let s = r.attach(&token(&a), None).unwrap();
+        assert_eq!(r.leave(&token(&a)).unwrap(), "a");
+        assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
+        let leave = drain(&w.events).pop().unwrap();
+        assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
+        assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
+        r.join("A").unwrap();
+    }
+
+    #[test]
+    fn the_rate_limit_answers_with_a_wait() {
+        let r = room(|c| {
+            c.rate = 1.0;
+            c.burst = 2.0;
+        });
+        let a = r.join("a").unwrap();
+        r.post(&token(&a), "1").unwrap();
+        r.post(&token(&a), "2").unwrap();
+        match r.post(&token(&a), "3") {
+            Err(ChatError::RateLimited(d)) => assert!(d <= Duration::from_secs(1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_full_room_refuses_joins_until_someone_leaves() {
+        let r = room(|c| c.max_members = 2);
+        let a = r.join("a").unwrap();
+        r.join("b").unwrap();
+        assert_eq!(r.join("c").unwrap_err(), ChatError::RoomFull);
+        r.leave(&token(&a)).unwrap();
+        r.join("c").unwrap();
+    }
+
+    #[test]
+    fn texts_are_checked() {
+        assert!(check_text("hi\nthere").is_ok());
+        assert!(check_text(&"x".repeat(4096)).is_ok());
+        assert!(check_text("").is_err());
+        assert!(check_text(&"x".repeat(4097)).is_err());
+        assert!(check_text("a\0b").is_err());
+    }
+}

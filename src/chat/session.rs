@@ -1,0 +1,194 @@
+//! What a chat session is made of besides its name: an unguessable token and a message rate
+//! limiter. Both are pure data; the room owns them.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+/// Hex characters of the public half of a token: it picks the session in the room's map.
+const SELECTOR_HEX: usize = 16;
+/// Hex characters of the secret half: 128 bits from the OS random source.
+const VERIFIER_HEX: usize = 32;
+/// Length of every token.
+pub const TOKEN_LEN: usize = SELECTOR_HEX + VERIFIER_HEX;
+
+/// A session token: `selector` (64 random bits, used as the map key) followed by `verifier`
+/// (128 random bits), both hex. Looking a session up by the selector and then comparing the whole
+/// token in constant time means the time a wrong token takes never depends on how many of its
+/// secret characters were right (the "split token" pattern).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    text: String,
+    selector: u64,
+}
+
+impl Token {
+    /// A fresh token from the OS random source (`getrandom(2)`, falling back to `/dev/urandom`).
+    pub fn generate() -> io::Result<Token> {
+        let mut bytes = [0u8; (SELECTOR_HEX + VERIFIER_HEX) / 2];
+        os_random(&mut bytes)?;
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Token::parse(&text).expect("hex of the right length"))
+    }
+
+    /// Parses a token as a client sends it; `None` unless it has the shape of one (the right
+    /// length, lower-case hex). Says nothing about whether a session holds it.
+    pub fn parse(text: &str) -> Option<Token> {
+        if text.len() != TOKEN_LEN || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let selector = u64::from_str_radix(&text[..SELECTOR_HEX], 16).ok()?;
+        Some(Token {
+            text: text.to_string(),
+            selector,
+        })
+    }
+
+    /// The public half, used to find the session.
+    pub fn selector(&self) -> u64 {
+        self.selector
+    }
+
+    /// The token as text (sent to its owner only).
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Compares two tokens in time that depends only on their (fixed) length.
+    pub fn matches(&self, other: &Token) -> bool {
+        constant_time_eq(self.text.as_bytes(), other.text.as_bytes())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret half, not even in a debug dump.
+        write!(f, "Token({:016x}…)", self.selector)
+    }
+}
+
+/// Equality of two byte strings that does not stop at the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // black_box keeps the optimiser from turning the fold into an early-exit compare.
+    std::hint::black_box(diff) == 0
+}
+
+/// Fills `buf` from the OS random source.
+fn os_random(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: rest is a valid writable buffer of rest.len() bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr() as *mut libc::c_void, rest.len(), 0) };
+        if n > 0 {
+            filled += n as usize;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Kernels before 3.17 have no getrandom: read the device instead.
+            Some(libc::ENOSYS) => {
+                return std::fs::File::open("/dev/urandom")?.read_exact(&mut buf[filled..]);
+            }
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// A token bucket: `burst` messages at once, refilled at `rate` per second.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token at `now`, or says how long until one is there.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex_of_192_bits_and_parse_back() {
+        let a = Token::generate().unwrap();
+        let b = Token::generate().unwrap();
+        assert_eq!(a.as_str().len(), 48);
+        assert_ne!(a.as_str(), b.as_str());
+        let again = Token::parse(a.as_str()).unwrap();
+        assert!(again.matches(&a));
+        assert!(!again.matches(&b));
+        assert_eq!(again.selector(), a.selector());
+        assert!(!format!("{a:?}").contains(&a.as_str()[16..]));
+    }
+
+    #[test]
+    fn malformed_tokens_do_not_parse() {
+        assert!(Token::parse("").is_none());
+        assert!(Token::parse(&"a".repeat(47)).is_none());
+        assert!(Token::parse(&"a".repeat(49)).is_none());
+        assert!(Token::parse(&"A".repeat(48)).is_none());
+        assert!(Token::parse(&"g".repeat(48)).is_none());
+        assert!(Token::parse(&"0".repeat(48)).is_some());
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_the_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(10.0, 3.0, t0);
+        for _ in 0..3 {
+            assert!(r.take(t0).is_ok());
+        }
+        let wait = r.take(t0).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
+        // A tenth of a second later one more token is there, and only one.
+        let t1 = t0 + Duration::from_millis(100);
+        assert!(r.take(t1).is_ok());
+        assert!(r.take(t1).is_err());
+        // A long pause refills to the burst, not beyond.
+        let t2 = t1 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(r.take(t2).is_ok());
+        }
+        assert!(r.take(t2).is_err());
+    }
+}

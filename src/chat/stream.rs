@@ -1,0 +1,207 @@
+//! One chat stream: `GET /chat/stream` served on its own named thread.
+//!
+//! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
+//! (welcome, reset, replayed history) and then loops over keepalive tick, its event queue, its
+//! kick channel (replaced, left, slow) and the server's shutdown. It writes only its own socket,
+//! never under the room's lock.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{select, tick};
+
+use super::room::{Attached, Kick, Room};
+use super::session::Token;
+use crate::http::conn::Liveness;
+use crate::http::sse::{self, CloseReason, SseWriter};
+use crate::server::{Shared, StreamSlot};
+
+/// Who the stream is for.
+#[derive(Debug, Clone)]
+pub enum Member {
+    /// Join as this (validated) name.
+    Join(String),
+    /// Attach to the session holding this token.
+    Resume(Token),
+}
+
+/// Logs the open line when made and the close line (with its reason) when dropped, keeps the
+/// attached-streams gauge and detaches the session: every exit path of the thread, panics
+/// included, does this once.
+struct Lifecycle<'a> {
+    shared: &'a Shared,
+    room: &'a Room,
+    key: u64,
+    serial: u64,
+    name: String,
+    conn: u64,
+    reason: CloseReason,
+}
+
+impl<'a> Lifecycle<'a> {
+    fn new(shared: &'a Shared, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
+        shared.metrics.chat_streams.inc();
+        log::info!("chat stream opened name={} conn={conn}", att.name);
+        Lifecycle {
+            shared,
+            room,
+            key: att.key,
+            serial: att.serial,
+            name: att.name.clone(),
+            conn,
+            // Until the loop says otherwise, an unwinding thread closed because of a fault.
+            reason: CloseReason::ClientGone,
+        }
+    }
+}
+
+impl Drop for Lifecycle<'_> {
+    fn drop(&mut self) {
+        let name = self.room.detach(self.key, self.serial);
+        self.shared.metrics.chat_streams.dec();
+        if self.reason == CloseReason::Stalled {
+            self.shared.metrics.stalled.inc();
+        }
+        log::info!(
+            "chat stream closed name={} conn={} reason={}",
+            name.as_deref().unwrap_or(&self.name),
+            self.conn,
+            self.reason.as_str()
+        );
+    }
+}
+
+/// Detaches the session if the thread ends before the stream is running (the SSE head could
+/// not be written): the session then starts its grace period instead of staying attached.
+struct Detach<'a> {
+    room: &'a Room,
+    key: u64,
+    serial: u64,
+    armed: bool,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.room.detach(self.key, self.serial);
+        }
+    }
+}
+
+/// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
+/// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
+pub fn serve(
+    shared: Arc<Shared>,
+    request: tiny_http::Request,
+    member: Member,
+    last_event_id: Option<u64>,
+    conn: u64,
+    slot: StreamSlot,
+) {
+    let _slot = slot;
+    let room = shared.chat.clone();
+    let attached = match &member {
+        Member::Join(name) => room.join_and_attach(name, last_event_id),
+        Member::Resume(token) => room.attach(token, last_event_id),
+    };
+    let att = match attached {
+        Ok(att) => att,
+        Err(e) => {
+            let reply = super::http::error_reply(&shared, &e);
+            shared.respond(request, reply);
+            return;
+        }
+    };
+    let mut detach = Detach {
+        room: &room,
+        key: att.key,
+        serial: att.serial,
+        armed: true,
+    };
+    let cfg = &shared.config;
+    let mut out = match SseWriter::start(
+        request,
+        &shared.conns,
+        &shared.cors_headers(),
+        crate::http::sse::WriteLimits::of(cfg),
+    ) {
+        Ok(out) => out,
+        Err(e) => {
+            log::info!(
+                "chat stream failed to start name={} conn={conn} error={e}",
+                att.name
+            );
+            return;
+        }
+    };
+    detach.armed = false;
+    let mut life = Lifecycle::new(&shared, &room, &att, conn);
+    let ticker = tick(cfg.heartbeat);
+    let mut batch: Vec<u8> = Vec::new();
+    let result = (|| {
+        // The backlog goes out with as few writes as possible, like live events below.
+        batch = sse::retry(std::time::Duration::from_secs(2));
+        for event in &att.backlog {
+            batch.extend_from_slice(event);
+        }
+        out.send(&batch)?;
+        loop {
+            select! {
+                recv(ticker) -> _ => {
+                    if out.liveness() == Liveness::Gone {
+                        return Ok(CloseReason::ClientGone);
+                    }
+                    out.send(b": keepalive\n\n")?;
+                    shared.metrics.keepalives_sent.inc();
+                }
+                recv(att.events) -> event => match event {
+                    Ok(bytes) => {
+                        // Whatever else is queued already goes out in the same write: under
+                        // fan-out load one syscall carries many events. Bounded by the batch cap.
+                        let mut pending = att.events.try_iter().take(BATCH - 1).peekable();
+                        if pending.peek().is_none() {
+                            out.send(&bytes)?;
+                        } else {
+                            batch.clear();
+                            batch.extend_from_slice(&bytes);
+                            for more in pending {
+                                batch.extend_from_slice(&more);
+                            }
+                            out.send(&batch)?;
+                        }
+                    }
+                    // The room dropped our queue: it kicked us first.
+                    Err(_) => return Ok(kicked(&mut life.name, att.kick.try_recv().ok())),
+                },
+                recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
+                recv(shared.shutdown) -> _ => {
+                    let _ = out.send(b"event: shutdown\ndata: {}\n\n");
+                    return Ok(CloseReason::Shutdown);
+                }
+            }
+        }
+    })();
+    life.reason = match result {
+        Ok(reason) => reason,
+        // A write that failed because the client stopped reading, after the room already cut
+        // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
+        Err(e) => match att.kick.try_recv() {
+            Ok(kick) => kicked(&mut life.name, Some(kick)),
+            Err(_) => CloseReason::from_write_error(&e),
+        },
+    };
+}
+
+/// Most queued events written together in one write.
+const BATCH: usize = 64;
+
+/// The close reason of a kick (a kick channel closed without one means the session is gone),
+/// taking the session's name at that moment for the close line.
+fn kicked(name: &mut String, kick: Option<Kick>) -> CloseReason {
+    match kick {
+        Some(kick) => {
+            *name = kick.name;
+            kick.reason
+        }
+        None => CloseReason::Left,
+    }
+}
