@@ -354,3 +354,38 @@ fn cors_is_off_by_default_and_on_with_preflight_when_configured() {
         .unwrap()
         .contains("Authorization"));
 }
+
+fn sockopt(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads one c_int socket option of a descriptor of this process.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt");
+    value
+}
+
+#[test]
+fn a_stream_socket_has_tcp_keepalive_so_a_peer_gone_without_fin_is_found() {
+    // A peer that vanishes without FIN or RST is only ever found by the kernel's keepalive
+    // probes (or a write that times out). The server runs in this process, so look at its side
+    // of the connection directly.
+    let s = start(|_| {});
+    let mut sse = s.sse(&format!("/sse/call/{}?mode=change", unique("ka")));
+    assert_eq!(sse.next_data(), F);
+    let peer = sse.local_addr();
+    let mut server_side =
+        syncast::http::conn::StreamSocket::find(s.addr, peer).expect("server-side socket");
+    let fd = *server_side.fds().first().expect("a descriptor");
+    assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+    assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
+    assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
+    assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+}

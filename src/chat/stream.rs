@@ -173,6 +173,13 @@ pub fn serve(
                     Err(_) => return Ok(kicked(&mut life.name, att.kick.try_recv().ok())),
                 },
                 recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
+                // The connection sweep saw the client's socket leave ESTABLISHED: confirm on our
+                // own socket (a reused descriptor number cannot fool it) and end.
+                recv(out.gone()) -> _ => {
+                    if out.liveness() == Liveness::Gone {
+                        return Ok(CloseReason::ClientGone);
+                    }
+                }
                 recv(shared.shutdown) -> _ => {
                     let _ = out.send(b"event: shutdown\ndata: {}\n\n");
                     return Ok(CloseReason::Shutdown);

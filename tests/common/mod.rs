@@ -430,6 +430,11 @@ impl Sse {
         self.next_event().expect("an event before end of stream").2
     }
 
+    /// The client side's own address (the server's peer address for this connection).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().unwrap()
+    }
+
     /// Sets how long a read may block.
     pub fn set_timeout(&self, d: Duration) {
         self.reader.get_ref().set_read_timeout(Some(d)).unwrap();
