@@ -191,6 +191,18 @@ fn wait_healthy(s: &common::TestServer) {
     });
 }
 
+/// Another program writes a store at `path` with the documented schema and `id` = false.
+fn outside_store(path: &std::path::Path, id: &str) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE alarms (id TEXT PRIMARY KEY NOT NULL, alarm INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
+    )
+    .unwrap();
+    c.execute("INSERT INTO alarms (id, alarm) VALUES (?1, 0)", [id])
+        .unwrap();
+}
+
 fn remove_store(db: &std::path::Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
@@ -209,14 +221,7 @@ fn a_deleted_store_degrades_keeps_last_values_and_recovers_when_it_returns() {
     }
     assert!(!s.db.exists(), "a deleted store is reported, not recreated");
     // Another program puts a store back.
-    let c = rusqlite::Connection::open(&s.db).unwrap();
-    c.execute_batch(
-        "CREATE TABLE alarms (id TEXT PRIMARY KEY NOT NULL, alarm INTEGER NOT NULL,
-         updated_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
-    )
-    .unwrap();
-    c.execute("INSERT INTO alarms (id, alarm) VALUES (?1, 0)", [&id])
-        .unwrap();
+    outside_store(&s.db, &id);
     wait_healthy(&s);
     wait_for("the new store's value", || {
         (sse.next_data() == F).then_some(())
@@ -228,15 +233,7 @@ fn a_replaced_store_is_reopened() {
     let s = start(|c| c.tick = Duration::from_millis(20));
     let (id, mut sse) = stream_true(&s);
     let fresh = s.db.with_extension("new");
-    let c = rusqlite::Connection::open(&fresh).unwrap();
-    c.execute_batch(
-        "CREATE TABLE alarms (id TEXT PRIMARY KEY NOT NULL, alarm INTEGER NOT NULL,
-         updated_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;",
-    )
-    .unwrap();
-    c.execute("INSERT INTO alarms (id, alarm) VALUES (?1, 0)", [&id])
-        .unwrap();
-    drop(c);
+    outside_store(&fresh, &id);
     remove_store(&s.db);
     std::fs::rename(&fresh, &s.db).unwrap();
     wait_for("the replacement's value", || {
