@@ -91,8 +91,6 @@ pub struct Metrics {
     pub pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
     pub pending_connections: Counter,
-    /// Refresher ticks that skipped the query because the store had not changed.
-    pub refresh_skipped: Counter,
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
@@ -291,12 +289,6 @@ impl Metrics {
         for (name, kind, help, value) in more {
             one(name, kind, help, value.to_string());
         }
-        one(
-            "syncast_refresh_skipped_total",
-            "counter",
-            "Refresher ticks that skipped the query: store unchanged (PRAGMA data_version).",
-            self.refresh_skipped.get().to_string(),
-        );
         for (name, help, value) in extra {
             one(name, "gauge", help, value.clone());
         }

@@ -26,8 +26,6 @@ pub struct AlarmHub {
     entries: RwLock<HashMap<Arc<str>, Entry>>,
     /// Tells the refresher to load a new id at once.
     load_now: Sender<Arc<str>>,
-    /// Set when `load_now` was full: the next tick must query even if the store is unchanged.
-    missed_load: std::sync::atomic::AtomicBool,
 }
 
 /// A stream's registration; dropping it unregisters (exactly once, on every exit path).
@@ -59,7 +57,6 @@ impl AlarmHub {
             Arc::new(AlarmHub {
                 entries: RwLock::new(HashMap::new()),
                 load_now: tx,
-                missed_load: Default::default(),
             }),
             rx,
         )
@@ -91,21 +88,15 @@ impl AlarmHub {
                 }
             }
         };
-        if is_new && hub.load_now.try_send(key.clone()).is_err() {
-            hub.missed_load
-                .store(true, std::sync::atomic::Ordering::Release);
+        if is_new {
+            // Bounded: if the refresher is behind, the id is loaded by the next full tick.
+            let _ = hub.load_now.try_send(key.clone());
         }
         Registration {
             hub: hub.clone(),
             id: key,
             conn,
         }
-    }
-
-    /// Whether an id registered since the last call could not be queued for loading at once.
-    pub fn take_missed_load(&self) -> bool {
-        self.missed_load
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// The last known value of `id`, if connected and loaded.
