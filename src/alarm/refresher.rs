@@ -63,9 +63,10 @@ impl Refresher {
                         }
                         continue;
                     }
-                    // Every connected id, every tick. (Skipping the query when `PRAGMA
-                    // data_version` showed no commit was tried and dropped: with it, syncast-stress
-                    // saw 23 of 1,000 alarm flips never reach their streams, cause not found.)
+                    // Every connected id, every tick. (A skip when `PRAGMA data_version`
+                    // showed no commit was tried and removed: a commit landing between the
+                    // version read and the query must never be skipped, and that needs its own
+                    // test before the optimisation comes back.)
                     let ids = self.hub.ids();
                     self.refresh(&mut opened, &ids, true);
                 }
