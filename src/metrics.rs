@@ -146,148 +146,149 @@ impl Metrics {
             );
         };
         let (threads, rss) = process_status();
-        one(
-            "syncast_process_threads",
-            "gauge",
-            "Threads of this process (/proc/self/status).",
-            threads.to_string(),
-        );
-        one(
-            "syncast_process_rss_bytes",
-            "gauge",
-            "Resident set size of this process.",
-            rss.to_string(),
-        );
-        one(
-            "syncast_alarm_streams_open",
-            "gauge",
-            "Alarm streams open now.",
-            self.alarm_streams.get().to_string(),
-        );
-        one(
-            "syncast_events_sent_total",
-            "counter",
-            "Alarm events written to streams.",
-            self.events_sent.get().to_string(),
-        );
-        one(
-            "syncast_keepalives_sent_total",
-            "counter",
-            "Keepalive comments written.",
-            self.keepalives_sent.get().to_string(),
-        );
-        one(
-            "syncast_refresh_total",
-            "counter",
-            "Successful refresher queries.",
-            self.refresh_total.get().to_string(),
-        );
-        one(
-            "syncast_refresh_errors_total",
-            "counter",
-            "Failed refresher queries.",
-            self.refresh_errors.get().to_string(),
-        );
-        one(
-            "syncast_refresh_last_duration_seconds",
-            "gauge",
-            "Duration of the last refresh.",
-            secs(self.refresh_last_us.get()),
-        );
-        one(
-            "syncast_refresh_duration_seconds_sum",
-            "counter",
-            "Total time spent refreshing.",
-            secs(self.refresh_sum_us.get()),
-        );
-        one(
-            "syncast_refresh_lock_max_seconds",
-            "gauge",
-            "Longest write-lock hold of a refresh.",
-            secs(self.refresh_lock_max_us.get()),
-        );
-        one(
-            "syncast_streams_stalled_total",
-            "counter",
-            "Streams closed because a write stayed blocked.",
-            self.stalled.get().to_string(),
-        );
-        one(
-            "syncast_chat_members",
-            "gauge",
-            "Chat sessions now.",
-            self.chat_members.get().to_string(),
-        );
-        one(
-            "syncast_chat_streams_attached",
-            "gauge",
-            "Chat streams attached now.",
-            self.chat_streams.get().to_string(),
-        );
-        one(
-            "syncast_chat_messages_total",
-            "counter",
-            "Chat messages accepted.",
-            self.chat_messages.get().to_string(),
-        );
-        one(
-            "syncast_chat_deliveries_total",
-            "counter",
-            "Chat events queued to members.",
-            self.chat_deliveries.get().to_string(),
-        );
-        one(
-            "syncast_chat_slow_cutoffs_total",
-            "counter",
-            "Chat streams cut off as slow.",
-            self.chat_slow.get().to_string(),
-        );
-        one(
-            "syncast_requests_total",
-            "counter",
-            "HTTP requests received.",
-            self.requests.get().to_string(),
-        );
-        let more: [(&str, &str, &str, u64); 6] = [
+        // Every plain counter and gauge, in output order: name, type, help, value.
+        let rows: [(&str, &str, &str, String); 23] = [
+            (
+                "syncast_process_threads",
+                "gauge",
+                "Threads of this process (/proc/self/status).",
+                threads.to_string(),
+            ),
+            (
+                "syncast_process_rss_bytes",
+                "gauge",
+                "Resident set size of this process.",
+                rss.to_string(),
+            ),
+            (
+                "syncast_alarm_streams_open",
+                "gauge",
+                "Alarm streams open now.",
+                self.alarm_streams.get().to_string(),
+            ),
+            (
+                "syncast_events_sent_total",
+                "counter",
+                "Alarm events written to streams.",
+                self.events_sent.get().to_string(),
+            ),
+            (
+                "syncast_keepalives_sent_total",
+                "counter",
+                "Keepalive comments written.",
+                self.keepalives_sent.get().to_string(),
+            ),
+            (
+                "syncast_refresh_total",
+                "counter",
+                "Successful refresher queries.",
+                self.refresh_total.get().to_string(),
+            ),
+            (
+                "syncast_refresh_errors_total",
+                "counter",
+                "Failed refresher queries.",
+                self.refresh_errors.get().to_string(),
+            ),
+            (
+                "syncast_refresh_last_duration_seconds",
+                "gauge",
+                "Duration of the last refresh.",
+                secs(self.refresh_last_us.get()),
+            ),
+            (
+                "syncast_refresh_duration_seconds_sum",
+                "counter",
+                "Total time spent refreshing.",
+                secs(self.refresh_sum_us.get()),
+            ),
+            (
+                "syncast_refresh_lock_max_seconds",
+                "gauge",
+                "Longest write-lock hold of a refresh.",
+                secs(self.refresh_lock_max_us.get()),
+            ),
+            (
+                "syncast_streams_stalled_total",
+                "counter",
+                "Streams closed because a write stayed blocked.",
+                self.stalled.get().to_string(),
+            ),
+            (
+                "syncast_chat_members",
+                "gauge",
+                "Chat sessions now.",
+                self.chat_members.get().to_string(),
+            ),
+            (
+                "syncast_chat_streams_attached",
+                "gauge",
+                "Chat streams attached now.",
+                self.chat_streams.get().to_string(),
+            ),
+            (
+                "syncast_chat_messages_total",
+                "counter",
+                "Chat messages accepted.",
+                self.chat_messages.get().to_string(),
+            ),
+            (
+                "syncast_chat_deliveries_total",
+                "counter",
+                "Chat events queued to members.",
+                self.chat_deliveries.get().to_string(),
+            ),
+            (
+                "syncast_chat_slow_cutoffs_total",
+                "counter",
+                "Chat streams cut off as slow.",
+                self.chat_slow.get().to_string(),
+            ),
+            (
+                "syncast_requests_total",
+                "counter",
+                "HTTP requests received.",
+                self.requests.get().to_string(),
+            ),
             (
                 "syncast_refresher_restarts_total",
                 "counter",
                 "Refresher restarts after a panic.",
-                self.refresher_restarts.get(),
+                self.refresher_restarts.get().to_string(),
             ),
             (
                 "syncast_accept_restarts_total",
                 "counter",
                 "Accept loop restarts after an accept error.",
-                self.accept_restarts.get(),
+                self.accept_restarts.get().to_string(),
             ),
             (
                 "syncast_header_timeouts_total",
                 "counter",
                 "Connections closed for not finishing their headers in time.",
-                self.header_timeouts.get(),
+                self.header_timeouts.get().to_string(),
             ),
             (
                 "syncast_idle_closed_total",
                 "counter",
                 "Keep-alive connections closed for idling.",
-                self.idle_closed.get(),
+                self.idle_closed.get().to_string(),
             ),
             (
                 "syncast_pending_over_cap_total",
                 "counter",
                 "Connections closed because too many waited for headers.",
-                self.pending_over_cap.get(),
+                self.pending_over_cap.get().to_string(),
             ),
             (
                 "syncast_pending_connections",
                 "gauge",
                 "Connections waiting for headers at the last sweep.",
-                self.pending_connections.get(),
+                self.pending_connections.get().to_string(),
             ),
         ];
-        for (name, kind, help, value) in more {
-            one(name, kind, help, value.to_string());
+        for (name, kind, help, value) in rows {
+            one(name, kind, help, value);
         }
         for (name, help, value) in extra {
             one(name, "gauge", help, value.clone());
@@ -311,8 +312,8 @@ impl Metrics {
                 .collect();
             v.sort_unstable();
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
-            for q in ["0.5", "0.99", "1"] {
-                let x = quantile(&v, q.parse().unwrap_or(1.0));
+            for (q, f) in [("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)] {
+                let x = quantile(&v, f);
                 let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", secs(x));
             }
             let _ = writeln!(out, "{name}_count {}", v.len());

@@ -2,15 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{wait_for, Sse, PATIENCE};
-
-fn syncast() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_syncast"))
-}
+use common::{syncast_bin, wait_for, KillOnDrop, Sse, PATIENCE};
 
 #[test]
 fn a_bad_flag_or_value_is_a_one_line_error_with_exit_2() {
@@ -21,7 +16,7 @@ fn a_bad_flag_or_value_is_a_one_line_error_with_exit_2() {
         &["--listen", "nowhere"],
         &["--log-level", "loud"],
     ] {
-        let out = syncast().args(args).output().unwrap();
+        let out = syncast_bin().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
@@ -31,7 +26,7 @@ fn a_bad_flag_or_value_is_a_one_line_error_with_exit_2() {
 
 #[test]
 fn help_and_version() {
-    let out = syncast().arg("--help").output().unwrap();
+    let out = syncast_bin().arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
@@ -46,20 +41,10 @@ fn help_and_version() {
     ] {
         assert!(help.contains(flag), "help lacks {flag}");
     }
-    let out = syncast().arg("--version").output().unwrap();
+    let out = syncast_bin().arg("--version").output().unwrap();
     assert!(String::from_utf8(out.stdout)
         .unwrap()
         .starts_with("syncast 0."));
-}
-
-/// Kills the child if the test fails half-way, so no server outlives its test.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 struct Running {
@@ -80,7 +65,7 @@ fn run_server() -> Running {
     let dir = std::env::temp_dir().join(common::unique("syncast-bin-"));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("server.log");
-    let mut child = syncast()
+    let mut child = syncast_bin()
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -97,17 +82,7 @@ fn run_server() -> Running {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let addr = first
-        .trim()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {first:?}"));
+    let addr = common::listen_addr(&mut child);
     Running { child, addr, log }
 }
 
@@ -176,15 +151,9 @@ fn sigterm_while_syncast_stress_runs_1000_clients_exits_0_with_every_thread_join
             .unwrap(),
     );
     let metric = |name: &str| -> f64 {
-        let mut sock = match std::net::TcpStream::connect(server.addr) {
-            Ok(s) => s,
-            Err(_) => return 0.0,
-        };
-        use std::io::{Read, Write};
-        let _ = sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let mut body = String::new();
-        let _ = sock.read_to_string(&mut body);
-        body.lines()
+        common::raw_get(server.addr, "/metrics", PATIENCE)
+            .unwrap_or_default()
+            .lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)

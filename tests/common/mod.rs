@@ -440,3 +440,44 @@ impl Sse {
         self.reader.get_ref().set_read_timeout(Some(d)).unwrap();
     }
 }
+
+/// The real `syncast` binary, ready for arguments.
+pub fn syncast_bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_syncast"))
+}
+
+/// Kills the child if the test fails half-way, so no server outlives its test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads the `syncast listening on http://ADDR` line a freshly spawned binary prints first.
+pub fn listen_addr(child: &mut std::process::Child) -> SocketAddr {
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut first)
+        .unwrap();
+    first
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+}
+
+/// `GET path` on a fresh connection (`Connection: close`), the whole response as text, reading
+/// for at most `patience`; `None` if anything fails (for servers that may be down or recovering).
+pub fn raw_get(addr: SocketAddr, path: &str, patience: Duration) -> Option<String> {
+    let mut sock = TcpStream::connect(addr).ok()?;
+    sock.set_read_timeout(Some(patience)).ok()?;
+    let rq = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    sock.write_all(rq.as_bytes()).ok()?;
+    let mut text = String::new();
+    sock.read_to_string(&mut text).ok()?;
+    Some(text)
+}
