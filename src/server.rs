@@ -75,8 +75,14 @@ pub struct Shared {
     pub hub: Arc<AlarmHub>,
     /// Store health (`None`: fine).
     pub health: Health,
-    /// Disconnected when the server shuts down: every `select!` loop watches it.
+    /// Disconnected when the server shuts down: the refresher's and dispatcher's loops watch it.
+    /// Stream threads watch their own [`StreamSlot::closed`] instead: a channel that a thousand
+    /// `select!` loops register on serialises every wake-up on its one waker lock (and each
+    /// unregister scans every other registration), which was the largest user-space cost of
+    /// chat fan-out.
     pub shutdown: Receiver<()>,
+    /// One close channel per stream slot, disconnected all at once by shutdown.
+    closers: parking_lot::Mutex<Closers>,
     /// The chat room.
     pub chat: Arc<crate::chat::Room>,
     /// Accepted connections: header deadline, idle time-out, streams.
@@ -90,12 +96,52 @@ pub struct Shared {
     requests: AtomicUsize,
 }
 
-/// A place under `--max-clients`, held by a streaming client; released on drop.
-pub struct StreamSlot(Arc<Shared>);
+/// A place under `--max-clients`, held by a streaming client; released on drop. It carries the
+/// stream's own shutdown channel, [`StreamSlot::closed`].
+pub struct StreamSlot {
+    shared: Arc<Shared>,
+    key: u64,
+    closed: Receiver<()>,
+}
+
+impl StreamSlot {
+    /// Disconnected when the server shuts down (at once if it already has): the stream's
+    /// `select!` loop watches this instead of the server-wide [`Shared::shutdown`].
+    pub fn closed(&self) -> &Receiver<()> {
+        &self.closed
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+        self.shared.closers.lock().open.remove(&self.key);
+        self.shared.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The senders of every stream slot's close channel; shutdown drops them all.
+#[derive(Default)]
+struct Closers {
+    shut: bool,
+    next: u64,
+    open: std::collections::HashMap<u64, Sender<()>>,
+}
+
+impl Closers {
+    /// A new close channel; already disconnected once shutdown has begun.
+    fn open(&mut self) -> (u64, Receiver<()>) {
+        let (tx, rx) = bounded(0);
+        self.next += 1;
+        if !self.shut {
+            self.open.insert(self.next, tx);
+        }
+        (self.next, rx)
+    }
+
+    /// Disconnects every close channel, now and from now on.
+    fn shut(&mut self) {
+        self.shut = true;
+        self.open.clear();
     }
 }
 
@@ -120,8 +166,13 @@ impl Shared {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| StreamSlot(self.clone()))
+            .ok()?;
+        let (key, closed) = self.closers.lock().open();
+        Some(StreamSlot {
+            shared: self.clone(),
+            key,
+            closed,
+        })
     }
 
     /// Streaming clients now.
@@ -291,6 +342,7 @@ impl Server {
             hub: hub.clone(),
             health: health.clone(),
             shutdown: shutdown_rx.clone(),
+            closers: parking_lot::Mutex::default(),
             chat,
             conns: Arc::new(ConnTable::new(local)),
             http: parking_lot::Mutex::new(Some(http)),
@@ -372,6 +424,7 @@ impl Server {
         // Count every join from here on, including the dispatcher's last reaps.
         let joined_before = self.shared.threads.joined_total();
         drop(tx);
+        self.shared.closers.lock().shut();
         if let Some(http) = self.shared.http.lock().as_ref() {
             http.unblock();
         }
