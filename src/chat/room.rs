@@ -1,24 +1,27 @@
 //! The room: sessions and their names, the history ring and broadcast.
 //!
 //! Everything lives under one `parking_lot::Mutex`. Broadcasting assigns the event its id,
-//! appends it to the history and `try_send`s it to every attached member's bounded queue, all
-//! under that lock, so every queue receives events in id order; attaching snapshots the history
-//! after `Last-Event-ID` and registers the new queue under the same lock, so a resuming member
-//! gets every event exactly once, also when messages arrive during the handoff.
+//! encodes it once and appends it to the history ring; that ring is every member's queue. Each
+//! attached stream has a cursor (the last id it took) kept under the same lock, so a stream takes
+//! events in id order without gap or duplicate; attaching snapshots the history after
+//! `Last-Event-ID` and sets the cursor under the same lock, so a resuming member gets every event
+//! exactly once, also when messages arrive during the handoff.
 //!
-//! Holding the lock while sending is within "locks guard data, never I/O" (STYLE.md, 5):
-//! `try_send` on a bounded crossbeam channel never blocks (a full queue returns at once, and that
-//! member is cut off as slow), and no socket is written under the lock — each stream thread
-//! writes its own socket after taking events off its queue. Log lines are written after the
-//! lock is released. Each event is encoded once into an `Arc<[u8]>` shared by the history and
-//! every queue.
+//! Waking is coalesced: each stream has a `bounded(1)` wake channel, poked with `try_send` after
+//! the lock is released (a wake already pending makes it a no-op). A woken stream takes
+//! everything after its cursor with [`Room::take`] and writes it in one write, so under load one
+//! wake-up and one syscall carry many events instead of one each; at rest it is one per event,
+//! as before. The bound is the lag: a member more than `--queue` events behind (or whose next
+//! event left the history) is cut off as slow at the next broadcast, and resumes from history
+//! with `Last-Event-ID`. No socket is written and no channel sent on under the lock (STYLE.md,
+//! 5); log lines are written after the lock is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -31,8 +34,11 @@ use crate::metrics::Metrics;
 /// Largest message, in bytes of UTF-8.
 pub const MAX_TEXT: usize = 4096;
 
-/// One encoded SSE event, shared by the history and every member's queue.
+/// One encoded SSE event, as kept in the history.
 pub type Encoded = Arc<[u8]>;
+
+/// Most bytes [`Room::take`] copies for one write (at least one event is always taken).
+pub const TAKE_BYTES: usize = 64 * 1024;
 
 /// Why a room operation was refused. The HTTP layer turns each into a status code.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,10 +95,11 @@ pub struct Attached {
     /// This attachment's serial, for [`Room::detach`].
     pub serial: u64,
     /// `welcome`, then `reset` if events were lost, then the kept events after `Last-Event-ID`,
-    /// each encoded; write these before anything from `events`.
+    /// each encoded; write these before anything from [`Room::take`].
     pub backlog: Vec<Encoded>,
-    /// Live events, in id order, starting right after the backlog.
-    pub events: Receiver<Encoded>,
+    /// Ready (holds one message) when live events may be waiting: then call [`Room::take`].
+    /// Many events may arrive for one wake.
+    pub wake: Receiver<()>,
     /// Why the room closed this stream (replaced, left, slow).
     pub kick: Receiver<Kick>,
 }
@@ -108,8 +115,46 @@ pub struct Kick {
 
 struct Attachment {
     serial: u64,
-    events: Sender<Encoded>,
+    /// Id of the last event this stream took (or skipped as its own).
+    cursor: u64,
     kick: Sender<Kick>,
+}
+
+/// What [`Room::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// Copied this many events; the stream is caught up.
+    Done(usize),
+    /// Copied this many events; more are waiting (the byte cap was reached).
+    More(usize),
+    /// The stream is no longer the session's (kicked, replaced, or the session is gone): its
+    /// kick channel says why.
+    Closed,
+}
+
+/// Who to wake after a broadcast: every attached stream's wake channel.
+#[derive(Clone)]
+struct Waker {
+    key: u64,
+    wake: Sender<()>,
+}
+
+/// Wakes to send once the lock is released.
+struct Wakes {
+    list: Arc<Vec<Waker>>,
+    skip: Option<u64>,
+}
+
+impl Wakes {
+    fn send(self) {
+        for w in self.list.iter() {
+            if Some(w.key) != self.skip {
+                // Full: a wake is already pending and that stream will take this event too.
+                // Disconnected: the stream is ending.
+                let _ = w.wake.try_send(());
+            }
+        }
+    }
 }
 
 impl Attachment {
@@ -151,6 +196,11 @@ struct Inner {
     /// Lower-cased name → session key.
     names: HashMap<String, u64>,
     next_serial: u64,
+    /// The wake channel of every attached stream (copied on write while a wake round holds it).
+    wakers: Arc<Vec<Waker>>,
+    /// Set by a broadcast: wake every stream (but this session's, if `Some(Some(key))`) once
+    /// the lock is released.
+    pending: Option<Option<u64>>,
 }
 
 /// The chat room: sessions are data here, not threads.
@@ -208,30 +258,75 @@ impl Inner {
         while self.history.len() > room.history {
             self.history.pop_front();
         }
-        let mut delivered = 0;
+        // The bound: a stream more than `queue` events behind, or whose next event just left
+        // the history, is cut off; its session stays for the grace period and it resumes from
+        // history with Last-Event-ID.
+        let oldest = self.history.front().map_or(id, |k| k.id);
+        let mut slow = Vec::new();
         for (key, session) in self.sessions.iter_mut() {
-            if Some(*key) == skip {
-                continue;
-            }
             let Some(att) = &session.attached else {
                 continue;
             };
-            match att.events.try_send(bytes.clone()) {
-                Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => {
-                    // The policy for the bound: cut the member off; its session stays for the
-                    // grace period and it resumes from history with Last-Event-ID.
-                    att.kick(CloseReason::Slow, &session.name);
-                    session.attached = None;
-                    session.detached_since = Some(Instant::now());
-                    room.metrics.chat_slow.inc();
-                }
-                // The stream thread is ending; its guard detaches the session.
-                Err(TrySendError::Disconnected(_)) => {}
+            if id - att.cursor > room.queue as u64 || att.cursor + 1 < oldest {
+                att.kick(CloseReason::Slow, &session.name);
+                session.attached = None;
+                session.detached_since = Some(Instant::now());
+                room.metrics.chat_slow.inc();
+                slow.push(*key);
             }
         }
-        room.metrics.chat_deliveries.add(delivered);
+        for key in slow {
+            self.unwake(key);
+        }
+        self.pending = match self.pending {
+            None => Some(skip),
+            Some(_) => Some(None),
+        };
         id
+    }
+
+    /// Forgets the wake channel of session `key`'s stream.
+    fn unwake(&mut self, key: u64) {
+        Arc::make_mut(&mut self.wakers).retain(|w| w.key != key);
+    }
+
+    /// The wakes a broadcast under this lock asked for, to send once it is released.
+    fn wakes(&mut self) -> Option<Wakes> {
+        self.pending.take().map(|skip| Wakes {
+            list: self.wakers.clone(),
+            skip,
+        })
+    }
+
+    /// Copies into `out` the events after the cursor of stream `serial` of session `key` (not
+    /// the session's own messages), up to about [`TAKE_BYTES`], and moves the cursor past them.
+    fn take(&mut self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+        let Some(att) = self
+            .sessions
+            .get_mut(&key)
+            .and_then(|s| s.attached.as_mut())
+            .filter(|a| a.serial == serial)
+        else {
+            return Take::Closed;
+        };
+        let Some(oldest) = self.history.front().map(|k| k.id) else {
+            return Take::Done(0);
+        };
+        // Ids in the history are consecutive; a broadcast cuts off a stream before its next
+        // event leaves the history, so `att.cursor + 1 >= oldest` here.
+        let start = (att.cursor + 1).saturating_sub(oldest) as usize;
+        let mut taken = 0;
+        for kept in self.history.range(start.min(self.history.len())..) {
+            if out.len() >= TAKE_BYTES {
+                return Take::More(taken);
+            }
+            att.cursor = kept.id;
+            if kept.from != Some(key) {
+                out.extend_from_slice(&kept.bytes);
+                taken += 1;
+            }
+        }
+        Take::Done(taken)
     }
 
     fn session(&mut self, token: &Token) -> Result<&mut Session, ChatError> {
@@ -284,10 +379,10 @@ impl Inner {
     }
 
     /// Attaches a new stream to session `key`, closing an older one; see [`Attached`].
-    fn attach(&mut self, room: &Room, key: u64, last_event_id: Option<u64>) -> Attached {
+    fn attach(&mut self, key: u64, last_event_id: Option<u64>) -> Attached {
         self.next_serial += 1;
         let serial = self.next_serial;
-        let (events_tx, events_rx) = bounded(room.queue);
+        let (wake_tx, wake_rx) = bounded(1);
         let (kick_tx, kick_rx) = bounded(1);
         let last_id = self.last_id;
         let online = self.online();
@@ -303,7 +398,7 @@ impl Inner {
         };
         session.attached = Some(Attachment {
             serial,
-            events: events_tx,
+            cursor: last_id,
             kick: kick_tx,
         });
         session.detached_since = None;
@@ -330,12 +425,14 @@ impl Inner {
                     .map(|e| e.bytes.clone()),
             );
         }
+        self.unwake(key);
+        Arc::make_mut(&mut self.wakers).push(Waker { key, wake: wake_tx });
         Attached {
             name,
             key,
             serial,
             backlog,
-            events: events_rx,
+            wake: wake_rx,
             kick: kick_rx,
         }
     }
@@ -348,6 +445,8 @@ impl Inner {
         if let Some(att) = session.attached {
             att.kick(reason, &session.name);
         }
+        // After the kick: a stream that sees its wake channel close looks for the kick.
+        self.unwake(key);
         self.broadcast(
             room,
             "leave",
@@ -378,7 +477,12 @@ impl Room {
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
     pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
         let token = new_token()?;
-        self.inner.lock().join(self, name, token.clone())?;
+        let wakes = {
+            let mut inner = self.inner.lock();
+            inner.join(self, name, token.clone())?;
+            inner.wakes()
+        };
+        wake(wakes);
         log::info!("chat joined name={name}");
         Ok(Joined {
             name: name.to_string(),
@@ -398,8 +502,11 @@ impl Room {
         let attached = {
             let mut inner = self.inner.lock();
             let key = inner.join(self, name, token)?;
-            inner.attach(self, key, last_event_id)
+            let attached = inner.attach(key, last_event_id);
+            (attached, inner.wakes())
         };
+        let (attached, wakes) = attached;
+        wake(wakes);
         log::info!("chat joined name={name}");
         Ok(attached)
     }
@@ -410,7 +517,7 @@ impl Room {
         let mut inner = self.inner.lock();
         let key = inner.session(token)?;
         let key = key.token.selector();
-        Ok(inner.attach(self, key, last_event_id))
+        Ok(inner.attach(key, last_event_id))
     }
 
     /// Called when a stream ends: if it is still the session's stream, the session starts its
@@ -425,14 +532,56 @@ impl Room {
         {
             session.attached = None;
             session.detached_since = Some(Instant::now());
+            let name = session.name.clone();
+            inner.unwake(key);
+            return Some(name);
         }
         Some(session.name.clone())
     }
 
+    /// Takes the live events waiting for the stream `serial` of session `key` (the
+    /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
+    /// again on [`Take::More`]) and counts them as delivered. Call after each message on
+    /// [`Attached::wake`]; the copy is made under the room's lock, the write after it.
+    pub fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+        let took = self.inner.lock().take(key, serial, out);
+        if let Take::Done(n) | Take::More(n) = took {
+            self.metrics.chat_deliveries.add(n as u64);
+        }
+        took
+    }
+
     /// Posts `text` from the session holding `token` to every other member; returns its id.
     pub fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
-        let mut inner = self.inner.lock();
-        let session = inner.session(token)?;
+        let (id, wakes) = {
+            let mut inner = self.inner.lock();
+            let id = inner.post(self, token, text)?;
+            (id, inner.wakes())
+        };
+        wake(wakes);
+        Ok(id)
+    }
+
+    /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
+    /// `(from, to)`. Counts against the session's rate limit, like a message.
+    pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
+        let (from, wakes) = {
+            let mut inner = self.inner.lock();
+            let from = inner.rename(self, token, to)?;
+            (from, inner.wakes())
+        };
+        wake(wakes);
+        if from != to {
+            log::info!("chat renamed from={from} to={to}");
+        }
+        Ok((from, to.to_string()))
+    }
+}
+
+impl Inner {
+    /// [`Room::post`] under the lock.
+    fn post(&mut self, room: &Room, token: &Token, text: &str) -> Result<u64, ChatError> {
+        let session = self.session(token)?;
         check_text(text)?;
         session
             .limiter
@@ -441,54 +590,52 @@ impl Room {
         let key = session.token.selector();
         let from = session.name.clone();
         let data = json!({ "from": from, "text": text, "ts": now_ms() });
-        let id = inner.broadcast(self, "message", data, Some(key), Some(key));
-        self.metrics.chat_messages.inc();
+        let id = self.broadcast(room, "message", data, Some(key), Some(key));
+        room.metrics.chat_messages.inc();
         Ok(id)
     }
 
-    /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
-    /// `(from, to)`. Counts against the session's rate limit, like a message.
-    pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
-        let from = {
-            let mut inner = self.inner.lock();
-            let session = inner.session(token)?;
-            let key = session.token.selector();
-            if !valid_name(to) {
-                return Err(ChatError::InvalidName);
-            }
-            // A rename is broadcast like a message, so it draws on the same bucket.
-            session
-                .limiter
-                .take(Instant::now())
-                .map_err(ChatError::RateLimited)?;
-            let folded = fold(to);
-            if inner.names.get(&folded).is_some_and(|k| *k != key) {
-                return Err(ChatError::NameTaken);
-            }
-            let session = inner.sessions.get_mut(&key).expect("found above");
-            let from = std::mem::replace(&mut session.name, to.to_string());
-            if from == to {
-                return Ok((from, to.to_string()));
-            }
-            inner.names.remove(&fold(&from));
-            inner.names.insert(folded, key);
-            let data = json!({ "from": from, "to": to });
-            inner.broadcast(self, "rename", data, None, None);
-            from
-        };
-        log::info!("chat renamed from={from} to={to}");
-        Ok((from, to.to_string()))
+    /// [`Room::rename`] under the lock; returns the old name.
+    fn rename(&mut self, room: &Room, token: &Token, to: &str) -> Result<String, ChatError> {
+        let session = self.session(token)?;
+        let key = session.token.selector();
+        if !valid_name(to) {
+            return Err(ChatError::InvalidName);
+        }
+        // A rename is broadcast like a message, so it draws on the same bucket.
+        session
+            .limiter
+            .take(Instant::now())
+            .map_err(ChatError::RateLimited)?;
+        let folded = fold(to);
+        if self.names.get(&folded).is_some_and(|k| *k != key) {
+            return Err(ChatError::NameTaken);
+        }
+        let session = self.sessions.get_mut(&key).expect("found above");
+        let from = std::mem::replace(&mut session.name, to.to_string());
+        if from == to {
+            return Ok(from);
+        }
+        self.names.remove(&fold(&from));
+        self.names.insert(folded, key);
+        let data = json!({ "from": from, "to": to });
+        self.broadcast(room, "rename", data, None, None);
+        Ok(from)
     }
+}
 
+impl Room {
     /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
     pub fn leave(&self, token: &Token) -> Result<String, ChatError> {
-        let name = {
+        let (name, wakes) = {
             let mut inner = self.inner.lock();
             let key = inner.session(token)?.token.selector();
-            inner
+            let name = inner
                 .remove(self, key, "left", CloseReason::Left)
-                .ok_or(ChatError::Unauthorized)?
+                .ok_or(ChatError::Unauthorized)?;
+            (name, inner.wakes())
         };
+        wake(wakes);
         log::info!("chat left name={name}");
         Ok(name)
     }
@@ -512,7 +659,7 @@ impl Room {
     /// Expires, as of `now`, every session detached for longer than the grace period: each
     /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
     pub fn expire(&self, now: Instant) -> usize {
-        let notes: Vec<Note> = {
+        let (notes, wakes) = {
             let mut inner = self.inner.lock();
             let due: Vec<u64> = inner
                 .sessions
@@ -523,17 +670,27 @@ impl Room {
                 })
                 .map(|(k, _)| *k)
                 .collect();
-            due.into_iter()
+            let notes: Vec<Note> = due
+                .into_iter()
                 .filter_map(|key| inner.remove(self, key, "timeout", CloseReason::Expired))
                 .map(Note::Expired)
-                .collect()
+                .collect();
+            (notes, inner.wakes())
         };
+        wake(wakes);
         for note in &notes {
             match note {
                 Note::Expired(name) => log::info!("chat expired name={name}"),
             }
         }
         notes.len()
+    }
+}
+
+/// Sends the wakes a locked step asked for; call after the lock is released.
+fn wake(wakes: Option<Wakes>) {
+    if let Some(w) = wakes {
+        w.send();
     }
 }
 
@@ -583,8 +740,15 @@ mod tests {
         (event, id, serde_json::from_str(&data).unwrap())
     }
 
-    fn drain(rx: &Receiver<Encoded>) -> Vec<(String, Option<u64>, serde_json::Value)> {
-        rx.try_iter().map(|b| parse(&b)).collect()
+    /// Takes every live event waiting for `att`, as its stream does when woken.
+    fn drain(r: &Room, att: &Attached) -> Vec<(String, Option<u64>, serde_json::Value)> {
+        let mut out = Vec::new();
+        while att.wake.try_recv().is_ok() {}
+        while let Take::More(_) = r.take(att.key, att.serial, &mut out) {}
+        let text = String::from_utf8(out).unwrap();
+        text.split_terminator("\n\n")
+            .map(|e| parse(format!("{e}\n\n").as_bytes()))
+            .collect()
     }
 
     fn token(j: &Joined) -> Token {
@@ -603,14 +767,14 @@ mod tests {
         let bob = r.join("bob").unwrap();
         let b = r.attach(&token(&bob), None).unwrap();
         let id = r.post(&token(&bob), "hi").unwrap();
-        let got = drain(&a.events);
+        let got = drain(&r, &a);
         assert_eq!(got[0].0, "join");
         assert_eq!(got[1].0, "message");
         assert_eq!(got[1].1, Some(id));
         assert_eq!(got[1].2["from"], "bob");
         assert_eq!(got[1].2["text"], "hi");
         assert_eq!(got[1].2["id"], id);
-        assert!(drain(&b.events).is_empty(), "no echo of one's own message");
+        assert!(drain(&r, &b).is_empty(), "no echo of one's own message");
     }
 
     #[test]
@@ -649,7 +813,7 @@ mod tests {
             .collect();
         assert_eq!(replayed, ids[2..]);
         let live = r.post(&token(&poster), "live").unwrap();
-        assert_eq!(drain(&w2.events)[0].1, Some(live));
+        assert_eq!(drain(&r, &w2)[0].1, Some(live));
     }
 
     #[test]
@@ -713,20 +877,97 @@ mod tests {
         let p = r.join("p").unwrap();
         let s = r.attach(&token(&slow), None).unwrap();
         let f = r.attach(&token(&fast), None).unwrap();
-        let _ = drain(&s.events);
+        let _ = drain(&r, &s);
         let mut ids = Vec::new();
         for i in 0..5 {
             ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
-            assert_eq!(drain(&f.events).len(), 1);
+            assert_eq!(drain(&r, &f).len(), 1);
         }
+        // Cut off at the third event, the first more than `queue` behind.
         assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
         assert_eq!(metrics.chat_slow.get(), 1);
-        let queued: Vec<_> = drain(&s.events).into_iter().map(|e| e.1).collect();
-        assert_eq!(queued, vec![Some(ids[0]), Some(ids[1])]);
+        assert_eq!(r.take(s.key, s.serial, &mut Vec::new()), Take::Closed);
+        assert!(s.wake.try_recv().is_ok(), "the pending wake is still there");
+        assert!(s.wake.try_recv().is_err(), "and then the channel is closed");
         // Reattaching after the last event it got gives it the rest.
         let s2 = r.attach(&token(&slow), Some(ids[1])).unwrap();
         let rest: Vec<_> = s2.backlog[1..].iter().map(|b| parse(b).1).collect();
         assert_eq!(rest, ids[2..].iter().map(|i| Some(*i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_stream_whose_next_event_leaves_the_history_is_cut_off() {
+        let r = room(|c| {
+            c.history = 3;
+            c.queue = 100;
+        });
+        let w = r.join("w").unwrap();
+        let p = r.join("p").unwrap();
+        let att = r.attach(&token(&w), None).unwrap();
+        for i in 0..3 {
+            r.post(&token(&p), &format!("m{i}")).unwrap();
+        }
+        assert!(
+            att.kick.try_recv().is_err(),
+            "three behind still fit the history"
+        );
+        r.post(&token(&p), "m3").unwrap();
+        assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Slow);
+    }
+
+    #[test]
+    fn many_events_wait_behind_one_wake_and_go_out_in_one_take() {
+        let r = room(|_| {});
+        let w = r.join("w").unwrap();
+        let p = r.join("p").unwrap();
+        let att = r.attach(&token(&w), None).unwrap();
+        let ids: Vec<u64> = (0..10)
+            .map(|i| r.post(&token(&p), &format!("m{i}")).unwrap())
+            .collect();
+        assert!(att.wake.try_recv().is_ok());
+        assert!(att.wake.try_recv().is_err(), "one wake for ten events");
+        let mut out = Vec::new();
+        assert_eq!(r.take(att.key, att.serial, &mut out), Take::Done(10));
+        let text = String::from_utf8(out).unwrap();
+        let got: Vec<u64> = text
+            .split_terminator("\n\n")
+            .map(|e| parse(format!("{e}\n\n").as_bytes()).1.unwrap())
+            .collect();
+        assert_eq!(got, ids);
+        assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
+    }
+
+    #[test]
+    fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
+        let r = room(|c| {
+            c.rate = 1000.0;
+            c.burst = 1000.0;
+        });
+        let w = r.join("w").unwrap();
+        let p = r.join("p").unwrap();
+        let att = r.attach(&token(&w), None).unwrap();
+        let big = "x".repeat(MAX_TEXT);
+        let n = 2 * TAKE_BYTES / MAX_TEXT;
+        for _ in 0..n {
+            r.post(&token(&p), &big).unwrap();
+        }
+        let mut taken = 0;
+        let mut takes = 0;
+        loop {
+            let mut out = Vec::new();
+            takes += 1;
+            match r.take(att.key, att.serial, &mut out) {
+                Take::More(k) => taken += k,
+                Take::Done(k) => {
+                    taken += k;
+                    break;
+                }
+                Take::Closed => panic!("closed"),
+            }
+            assert!(out.len() < TAKE_BYTES + MAX_TEXT + 100);
+        }
+        assert_eq!(taken, n);
+        assert!(takes >= 2);
     }
 
     #[test]
@@ -753,7 +994,7 @@ mod tests {
         assert_eq!(r.expire(detached + Duration::from_secs(29)), 0);
         assert_eq!(r.expire(detached + Duration::from_secs(31)), 1);
         assert_eq!(r.online(), vec!["w"]);
-        let leave = drain(&watcher.events)
+        let leave = drain(&r, &watcher)
             .into_iter()
             .find(|e| e.0 == "leave")
             .unwrap();
@@ -798,7 +1039,7 @@ mod tests {
         let s = r.attach(&token(&a), None).unwrap();
         assert_eq!(r.leave(&token(&a)).unwrap(), "a");
         assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
-        let leave = drain(&w.events).pop().unwrap();
+        let leave = drain(&r, &w).pop().unwrap();
         assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
         assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
         r.join("A").unwrap();

@@ -1,15 +1,15 @@
 //! One chat stream: `GET /chat/stream` served on its own named thread.
 //!
 //! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
-//! (welcome, reset, replayed history) and then loops over keepalive tick, its event queue, its
-//! kick channel (replaced, left, slow) and the server's shutdown. It writes only its own socket,
+//! (welcome, reset, replayed history) and then loops over keepalive tick, its wake channel (live
+//! events waiting in the room), its kick channel (replaced, left, slow) and the server's shutdown. It writes only its own socket,
 //! never under the room's lock.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{select, tick};
 
-use super::room::{Attached, Kick, Room};
+use super::room::{Attached, Kick, Room, Take};
 use super::session::Token;
 use crate::http::conn::Liveness;
 use crate::http::sse::{self, CloseReason, SseWriter};
@@ -97,7 +97,6 @@ pub fn serve(
     conn: u64,
     slot: StreamSlot,
 ) {
-    let _slot = slot;
     let room = shared.chat.clone();
     let attached = match &member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
@@ -135,6 +134,7 @@ pub fn serve(
     };
     detach.armed = false;
     let mut life = Lifecycle::new(&shared, &room, &att, conn);
+    batch_scheduling();
     let ticker = tick(cfg.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
@@ -153,25 +153,29 @@ pub fn serve(
                     out.send(b": keepalive\n\n")?;
                     shared.metrics.keepalives_sent.inc();
                 }
-                recv(att.events) -> event => match event {
-                    Ok(bytes) => {
-                        // Whatever else is queued already goes out in the same write: under
-                        // fan-out load one syscall carries many events. Bounded by the batch cap.
-                        let mut pending = att.events.try_iter().take(BATCH - 1).peekable();
-                        if pending.peek().is_none() {
-                            out.send(&bytes)?;
-                        } else {
-                            batch.clear();
-                            batch.extend_from_slice(&bytes);
-                            for more in pending {
-                                batch.extend_from_slice(&more);
+                recv(att.wake) -> woke => {
+                    // The room dropped our wake channel: it kicked us first.
+                    if woke.is_err() {
+                        return Ok(kicked(&mut life.name, att.kick.try_recv().ok()));
+                    }
+                    // Everything that arrived since the last wake goes out in one write: under
+                    // fan-out load one wake-up and one syscall carry many events.
+                    loop {
+                        batch.clear();
+                        match room.take(att.key, att.serial, &mut batch) {
+                            Take::Closed => {
+                                return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
                             }
-                            out.send(&batch)?;
+                            Take::Done(_) => {
+                                if !batch.is_empty() {
+                                    out.send(&batch)?;
+                                }
+                                break;
+                            }
+                            Take::More(_) => out.send(&batch)?,
                         }
                     }
-                    // The room dropped our queue: it kicked us first.
-                    Err(_) => return Ok(kicked(&mut life.name, att.kick.try_recv().ok())),
-                },
+                }
                 recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
                 // The connection sweep saw the client's socket leave ESTABLISHED: confirm on our
                 // own socket (a reused descriptor number cannot fool it) and end.
@@ -180,7 +184,7 @@ pub fn serve(
                         return Ok(CloseReason::ClientGone);
                     }
                 }
-                recv(shared.shutdown) -> _ => {
+                recv(slot.closed()) -> _ => {
                     let _ = out.send(b"event: shutdown\ndata: {}\n\n");
                     return Ok(CloseReason::Shutdown);
                 }
@@ -198,8 +202,17 @@ pub fn serve(
     };
 }
 
-/// Most queued events written together in one write.
-const BATCH: usize = 64;
+/// Marks the calling thread `SCHED_BATCH` (same priority, no wake-up preemption). A broadcast
+/// wakes every member; at normal policy each woken stream thread preempts the thread still
+/// waking the others (and the dispatcher reading the next message), so each stream runs once
+/// per event. As batch threads they run right after, find several events waiting and write
+/// them in one go, and alarm streams and the dispatcher are not starved by chat fan-out.
+/// Best effort: on failure the thread keeps the normal policy.
+fn batch_scheduling() {
+    // SAFETY: `sched_setscheduler` reads the parameter struct only; pid 0 is this thread.
+    let param = libc::sched_param { sched_priority: 0 };
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+}
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),
 /// taking the session's name at that moment for the close line.
