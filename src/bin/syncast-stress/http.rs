@@ -392,56 +392,70 @@ pub struct SseParser {
 impl SseParser {
     /// Feeds bytes; returns the items completed by them. Lines end at CRLF, LF or CR, also when
     /// the CR and LF arrive in different calls.
+    ///
+    /// The stress client runs on the same cores as the server, so this is kept cheap: whole
+    /// line pieces are copied at once, and the line, name and id buffers are reused (the only
+    /// allocations per event are the dispatched event's own strings).
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseItem> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if self.after_cr {
-                self.after_cr = false;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\n' => self.end_line(&mut out),
-                b'\r' => {
-                    self.after_cr = true;
-                    self.end_line(&mut out);
-                }
-                _ => self.line.push(b),
+        let mut rest = bytes;
+        if self.after_cr && !rest.is_empty() {
+            self.after_cr = false;
+            if rest[0] == b'\n' {
+                rest = &rest[1..];
             }
         }
+        while let Some(end) = rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.line.extend_from_slice(&rest[..end]);
+            self.end_line(&mut out);
+            let cr = rest[end] == b'\r';
+            rest = &rest[end + 1..];
+            if cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+        }
+        self.line.extend_from_slice(rest);
         out
     }
 
     fn end_line(&mut self, out: &mut Vec<SseItem>) {
-        let mut raw = std::mem::take(&mut self.line);
+        let mut skip = 0;
         if !self.started {
             self.started = true;
             // A leading UTF-8 BOM is skipped.
-            if raw.starts_with(&[0xEF, 0xBB, 0xBF]) {
-                raw.drain(..3);
+            if self.line.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                skip = 3;
             }
         }
-        let line = String::from_utf8_lossy(&raw);
+        let raw = std::mem::take(&mut self.line);
+        self.line_done(&String::from_utf8_lossy(&raw[skip..]), out);
+        // Give the buffer back, keeping its capacity for the next line.
+        self.line = raw;
+        self.line.clear();
+    }
+
+    fn line_done(&mut self, line: &str, out: &mut Vec<SseItem>) {
         if line.is_empty() {
             if self.has_data {
                 let mut data = std::mem::take(&mut self.data);
                 if data.ends_with('\n') {
                     data.pop();
                 }
-                let event = std::mem::take(&mut self.event);
                 out.push(SseItem::Event(SseEvent {
-                    event: if event.is_empty() {
+                    event: if self.event.is_empty() {
                         "message".into()
                     } else {
-                        event
+                        self.event.clone()
                     },
                     data,
                     id: self.last_id.clone(),
                 }));
-            } else {
-                self.event.clear();
             }
+            self.event.clear();
             self.has_data = false;
             return;
         }
@@ -453,16 +467,25 @@ impl SseParser {
         }
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line.as_ref(), ""),
+            None => (line, ""),
         };
         match field {
-            "event" => self.event = value.to_string(),
+            "event" => {
+                self.event.clear();
+                self.event.push_str(value);
+            }
             "data" => {
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_string()),
+            "id" if !value.contains('\0') => match &mut self.last_id {
+                Some(id) => {
+                    id.clear();
+                    id.push_str(value);
+                }
+                None => self.last_id = Some(value.to_string()),
+            },
             "retry" if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) => {
                 if let Ok(ms) = value.parse() {
                     out.push(SseItem::Retry(ms));
