@@ -11,13 +11,15 @@
 //! the lock is released (a wake already pending makes it a no-op). A woken stream takes
 //! everything after its cursor with [`Room::take`] and writes it in one write, so under load one
 //! wake-up and one syscall carry many events instead of one each; at rest it is one per event,
-//! as before. The bound is the lag: a member more than `--queue` events behind (or whose next
+//! as before. The dispatcher holds the wakes ([`Room::hold_wakes`]) while it routes a run of
+//! queued requests, so a burst of posts wakes each stream once. The bound is the lag: a member more than `--queue` events behind (or whose next
 //! event left the history) is cut off as slow at the next broadcast, and resumes from history
 //! with `Last-Event-ID`. No socket is written and no channel sent on under the lock (STYLE.md,
 //! 5); log lines are written after the lock is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -213,6 +215,8 @@ pub struct Room {
     max_members: usize,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
+    /// How many [`HeldWakes`] guards live: while any does, broadcasts leave their wakes pending.
+    held: AtomicUsize,
 }
 
 /// A log line to write once the lock is released.
@@ -471,7 +475,25 @@ impl Room {
             max_members: config.max_members,
             metrics,
             inner: Mutex::new(Inner::default()),
+            held: AtomicUsize::new(0),
         })
+    }
+
+    /// Holds back the wakes of broadcasts (from any thread) until the returned guard drops;
+    /// then sends them once. The dispatcher holds them while it routes a run of queued requests,
+    /// so a burst of posts wakes each stream once.
+    pub fn hold_wakes(&self) -> HeldWakes<'_> {
+        self.held.fetch_add(1, Ordering::AcqRel);
+        HeldWakes(self)
+    }
+
+    /// The wakes to send after a locked step: none while held (the guard sends them).
+    fn wakes_of(&self, inner: &mut Inner) -> Option<Wakes> {
+        if self.held.load(Ordering::Acquire) > 0 {
+            None
+        } else {
+            inner.wakes()
+        }
     }
 
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
@@ -480,9 +502,11 @@ impl Room {
         let wakes = {
             let mut inner = self.inner.lock();
             inner.join(self, name, token.clone())?;
-            inner.wakes()
+            self.wakes_of(&mut inner)
         };
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         log::info!("chat joined name={name}");
         Ok(Joined {
             name: name.to_string(),
@@ -503,10 +527,12 @@ impl Room {
             let mut inner = self.inner.lock();
             let key = inner.join(self, name, token)?;
             let attached = inner.attach(key, last_event_id);
-            (attached, inner.wakes())
+            (attached, self.wakes_of(&mut inner))
         };
         let (attached, wakes) = attached;
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         log::info!("chat joined name={name}");
         Ok(attached)
     }
@@ -556,9 +582,11 @@ impl Room {
         let (id, wakes) = {
             let mut inner = self.inner.lock();
             let id = inner.post(self, token, text)?;
-            (id, inner.wakes())
+            (id, self.wakes_of(&mut inner))
         };
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         Ok(id)
     }
 
@@ -568,9 +596,11 @@ impl Room {
         let (from, wakes) = {
             let mut inner = self.inner.lock();
             let from = inner.rename(self, token, to)?;
-            (from, inner.wakes())
+            (from, self.wakes_of(&mut inner))
         };
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         if from != to {
             log::info!("chat renamed from={from} to={to}");
         }
@@ -633,9 +663,11 @@ impl Room {
             let name = inner
                 .remove(self, key, "left", CloseReason::Left)
                 .ok_or(ChatError::Unauthorized)?;
-            (name, inner.wakes())
+            (name, self.wakes_of(&mut inner))
         };
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         log::info!("chat left name={name}");
         Ok(name)
     }
@@ -675,9 +707,11 @@ impl Room {
                 .filter_map(|key| inner.remove(self, key, "timeout", CloseReason::Expired))
                 .map(Note::Expired)
                 .collect();
-            (notes, inner.wakes())
+            (notes, self.wakes_of(&mut inner))
         };
-        wake(wakes);
+        if let Some(w) = wakes {
+            w.send();
+        }
         for note in &notes {
             match note {
                 Note::Expired(name) => log::info!("chat expired name={name}"),
@@ -687,10 +721,17 @@ impl Room {
     }
 }
 
-/// Sends the wakes a locked step asked for; call after the lock is released.
-fn wake(wakes: Option<Wakes>) {
-    if let Some(w) = wakes {
-        w.send();
+/// Holds the room's wakes while it lives (see [`Room::hold_wakes`]); sends them when dropped.
+pub struct HeldWakes<'a>(&'a Room);
+
+impl Drop for HeldWakes<'_> {
+    fn drop(&mut self) {
+        if self.0.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let wakes = self.0.inner.lock().wakes();
+            if let Some(w) = wakes {
+                w.send();
+            }
+        }
     }
 }
 
@@ -935,6 +976,21 @@ mod tests {
             .collect();
         assert_eq!(got, ids);
         assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
+    }
+
+    #[test]
+    fn held_wakes_go_out_once_when_the_guard_drops() {
+        let r = room(|_| {});
+        let w = r.join("w").unwrap();
+        let p = r.join("p").unwrap();
+        let att = r.attach(&token(&w), None).unwrap();
+        let held = r.hold_wakes();
+        r.post(&token(&p), "one").unwrap();
+        r.post(&token(&p), "two").unwrap();
+        assert!(att.wake.try_recv().is_err(), "no wake while held");
+        drop(held);
+        assert!(att.wake.try_recv().is_ok());
+        assert_eq!(drain(&r, &att).len(), 2);
     }
 
     #[test]
