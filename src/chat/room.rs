@@ -236,7 +236,7 @@ fn fold(name: &str) -> String {
 
 impl Inner {
     /// Assigns the next id, encodes, keeps and queues an event for every attached member except
-    /// `skip`. Members whose queue is full are cut off as slow. Returns the id.
+    /// `skip`. Members too far behind are cut off as slow. Returns the id.
     fn broadcast(
         &mut self,
         room: &Room,
@@ -254,11 +254,7 @@ impl Inner {
             }
         }
         let bytes: Encoded = encode_event(Some(kind), Some(id), &data.to_string()).into();
-        self.history.push_back(Kept {
-            id,
-            from,
-            bytes: bytes.clone(),
-        });
+        self.history.push_back(Kept { id, from, bytes });
         while self.history.len() > room.history {
             self.history.pop_front();
         }
@@ -268,9 +264,14 @@ impl Inner {
         let oldest = self.history.front().map_or(id, |k| k.id);
         let mut slow = Vec::new();
         for (key, session) in self.sessions.iter_mut() {
-            let Some(att) = &session.attached else {
+            let Some(att) = &mut session.attached else {
                 continue;
             };
+            // The sender is not woken for its own message: if it had everything before it, it
+            // has this one too (a sender that only posts must not fall behind).
+            if from == Some(*key) && att.cursor + 1 == id {
+                att.cursor = id;
+            }
             if id - att.cursor > room.queue as u64 || att.cursor + 1 < oldest {
                 att.kick(CloseReason::Slow, &session.name);
                 session.attached = None;
@@ -976,6 +977,26 @@ mod tests {
             .collect();
         assert_eq!(got, ids);
         assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
+    }
+
+    #[test]
+    fn a_member_that_only_posts_is_not_cut_off() {
+        let r = room(|c| {
+            c.queue = 3;
+            c.rate = 1000.0;
+            c.burst = 1000.0;
+        });
+        let a = r.join("a").unwrap();
+        let att = r.attach(&token(&a), None).unwrap();
+        for i in 0..10 {
+            r.post(&token(&a), &format!("m{i}")).unwrap();
+        }
+        assert!(att.kick.try_recv().is_err());
+        assert!(
+            att.wake.try_recv().is_err(),
+            "not woken for its own messages"
+        );
+        assert!(drain(&r, &att).is_empty());
     }
 
     #[test]
