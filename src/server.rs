@@ -80,9 +80,8 @@ pub struct Shared {
     pub health: Health,
     /// Disconnected when the server shuts down: the refresher's and dispatcher's loops watch it.
     /// Stream threads watch their own [`StreamSlot::closed`] instead: a channel that a thousand
-    /// `select!` loops register on serialises every wake-up on its one waker lock (and each
-    /// unregister scans every other registration), which was the largest user-space cost of
-    /// chat fan-out.
+    /// `select!` loops register on serialises their wake-ups on its one waker lock (and each
+    /// unregister scans every other registration; both showed in the profile of chat fan-out).
     pub shutdown: Receiver<()>,
     /// One close channel per stream slot, disconnected all at once by shutdown.
     closers: parking_lot::Mutex<Closers>,

@@ -12,10 +12,12 @@
 //! everything after its cursor with [`Room::take`] and writes it in one write, so under load one
 //! wake-up and one syscall carry many events instead of one each; at rest it is one per event,
 //! as before. The dispatcher holds the wakes ([`Room::hold_wakes`]) while it routes a run of
-//! queued requests, so a burst of posts wakes each stream once. The bound is the lag: a member more than `--queue` events behind (or whose next
-//! event left the history) is cut off as slow at the next broadcast, and resumes from history
-//! with `Last-Event-ID`. No socket is written and no channel sent on under the lock (STYLE.md,
-//! 5); log lines are written after the lock is released.
+//! queued requests, so a burst of posts wakes each stream once.
+//!
+//! The bound is the lag: a member more than `--queue` events behind (or whose next event left the
+//! history) is cut off as slow at the next broadcast, and resumes from history with
+//! `Last-Event-ID`. No socket is written and no channel sent on under the lock (STYLE.md, 5);
+//! log lines are written after the lock is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

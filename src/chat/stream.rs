@@ -2,8 +2,8 @@
 //!
 //! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
 //! (welcome, reset, replayed history) and then loops over keepalive tick, its wake channel (live
-//! events waiting in the room), its kick channel (replaced, left, slow) and the server's shutdown. It writes only its own socket,
-//! never under the room's lock.
+//! events waiting in the room), its kick channel (replaced, left, slow) and its shutdown channel.
+//! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
 
@@ -206,7 +206,7 @@ pub fn serve(
 /// wakes every member; at normal policy each woken stream thread preempts the thread still
 /// waking the others (and the dispatcher reading the next message), so each stream runs once
 /// per event. As batch threads they run right after, find several events waiting and write
-/// them in one go, and alarm streams and the dispatcher are not starved by chat fan-out.
+/// them in one go; alarm streams and the dispatcher, at normal policy, get the CPU first.
 /// Best effort: on failure the thread keeps the normal policy.
 fn batch_scheduling() {
     // SAFETY: `sched_setscheduler` reads the parameter struct only; pid 0 is this thread.
