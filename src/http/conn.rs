@@ -657,8 +657,8 @@ impl ConnTable {
 ///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes a
 ///   socket with nothing in flight. Measured before this was set (server in a network
 ///   namespace, the client's ACKs black-holed, 15 s heartbeat): the socket stayed
-///   `ESTABLISHED` with the retransmission timer backing off (RTO 104 s at 2 minutes), never a
-///   keepalive probe, on course for `tcp_retries2`'s ~15 minutes.
+///   `ESTABLISHED` with the retransmission timer backing off to its 120 s cap, never a
+///   keepalive probe, and the stream closed only after 935 s (`tcp_retries2` = 15).
 /// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
 ///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
 pub fn set_keepalive(socket: &mut StreamSocket, user_timeout: Duration) {
