@@ -113,7 +113,12 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
     let pid = child.0.id();
 
     // Move the server (all its threads) into the group, then allow not one thread more. The
-    // count is stable by now: tiny_http's pool starts with 4 threads and keeps at least that.
+    // count must be stable first: tiny_http's accept thread spawns its pool (4 threads, never
+    // fewer) before it accepts anything, so once a request is served the pool is complete.
+    // (Taken too early, on a loaded machine, the limit left the pool unborn and nothing was
+    // ever served.)
+    let served = raw_get(addr, "/healthz", common::PATIENCE).expect("healthz");
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     group.write("pids.max", "max");
     group.write("cgroup.procs", &pid.to_string());
     let threads = group.current();
