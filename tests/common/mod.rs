@@ -490,7 +490,10 @@ pub fn unavailable(test: &str, why: &str) {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: cannot run under CI: {why}");
     }
-    eprintln!(
+    // Straight to the stderr descriptor: libtest captures `eprintln!` of a passing test, which
+    // would make this skip silent.
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!! SKIPPED {test}: {why}\n!!!!!!!! (it needs root on Linux; under CI=true this \
          is a failure)\n"
     );
