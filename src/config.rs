@@ -246,5 +246,10 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+        let c = Config {
+            tcp_user_timeout: Duration::from_millis(100),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
     }
 }
