@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test check lint fmt unit e2e stress bench clean
+.PHONY: run build release test check lint fmt unit test-deps e2e stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -21,8 +21,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-unit:
+# The fault tests need root and iproute2; under CI=true a missing iproute2 is installed.
+unit: test-deps
 	$(CARGO) test --all-targets
+
+test-deps:
+	./scripts/test-deps.sh
 
 # Every test: fmt and clippy, unit and integration tests, and the page in a real browser.
 test: lint unit e2e

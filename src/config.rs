@@ -31,6 +31,14 @@ pub struct Config {
     /// How long one write of an event to a client may block before the stream is closed as
     /// `stalled`. Default 10 s.
     pub write_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` of each stream socket: how long data sent to a client may stay
+    /// unacknowledged before the kernel drops the connection; the stream then closes as
+    /// `client-gone`. This is what finds a peer that vanished without a FIN or RST (power cut,
+    /// network gone): a stream writes a heartbeat at least every `heartbeat`, so its socket is
+    /// never idle with nothing in flight, TCP keepalive never probes, and without this the
+    /// kernel retransmits for about 15 minutes (`tcp_retries2` = 15) before giving up.
+    /// Default 60 s.
+    pub tcp_user_timeout: Duration,
     /// Kernel send buffer of each stream socket (`SO_SNDBUF`): bounds the memory a client that
     /// stops reading can pin, and how much is queued before the write time-out starts. Default
     /// 64 KiB (Linux doubles the value it is given).
@@ -76,6 +84,7 @@ impl Default for Config {
             max_requests: 64,
             busy_timeout: Duration::from_millis(250),
             write_timeout: Duration::from_secs(10),
+            tcp_user_timeout: Duration::from_secs(60),
             send_buffer: 64 * 1024,
             history: 1024,
             queue: 1024,
@@ -138,6 +147,10 @@ impl Config {
         check(
             (1024..=16 * 1024 * 1024).contains(&self.send_buffer),
             "send buffer must be 1 KiB..16 MiB",
+        )?;
+        check(
+            (500..=3_600_000).contains(&ms(self.tcp_user_timeout)),
+            "--tcp-user-timeout must be 500ms..1h",
         )?;
         check(
             (1..=1_000_000).contains(&self.history),
@@ -230,6 +243,11 @@ mod tests {
         assert!(Config::default().validate().is_ok());
         let c = Config {
             max_clients: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            tcp_user_timeout: Duration::from_millis(100),
             ..Config::default()
         };
         assert!(c.validate().is_err());

@@ -23,6 +23,8 @@ OPTIONS:
   --max-clients N      streaming clients at once         [default: 10000]
   --max-requests N     short requests at once            [default: 64]
   --write-timeout DUR  close a stream blocked this long  [default: 10s]
+  --tcp-user-timeout DUR  drop a stream whose sent data is unacknowledged this long
+                       (peer vanished without FIN)       [default: 60s]
   --history N          chat events kept for resume       [default: 1024]
   --queue N            chat events queued per member     [default: 1024]
   --grace DUR          chat session life without stream [default: 30s]
@@ -88,6 +90,12 @@ fn parse_args() -> Result<Option<Cli>, String> {
                 config.write_timeout = dur(
                     parser.value().map_err(|e| e.to_string())?,
                     "--write-timeout",
+                )?
+            }
+            Long("tcp-user-timeout") => {
+                config.tcp_user_timeout = dur(
+                    parser.value().map_err(|e| e.to_string())?,
+                    "--tcp-user-timeout",
                 )?
             }
             Long("grace") => {

@@ -17,6 +17,7 @@ use crate::alarm::refresher::{Health, Refresher};
 use crate::alarm::store::Store;
 use crate::alarm::stream::{self as alarm_stream, Mode};
 use crate::config::{Config, ConfigError};
+use crate::http::accept::{self, Restarted, Supervisor};
 use crate::http::conn::ConnTable;
 use crate::http::response::{self, Reply};
 use crate::http::validate::{parse_alarm_body, query_get, split_url, valid_id};
@@ -324,12 +325,17 @@ impl Server {
     /// Validates `config`, opens (or creates) the store, binds the listener and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        install_panic_watch();
+        accept::install_panic_watch();
         // Create the file and schema now, so a bad path is a start error, not a degraded run.
         Store::open(&config.db, config.busy_timeout, true).map_err(|e| StartError::Store(e.0))?;
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
-        let http = tiny_http_on(&listener).map_err(StartError::Bind)?;
+        // Read before tiny_http starts: a panic of its accept thread in the moment before the
+        // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
+        // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
+        // EMFILE test then saw no recovery at all on a loaded machine.)
+        let panics_at_start = accept::tiny_http_panics();
+        let http = accept::start(&listener).map_err(StartError::Bind)?;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
@@ -391,7 +397,7 @@ impl Server {
                 Role::Dispatcher,
                 "dispatcher".into(),
                 SERVICE_STACK,
-                move || dispatch_loop(&d_shared),
+                move || dispatch_loop(&d_shared, Supervisor::new(local, panics_at_start)),
             )
             .map_err(StartError::Spawn)?;
         log::info!("server listening addr={local}");
@@ -453,86 +459,21 @@ impl Drop for Server {
     }
 }
 
-/// Panics seen in tiny_http's own (unnamed) threads, process-wide.
-///
-/// tiny_http's accept thread `unwrap()`s the `dup` of every accepted socket
-/// (src/util/refined_tcp_stream.rs, `impl Clone for Stream`) and panics when the process is out
-/// of descriptors, and its pool `thread::spawn` panics when the OS refuses a thread. Either kills
-/// the accept thread silently: no error reaches `recv()`, and nothing is accepted again. A panic
-/// hook counts such panics; each dispatcher then probes its own accept loop.
-static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
-
-fn install_panic_watch() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let in_tiny_http = info
-                .location()
-                .is_some_and(|l| l.file().contains("tiny_http"));
-            let unnamed = std::thread::current().name().is_none();
-            if in_tiny_http
-                || (unnamed && crate::threads::panic_message(info.payload()).contains("spawn"))
-            {
-                TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
-            }
-            previous(info);
-        }));
-    });
-}
-
-/// Header that marks the dispatcher's own liveness probe.
-const PROBE_HEADER: &str = "X-Syncast-Probe";
-
-/// A probe of the accept loop in flight: the connection and the nonce it carries.
-struct Probe {
-    _sock: std::net::TcpStream,
-    nonce: u64,
-    deadline: Instant,
-}
-
-/// Sends `GET /healthz` to ourselves, marked with a nonce, so the dispatcher can tell whether
-/// tiny_http still accepts.
-fn start_probe(shared: &Shared) -> Option<Probe> {
-    use std::io::Write;
-    let mut sock =
-        std::net::TcpStream::connect_timeout(&shared.local, Duration::from_millis(500)).ok()?;
-    let nonce = shared.next_conn();
-    let rq = format!("GET /healthz HTTP/1.1\r\nHost: probe\r\n{PROBE_HEADER}: {nonce}\r\n\r\n");
-    sock.write_all(rq.as_bytes()).ok()?;
-    Some(Probe {
-        _sock: sock,
-        nonce,
-        deadline: Instant::now() + Duration::from_secs(3),
-    })
-}
-
-/// Starts tiny_http on a clone of `listener` (so it can be started again on the same socket).
-fn tiny_http_on(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
-    let clone = listener.try_clone()?;
-    tiny_http::Server::from_listener(clone, None)
-        .map(Arc::new)
-        .map_err(|e| std::io::Error::other(e.to_string()))
-}
-
-fn dispatch_loop(shared: &Arc<Shared>) {
+fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
     let housekeeping = Duration::from_millis(250);
     let sweep_every = Duration::from_secs(1).min(shared.config.header_timeout / 2);
     let mut next_housekeeping = Instant::now() + housekeeping;
     let mut next_sweep = Instant::now() + sweep_every;
-    let mut backoff = Duration::from_millis(50);
-    let mut panics_seen = TINY_HTTP_PANICS.load(Ordering::Relaxed);
-    let mut probe: Option<Probe> = None;
     loop {
         let Some(http) = shared.http.lock().clone() else {
             return;
         };
-        let wait = next_housekeeping
-            .min(next_sweep)
-            .saturating_duration_since(Instant::now());
-        match http.recv_timeout(wait) {
+        let mut wake = next_housekeeping.min(next_sweep);
+        if let Some(due) = accept.next_due() {
+            wake = wake.min(due);
+        }
+        match http.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Some(request)) => {
-                backoff = Duration::from_millis(50);
                 // Requests already queued are routed before the chat room wakes its streams: a
                 // burst of posts then wakes each member once, not once per post. The guard
                 // sends the wakes when dropped; the cap keeps housekeeping on time.
@@ -540,14 +481,7 @@ fn dispatch_loop(shared: &Arc<Shared>) {
                 let mut next = Some(request);
                 let mut routed = 0;
                 while let Some(request) = next.take() {
-                    let answered = probe.as_ref().is_some_and(|p| {
-                        request.headers().iter().any(|h| {
-                            h.field.equiv(PROBE_HEADER) && h.value.as_str() == p.nonce.to_string()
-                        })
-                    });
-                    if answered {
-                        probe = None;
-                    }
+                    accept.served(&request);
                     route(shared, request);
                     routed += 1;
                     if routed < HELD_REQUESTS {
@@ -560,45 +494,23 @@ fn dispatch_loop(shared: &Arc<Shared>) {
                 if shutting_down(shared) {
                     return;
                 }
-                // tiny_http's accept loop ends on any accept error, e.g. EMFILE (src/lib.rs,
-                // "Error accepting new client"): nothing would be accepted again. Start a new
-                // tiny_http on the same listening socket, backing off while the error persists.
-                log::error!(
-                    "accept loop failed error={e}; restarting in {}ms",
-                    backoff.as_millis()
-                );
-                shared.metrics.accept_restarts.inc();
-                let _ = shared.shutdown.recv_timeout(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                match tiny_http_on(&shared.listener) {
-                    Ok(new) => *shared.http.lock() = Some(new),
-                    Err(e) => log::error!("accept loop restart failed error={e}"),
-                }
+                // The accept thread has ended; its pool threads may still deliver requests of
+                // open keep-alive connections, so this server is still polled until replaced.
+                accept.accept_failed(&e, &shared.metrics);
             }
         }
         if shutting_down(shared) {
             return;
         }
+        for request in accept.drain_retired() {
+            accept.served(&request);
+            route(shared, request);
+        }
+        if let Some(Restarted(new)) = accept.tick(&shared.listener, Some(http), &shared.metrics) {
+            *shared.http.lock() = Some(new);
+        }
         let now = Instant::now();
         if now >= next_housekeeping {
-            let panics = TINY_HTTP_PANICS.load(Ordering::Relaxed);
-            if panics != panics_seen && probe.is_none() {
-                // Some tiny_http thread panicked (maybe another server's in this process):
-                // check that ours still accepts. A failed connect is retried next time.
-                probe = start_probe(shared);
-                if probe.is_some() {
-                    panics_seen = panics;
-                }
-            }
-            if probe.as_ref().is_some_and(|p| now >= p.deadline) {
-                probe = None;
-                log::error!("accept loop failed error=\"accept thread died\"; restarting");
-                shared.metrics.accept_restarts.inc();
-                match tiny_http_on(&shared.listener) {
-                    Ok(new) => *shared.http.lock() = Some(new),
-                    Err(e) => log::error!("accept loop restart failed error={e}"),
-                }
-            }
             shared.threads.reap();
             shared.chat.housekeeping();
             next_housekeeping = now + housekeeping;

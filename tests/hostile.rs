@@ -370,11 +370,12 @@ fn sockopt(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int {
 }
 
 #[test]
-fn a_stream_socket_has_tcp_keepalive_so_a_peer_gone_without_fin_is_found() {
-    // A peer that vanishes without FIN or RST is only ever found by the kernel's keepalive
-    // probes (or a write that times out). The server runs in this process, so look at its side
-    // of the connection directly.
-    let s = start(|_| {});
+fn a_stream_socket_has_a_user_timeout_and_keepalive_so_a_peer_gone_without_fin_is_found() {
+    // A peer that vanishes without FIN or RST is found by the kernel: TCP_USER_TIMEOUT while
+    // data is in flight (a heartbeat), keepalive probes while idle. The server runs in this
+    // process, so look at its side of the connection directly. (tests/no_fin.rs drops a real
+    // peer's packets and watches the stream close.)
+    let s = start(|c| c.tcp_user_timeout = Duration::from_millis(7_500));
     let mut sse = s.sse(&format!("/sse/call/{}?mode=change", unique("ka")));
     assert_eq!(sse.next_data(), F);
     let peer = sse.local_addr();
@@ -385,4 +386,8 @@ fn a_stream_socket_has_tcp_keepalive_so_a_peer_gone_without_fin_is_found() {
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+    assert_eq!(
+        sockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT),
+        7_500
+    );
 }

@@ -650,9 +650,18 @@ impl ConnTable {
     }
 }
 
-/// Turns on TCP keepalive so a peer that vanished without a FIN is found by the kernel
-/// (idle 30 s, then 3 probes 10 s apart): the socket leaves `ESTABLISHED` and writes fail.
-pub fn set_keepalive(socket: &mut StreamSocket) {
+/// Makes the kernel find a peer that vanished without a FIN or RST, so the stream's socket
+/// leaves `ESTABLISHED` (seen by the sweep's `TCP_INFO` check) and its writes fail:
+/// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
+///   connection. This is the one that matters for a stream: it writes a heartbeat at least
+///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes a
+///   socket with nothing in flight. Measured before this was set (server in a network
+///   namespace, the client's ACKs black-holed, 15 s heartbeat): the socket stayed
+///   `ESTABLISHED` with the retransmission timer backing off to its 120 s cap, never a
+///   keepalive probe, and the stream closed only after 935 s (`tcp_retries2` = 15).
+/// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
+///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
+pub fn set_keepalive(socket: &mut StreamSocket, user_timeout: Duration) {
     let Some(fd) = socket.fd() else { return };
     let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
         // SAFETY: fd verified by fd(); value is a c_int of the size passed.
@@ -670,4 +679,6 @@ pub fn set_keepalive(socket: &mut StreamSocket) {
     set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
     set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    let ms = user_timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }

@@ -109,7 +109,15 @@ impl CloseReason {
     }
 
     /// The reason a failed write stands for.
+    ///
+    /// `ETIMEDOUT` from the kernel means it dropped the connection (`TCP_USER_TIMEOUT`,
+    /// keepalive or the retransmission limit): the peer is gone, whereas a write that blocked
+    /// past `SO_SNDTIMEO` (`WouldBlock`) or an event slower than the write time-out (our own
+    /// `TimedOut`, no OS error) is a client that stopped reading.
     pub fn from_write_error(err: &io::Error) -> CloseReason {
+        if err.raw_os_error() == Some(libc::ETIMEDOUT) {
+            return CloseReason::ClientGone;
+        }
         match err.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::Stalled,
             _ => CloseReason::ClientGone,
@@ -124,6 +132,9 @@ pub struct WriteLimits {
     pub timeout: Duration,
     /// `SO_SNDBUF` in bytes.
     pub send_buffer: usize,
+    /// `TCP_USER_TIMEOUT`: sent data unacknowledged this long makes the kernel drop the
+    /// connection (a peer that vanished without FIN).
+    pub user_timeout: Duration,
 }
 
 impl WriteLimits {
@@ -132,6 +143,7 @@ impl WriteLimits {
         WriteLimits {
             timeout: config.write_timeout,
             send_buffer: config.send_buffer,
+            user_timeout: config.tcp_user_timeout,
         }
     }
 }
@@ -208,7 +220,7 @@ impl SseWriter {
                 s.release_reader();
                 s.set_write_timeout(limits.timeout)?;
                 s.set_send_buffer(limits.send_buffer);
-                super::conn::set_keepalive(s);
+                super::conn::set_keepalive(s, limits.user_timeout);
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 writer.fds = s.fds();
                 conns.stream_fds_opened(&writer.fds, tx.clone());
@@ -273,6 +285,27 @@ mod tests {
             b"data: {\"alarm\":true}\n\n"
         );
         assert_eq!(encode_event(None, None, ""), b"data: \n\n");
+    }
+
+    #[test]
+    fn a_kernel_time_out_is_a_gone_client_and_a_blocked_write_a_stalled_one() {
+        let kernel = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+        assert_eq!(
+            CloseReason::from_write_error(&kernel),
+            CloseReason::ClientGone
+        );
+        let blocked = io::Error::from_raw_os_error(libc::EAGAIN);
+        assert_eq!(
+            CloseReason::from_write_error(&blocked),
+            CloseReason::Stalled
+        );
+        let slow = io::Error::new(io::ErrorKind::TimedOut, "event took longer");
+        assert_eq!(CloseReason::from_write_error(&slow), CloseReason::Stalled);
+        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(
+            CloseReason::from_write_error(&reset),
+            CloseReason::ClientGone
+        );
     }
 
     #[test]

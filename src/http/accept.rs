@@ -1,0 +1,256 @@
+//! Keeping tiny_http accepting: starting it on our listener, noticing that its accept thread
+//! died, and starting it again.
+//!
+//! tiny_http 0.12's accept thread ends for good in three ways, none of which it recovers from:
+//! - any `accept()` error, e.g. `EMFILE`: it pushes the error to `recv()` and `break`s
+//!   (src/lib.rs, "Error accepting new client");
+//! - a failed `dup` of an accepted socket (`EMFILE` again): `try_clone().unwrap()` panics
+//!   (src/util/refined_tcp_stream.rs, `impl Clone for Stream`) and nothing reaches `recv()`;
+//! - the OS refusing a thread: `TaskPool::spawn` calls `thread::spawn`, which panics, while it
+//!   holds the pool's queue lock (src/util/task_pool.rs), so the lock is poisoned and every pool
+//!   thread that looks for work next panics too. Nothing reaches `recv()` either.
+//!
+//! [`start`] also turns a panic of `Server::from_listener` (its own `thread::spawn`) into an
+//! error, so a restart attempted while the OS still refuses threads cannot kill the dispatcher.
+//!
+//! The dispatcher owns one [`Supervisor`]. It restarts tiny_http on a `try_clone` of the same
+//! listening socket when `recv()` reports an error, and, when the process-wide panic count
+//! ([`tiny_http_panics`]) has moved since the server in use was started, it sends itself a
+//! marked `GET /healthz` and restarts if that is not served in time. A restart that fails
+//! (no descriptor for the clone, no thread) is retried with back-off until it succeeds.
+//! Servers replaced this way are kept and drained: their pool threads may still be serving
+//! keep-alive connections accepted before the accept thread died.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tiny_http::Request;
+
+/// Header that marks the dispatcher's own liveness probe.
+pub const PROBE_HEADER: &str = "X-Syncast-Probe";
+
+/// How long a probe may take to be served before the accept loop is declared dead. Generous:
+/// a false alarm costs a needless restart, not a lost request (the old server is drained).
+const PROBE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// First and longest wait between two restart attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Replaced servers drained at once; beyond this the oldest is dropped.
+const MAX_RETIRED: usize = 8;
+
+/// Panics seen in tiny_http's own (unnamed) threads, process-wide.
+static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Panics counted so far in tiny_http's threads (all servers of this process).
+pub fn tiny_http_panics() -> u64 {
+    TINY_HTTP_PANICS.load(Ordering::Relaxed)
+}
+
+/// Installs (once per process) the panic hook that counts panics in tiny_http's threads:
+/// a panic located in tiny_http's source, or an unnamed thread failing to spawn a thread.
+/// The previous hook still runs (the panic is still printed).
+pub fn install_panic_watch() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tiny_http = info
+                .location()
+                .is_some_and(|l| l.file().contains("tiny_http"));
+            let unnamed = std::thread::current().name().is_none();
+            if in_tiny_http
+                || (unnamed && crate::threads::panic_message(info.payload()).contains("spawn"))
+            {
+                TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Starts tiny_http on a clone of `listener` (so it can be started again on the same socket).
+/// Fails without panicking when the clone needs a descriptor the process does not have, or
+/// when the OS refuses tiny_http its accept thread (`thread::spawn` panics in
+/// `Server::from_listener`, src/lib.rs "creating a task where server.accept() ...").
+pub fn start(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
+    let clone = listener.try_clone()?;
+    let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
+    match started {
+        Ok(Ok(server)) => Ok(Arc::new(server)),
+        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        Err(cause) => Err(std::io::Error::other(crate::threads::panic_message(
+            &*cause,
+        ))),
+    }
+}
+
+/// A probe of the accept loop in flight: the connection and the nonce it carries.
+struct Probe {
+    _sock: TcpStream,
+    nonce: String,
+    deadline: Instant,
+}
+
+/// A tiny_http server started by [`Supervisor::tick`], for the dispatcher to install.
+pub struct Restarted(pub Arc<tiny_http::Server>);
+
+/// Watches one server's tiny_http accept loop; owned by its dispatcher thread.
+pub struct Supervisor {
+    local: SocketAddr,
+    /// [`tiny_http_panics`] just before the server in use was started: a higher count means a
+    /// tiny_http thread panicked since (maybe another server's in this process), so probe.
+    panics_seen: u64,
+    probe: Option<Probe>,
+    next_nonce: u64,
+    /// When to try starting tiny_http again (`None`: the one in use is believed alive).
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    /// Replaced servers, still drained of requests their pool threads deliver.
+    retired: Vec<Arc<tiny_http::Server>>,
+}
+
+impl Supervisor {
+    /// A supervisor for the server listening on `local`, whose tiny_http was started when the
+    /// panic count was `panics_at_start` (read *before* starting it, so that a panic in the
+    /// window before the dispatcher runs is not missed).
+    pub fn new(local: SocketAddr, panics_at_start: u64) -> Supervisor {
+        Supervisor {
+            local,
+            panics_seen: panics_at_start,
+            probe: None,
+            next_nonce: 0,
+            restart_at: None,
+            backoff: BACKOFF_MIN,
+            retired: Vec::new(),
+        }
+    }
+
+    /// A request arrived from the server in use: it accepts, so back-off starts over. Returns
+    /// true if this is our own probe (answered by the router like any `GET /healthz`).
+    pub fn served(&mut self, request: &Request) -> bool {
+        if self.restart_at.is_none() {
+            self.backoff = BACKOFF_MIN;
+        }
+        let Some(probe) = &self.probe else {
+            return false;
+        };
+        let ours = request
+            .headers()
+            .iter()
+            .any(|h| h.field.equiv(PROBE_HEADER) && h.value.as_str() == probe.nonce);
+        if ours {
+            self.probe = None;
+        }
+        ours
+    }
+
+    /// `recv()` reported an error: tiny_http's accept thread has ended. Schedules a restart.
+    pub fn accept_failed(&mut self, error: &std::io::Error, metrics: &crate::metrics::Metrics) {
+        if self.restart_at.is_some() {
+            return;
+        }
+        log::error!(
+            "accept loop failed error={error}; restarting in {}ms",
+            self.backoff.as_millis()
+        );
+        metrics.accept_restarts.inc();
+        self.restart_at = Some(Instant::now() + self.backoff);
+    }
+
+    /// The next moment [`Supervisor::tick`] has something to do, if any.
+    pub fn next_due(&self) -> Option<Instant> {
+        let probe = self.probe.as_ref().map(|p| p.deadline);
+        match (self.restart_at, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Requests delivered by replaced servers (their pool threads may still serve keep-alive
+    /// connections); never blocks.
+    pub fn drain_retired(&self) -> Vec<Request> {
+        let mut out = Vec::new();
+        for old in &self.retired {
+            while let Ok(Some(rq)) = old.try_recv() {
+                out.push(rq);
+            }
+        }
+        out
+    }
+
+    /// Probes after a tiny_http panic, declares the loop dead when a probe times out, and
+    /// attempts a due restart on `listener`. Returns the new server when one was started; the
+    /// caller installs it.
+    pub fn tick(
+        &mut self,
+        listener: &TcpListener,
+        current: Option<Arc<tiny_http::Server>>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<Restarted> {
+        let now = Instant::now();
+        if self.restart_at.is_none() {
+            if self.probe.is_none() && tiny_http_panics() != self.panics_seen {
+                // A failed connect (no descriptor, say) is simply retried on the next tick.
+                let panics = tiny_http_panics();
+                self.probe = self.start_probe();
+                if self.probe.is_some() {
+                    self.panics_seen = panics;
+                }
+            }
+            if self.probe.as_ref().is_some_and(|p| now >= p.deadline) {
+                self.probe = None;
+                log::error!("accept loop failed error=\"accept thread died\"; restarting");
+                metrics.accept_restarts.inc();
+                self.restart_at = Some(now);
+            }
+        }
+        let due = self.restart_at.is_some_and(|at| now >= at);
+        if !due {
+            return None;
+        }
+        let panics = tiny_http_panics();
+        match start(listener) {
+            Ok(new) => {
+                log::info!("accept loop restarted");
+                self.panics_seen = panics;
+                self.restart_at = None;
+                self.probe = None;
+                if let Some(old) = current {
+                    if self.retired.len() >= MAX_RETIRED {
+                        self.retired.remove(0);
+                    }
+                    self.retired.push(old);
+                }
+                Some(Restarted(new))
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                log::error!(
+                    "accept loop restart failed error={e}; retrying in {}ms",
+                    self.backoff.as_millis()
+                );
+                self.restart_at = Some(now + self.backoff);
+                None
+            }
+        }
+    }
+
+    /// Sends `GET /healthz` to ourselves, marked with a fresh nonce.
+    fn start_probe(&mut self) -> Option<Probe> {
+        use std::io::Write;
+        let mut sock = TcpStream::connect_timeout(&self.local, Duration::from_millis(500)).ok()?;
+        self.next_nonce += 1;
+        let nonce = format!("{}-{}", std::process::id(), self.next_nonce);
+        let rq = format!("GET /healthz HTTP/1.1\r\nHost: probe\r\n{PROBE_HEADER}: {nonce}\r\n\r\n");
+        sock.write_all(rq.as_bytes()).ok()?;
+        Some(Probe {
+            _sock: sock,
+            nonce,
+            deadline: Instant::now() + PROBE_DEADLINE,
+        })
+    }
+}

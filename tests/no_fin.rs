@@ -1,0 +1,200 @@
+//! A client that vanishes without a FIN or RST (power cut, cable pulled, NAT state lost) must be
+//! found within a bounded time, by the kernel's `TCP_USER_TIMEOUT` (`--tcp-user-timeout`).
+//!
+//! The real binary runs (through `ip netns exec`) in a network namespace this test creates, the
+//! client in a second one, joined by a veth pair: the host's own network is never touched, and
+//! the server listens on the veth address only inside that private namespace (every other test
+//! listens on 127.0.0.1). Once the stream runs, a blackhole route in the client's namespace
+//! drops everything the client sends to the server: the server's heartbeats leave and are never
+//! acknowledged, exactly as if the client had vanished. Both namespaces (and with them the veth
+//! pair) are deleted when the test ends, also when it fails.
+//!
+//! Needs root and iproute2 (`make test` installs it under CI). Without them the test is skipped
+//! loudly, and fails under `CI=true` (see `common::unavailable`).
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{
+    listen_addr, raw_get, run_cmd, syncast_bin, unavailable, wait_for_within, KillOnDrop,
+};
+
+/// Inside the private namespaces only, so the same addresses in parallel runs never meet.
+const SERVER_IP: &str = "10.77.0.2";
+const CLIENT_IP: &str = "10.77.0.1";
+
+/// A server and a client network namespace joined by a veth pair; deleted on drop.
+struct Namespaces {
+    server: String,
+    client: String,
+}
+
+impl Namespaces {
+    fn create() -> Result<Namespaces, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        let tag = common::unique("").replace('x', "n");
+        let ns = Namespaces {
+            server: format!("syncast-nofin-{tag}-s"),
+            client: format!("syncast-nofin-{tag}-c"),
+        };
+        // Interface names have at most 15 bytes.
+        let (vs, vc) = (format!("sx{tag}s"), format!("sx{tag}c"));
+        let (s, c) = (ns.server.as_str(), ns.client.as_str());
+        run_cmd("ip", &["netns", "add", s])?;
+        run_cmd("ip", &["netns", "add", c])?;
+        #[rustfmt::skip]
+        run_cmd("ip", &["link", "add", &vs, "netns", s, "type", "veth", "peer", "name", &vc, "netns", c])?;
+        run_cmd(
+            "ip",
+            &[
+                "-n",
+                s,
+                "addr",
+                "add",
+                &format!("{SERVER_IP}/30"),
+                "dev",
+                &vs,
+            ],
+        )?;
+        run_cmd(
+            "ip",
+            &[
+                "-n",
+                c,
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/30"),
+                "dev",
+                &vc,
+            ],
+        )?;
+        run_cmd("ip", &["-n", s, "link", "set", &vs, "up"])?;
+        // The server's namespace reaches its own address through `lo` (for /metrics).
+        run_cmd("ip", &["-n", s, "link", "set", "lo", "up"])?;
+        run_cmd("ip", &["-n", c, "link", "set", &vc, "up"])?;
+        Ok(ns)
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth end inside it, and with it the pair.
+        for ns in [&self.server, &self.client] {
+            if let Err(e) = run_cmd("ip", &["netns", "del", ns]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread moved into network namespace `ns` (setns affects only the calling
+/// thread); sockets it creates stay in that namespace and can be used from any thread.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: moves only this fresh thread into the namespace the open file refers to.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("thread in namespace")
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
+    let test = "a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout";
+    let ns = match Namespaces::create() {
+        Ok(ns) => ns,
+        Err(why) => return unavailable(test, &why),
+    };
+    let dir = std::env::temp_dir().join(common::unique("syncast-nofin-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("server.log");
+    let mut cmd = std::process::Command::new("ip");
+    // A heartbeat every 500 ms keeps data in flight, as a real stream's 15 s heartbeat does
+    // (so keepalive, which probes only idle sockets, never fires): only the user time-out can
+    // end the connection soon. Without it the kernel retransmits for about 15 minutes.
+    cmd.args(["netns", "exec", &ns.server])
+        .arg(syncast_bin().get_program())
+        .args(["--listen", &format!("{SERVER_IP}:0")])
+        .args(["--heartbeat", "500ms", "--tcp-user-timeout", "2s"])
+        .arg("--db")
+        .arg(dir.join("a.db"))
+        .arg("--log-file")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // `ip netns exec` execs the server in place, so the child is the server itself.
+    let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
+    let addr: SocketAddr = listen_addr(&mut child.0);
+
+    let sock = in_netns(&ns.client, move || {
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+        let rq = format!("GET /sse/call/nofin?mode=change HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        sock.write_all(rq.as_bytes()).unwrap();
+        sock
+    });
+    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut sse = common::Sse::read_head(sock);
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.next_data(), r#"{"alarm":false}"#);
+    // One heartbeat arrived: the stream is set up (socket options included).
+    assert!(matches!(sse.next_item(), Some(common::Item::Comment(_))));
+
+    run_cmd(
+        "ip",
+        &[
+            "-n",
+            &ns.client,
+            "route",
+            "add",
+            "blackhole",
+            &format!("{SERVER_IP}/32"),
+        ],
+    )
+    .expect("blackhole route");
+    let vanished = Instant::now();
+    // Bounded well below what would end it otherwise: keepalive needs the socket idle (it never
+    // is), and retransmission gives up after ~15 minutes.
+    let line = wait_for_within(Duration::from_secs(30), "the stream closed", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|l| l.contains("sse stream closed id=nofin"))
+            .map(str::to_string)
+    });
+    assert!(line.contains("reason=client-gone"), "{line}");
+    eprintln!(
+        "stream closed {:?} after the client vanished",
+        vanished.elapsed()
+    );
+
+    let metrics = in_netns(&ns.server, move || {
+        raw_get(addr, "/metrics", common::PATIENCE).expect("metrics")
+    });
+    assert_eq!(metric(&metrics, "syncast_streaming_clients"), Some(0.0));
+    assert_eq!(metric(&metrics, "syncast_streams_stalled_total"), Some(0.0));
+    // The server goes on: a new client (from the server's own namespace) is served.
+    let served = in_netns(&ns.server, move || {
+        raw_get(addr, "/healthz", common::PATIENCE).expect("healthz")
+    });
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    drop(child);
+    drop(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+}
