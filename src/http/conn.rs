@@ -75,7 +75,7 @@ impl StreamSocket {
                     Probe::Open(None) => highest = fd,
                     Probe::Open(Some(p)) => {
                         highest = fd;
-                        if p == peer && sock_addr(fd, true) == Some(local) {
+                        if p == peer && listens_on(local, sock_addr(fd, true)) {
                             fds.push(fd);
                         }
                     }
@@ -198,7 +198,7 @@ pub fn liveness_of(socket: &mut Option<StreamSocket>) -> Liveness {
 pub fn shutdown_all(local: SocketAddr) -> usize {
     let mut n = 0;
     for fd in list_fds() {
-        if sock_addr(fd, true) == Some(local) && sock_addr(fd, false).is_some() {
+        if listens_on(local, sock_addr(fd, true)) && sock_addr(fd, false).is_some() {
             // SAFETY: fd is an open socket of ours (checked just above); shutdown does not close it.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
             n += 1;
@@ -293,7 +293,16 @@ fn tcp_state(fd: RawFd) -> Option<u8> {
 const TCP_ESTABLISHED: u8 = 1;
 
 fn addrs_match(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> bool {
-    sock_addr(fd, false) == Some(peer) && sock_addr(fd, true) == Some(local)
+    sock_addr(fd, false) == Some(peer) && listens_on(local, sock_addr(fd, true))
+}
+
+/// Whether a socket whose own address is `actual` was accepted by a listener bound to `listen`.
+/// A listener on a wildcard address (`0.0.0.0`, `::`) accepts on whatever address the client
+/// reached, so only the port can be compared; `::` also accepts IPv4 clients (as `::ffff:a.b.c.d`).
+fn listens_on(listen: SocketAddr, actual: Option<SocketAddr>) -> bool {
+    actual.is_some_and(|a| {
+        a.port() == listen.port() && (listen.ip().is_unspecified() || a.ip() == listen.ip())
+    })
 }
 
 /// `getsockname` (local) or `getpeername` of a descriptor, if it is an IP socket.
@@ -405,6 +414,24 @@ mod tests {
         );
         // A skipped descriptor is not probed, but the full scan still finds it as a fallback.
         assert!(StreamSocket::find_skipping(local, a_peer, &skip).is_some());
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_matches_by_port() {
+        // A server told to listen on 0.0.0.0 sees its accepted sockets as 127.0.0.1:port (or
+        // any other address of the host); this test's listener stays on 127.0.0.1.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(local).unwrap();
+        let (_side, peer) = listener.accept().unwrap();
+        let any4 = SocketAddr::from(([0, 0, 0, 0], local.port()));
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, local.port()));
+        assert!(StreamSocket::find(any4, peer).is_some());
+        assert!(StreamSocket::find(any6, peer).is_some());
+        let other_port = SocketAddr::from(([0, 0, 0, 0], local.port().wrapping_add(1)));
+        assert!(StreamSocket::find(other_port, peer).is_none());
+        let other_ip = SocketAddr::from(([127, 0, 0, 2], local.port()));
+        assert!(StreamSocket::find(other_ip, peer).is_none());
     }
 
     #[test]
@@ -578,7 +605,7 @@ impl ConnTable {
             let mut found: Vec<(SocketAddr, RawFd)> = Vec::new();
             for fd in list_fds() {
                 // Running streams' sockets are known: no system calls for them.
-                if stream_fds.contains(fd) || sock_addr(fd, true) != Some(self.local) {
+                if stream_fds.contains(fd) || !listens_on(self.local, sock_addr(fd, true)) {
                     continue;
                 }
                 if let Some(peer) = sock_addr(fd, false) {
