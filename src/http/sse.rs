@@ -228,7 +228,14 @@ impl SseWriter {
                 writer._gone_tx = Some(tx);
             }
             None => {
-                log::warn!("sse socket not found peer={peer:?}; disconnects seen on write only")
+                // Without its socket a stream would run with no write time-out and no liveness
+                // check: a client that stops reading could pin the thread. The socket is only
+                // missing when the peer has already gone, so the stream ends here.
+                log::warn!("sse socket not found peer={peer:?}; stream not started");
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the stream's socket was not found (peer gone?)",
+                ));
             }
         }
         Ok(writer)
