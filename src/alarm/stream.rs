@@ -95,7 +95,6 @@ pub fn serve(
     conn: u64,
     slot: StreamSlot,
 ) {
-    let _slot = slot;
     let cfg = &shared.config;
     let mut out = match SseWriter::start(
         request,
@@ -162,7 +161,7 @@ pub fn serve(
                     break Ok(CloseReason::ClientGone);
                 }
             }
-            recv(shared.shutdown) -> _ => {
+            recv(slot.closed()) -> _ => {
                 let _ = out.send(b"event: shutdown\ndata: {}\n\n");
                 break Ok(CloseReason::Shutdown);
             }
