@@ -209,7 +209,11 @@ impl SseWriter {
                 s.set_write_timeout(limits.timeout)?;
                 s.set_send_buffer(limits.send_buffer);
                 super::conn::set_keepalive(s);
-                let (tx, rx) = crossbeam_channel::bounded(1);
+                // Zero capacity: a poke reaches the stream only while it waits in `select!`;
+                // one sent while it is busy writing is lost, and the sweep's next pass over
+                // the sockets (a few seconds) sends it again. A one-slot channel costs 580
+                // bytes per stream (cache-padded head and tail), this one 130.
+                let (tx, rx) = crossbeam_channel::bounded(0);
                 writer.fds = s.fds();
                 conns.stream_fds_opened(&writer.fds, tx.clone());
                 writer.gone = rx;
