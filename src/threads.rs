@@ -114,9 +114,7 @@ impl Threads {
             .stack_size(stack)
             .spawn(move || {
                 if let Err(cause) = panic::catch_unwind(AssertUnwindSafe(body)) {
-                    let cause = panic_message(&*cause);
-                    registry.panics.fetch_add(1, Ordering::Relaxed);
-                    log::error!("thread panicked name={thread_name} cause={cause:?}");
+                    registry.panicked(&thread_name, &*cause);
                 }
                 registry.finish(id);
             });
@@ -135,6 +133,17 @@ impl Threads {
         }
     }
 
+    // Cold and out of line, like `finish`: they would otherwise sit in the frame at the top of
+    // every thread's stack for its whole life (a parked stream must fit in two stack pages).
+    #[cold]
+    #[inline(never)]
+    fn panicked(&self, name: &str, cause: &(dyn std::any::Any + Send)) {
+        let cause = panic_message(cause);
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        log::error!("thread panicked name={name} cause={cause:?}");
+    }
+
+    #[inline(never)]
     fn finish(&self, id: u64) {
         let mut inner = self.inner.lock();
         if let Some(mut entry) = inner.live.remove(&id) {
