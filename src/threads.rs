@@ -108,13 +108,12 @@ impl Threads {
         // Register before the thread can finish, so its own unregistering always finds the entry.
         let mut inner = self.inner.lock();
         let registry = self.clone();
-        let thread_name = name.clone();
         let spawned = thread::Builder::new()
             .name(name)
             .stack_size(stack)
             .spawn(move || {
                 if let Err(cause) = panic::catch_unwind(AssertUnwindSafe(body)) {
-                    registry.panicked(&thread_name, &*cause);
+                    registry.panicked(&*cause);
                 }
                 registry.finish(id);
             });
@@ -137,8 +136,10 @@ impl Threads {
     // every thread's stack for its whole life (a parked stream must fit in two stack pages).
     #[cold]
     #[inline(never)]
-    fn panicked(&self, name: &str, cause: &(dyn std::any::Any + Send)) {
+    fn panicked(&self, cause: &(dyn std::any::Any + Send)) {
         let cause = panic_message(cause);
+        let current = thread::current();
+        let name = current.name().unwrap_or("?");
         self.panics.fetch_add(1, Ordering::Relaxed);
         log::error!("thread panicked name={name} cause={cause:?}");
     }
