@@ -558,7 +558,10 @@ fn heartbeat() -> Duration {
     let mut beat = syncast::Config::default().heartbeat;
     while let Some(w) = words.next() {
         if w == "--heartbeat" {
-            if let Some(d) = words.next().and_then(|v| syncast::config::parse_duration(v).ok()) {
+            if let Some(d) = words
+                .next()
+                .and_then(|v| syncast::config::parse_duration(v).ok())
+            {
                 beat = d;
             }
         }
