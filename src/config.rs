@@ -18,7 +18,10 @@ pub struct Config {
     pub tick: Duration,
     /// Interval between refresher queries. Default 500 ms.
     pub refresh: Duration,
-    /// Interval between `: keepalive` comments on change-mode and chat streams. Default 15 s.
+    /// Interval between `: keepalive` comments on change-mode and chat streams. Default 25 s:
+    /// below the 30 s idle time-out some proxies are configured with (the common defaults,
+    /// nginx `proxy_read_timeout` and AWS ALB, are 60 s); each keepalive costs a thread
+    /// wake-up and a write, so with 10,000 idle streams 15 s meant 667 wake-ups a second.
     pub heartbeat: Duration,
     /// Streaming clients (alarm and chat streams together) served at once; one more gets 503 with
     /// `Retry-After`. Default 10,000.
@@ -79,7 +82,7 @@ impl Default for Config {
             db: PathBuf::from("syncast.db"),
             tick: Duration::from_millis(500),
             refresh: Duration::from_millis(500),
-            heartbeat: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(25),
             max_clients: 10_000,
             max_requests: 64,
             busy_timeout: Duration::from_millis(250),

@@ -19,7 +19,7 @@ OPTIONS:
   --db PATH            SQLite alarm store (created)      [default: syncast.db]
   --tick DUR           tick-mode event interval          [default: 500ms]
   --refresh DUR        refresher query interval          [default: 500ms]
-  --heartbeat DUR      keepalive interval                [default: 15s]
+  --heartbeat DUR      keepalive interval                [default: 25s]
   --max-clients N      streaming clients at once         [default: 10000]
   --max-requests N     short requests at once            [default: 64]
   --write-timeout DUR  close a stream blocked this long  [default: 10s]

@@ -63,6 +63,7 @@ impl AlarmHub {
     }
 
     /// Registers stream `conn` for `id`; `wake` gets a message when the value changes.
+    #[inline(never)]
     pub fn register(hub: &Arc<AlarmHub>, id: &str, conn: u64, wake: Sender<()>) -> Registration {
         let (key, is_new) = {
             let mut entries = hub.entries.write();

@@ -164,8 +164,13 @@ impl Bench {
             }
             // Let tiny_http's extra pool threads (5 s idle time-out) go before holding.
             c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
+            // Hold for one whole heartbeat (at least 10 s): every stream then writes exactly one
+            // keepalive inside the window, whatever the phase of its timer. A fixed 10 s window
+            // held all first keepalives of a 15 s heartbeat (1.5 times the steady rate) and
+            // would hold none of a 30 s one.
+            let hold = heartbeat().max(Duration::from_secs(10));
             let h0 = srv.sample();
-            c.run_until(Duration::from_secs(10), &mut no_events, |_| false);
+            c.run_until(hold, &mut no_events, |_| false);
             let at = srv.sample();
             let still = c.streaming();
             c.close_all();
@@ -223,13 +228,14 @@ impl Bench {
                 back.map_or(f64::NAN, |d| d.as_secs_f64()),
             );
             let cpu = at.cpu - h0.cpu;
-            r.add(&sc, "server CPU holding 10 s", "s", "", cpu);
+            r.add(&sc, "hold (one heartbeat)", "s", "", hold.as_secs_f64());
+            r.add(&sc, "server CPU over the hold", "s", "", cpu);
             r.add(
                 &sc,
                 "server CPU holding",
                 "% core",
                 if n == 10_000 { "<= 2" } else { "" },
-                cpu / 10.0 * 100.0,
+                cpu / hold.as_secs_f64() * 100.0,
             );
             drop(c);
             srv.stop();
@@ -542,6 +548,25 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The server's keepalive interval: its default, or `--heartbeat` from
+/// `SYNCAST_BENCH_SERVER_ARGS` (see proc.rs).
+fn heartbeat() -> Duration {
+    let args = std::env::var("SYNCAST_BENCH_SERVER_ARGS").unwrap_or_default();
+    let mut words = args.split_whitespace();
+    let mut beat = syncast::Config::default().heartbeat;
+    while let Some(w) = words.next() {
+        if w == "--heartbeat" {
+            if let Some(d) = words
+                .next()
+                .and_then(|v| syncast::config::parse_duration(v).ok())
+            {
+                beat = d;
+            }
+        }
+    }
+    beat
 }
 
 /// One scenario of the bench.
