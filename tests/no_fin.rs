@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    listen_addr, raw_get, run_cmd, syncast_bin, unavailable, wait_for_within, KillOnDrop,
+    listen_addr, metric_in, raw_get, run_cmd, syncast_bin, unavailable, wait_for_within, KillOnDrop,
 };
 
 /// Inside the private namespaces only, so the same addresses in parallel runs never meet.
@@ -110,12 +110,6 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .expect("thread in namespace")
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     let test = "a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout";
@@ -187,8 +181,11 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     let metrics = in_netns(&ns.server, move || {
         raw_get(addr, "/metrics", common::PATIENCE).expect("metrics")
     });
-    assert_eq!(metric(&metrics, "syncast_streaming_clients"), Some(0.0));
-    assert_eq!(metric(&metrics, "syncast_streams_stalled_total"), Some(0.0));
+    assert_eq!(metric_in(&metrics, "syncast_streaming_clients"), Some(0.0));
+    assert_eq!(
+        metric_in(&metrics, "syncast_streams_stalled_total"),
+        Some(0.0)
+    );
     // The server goes on: a new client (from the server's own namespace) is served.
     let served = in_netns(&ns.server, move || {
         raw_get(addr, "/healthz", common::PATIENCE).expect("healthz")

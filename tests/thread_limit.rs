@@ -21,7 +21,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    listen_addr, raw_get, syncast_bin, unavailable, wait_for, wait_for_within, KillOnDrop,
+    listen_addr, metric_in, raw_get, syncast_bin, unavailable, wait_for, wait_for_within,
+    KillOnDrop,
 };
 
 const PIDS_ROOT: &str = "/sys/fs/cgroup/pids";
@@ -81,12 +82,6 @@ fn open_stream(addr: SocketAddr, id: &str) -> (u16, String, Option<common::Sse>)
     }
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again() {
     let test = "a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again";
@@ -137,7 +132,7 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
     assert!(line.contains("error="), "{line}");
     let metrics = raw_get(addr, "/metrics", common::PATIENCE).expect("metrics");
     assert_eq!(
-        metric(&metrics, r#"syncast_rejected_total{reason="thread-spawn"}"#),
+        metric_in(&metrics, r#"syncast_rejected_total{reason="thread-spawn"}"#),
         Some(1.0),
         "{metrics}"
     );
@@ -174,7 +169,7 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
     assert_eq!(sse.next_data(), r#"{"alarm":false}"#);
     drop(sse);
     let metrics = raw_get(addr, "/metrics", common::PATIENCE).expect("metrics");
-    assert!(metric(&metrics, "syncast_accept_restarts_total").unwrap_or(0.0) >= 1.0);
+    assert!(metric_in(&metrics, "syncast_accept_restarts_total").unwrap_or(0.0) >= 1.0);
 
     // SIGTERM still shuts down cleanly; nothing of syncast's own panicked.
     // SAFETY: plain kill(2) on our own child.

@@ -204,12 +204,7 @@ impl TestServer {
     /// One metric's value from `/metrics` (the line `name value`, labels included in `name`).
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.request("GET", "/metrics", None).body;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("metric {name} missing"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
     /// Live threads of `role` this server spawned, from `/debug/threads`.
@@ -514,4 +509,11 @@ pub fn run_cmd(program: &str, args: &[&str]) -> Result<(), String> {
         )),
         Err(e) => Err(format!("cannot run {program}: {e}")),
     }
+}
+
+/// One metric's value in a `/metrics` text (the line `name value`, labels included in `name`).
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
