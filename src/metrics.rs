@@ -59,6 +59,9 @@ pub struct Metrics {
     pub refresh_total: Counter,
     /// Refresher queries that failed.
     pub refresh_errors: Counter,
+    /// Ticks whose full query was skipped: no commit and no change to the store file since the
+    /// last one.
+    pub refresh_skipped: Counter,
     /// Duration of the last refresh, microseconds.
     pub refresh_last_us: Counter,
     /// Sum of refresh durations, microseconds.
@@ -147,7 +150,7 @@ impl Metrics {
         };
         let (threads, rss) = process_status();
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, &str, &str, String); 23] = [
+        let rows: [(&str, &str, &str, String); 24] = [
             (
                 "syncast_process_threads",
                 "gauge",
@@ -189,6 +192,12 @@ impl Metrics {
                 "counter",
                 "Failed refresher queries.",
                 self.refresh_errors.get().to_string(),
+            ),
+            (
+                "syncast_refresh_skipped_total",
+                "counter",
+                "Refresher ticks that skipped the query: nothing committed since the last one.",
+                self.refresh_skipped.get().to_string(),
             ),
             (
                 "syncast_refresh_last_duration_seconds",

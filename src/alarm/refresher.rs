@@ -5,6 +5,13 @@
 //! streams whose value changed. A newly connected id is loaded at once. A failing store is logged
 //! and counted, the last known values stay, `/healthz` degrades, and the next tick tries again
 //! (reopening the file if it was replaced or deleted).
+//!
+//! A tick skips its query when nothing can have changed: the [`Stamp`] read *before* the last
+//! successful full query (SQLite's `data_version`, which moves on every commit by another
+//! connection, plus the file's identity, size and modification time) is unchanged, and that
+//! query was less than [`FULL_AT_LEAST_EVERY`] ago. Reading the stamp before the query is what
+//! makes it safe: a commit that lands after the read, during or after the query, moves the
+//! next tick's stamp.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -46,6 +53,40 @@ pub struct Refresher {
 struct Opened {
     store: Store,
     inode: Option<(u64, u64)>,
+    /// Tells connections apart (a reopened store has a new one and its own `data_version`).
+    serial: u64,
+}
+
+/// Serial numbers of opened connections.
+static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A full query runs at least this often even when the stamp did not move (a change SQLite
+/// cannot see, such as the file edited in place by another program, still shows up).
+pub const FULL_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
+
+/// What must be unchanged for a tick to skip its query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    connection: u64,
+    data_version: i64,
+    /// Device, inode, size and modification time (ns) of the store file.
+    file: (u64, u64, u64, i64, i64),
+}
+
+/// The skip state carried from tick to tick.
+#[derive(Default)]
+struct Skip {
+    /// The stamp read before the last successful full query (`None`: do not skip).
+    last: Option<Stamp>,
+    /// When that query ran.
+    at: Option<Instant>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only: runs right after a full query, before the tick ends (tests commit there).
+    static AFTER_QUERY: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        std::cell::RefCell::new(None);
 }
 
 impl Refresher {
@@ -53,32 +94,73 @@ impl Refresher {
     pub fn run(&self) {
         let ticker = tick(self.every);
         let mut opened: Option<Opened> = None;
+        let mut skip = Skip::default();
         loop {
             select! {
                 recv(ticker) -> _ => {
                     if self.hub.is_empty() {
                         if opened.is_none() || self.health.read().is_some() {
                             // Nothing to query, but keep /healthz honest about the store.
-                            self.refresh(&mut opened, &[], false);
+                            if !self.refresh(&mut opened, &[], false) {
+                                skip = Skip::default();
+                            }
                         }
                         continue;
                     }
-                    // Every connected id, every tick. (A skip when `PRAGMA data_version`
-                    // showed no commit was tried and removed: a commit landing between the
-                    // version read and the query must never be skipped, and that needs its own
-                    // test before the optimisation comes back.)
-                    let ids = self.hub.ids();
-                    self.refresh(&mut opened, &ids, true);
+                    self.full_tick(&mut opened, &mut skip);
                 }
                 recv(self.load_now) -> id => {
                     let Ok(id) = id else { return };
                     let mut ids = vec![id];
                     ids.extend(self.load_now.try_iter());
-                    self.refresh(&mut opened, &ids, false);
+                    if !self.refresh(&mut opened, &ids, false) {
+                        skip = Skip::default();
+                    }
                 }
                 recv(self.shutdown) -> _ => return,
             }
         }
+    }
+
+    /// A tick with ids connected: the full query, unless the stamp shows nothing changed since
+    /// the last one (see the module comment). Returns whether the query ran.
+    fn full_tick(&self, opened: &mut Option<Opened>, skip: &mut Skip) -> bool {
+        // Read before the query: anything committed from here on moves the next stamp.
+        let stamp = opened.as_ref().and_then(|o| self.stamp(o));
+        let fresh = skip.at.is_some_and(|at| at.elapsed() < FULL_AT_LEAST_EVERY);
+        if fresh && stamp.is_some() && stamp == skip.last {
+            self.metrics.refresh_skipped.inc();
+            return false;
+        }
+        let ids = self.hub.ids();
+        let ok = self.refresh(opened, &ids, true);
+        #[cfg(test)]
+        AFTER_QUERY.with(|f| {
+            if let Some(f) = f.borrow().as_ref() {
+                f()
+            }
+        });
+        // A stamp of another connection (the store was reopened by this query) says nothing.
+        let same = stamp.map(|s| s.connection) == opened.as_ref().map(|o| o.serial);
+        *skip = if ok && same {
+            Skip {
+                last: stamp,
+                at: Some(Instant::now()),
+            }
+        } else {
+            Skip::default()
+        };
+        true
+    }
+
+    /// The stamp of the open connection now; `None` if it cannot be read (then no skip).
+    fn stamp(&self, o: &Opened) -> Option<Stamp> {
+        let m = std::fs::metadata(&self.db).ok()?;
+        Some(Stamp {
+            connection: o.serial,
+            data_version: o.store.data_version().ok()?,
+            file: (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()),
+        })
     }
 
     /// One refresh of `ids` (`full`: every connected id, on a tick); true if it succeeded.
@@ -139,7 +221,12 @@ impl Refresher {
             // keep the last known values through), not an empty store.
             let store = Store::open(&self.db, self.busy_timeout, false)?;
             let inode = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
-            *opened = Some(Opened { store, inode });
+            let serial = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *opened = Some(Opened {
+                store,
+                inode,
+                serial,
+            });
         }
         let o = opened.as_ref().expect("opened above");
         if ids.is_empty() {
@@ -148,5 +235,107 @@ impl Refresher {
         } else {
             o.store.load(ids)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(name: &str) -> (Refresher, PathBuf, super::super::hub::Registration) {
+        let dir =
+            std::env::temp_dir().join(format!("syncast-refresher-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("a.db");
+        Store::open(&db, Duration::from_millis(100), true)
+            .unwrap()
+            .set("x", false)
+            .unwrap();
+        let (hub, load_now) = AlarmHub::new();
+        let (wake, _) = crossbeam_channel::unbounded();
+        let reg = AlarmHub::register(&hub, "x", 1, wake);
+        let (_, shutdown) = crossbeam_channel::bounded(0);
+        let r = Refresher {
+            db: db.clone(),
+            busy_timeout: Duration::from_millis(100),
+            every: Duration::from_millis(500),
+            hub,
+            load_now,
+            metrics: Arc::new(Metrics::default()),
+            health: Health::default(),
+            shutdown,
+            fault_panic_id: None,
+        };
+        (r, db, reg)
+    }
+
+    #[test]
+    fn a_tick_skips_the_query_only_while_nothing_was_committed() {
+        let (r, db, _reg) = setup("skip");
+        let (mut opened, mut skip) = (None, Skip::default());
+        assert!(
+            r.full_tick(&mut opened, &mut skip),
+            "first tick opens and queries"
+        );
+        assert!(r.full_tick(&mut opened, &mut skip), "no stamp yet: queries");
+        assert!(
+            !r.full_tick(&mut opened, &mut skip),
+            "nothing changed: skipped"
+        );
+        assert_eq!(r.metrics.refresh_skipped.get(), 1);
+        let other = Store::open(&db, Duration::from_millis(100), false).unwrap();
+        other.set("x", true).unwrap();
+        assert!(r.full_tick(&mut opened, &mut skip), "a commit: queries");
+        assert_eq!(r.hub.get("x"), Some(true));
+        assert!(!r.full_tick(&mut opened, &mut skip));
+        // Two commits that end where they began still count as commits.
+        other.set("x", false).unwrap();
+        other.set("x", true).unwrap();
+        assert!(r.full_tick(&mut opened, &mut skip));
+        // A full query at least every FULL_AT_LEAST_EVERY, whatever the stamp says.
+        skip.at = Some(Instant::now() - FULL_AT_LEAST_EVERY);
+        assert!(r.full_tick(&mut opened, &mut skip));
+    }
+
+    #[test]
+    fn a_commit_landing_right_after_the_query_is_seen_by_the_next_tick() {
+        let (r, db, _reg) = setup("race");
+        let (mut opened, mut skip) = (None, Skip::default());
+        r.full_tick(&mut opened, &mut skip);
+        r.full_tick(&mut opened, &mut skip);
+        assert_eq!(r.hub.get("x"), Some(false));
+        // Commit in the window between this tick's query and its end: a stamp read after the
+        // query would include it and the next tick would wrongly skip.
+        let path = db.clone();
+        AFTER_QUERY.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move || {
+                let other = Store::open(&path, Duration::from_millis(100), false).unwrap();
+                other.set("x", true).unwrap();
+            }))
+        });
+        skip = Skip::default();
+        assert!(r.full_tick(&mut opened, &mut skip));
+        AFTER_QUERY.with(|f| *f.borrow_mut() = None);
+        assert_eq!(r.hub.get("x"), Some(false), "committed after the query");
+        assert!(
+            r.full_tick(&mut opened, &mut skip),
+            "the next tick must not skip"
+        );
+        assert_eq!(r.hub.get("x"), Some(true));
+    }
+
+    #[test]
+    fn a_file_changed_behind_sqlite_is_not_skipped() {
+        let (r, db, _reg) = setup("file");
+        let (mut opened, mut skip) = (None, Skip::default());
+        r.full_tick(&mut opened, &mut skip);
+        r.full_tick(&mut opened, &mut skip);
+        assert!(!r.full_tick(&mut opened, &mut skip));
+        // Another program touching the file (no SQLite commit): its mtime moves.
+        let f = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        assert!(r.full_tick(&mut opened, &mut skip));
     }
 }

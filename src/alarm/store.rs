@@ -96,6 +96,15 @@ impl Store {
         Ok(out)
     }
 
+    /// SQLite's `PRAGMA data_version`: changes whenever another connection (a PUT, an outside
+    /// writer) commits to the file, and only then. The refresher reads it before each full query
+    /// and skips the query when neither it nor the file changed since the last one.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
     /// Reads one id's alarm.
     pub fn get(&self, id: &str) -> Result<bool, StoreError> {
         let mut stmt = self
@@ -159,6 +168,18 @@ mod tests {
         let other = Store::open(&path, Duration::from_millis(100), true).unwrap();
         other.set("c", true).unwrap();
         assert!(s.load(&ids).unwrap()["c"]);
+    }
+
+    #[test]
+    fn data_version_moves_only_when_another_connection_commits() {
+        let path = temp_db("version");
+        let s = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        let v0 = s.data_version().unwrap();
+        s.get("a").unwrap();
+        assert_eq!(s.data_version().unwrap(), v0, "reads do not move it");
+        let other = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        other.set("a", true).unwrap();
+        assert_ne!(s.data_version().unwrap(), v0, "an outside commit does");
     }
 
     #[test]
