@@ -128,13 +128,31 @@ impl Bench {
                 size as f64 / MIB,
             );
             r.add("footprint", "idle RSS", "MiB", "<= 4", s.rss as f64 / MIB);
-            r.add("footprint", "idle threads", "", "<= 8", s.threads as f64);
+            r.add(
+                "footprint",
+                "threads 2 s after start",
+                "",
+                "",
+                s.threads as f64,
+            );
             r.add(
                 "footprint",
                 "start to first answered request",
                 "ms",
                 "",
                 ready.as_secs_f64() * 1e3,
+            );
+            // tiny_http's pool starts its 4 threads with the accept loop; the bench's readiness
+            // probe can arrive before any of them waits, and then the pool adds a 5th, which
+            // exits after 5 s without work. The idle figure is taken once that has happened.
+            std::thread::sleep(Duration::from_secs(5));
+            let settled = srv.sample();
+            r.add(
+                "footprint",
+                "idle threads (7 s after start)",
+                "",
+                "<= 8",
+                settled.threads as f64,
             );
             srv.stop();
         }
