@@ -35,6 +35,8 @@ pub const MAX_HEADERS: usize = 100;
 
 /// Most requests the dispatcher routes in a row while holding the chat room's wakes.
 const HELD_REQUESTS: usize = 64;
+/// Longest time the dispatcher holds the chat room's wakes while routing queued requests.
+const HELD_FOR: Duration = Duration::from_millis(2);
 
 /// Stack of the dispatcher, refresher and request threads (SQLite wants more than a stream).
 const SERVICE_STACK: usize = 256 * 1024;
@@ -498,7 +500,9 @@ fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
             Ok(Some(request)) => {
                 // Requests already queued are routed before the chat room wakes its streams: a
                 // burst of posts then wakes each member once, not once per post. The guard
-                // sends the wakes when dropped; the cap keeps housekeeping on time.
+                // sends the wakes when dropped; the caps (count and time: an answer written to a
+                // slow client must not hold every member's wake) keep it short.
+                let held = Instant::now();
                 let _wakes = shared.chat.hold_wakes();
                 let mut next = Some(request);
                 let mut routed = 0;
@@ -506,8 +510,17 @@ fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
                     accept.served(&request);
                     route(shared, request);
                     routed += 1;
-                    if routed < HELD_REQUESTS {
-                        next = http.try_recv().ok().flatten();
+                    if routed < HELD_REQUESTS && held.elapsed() < HELD_FOR {
+                        match http.try_recv() {
+                            Ok(more) => next = more,
+                            // tiny_http reports an accept error once: it must reach the
+                            // supervisor, or the dead accept loop is never restarted.
+                            Err(e) => {
+                                if !shutting_down(shared) {
+                                    accept.accept_failed(&e, &shared.metrics);
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -50,6 +50,7 @@ fn a_put_shows_up_on_the_stream_within_two_refresh_ticks() {
     // Refresher ticks, whether they ran the query or skipped it (nothing committed).
     let ticks = || s.metric("syncast_refresh_total") + s.metric("syncast_refresh_skipped_total");
     let before = ticks();
+    let queries = s.metric("syncast_refresh_total");
     assert_eq!(
         s.request("PUT", &format!("/alarms/{id}"), Some("true"))
             .status,
@@ -60,6 +61,8 @@ fn a_put_shows_up_on_the_stream_within_two_refresh_ticks() {
     // The change was picked up by the first or second refresh after the write (the metrics read
     // itself may straddle one more).
     assert!(after - before <= 3.0, "took {} refreshes", after - before);
+    // The commit was picked up by a query, not by a skipped tick.
+    assert!(s.metric("syncast_refresh_total") > queries);
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub struct AlarmHub {
     entries: RwLock<HashMap<Arc<str>, Entry>>,
     /// Tells the refresher to load a new id at once.
     load_now: Sender<Arc<str>>,
+    /// A new id could not be queued on `load_now` (full): the next tick must run the full query
+    /// even if the store did not change.
+    missed_load: std::sync::atomic::AtomicBool,
 }
 
 /// A stream's registration; dropping it unregisters (exactly once, on every exit path).
@@ -57,9 +60,16 @@ impl AlarmHub {
             Arc::new(AlarmHub {
                 entries: RwLock::new(HashMap::new()),
                 load_now: tx,
+                missed_load: std::sync::atomic::AtomicBool::new(false),
             }),
             rx,
         )
+    }
+
+    /// Whether a new id missed its immediate load since the last call (and clears it).
+    pub fn take_missed_load(&self) -> bool {
+        self.missed_load
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Registers stream `conn` for `id`; `wake` gets a message when the value changes.
@@ -91,7 +101,10 @@ impl AlarmHub {
         };
         if is_new {
             // Bounded: if the refresher is behind, the id is loaded by the next full tick.
-            let _ = hub.load_now.try_send(key.clone());
+            if hub.load_now.try_send(key.clone()).is_err() {
+                hub.missed_load
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
         }
         Registration {
             hub: hub.clone(),

@@ -128,7 +128,9 @@ impl Refresher {
         // Read before the query: anything committed from here on moves the next stamp.
         let stamp = opened.as_ref().and_then(|o| self.stamp(o));
         let fresh = skip.at.is_some_and(|at| at.elapsed() < FULL_AT_LEAST_EVERY);
-        if fresh && stamp.is_some() && stamp == skip.last {
+        // A new id whose immediate load could not be queued is loaded by this query.
+        let missed = self.hub.take_missed_load();
+        if fresh && !missed && stamp.is_some() && stamp == skip.last {
             self.metrics.refresh_skipped.inc();
             return false;
         }
@@ -323,6 +325,24 @@ mod tests {
             "the next tick must not skip"
         );
         assert_eq!(r.hub.get("x"), Some(true));
+    }
+
+    #[test]
+    fn a_new_id_that_missed_its_immediate_load_is_loaded_by_the_next_tick() {
+        let (r, _db, _reg) = setup("missed");
+        let (mut opened, mut skip) = (None, Skip::default());
+        r.full_tick(&mut opened, &mut skip);
+        r.full_tick(&mut opened, &mut skip);
+        assert!(!r.full_tick(&mut opened, &mut skip));
+        // Nobody drains `load_now` here: after its 4,096 slots, registrations cannot queue.
+        let (wake, _) = crossbeam_channel::unbounded();
+        let regs: Vec<_> = (0..4100)
+            .map(|i| AlarmHub::register(&r.hub, &format!("n{i}"), 2, wake.clone()))
+            .collect();
+        assert!(r.full_tick(&mut opened, &mut skip), "must not skip");
+        assert_eq!(r.hub.get("n4099"), Some(false));
+        assert!(!r.full_tick(&mut opened, &mut skip), "then skips again");
+        drop(regs);
     }
 
     #[test]

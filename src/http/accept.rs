@@ -216,6 +216,9 @@ impl Supervisor {
         match start(listener) {
             Ok(new) => {
                 log::info!("accept loop restarted");
+                // Until a request is served again, each further restart waits longer: an
+                // accept loop that dies at once (EMFILE right away) must not restart every 50 ms.
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 self.panics_seen = panics;
                 self.restart_at = None;
                 self.probe = None;
