@@ -490,26 +490,29 @@ impl Room {
         HeldWakes(self)
     }
 
-    /// The wakes to send after a locked step: none while held (the guard sends them).
-    fn wakes_of(&self, inner: &mut Inner) -> Option<Wakes> {
-        if self.held.load(Ordering::Acquire) > 0 {
-            None
-        } else {
-            inner.wakes()
+    /// Runs `step` under the room's lock, then (lock released) sends the wakes its broadcasts
+    /// asked for; none while held (the [`HeldWakes`] guard sends them).
+    fn locked<R>(&self, step: impl FnOnce(&mut Inner) -> R) -> R {
+        let (out, wakes) = {
+            let mut inner = self.inner.lock();
+            let out = step(&mut inner);
+            let wakes = if self.held.load(Ordering::Acquire) > 0 {
+                None
+            } else {
+                inner.wakes()
+            };
+            (out, wakes)
+        };
+        if let Some(w) = wakes {
+            w.send();
         }
+        out
     }
 
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
     pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
         let token = new_token()?;
-        let wakes = {
-            let mut inner = self.inner.lock();
-            inner.join(self, name, token.clone())?;
-            self.wakes_of(&mut inner)
-        };
-        if let Some(w) = wakes {
-            w.send();
-        }
+        self.locked(|inner| inner.join(self, name, token.clone()))?;
         log::info!("chat joined name={name}");
         Ok(Joined {
             name: name.to_string(),
@@ -526,16 +529,10 @@ impl Room {
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
         let token = new_token()?;
-        let attached = {
-            let mut inner = self.inner.lock();
+        let attached = self.locked(|inner| {
             let key = inner.join(self, name, token)?;
-            let attached = inner.attach(key, last_event_id);
-            (attached, self.wakes_of(&mut inner))
-        };
-        let (attached, wakes) = attached;
-        if let Some(w) = wakes {
-            w.send();
-        }
+            Ok(inner.attach(key, last_event_id))
+        })?;
         log::info!("chat joined name={name}");
         Ok(attached)
     }
@@ -582,28 +579,13 @@ impl Room {
 
     /// Posts `text` from the session holding `token` to every other member; returns its id.
     pub fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
-        let (id, wakes) = {
-            let mut inner = self.inner.lock();
-            let id = inner.post(self, token, text)?;
-            (id, self.wakes_of(&mut inner))
-        };
-        if let Some(w) = wakes {
-            w.send();
-        }
-        Ok(id)
+        self.locked(|inner| inner.post(self, token, text))
     }
 
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
     /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
-        let (from, wakes) = {
-            let mut inner = self.inner.lock();
-            let from = inner.rename(self, token, to)?;
-            (from, self.wakes_of(&mut inner))
-        };
-        if let Some(w) = wakes {
-            w.send();
-        }
+        let from = self.locked(|inner| inner.rename(self, token, to))?;
         if from != to {
             log::info!("chat renamed from={from} to={to}");
         }
@@ -660,17 +642,12 @@ impl Inner {
 impl Room {
     /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
     pub fn leave(&self, token: &Token) -> Result<String, ChatError> {
-        let (name, wakes) = {
-            let mut inner = self.inner.lock();
+        let name = self.locked(|inner| {
             let key = inner.session(token)?.token.selector();
-            let name = inner
+            inner
                 .remove(self, key, "left", CloseReason::Left)
-                .ok_or(ChatError::Unauthorized)?;
-            (name, self.wakes_of(&mut inner))
-        };
-        if let Some(w) = wakes {
-            w.send();
-        }
+                .ok_or(ChatError::Unauthorized)
+        })?;
         log::info!("chat left name={name}");
         Ok(name)
     }
@@ -694,8 +671,7 @@ impl Room {
     /// Expires, as of `now`, every session detached for longer than the grace period: each
     /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
     pub fn expire(&self, now: Instant) -> usize {
-        let (notes, wakes) = {
-            let mut inner = self.inner.lock();
+        let notes: Vec<Note> = self.locked(|inner| {
             let due: Vec<u64> = inner
                 .sessions
                 .iter()
@@ -705,16 +681,11 @@ impl Room {
                 })
                 .map(|(k, _)| *k)
                 .collect();
-            let notes: Vec<Note> = due
-                .into_iter()
+            due.into_iter()
                 .filter_map(|key| inner.remove(self, key, "timeout", CloseReason::Expired))
                 .map(Note::Expired)
-                .collect();
-            (notes, self.wakes_of(&mut inner))
-        };
-        if let Some(w) = wakes {
-            w.send();
-        }
+                .collect()
+        });
         for note in &notes {
             match note {
                 Note::Expired(name) => log::info!("chat expired name={name}"),
