@@ -250,6 +250,28 @@ pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Lets the kernel fire the calling thread's timed waits up to `slack` late (`PR_SET_TIMERSLACK`;
+/// the default is 50 µs). For a thread whose only timer is a keepalive every `--heartbeat`:
+/// expiries that fall within `slack` of each other are served by one timer interrupt, so
+/// thousands of idle streams wake the CPU in groups instead of one at a time. A no-op where
+/// unsupported; a failure keeps the default.
+pub fn relax_timers(slack: std::time::Duration) {
+    #[cfg(target_os = "linux")]
+    {
+        let ns = slack.as_nanos().clamp(1, libc::c_ulong::MAX as u128) as libc::c_ulong;
+        // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no memory.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = slack;
+}
+
+/// The timer slack for a stream whose timer is the keepalive: a 50th of the heartbeat, at most
+/// 500 ms (25 s heartbeat: keepalives up to 0.5 s late).
+pub fn keepalive_slack(heartbeat: std::time::Duration) -> std::time::Duration {
+    (heartbeat / 50).min(std::time::Duration::from_millis(500))
+}
+
 /// Gives the kernel back the pages of the calling thread's stack that lie below the current
 /// frame, so that a thread which went deep once (while setting up) and then loops shallowly only
 /// keeps the pages its loop uses resident. Call it from a long-lived loop's function, after the
@@ -351,6 +373,28 @@ mod tests {
         let sum = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(sum, 2 * (0..=20u64).map(|n| n % 256).sum::<u64>());
         threads.join_all(Instant::now() + Duration::from_secs(5));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn relaxed_timers_set_the_calling_threads_slack_only() {
+        let slack = keepalive_slack(Duration::from_secs(25));
+        assert_eq!(slack, Duration::from_millis(500));
+        assert_eq!(
+            keepalive_slack(Duration::from_secs(5)),
+            Duration::from_millis(100)
+        );
+        // SAFETY: PR_GET_TIMERSLACK takes no pointer.
+        let get = || unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) } as u128;
+        let before = get();
+        let inside = std::thread::spawn(move || {
+            relax_timers(slack);
+            get()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, slack.as_nanos());
+        assert_eq!(get(), before, "other threads keep theirs");
     }
 
     #[test]

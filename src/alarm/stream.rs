@@ -144,6 +144,9 @@ fn run(
         Mode::Tick => cfg.tick,
         Mode::Change => cfg.heartbeat,
     });
+    if mode == Mode::Change {
+        crate::threads::relax_timers(crate::threads::keepalive_slack(cfg.heartbeat));
+    }
     let mut last: Option<bool> = shared.hub.get(&id);
     let mut first = sse::retry(std::time::Duration::from_secs(2));
     if let Some(v) = last {

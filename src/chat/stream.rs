@@ -136,6 +136,7 @@ pub fn serve(
     let mut life = Lifecycle::new(&shared, &room, &att, conn);
     batch_scheduling();
     let ticker = tick(cfg.heartbeat);
+    crate::threads::relax_timers(crate::threads::keepalive_slack(cfg.heartbeat));
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
