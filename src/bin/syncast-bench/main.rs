@@ -2,10 +2,11 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint]
+//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint]
 //! [--idle-sizes 1000,5000,10000] [--out PATH]`
 
 mod epoll;
+mod floor;
 mod proc;
 
 use std::collections::{BTreeMap, HashMap};
@@ -447,10 +448,13 @@ impl Bench {
             let addr = srv.addr;
             let sent2 = sent.clone();
             let ptoks = poster_tokens.clone();
-            let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Instant, String>>(1);
+            let (done_tx, done_rx) =
+                crossbeam_channel::bounded::<Result<(Instant, Instant), String>>(1);
             let poster = std::thread::spawn(move || {
-                let post = |k: usize| -> Result<(), String> {
-                    let t = Instant::now();
+                // `due`: when the POST was meant to go out (the paced phase), else now. Latency
+                // counts from `due`, so a POST that itself went out late is not flattered.
+                let post_due = |k: usize, due: Option<Instant>| -> Result<(), String> {
+                    let t = due.unwrap_or_else(Instant::now);
                     let (st, body) = http(
                         addr,
                         "POST",
@@ -468,7 +472,8 @@ impl Bench {
                     sent2.lock().unwrap().insert(id, (t, Instant::now()));
                     Ok(())
                 };
-                let run = || -> Result<Instant, String> {
+                let post = |k: usize| post_due(k, None);
+                let run = || -> Result<(Instant, Instant), String> {
                     for k in 0..200 {
                         post(k)?;
                     }
@@ -486,11 +491,39 @@ impl Bench {
                         })?;
                         std::thread::sleep(Duration::from_millis(50));
                     }
-                    Ok(burst_start)
+                    std::thread::sleep(Duration::from_millis(500));
+                    // Paced: the target's own rate, PACED_RATE messages/s (x 1,000 members =
+                    // 150,000 deliveries/s) for PACED_FOR, each POST at its due time; three
+                    // posting threads take turns so one slow POST does not delay the next.
+                    let paced_start = Instant::now() + Duration::from_millis(10);
+                    let every = Duration::from_secs(1) / PACED_RATE;
+                    let n = (PACED_FOR.as_secs_f64() * PACED_RATE as f64) as usize;
+                    std::thread::scope(|s| {
+                        let hs: Vec<_> = (0..3)
+                            .map(|lane| {
+                                let post_due = &post_due;
+                                s.spawn(move || -> Result<(), String> {
+                                    for i in (lane..n).step_by(3) {
+                                        let due = paced_start + every * i as u32;
+                                        std::thread::sleep(
+                                            due.saturating_duration_since(Instant::now()),
+                                        );
+                                        post_due(400 + i, Some(due))?;
+                                    }
+                                    Ok(())
+                                })
+                            })
+                            .collect();
+                        hs.into_iter()
+                            .map(|h| h.join().unwrap_or(Err("poster panicked".into())))
+                            .collect::<Result<Vec<_>, _>>()
+                    })?;
+                    Ok((burst_start, paced_start))
                 };
                 let _ = done_tx.send(run());
             });
-            let expected = 400 * open;
+            let paced_n = (PACED_FOR.as_secs_f64() * PACED_RATE as f64) as usize;
+            let expected = (400 + paced_n) * open;
             let mut burst_start = None;
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
@@ -517,31 +550,38 @@ impl Bench {
             let receipts = receipts.lock().unwrap().clone();
             let mut seen: std::collections::HashSet<(u64, usize)> = Default::default();
             let mut lat: Vec<f64> = Vec::new();
-            let (mut lat_seq, mut lat_burst) = (Vec::new(), Vec::new());
+            let (mut lat_seq, mut lat_burst, mut lat_paced) = (Vec::new(), Vec::new(), Vec::new());
             let mut last_burst_receipt = None::<Instant>;
-            let mut burst_deliveries = 0usize;
-            let burst_start = burst_start.unwrap_or_else(Instant::now);
+            let mut last_paced_receipt = None::<Instant>;
+            let (mut burst_deliveries, mut paced_deliveries) = (0usize, 0usize);
+            let (burst_start, paced_start) =
+                burst_start.unwrap_or_else(|| (Instant::now(), Instant::now()));
             for &(id, conn, at) in &receipts {
                 if !seen.insert((id, conn)) {
                     continue;
                 }
                 if let Some((t, _)) = sent.get(&id) {
                     let ms = at.saturating_duration_since(*t).as_secs_f64() * 1e3;
+                    if *t >= paced_start {
+                        lat_paced.push(ms);
+                        paced_deliveries += 1;
+                        last_paced_receipt = Some(last_paced_receipt.map_or(at, |l| l.max(at)));
+                        continue;
+                    }
+                    // The issue's scenario: sequential, then bursts.
                     lat.push(ms);
                     if *t >= burst_start {
                         lat_burst.push(ms);
+                        burst_deliveries += 1;
+                        last_burst_receipt = Some(last_burst_receipt.map_or(at, |l| l.max(at)));
                     } else {
                         lat_seq.push(ms);
                     }
-                    if *t >= burst_start {
-                        burst_deliveries += 1;
-                        last_burst_receipt = Some(last_burst_receipt.map_or(at, |l| l.max(at)));
-                    }
                 }
             }
-            lat.sort_by(|a, b| a.total_cmp(b));
-            lat_seq.sort_by(|a, b| a.total_cmp(b));
-            lat_burst.sort_by(|a, b| a.total_cmp(b));
+            for v in [&mut lat, &mut lat_seq, &mut lat_burst, &mut lat_paced] {
+                v.sort_by(|a, b| a.total_cmp(b));
+            }
             // The POSTs themselves: round trip, and how fast the sequential ones went out.
             let mut rtt: Vec<f64> = sent
                 .values()
@@ -560,6 +600,8 @@ impl Bench {
             let delivered = seen.len();
             let burst_secs = last_burst_receipt
                 .map_or(f64::NAN, |l| l.duration_since(burst_start).as_secs_f64());
+            let paced_secs = last_paced_receipt
+                .map_or(f64::NAN, |l| l.duration_since(paced_start).as_secs_f64());
             let r = &mut self.results;
             r.add(sc, "members streaming", "", "1000", open as f64);
             r.add(sc, "latency p50", "ms", "", quantile(&lat, 0.5));
@@ -594,6 +636,35 @@ impl Bench {
                 "",
                 quantile(&lat_burst, 0.99),
             );
+            let paced = format!("paced {PACED_RATE}/s");
+            r.add(
+                sc,
+                &format!("{paced}: latency p50"),
+                "ms",
+                "",
+                quantile(&lat_paced, 0.5),
+            );
+            r.add(
+                sc,
+                &format!("{paced}: latency p99"),
+                "ms",
+                "<= 10",
+                quantile(&lat_paced, 0.99),
+            );
+            r.add(
+                sc,
+                &format!("{paced}: latency max"),
+                "ms",
+                "",
+                quantile(&lat_paced, 1.0),
+            );
+            r.add(
+                sc,
+                &format!("{paced}: deliveries/s"),
+                "1/s",
+                ">= 150000",
+                paced_deliveries as f64 / paced_secs,
+            );
             r.add(sc, "POST round trip p50", "ms", "", quantile(&rtt, 0.5));
             r.add(sc, "POST round trip p99", "ms", "", quantile(&rtt, 0.99));
             r.add(
@@ -623,6 +694,66 @@ impl Bench {
         Ok(())
     }
 }
+
+impl Bench {
+    /// The machine's floor for thread-per-member fan-out (see floor.rs).
+    fn floor(&mut self) -> Result<(), String> {
+        let sc = "floor: 1,000 threads wake and write (no server)";
+        for _run in 0..self.runs {
+            for (v, name) in [
+                (floor::Variant::Select, "select! over 5 channels"),
+                (floor::Variant::Recv, "plain recv"),
+                (floor::Variant::Loop, "one writing loop"),
+            ] {
+                let f = floor::measure(1000, 100, Duration::from_millis(20), v)
+                    .map_err(|e| e.to_string())?;
+                let r = &mut self.results;
+                r.add(
+                    sc,
+                    &format!("{name}: wave p50"),
+                    "ms",
+                    "",
+                    quantile(&f.wave_ms, 0.5),
+                );
+                r.add(
+                    sc,
+                    &format!("{name}: wave p99"),
+                    "ms",
+                    "",
+                    quantile(&f.wave_ms, 0.99),
+                );
+                r.add(
+                    sc,
+                    &format!("{name}: writer CPU per delivery"),
+                    "µs",
+                    "",
+                    f.writer_us,
+                );
+                r.add(
+                    sc,
+                    &format!("{name}: reader CPU per delivery"),
+                    "µs",
+                    "",
+                    f.reader_us,
+                );
+                // Share of both cores that 150,000 deliveries/s would take at this cost.
+                r.add(
+                    sc,
+                    &format!("{name}: 150k deliveries/s would use"),
+                    "% of 2 cores",
+                    "",
+                    150_000.0 * (f.writer_us + f.reader_us) / 1e6 / 2.0 * 100.0,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chat scenario's paced phase: messages per second (x 1,000 members = the target's 150,000
+/// deliveries/s) and for how long.
+const PACED_RATE: u32 = 150;
+const PACED_FOR: Duration = Duration::from_secs(2);
 
 /// The server's keepalive interval: its default, or `--heartbeat` from
 /// `SYNCAST_BENCH_SERVER_ARGS` (see proc.rs).
@@ -697,7 +828,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -731,6 +862,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
+    }
+    if want("floor") {
+        steps.push(("floor", Box::new(|b| b.floor())));
     }
     for (name, step) in steps {
         let t = Instant::now();
