@@ -7,9 +7,8 @@
 //! Variants, each over the same sockets:
 //! - `select`: each member thread parks in a `select!` over five channels, as a chat stream
 //!   does (keepalive tick, wake, kick, the sweep's zero-capacity poke, the close channel);
-//! - `recv`: each member thread parks in a plain `recv` on its wake channel;
-//! - `loop`: no member threads; one thread writes all 1,000 sockets in turn (what an event
-//!   loop pays for the same writes).
+//! - `loop`: no member threads; one thread writes all 1,000 sockets in turn while the reader
+//!   reads (what an event-loop server pays for the same writes).
 
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,8 +32,6 @@ pub struct Floor {
 pub enum Variant {
     /// `select!` over five channels, as a chat stream.
     Select,
-    /// A plain `recv`.
-    Recv,
     /// One thread writes every socket.
     Loop,
 }
@@ -81,67 +78,75 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
     let mut wakes: Vec<Sender<()>> = Vec::new();
     let mut handles = Vec::new();
     let (cpu_tx, cpu_rx) = crossbeam_channel::unbounded::<f64>();
-    if variant != Variant::Loop {
-        for mut s in writers.drain(..) {
-            let (wake, woken) = bounded::<()>(1);
-            let cpu_tx = cpu_tx.clone();
-            wakes.push(wake);
-            let h = std::thread::Builder::new()
-                .stack_size(64 * 1024)
-                .spawn(move || {
-                    // As the chat streams: batch scheduling.
-                    let param = libc::sched_param { sched_priority: 0 };
-                    // SAFETY: reads the struct only; 0 is this thread.
-                    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-                    let ticker = tick(Duration::from_secs(25));
-                    let (_kick_tx, kick) = bounded::<()>(1);
-                    let (_poke_tx, poke) = bounded::<()>(0);
-                    let (_close_tx, close) = bounded::<()>(0);
-                    let c0 = thread_cpu();
-                    loop {
-                        let ok = match variant {
-                            Variant::Select => select! {
+    match variant {
+        Variant::Select => {
+            for mut s in writers.drain(..) {
+                let (wake, woken) = bounded::<()>(1);
+                let cpu_tx = cpu_tx.clone();
+                wakes.push(wake);
+                let h = std::thread::Builder::new()
+                    .stack_size(64 * 1024)
+                    .spawn(move || {
+                        // As the chat streams: batch scheduling.
+                        let param = libc::sched_param { sched_priority: 0 };
+                        // SAFETY: reads the struct only; 0 is this thread.
+                        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+                        let ticker = tick(Duration::from_secs(25));
+                        let (_kick_tx, kick) = bounded::<()>(1);
+                        let (_poke_tx, poke) = bounded::<()>(0);
+                        let (_close_tx, close) = bounded::<()>(0);
+                        let c0 = thread_cpu();
+                        loop {
+                            let ok = select! {
                                 recv(ticker) -> _ => true,
                                 recv(woken) -> w => w.is_ok(),
                                 recv(kick) -> _ => true,
                                 recv(poke) -> _ => true,
                                 recv(close) -> _ => true,
-                            },
-                            _ => woken.recv().is_ok(),
-                        };
-                        if !ok || s.write_all(EVENT).is_err() {
-                            break;
+                            };
+                            if !ok || s.write_all(EVENT).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = cpu_tx.send(thread_cpu() - c0);
+                    })?;
+                handles.push(h);
+            }
+        }
+        Variant::Loop => {
+            // One writing thread, as an event-loop server in its own process would be: it
+            // writes while the reader reads.
+            let (wake, woken) = bounded::<()>(1);
+            wakes.push(wake);
+            let mut writers = std::mem::take(&mut writers);
+            let h = std::thread::Builder::new().spawn(move || {
+                let c0 = thread_cpu();
+                'waves: while woken.recv().is_ok() {
+                    for w in &mut writers {
+                        if w.write_all(EVENT).is_err() {
+                            break 'waves;
                         }
                     }
-                    let _ = cpu_tx.send(thread_cpu() - c0);
-                })?;
+                }
+                let _ = cpu_tx.send(thread_cpu() - c0);
+            })?;
             handles.push(h);
         }
-        // Let every member park first.
-        std::thread::sleep(Duration::from_millis(300));
     }
+    // Let every member park first.
+    std::thread::sleep(Duration::from_millis(300));
     let fds: Vec<RawFd> = readers.iter().map(|r| r.as_raw_fd()).collect();
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut buf = vec![0u8; 64 * 1024];
     let mut wave_ms = Vec::with_capacity(waves);
     let per_wave = members * EVENT.len();
-    let (mut loop_cpu, mut reader_cpu) = (0.0, 0.0);
+    let mut reader_cpu = 0.0;
     for _ in 0..waves {
         std::thread::sleep(gap);
         let t = Instant::now();
         let c0 = thread_cpu();
-        match variant {
-            Variant::Loop => {
-                for w in &mut writers {
-                    w.write_all(EVENT)?;
-                }
-                loop_cpu += thread_cpu() - c0;
-            }
-            _ => {
-                for w in &wakes {
-                    let _ = w.try_send(());
-                }
-            }
+        for w in &wakes {
+            let _ = w.try_send(());
         }
         let c1 = thread_cpu();
         let mut got = 0;
@@ -164,13 +169,10 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
             }
         }
         wave_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        reader_cpu += thread_cpu() - c1;
-        if variant != Variant::Loop {
-            reader_cpu += c1 - c0;
-        }
+        reader_cpu += thread_cpu() - c1 + (c1 - c0);
     }
     drop(wakes);
-    let mut writer_cpu = loop_cpu;
+    let mut writer_cpu = 0.0;
     for h in handles {
         let _ = h.join();
     }
