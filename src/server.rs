@@ -485,6 +485,7 @@ impl Drop for Server {
 
 fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
     let housekeeping = Duration::from_millis(250);
+    let mut trim = crate::threads::Trim::default();
     let sweep_every = Duration::from_secs(1).min(shared.config.header_timeout / 2);
     let mut next_housekeeping = Instant::now() + housekeeping;
     let mut next_sweep = Instant::now() + sweep_every;
@@ -548,6 +549,7 @@ fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
         if now >= next_housekeeping {
             shared.threads.reap();
             shared.chat.housekeeping();
+            trim.after_streams_left(shared.stream_count());
             next_housekeeping = now + housekeeping;
         }
         if now >= next_sweep {

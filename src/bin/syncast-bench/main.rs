@@ -181,10 +181,8 @@ impl Bench {
                     ramp.as_secs_f64()
                 ));
             }
-            // Let the ramp's tail settle before holding. (tiny_http's surplus pool threads
-            // expire 5 s after the ramp, inside the hold; ~250 thread exits cost well under a
-            // tenth of a percent of the window. Threads and RSS at N are sampled after it.)
-            c.run_until(Duration::from_secs(2), &mut no_events, |_| false);
+            // Let tiny_http's extra pool threads (5 s idle time-out) go before holding.
+            c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
             // Hold for one whole heartbeat (at least 10 s): every stream then writes exactly one
             // keepalive inside the window, whatever the phase of its timer. A fixed 10 s window
             // held all first keepalives of a 15 s heartbeat (1.5 times the steady rate) and
@@ -279,7 +277,7 @@ impl Bench {
             let e0 = c.events();
             let s0 = srv.sample();
             let t0 = Instant::now();
-            c.run_until(Duration::from_secs(10), &mut no_events, |_| false);
+            c.run_until(TICK_WINDOW, &mut no_events, |_| false);
             let secs = t0.elapsed().as_secs_f64();
             let s1 = srv.sample();
             let got = (c.events() - e0) as f64 / secs;
@@ -773,6 +771,9 @@ impl Bench {
         Ok(())
     }
 }
+
+/// How long the tick scenario counts events and CPU (30,000 events at 5,000 streams).
+const TICK_WINDOW: Duration = Duration::from_secs(6);
 
 /// The chat scenario's paced phases: messages per second (x 1,000 members; 150 is the target's
 /// 150,000 deliveries/s, 50 a third of it) and how long each lasts.
