@@ -76,9 +76,19 @@ pub fn install_panic_watch() {
 /// Fails without panicking when the clone needs a descriptor the process does not have, or
 /// when the OS refuses tiny_http its accept thread (`thread::spawn` panics in
 /// `Server::from_listener`, src/lib.rs "creating a task where server.accept() ...").
+///
+/// Returns once tiny_http's new threads are asleep (at most [`SETTLE_LIMIT`] later): its pool
+/// adds a thread for a connection that arrives while none of its 4 is waiting yet
+/// (src/util/task_pool.rs, `spawn`), so a client connecting the moment the address is printed
+/// used to leave the idle server with 9 threads instead of 8 until the surplus one expired 5 s
+/// later (1 start in 3 in a probe connecting at once).
 pub fn start(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
+    let before = thread_ids();
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
+    if started.as_ref().is_ok_and(|s| s.is_ok()) {
+        settle_new_threads(&before, SETTLE_LIMIT);
+    }
     match started {
         Ok(Ok(server)) => Ok(Arc::new(server)),
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
@@ -86,6 +96,52 @@ pub fn start(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> 
             &*cause,
         ))),
     }
+}
+
+/// How long [`start`] waits at most for tiny_http's threads to fall asleep.
+pub const SETTLE_LIMIT: Duration = Duration::from_millis(50);
+
+/// The ids of this process's threads (empty if `/proc` cannot be read).
+fn thread_ids() -> Vec<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes.
+/// Returns whether they all were.
+fn settle_new_threads(before: &[u64], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let new: Vec<u64> = thread_ids()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
+        if all_asleep(&new) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Whether none of the threads `tids` of this process is running or runnable (state R); a
+/// thread that has ended counts as asleep.
+fn all_asleep(tids: &[u64]) -> bool {
+    !tids.iter().any(|t| {
+        std::fs::read_to_string(format!("/proc/self/task/{t}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('R'))
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// A probe of the accept loop in flight: the connection and the nonce it carries.
@@ -255,5 +311,36 @@ impl Supervisor {
             nonce,
             deadline: Instant::now() + PROBE_DEADLINE,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spinning_thread_is_not_asleep_and_a_parked_one_is() {
+        let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let spinner = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() } as u64);
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            let _ = stop_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        assert!(!all_asleep(&[tid]), "spinning (running or runnable)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_asleep(&[tid]) {
+            assert!(Instant::now() < deadline, "never parked");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(stop_tx);
+        spinner.join().unwrap();
+        assert!(all_asleep(&[tid]), "an ended thread counts as asleep");
+        assert!(!thread_ids().is_empty());
     }
 }
