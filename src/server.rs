@@ -358,7 +358,7 @@ impl Server {
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
         // EMFILE test then saw no recovery at all on a loaded machine.)
         let panics_at_start = accept::tiny_http_panics();
-        let http = accept::start(&listener).map_err(StartError::Bind)?;
+        let http = accept::start(&listener, true).map_err(StartError::Bind)?;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());

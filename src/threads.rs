@@ -255,9 +255,9 @@ pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
 /// Each stream thread allocates in one of glibc's per-thread malloc arenas; when thousands of
 /// streams end, their blocks are free but the arenas keep the pages (10 s after 10,000 idle
 /// streams closed the server still held ~80 MiB of its 157 MiB). `malloc_trim(0)` returns the
-/// free pages of every arena. It runs on the dispatcher, only after at least
-/// [`Trim::AFTER_LEFT`] streams have ended since the last trim and the count has fallen to half
-/// of its peak or less, so a busy server with streams coming and going never pays for it.
+/// free pages of every arena. It runs on the dispatcher, only once the stream count has fallen
+/// by at least [`Trim::AFTER_LEFT`] from its peak since the last trim and to half of that peak
+/// or less, so a busy server with streams coming and going at a steady level never pays for it.
 #[derive(Debug, Default)]
 pub struct Trim {
     /// The most streams seen since the last trim.
@@ -275,17 +275,17 @@ impl Trim {
         if self.peak - now < Self::AFTER_LEFT || now > self.peak / 2 {
             return false;
         }
-        let t = Instant::now();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only walks glibc's own arenas.
-        unsafe {
-            libc::malloc_trim(0);
+        {
+            let t = Instant::now();
+            // SAFETY: malloc_trim only walks glibc's own arenas.
+            unsafe { libc::malloc_trim(0) };
+            log::debug!(
+                "memory trimmed after streams left peak={} now={now} took_us={}",
+                self.peak,
+                t.elapsed().as_micros()
+            );
         }
-        log::debug!(
-            "memory trimmed after streams left peak={} now={now} took_us={}",
-            self.peak,
-            t.elapsed().as_micros()
-        );
         self.peak = now;
         true
     }

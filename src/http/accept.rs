@@ -77,16 +77,18 @@ pub fn install_panic_watch() {
 /// when the OS refuses tiny_http its accept thread (`thread::spawn` panics in
 /// `Server::from_listener`, src/lib.rs "creating a task where server.accept() ...").
 ///
-/// Returns once tiny_http's new threads are asleep (at most [`SETTLE_LIMIT`] later): its pool
-/// adds a thread for a connection that arrives while none of its 4 is waiting yet
-/// (src/util/task_pool.rs, `spawn`), so a client connecting the moment the address is printed
-/// used to leave the idle server with 9 threads instead of 8 until the surplus one expired 5 s
-/// later (1 start in 3 in a probe connecting at once).
-pub fn start(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> {
+/// With `settle` (the server's first start, on the starting thread) it returns once tiny_http's
+/// new threads are asleep, at most about [`SETTLE_LIMIT`] later: its pool adds a thread for a
+/// connection that arrives while none of its 4 is waiting yet (src/util/task_pool.rs, `spawn`),
+/// so a client connecting the moment the address is printed used to leave the idle server with
+/// 9 threads instead of 8 until the surplus one expired 5 s later (3 starts in 12 with a probe
+/// connecting at once; 0 in 12 with the wait). A restart (on the dispatcher, with streams
+/// running) does not wait: there the count does not matter and the dispatcher must not stall.
+pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
-    let before = thread_ids();
+    let before = if settle { thread_ids() } else { None };
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
-    if started.as_ref().is_ok_and(|s| s.is_ok()) {
+    if let (Some(before), Ok(Ok(_))) = (before, started.as_ref()) {
         settle_new_threads(&before, SETTLE_LIMIT);
     }
     match started {
@@ -101,25 +103,23 @@ pub fn start(listener: &TcpListener) -> std::io::Result<Arc<tiny_http::Server>> 
 /// How long [`start`] waits at most for tiny_http's threads to fall asleep.
 pub const SETTLE_LIMIT: Duration = Duration::from_millis(50);
 
-/// The ids of this process's threads (empty if `/proc` cannot be read).
-fn thread_ids() -> Vec<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The ids of this process's threads (`None` if `/proc` cannot be read).
+fn thread_ids() -> Option<std::collections::HashSet<u64>> {
+    std::fs::read_dir("/proc/self/task").ok().map(|dir| {
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    })
 }
 
 /// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes.
-/// Returns whether they all were.
-fn settle_new_threads(before: &[u64], limit: Duration) -> bool {
+/// Returns whether they all were (false too when `/proc` cannot be read).
+fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        let new: Vec<u64> = thread_ids()
-            .into_iter()
-            .filter(|t| !before.contains(t))
-            .collect();
+        let Some(now) = thread_ids() else {
+            return false;
+        };
+        let new: Vec<u64> = now.into_iter().filter(|t| !before.contains(t)).collect();
         if all_asleep(&new) {
             return true;
         }
@@ -269,7 +269,7 @@ impl Supervisor {
             return None;
         }
         let panics = tiny_http_panics();
-        match start(listener) {
+        match start(listener, false) {
             Ok(new) => {
                 log::info!("accept loop restarted");
                 // Until a request is served again, each further restart waits longer: an
@@ -322,17 +322,19 @@ mod tests {
     fn a_spinning_thread_is_not_asleep_and_a_parked_one_is() {
         let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let spin = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let spinning = spin.clone();
         let spinner = std::thread::spawn(move || {
             // SAFETY: gettid has no preconditions.
             let _ = tid_tx.send(unsafe { libc::gettid() } as u64);
-            let until = Instant::now() + Duration::from_millis(300);
-            while Instant::now() < until {
+            while spinning.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
             let _ = stop_rx.recv();
         });
         let tid = tid_rx.recv().unwrap();
         assert!(!all_asleep(&[tid]), "spinning (running or runnable)");
+        spin.store(false, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !all_asleep(&[tid]) {
             assert!(Instant::now() < deadline, "never parked");
@@ -340,7 +342,15 @@ mod tests {
         }
         drop(stop_tx);
         spinner.join().unwrap();
-        assert!(all_asleep(&[tid]), "an ended thread counts as asleep");
-        assert!(!thread_ids().is_empty());
+        // Joined threads can show in /proc (state R) for a moment while they finish exiting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_asleep(&[tid]) {
+            assert!(
+                Instant::now() < deadline,
+                "an ended thread counts as asleep"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(thread_ids().is_some_and(|t| !t.is_empty()));
     }
 }
