@@ -5,15 +5,13 @@
 # Screenshots and the server log land in target/e2e/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/apt.sh
 
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ]; then
     if [ "${CI:-}" = "true" ]; then
-        echo "e2e: $CHROMIUM missing; installing Debian's chromium package (CI=true)"
-        sudo_cmd=""
-        [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-        $sudo_cmd apt-get update -q
-        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q chromium
+        echo "e2e: $CHROMIUM missing"
+        apt_install e2e chromium
         [ -x "$CHROMIUM" ] || { echo "e2e: chromium installed but $CHROMIUM is still missing" >&2; exit 2; }
     else
         echo "e2e: no Chromium at $CHROMIUM." >&2

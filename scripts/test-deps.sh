@@ -5,14 +5,12 @@
 # package with apt-get (as scripts/e2e.sh does for chromium); elsewhere it says what is missing
 # and carries on: those tests then skip themselves loudly when they cannot run.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 if ! command -v ip >/dev/null; then
     if [ "${CI:-}" = "true" ]; then
-        echo "test-deps: ip missing; installing Debian's iproute2 package (CI=true)"
-        sudo_cmd=""
-        [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-        $sudo_cmd apt-get update -q
-        DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q iproute2
+        echo "test-deps: ip missing"
+        apt_install test-deps iproute2
         command -v ip >/dev/null || { echo "test-deps: iproute2 installed but ip is still missing" >&2; exit 2; }
     else
         echo "test-deps: no \`ip\` (iproute2): tests/no_fin.rs will be skipped." >&2

@@ -76,9 +76,9 @@ pub struct Metrics {
     pub chat_streams: Counter,
     /// Chat messages accepted.
     pub chat_messages: Counter,
-    /// Chat room events queued to members.
+    /// Chat room events taken by members' streams to write.
     pub chat_deliveries: Counter,
-    /// Chat streams cut off because their queue was full.
+    /// Chat streams cut off as slow: more than `--queue` events behind, or behind the history.
     pub chat_slow: Counter,
     /// Requests served (any route).
     pub requests: Counter,
@@ -244,7 +244,7 @@ impl Metrics {
             (
                 "syncast_chat_deliveries_total",
                 "counter",
-                "Chat events queued to members.",
+                "Chat events taken by member streams to write.",
                 self.chat_deliveries.get().to_string(),
             ),
             (

@@ -17,7 +17,7 @@ use crate::alarm::refresher::{Health, Refresher};
 use crate::alarm::store::Store;
 use crate::alarm::stream::{self as alarm_stream, Mode};
 use crate::config::{Config, ConfigError};
-use crate::http::accept::{self, Restarted, Supervisor};
+use crate::http::accept::{self, Supervisor};
 use crate::http::conn::ConnTable;
 use crate::http::response::{self, Reply};
 use crate::http::validate::{parse_alarm_body, query_get, split_url, valid_id};
@@ -542,7 +542,7 @@ fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
             accept.served(&request);
             route(shared, request);
         }
-        if let Some(Restarted(new)) = accept.tick(&shared.listener, Some(http), &shared.metrics) {
+        if let Some(new) = accept.tick(&shared.listener, http, &shared.metrics) {
             *shared.http.lock() = Some(new);
         }
         let now = Instant::now();

@@ -313,6 +313,27 @@ pub fn keepalive_slack(heartbeat: std::time::Duration) -> std::time::Duration {
     (heartbeat / 50).min(std::time::Duration::from_millis(500))
 }
 
+/// [`relax_timers`] by [`keepalive_slack`]: for a stream thread whose only timer is the
+/// keepalive every `heartbeat`.
+pub fn relax_keepalive_timer(heartbeat: std::time::Duration) {
+    relax_timers(keepalive_slack(heartbeat));
+}
+
+/// Marks the calling thread `SCHED_BATCH` (same priority, no wake-up preemption). A broadcast
+/// wakes every member; at normal policy each woken stream thread preempts the thread still
+/// waking the others (and the dispatcher reading the next message), so each stream runs once
+/// per event. As batch threads they run right after, find several events waiting and write
+/// them in one go; alarm streams and the dispatcher, at normal policy, get the CPU first.
+/// Best effort: on failure (or off Linux) the thread keeps the normal policy.
+pub fn batch_scheduling() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `sched_setscheduler` reads the parameter struct only; pid 0 is this thread.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    }
+}
+
 /// Gives the kernel back the pages of the calling thread's stack that lie below the current
 /// frame, so that a thread which went deep once (while setting up) and then loops shallowly only
 /// keeps the pages its loop uses resident. Call it from a long-lived loop's function, after the

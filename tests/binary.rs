@@ -62,28 +62,23 @@ impl Drop for Running {
 }
 
 fn run_server() -> Running {
-    let dir = std::env::temp_dir().join(common::unique("syncast-bin-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("server.log");
-    let mut child = syncast_bin()
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--tick",
-            "30s",
-            "--heartbeat",
-            "30s",
-        ])
-        .arg("--db")
-        .arg(dir.join("a.db"))
-        .arg("--log-file")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = common::RunDir::new("syncast-bin-");
+    let mut cmd = syncast_bin();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--tick",
+        "30s",
+        "--heartbeat",
+        "30s",
+    ]);
+    let mut child = run.server_args(&mut cmd).spawn().unwrap();
     let addr = common::listen_addr(&mut child);
-    Running { child, addr, log }
+    Running {
+        child,
+        addr,
+        log: run.log,
+    }
 }
 
 #[test]
@@ -102,8 +97,7 @@ fn sigterm_with_1000_streams_open_exits_0_after_joining_every_thread() {
         assert_eq!(sse.status, 200);
         sse.next_data();
     }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    common::sigterm(&server.child);
     let started = Instant::now();
     let status = wait_for("the server to exit", || server.child.try_wait().unwrap());
     assert_eq!(status.code(), Some(0));
@@ -151,18 +145,13 @@ fn sigterm_while_syncast_stress_runs_1000_clients_exits_0_with_every_thread_join
             .unwrap(),
     );
     let metric = |name: &str| -> f64 {
-        common::raw_get(server.addr, "/metrics", PATIENCE)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
+        let text = common::raw_get(server.addr, "/metrics", PATIENCE).unwrap_or_default();
+        common::metric_in(&text, name).unwrap_or(0.0)
     };
     common::wait_for_within(Duration::from_secs(120), "1,000 streaming clients", || {
         (metric("syncast_streaming_clients") >= 1000.0).then_some(())
     });
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    common::sigterm(&server.child);
     let started = Instant::now();
     let status = wait_for("the server to exit", || server.child.try_wait().unwrap());
     let took = started.elapsed();

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{listen_addr, raw_get, syncast_bin, wait_for, KillOnDrop};
@@ -18,17 +17,10 @@ use common::{listen_addr, raw_get, syncast_bin, wait_for, KillOnDrop};
 #[test]
 fn running_out_of_file_descriptors_does_not_stop_accepting_for_good() {
     use std::os::unix::process::CommandExt;
-    let dir = std::env::temp_dir().join(common::unique("syncast-emfile-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("server.log");
+    let run = common::RunDir::new("syncast-emfile-");
     let mut cmd = syncast_bin();
-    cmd.args(["--listen", "127.0.0.1:0", "--header-timeout", "60s"])
-        .arg("--db")
-        .arg(dir.join("a.db"))
-        .arg("--log-file")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+    cmd.args(["--listen", "127.0.0.1:0", "--header-timeout", "60s"]);
+    run.server_args(&mut cmd);
     // SAFETY: setrlimit is async-signal-safe; it only lowers this child's own limit.
     unsafe {
         cmd.pre_exec(|| {
@@ -65,11 +57,10 @@ fn running_out_of_file_descriptors_does_not_stop_accepting_for_good() {
         answer.ends_with(r#"{"alarm":false,"id":"after-emfile"}"#),
         "{answer}"
     );
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    common::sigterm(child);
     let exit = wait_for("exit", || child.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log = std::fs::read_to_string(&run.log).unwrap();
     assert!(log.contains("accept loop failed"), "{log}");
     assert!(!log.contains("thread panicked"), "{log}");
 }

@@ -273,10 +273,9 @@ fn a_writer_holding_the_lock_blocks_writes_not_streams() {
         .unwrap();
     // WAL: the refresher keeps reading while another writer holds the write lock. Its ticks go
     // on (they skip the query while nothing is committed: the open transaction is not)...
-    let ticks = || s.metric("syncast_refresh_total") + s.metric("syncast_refresh_skipped_total");
-    let before = ticks();
+    let before = s.refresher_ticks();
     wait_for("refresher ticks go on", || {
-        (ticks() >= before + 3.0).then_some(())
+        (s.refresher_ticks() >= before + 3.0).then_some(())
     });
     // ...and a query runs under the lock: a new id's first value is read at once.
     let mut newcomer = s.sse(&format!("/sse/call/{}", unique("newcomer")));

@@ -17,7 +17,6 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
@@ -117,9 +116,7 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
         Ok(ns) => ns,
         Err(why) => return unavailable(test, &why),
     };
-    let dir = std::env::temp_dir().join(common::unique("syncast-nofin-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("server.log");
+    let run = common::RunDir::new("syncast-nofin-");
     let mut cmd = std::process::Command::new("ip");
     // A heartbeat every 500 ms keeps data in flight, as a real stream's 15 s heartbeat does
     // (so keepalive, which probes only idle sockets, never fires): only the user time-out can
@@ -127,13 +124,8 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     cmd.args(["netns", "exec", &ns.server])
         .arg(syncast_bin().get_program())
         .args(["--listen", &format!("{SERVER_IP}:0")])
-        .args(["--heartbeat", "500ms", "--tcp-user-timeout", "2s"])
-        .arg("--db")
-        .arg(dir.join("a.db"))
-        .arg("--log-file")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .args(["--heartbeat", "500ms", "--tcp-user-timeout", "2s"]);
+    run.server_args(&mut cmd);
     // `ip netns exec` execs the server in place, so the child is the server itself.
     let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
     let addr: SocketAddr = listen_addr(&mut child.0);
@@ -167,8 +159,8 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     // Bounded well below what would end it otherwise: keepalive needs the socket idle (it never
     // is), and retransmission gives up after ~15 minutes.
     let line = wait_for_within(Duration::from_secs(30), "the stream closed", || {
-        let text = std::fs::read_to_string(&log).ok()?;
-        text.lines()
+        run.log_text()
+            .lines()
             .find(|l| l.contains("sse stream closed id=nofin"))
             .map(str::to_string)
     });
@@ -193,5 +185,5 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     drop(child);
     drop(ns);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&run.dir);
 }

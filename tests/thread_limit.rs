@@ -17,7 +17,6 @@ mod common;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
@@ -89,20 +88,13 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
         Ok(g) => g,
         Err(why) => return unavailable(test, &why),
     };
-    let dir = std::env::temp_dir().join(common::unique("syncast-threads-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("server.log");
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let run = common::RunDir::new("syncast-threads-");
+    let log = || run.log_text();
     let mut cmd = syncast_bin();
     // A long header deadline: the idle connections of the second half must keep tiny_http's
     // pool threads busy, not be shut by the sweep.
-    cmd.args(["--listen", "127.0.0.1:0", "--header-timeout", "120s"])
-        .arg("--db")
-        .arg(dir.join("a.db"))
-        .arg("--log-file")
-        .arg(&log_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+    cmd.args(["--listen", "127.0.0.1:0", "--header-timeout", "120s"]);
+    run.server_args(&mut cmd);
     let mut child = KillOnDrop(cmd.spawn().unwrap());
     let addr = listen_addr(&mut child.0);
     let pid = child.0.id();
@@ -172,8 +164,7 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
     assert!(metric_in(&metrics, "syncast_accept_restarts_total").unwrap_or(0.0) >= 1.0);
 
     // SIGTERM still shuts down cleanly; nothing of syncast's own panicked.
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    common::sigterm(&child.0);
     let exit = wait_for("exit", || child.0.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));
     let text = log();
@@ -181,5 +172,5 @@ fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again
     assert!(!text.contains("thread panicked"), "{text}");
     drop(child);
     drop(group);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&run.dir);
 }

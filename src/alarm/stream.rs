@@ -145,7 +145,7 @@ fn run(
         Mode::Change => cfg.heartbeat,
     });
     if mode == Mode::Change {
-        crate::threads::relax_timers(crate::threads::keepalive_slack(cfg.heartbeat));
+        crate::threads::relax_keepalive_timer(cfg.heartbeat);
     }
     let mut last: Option<bool> = shared.hub.get(&id);
     let mut first = sse::retry(std::time::Duration::from_secs(2));

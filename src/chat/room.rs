@@ -16,8 +16,9 @@
 //!
 //! The bound is the lag: a member more than `--queue` events behind (or whose next event left the
 //! history) is cut off as slow at the next broadcast, and resumes from history with
-//! `Last-Event-ID`. No socket is written and no channel sent on under the lock (STYLE.md, 5);
-//! log lines are written after the lock is released.
+//! `Last-Event-ID`. No socket is written and nothing that can block is sent under the lock
+//! (STYLE.md, 5): wakes go out after it is released, and a kick is a `try_send` into its
+//! stream's one-slot channel; log lines are written after the lock is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -202,8 +203,8 @@ struct Inner {
     next_serial: u64,
     /// The wake channel of every attached stream (copied on write while a wake round holds it).
     wakers: Arc<Vec<Waker>>,
-    /// Set by a broadcast: wake every stream (but this session's, if `Some(Some(key))`) once
-    /// the lock is released.
+    /// Set by a broadcast: wake every stream (but the sender's, if `Some(Some(key))`) once the
+    /// lock is released.
     pending: Option<Option<u64>>,
 }
 
@@ -238,14 +239,14 @@ fn fold(name: &str) -> String {
 
 impl Inner {
     /// Assigns the next id, encodes, keeps and queues an event for every attached member except
-    /// `skip`. Members too far behind are cut off as slow. Returns the id.
+    /// its sender `from` (a member's own messages). Members too far behind are cut off as slow.
+    /// Returns the id.
     fn broadcast(
         &mut self,
         room: &Room,
         kind: &str,
         data: serde_json::Value,
         from: Option<u64>,
-        skip: Option<u64>,
     ) -> u64 {
         self.last_id += 1;
         let id = self.last_id;
@@ -282,11 +283,9 @@ impl Inner {
                 slow.push(*key);
             }
         }
-        for key in slow {
-            self.unwake(key);
-        }
+        self.unwake_all(&slow);
         self.pending = match self.pending {
-            None => Some(skip),
+            None => Some(from),
             Some(_) => Some(None),
         };
         id
@@ -294,7 +293,14 @@ impl Inner {
 
     /// Forgets the wake channel of session `key`'s stream.
     fn unwake(&mut self, key: u64) {
-        Arc::make_mut(&mut self.wakers).retain(|w| w.key != key);
+        self.unwake_all(&[key]);
+    }
+
+    /// Forgets the wake channels of the streams of sessions `keys`, in one pass.
+    fn unwake_all(&mut self, keys: &[u64]) {
+        if !keys.is_empty() {
+            Arc::make_mut(&mut self.wakers).retain(|w| !keys.contains(&w.key));
+        }
     }
 
     /// The wakes a broadcast under this lock asked for, to send once it is released.
@@ -305,8 +311,9 @@ impl Inner {
         })
     }
 
-    /// Copies into `out` the events after the cursor of stream `serial` of session `key` (not
-    /// the session's own messages), up to about [`TAKE_BYTES`], and moves the cursor past them.
+    /// Appends to `out` the events after the cursor of stream `serial` of session `key` (not
+    /// the session's own messages), up to about [`TAKE_BYTES`] of them, and moves the cursor
+    /// past them.
     fn take(&mut self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
         let Some(att) = self
             .sessions
@@ -323,8 +330,9 @@ impl Inner {
         // event leaves the history, so `att.cursor + 1 >= oldest` here.
         let start = (att.cursor + 1).saturating_sub(oldest) as usize;
         let mut taken = 0;
+        let before = out.len();
         for kept in self.history.range(start.min(self.history.len())..) {
-            if out.len() >= TAKE_BYTES {
+            if out.len() - before >= TAKE_BYTES {
                 return Take::More(taken);
             }
             att.cursor = kept.id;
@@ -367,7 +375,7 @@ impl Inner {
             // Two random 64-bit selectors met (about 1 in 2^64 per pair of sessions).
             return Err(ChatError::Random("token collision: try again".into()));
         }
-        let id = self.broadcast(room, "join", json!({ "name": name }), None, None);
+        let id = self.broadcast(room, "join", json!({ "name": name }), None);
         self.sessions.insert(
             key,
             Session {
@@ -458,7 +466,6 @@ impl Inner {
             room,
             "leave",
             json!({ "name": session.name, "reason": why }),
-            None,
             None,
         );
         Some(session.name)
@@ -605,7 +612,7 @@ impl Inner {
         let key = session.token.selector();
         let from = session.name.clone();
         let data = json!({ "from": from, "text": text, "ts": now_ms() });
-        let id = self.broadcast(room, "message", data, Some(key), Some(key));
+        let id = self.broadcast(room, "message", data, Some(key));
         room.metrics.chat_messages.inc();
         Ok(id)
     }
@@ -634,7 +641,7 @@ impl Inner {
         self.names.remove(&fold(&from));
         self.names.insert(folded, key);
         let data = json!({ "from": from, "to": to });
-        self.broadcast(room, "rename", data, None, None);
+        self.broadcast(room, "rename", data, None);
         Ok(from)
     }
 }
@@ -760,8 +767,14 @@ mod tests {
         let mut out = Vec::new();
         while att.wake.try_recv().is_ok() {}
         while let Take::More(_) = r.take(att.key, att.serial, &mut out) {}
-        let text = String::from_utf8(out).unwrap();
-        text.split_terminator("\n\n")
+        events(out)
+    }
+
+    /// The events in `bytes`, each parsed.
+    fn events(bytes: Vec<u8>) -> Vec<(String, Option<u64>, serde_json::Value)> {
+        String::from_utf8(bytes)
+            .unwrap()
+            .split_terminator("\n\n")
             .map(|e| parse(format!("{e}\n\n").as_bytes()))
             .collect()
     }
@@ -943,11 +956,7 @@ mod tests {
         assert!(att.wake.try_recv().is_err(), "one wake for ten events");
         let mut out = Vec::new();
         assert_eq!(r.take(att.key, att.serial, &mut out), Take::Done(10));
-        let text = String::from_utf8(out).unwrap();
-        let got: Vec<u64> = text
-            .split_terminator("\n\n")
-            .map(|e| parse(format!("{e}\n\n").as_bytes()).1.unwrap())
-            .collect();
+        let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
         assert_eq!(got, ids);
         assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
     }

@@ -134,9 +134,9 @@ pub fn serve(
     };
     detach.armed = false;
     let mut life = Lifecycle::new(&shared, &room, &att, conn);
-    batch_scheduling();
+    crate::threads::batch_scheduling();
     let ticker = tick(cfg.heartbeat);
-    crate::threads::relax_timers(crate::threads::keepalive_slack(cfg.heartbeat));
+    crate::threads::relax_keepalive_timer(cfg.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
@@ -201,18 +201,6 @@ pub fn serve(
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
-}
-
-/// Marks the calling thread `SCHED_BATCH` (same priority, no wake-up preemption). A broadcast
-/// wakes every member; at normal policy each woken stream thread preempts the thread still
-/// waking the others (and the dispatcher reading the next message), so each stream runs once
-/// per event. As batch threads they run right after, find several events waiting and write
-/// them in one go; alarm streams and the dispatcher, at normal policy, get the CPU first.
-/// Best effort: on failure the thread keeps the normal policy.
-fn batch_scheduling() {
-    // SAFETY: `sched_setscheduler` reads the parameter struct only; pid 0 is this thread.
-    let param = libc::sched_param { sched_priority: 0 };
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

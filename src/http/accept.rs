@@ -111,20 +111,14 @@ fn thread_ids() -> Option<std::collections::HashSet<u64>> {
     })
 }
 
-/// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes.
-/// Returns whether they all were (false too when `/proc` cannot be read).
-fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) -> bool {
+/// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes, or
+/// `/proc` cannot be read.
+fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) {
     let deadline = Instant::now() + limit;
-    loop {
-        let Some(now) = thread_ids() else {
-            return false;
-        };
+    while let Some(now) = thread_ids() {
         let new: Vec<u64> = now.into_iter().filter(|t| !before.contains(t)).collect();
-        if all_asleep(&new) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
+        if all_asleep(&new) || Instant::now() >= deadline {
+            return;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
@@ -150,9 +144,6 @@ struct Probe {
     nonce: String,
     deadline: Instant,
 }
-
-/// A tiny_http server started by [`Supervisor::tick`], for the dispatcher to install.
-pub struct Restarted(pub Arc<tiny_http::Server>);
 
 /// Watches one server's tiny_http accept loop; owned by its dispatcher thread.
 pub struct Supervisor {
@@ -185,23 +176,21 @@ impl Supervisor {
         }
     }
 
-    /// A request arrived from the server in use: it accepts, so back-off starts over. Returns
-    /// true if this is our own probe (answered by the router like any `GET /healthz`).
-    pub fn served(&mut self, request: &Request) -> bool {
+    /// A request arrived from the server in use: it accepts, so back-off starts over; if it is
+    /// our own probe (answered by the router like any `GET /healthz`), the probe is done.
+    pub fn served(&mut self, request: &Request) {
         if self.restart_at.is_none() {
             self.backoff = BACKOFF_MIN;
         }
-        let Some(probe) = &self.probe else {
-            return false;
-        };
-        let ours = request
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv(PROBE_HEADER) && h.value.as_str() == probe.nonce);
+        let ours = self.probe.as_ref().is_some_and(|probe| {
+            request
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv(PROBE_HEADER) && h.value.as_str() == probe.nonce)
+        });
         if ours {
             self.probe = None;
         }
-        ours
     }
 
     /// `recv()` reported an error: tiny_http's accept thread has ended. Schedules a restart.
@@ -239,19 +228,19 @@ impl Supervisor {
     }
 
     /// Probes after a tiny_http panic, declares the loop dead when a probe times out, and
-    /// attempts a due restart on `listener`. Returns the new server when one was started; the
-    /// caller installs it.
+    /// attempts a due restart on `listener`. Returns the new server when one was started, for
+    /// the caller to install in place of `current` (kept here as retired).
     pub fn tick(
         &mut self,
         listener: &TcpListener,
-        current: Option<Arc<tiny_http::Server>>,
+        current: Arc<tiny_http::Server>,
         metrics: &crate::metrics::Metrics,
-    ) -> Option<Restarted> {
+    ) -> Option<Arc<tiny_http::Server>> {
         let now = Instant::now();
         if self.restart_at.is_none() {
-            if self.probe.is_none() && tiny_http_panics() != self.panics_seen {
+            let panics = tiny_http_panics();
+            if self.probe.is_none() && panics != self.panics_seen {
                 // A failed connect (no descriptor, say) is simply retried on the next tick.
-                let panics = tiny_http_panics();
                 self.probe = self.start_probe();
                 if self.probe.is_some() {
                     self.panics_seen = panics;
@@ -278,13 +267,11 @@ impl Supervisor {
                 self.panics_seen = panics;
                 self.restart_at = None;
                 self.probe = None;
-                if let Some(old) = current {
-                    if self.retired.len() >= MAX_RETIRED {
-                        self.retired.remove(0);
-                    }
-                    self.retired.push(old);
+                if self.retired.len() >= MAX_RETIRED {
+                    self.retired.remove(0);
                 }
-                Some(Restarted(new))
+                self.retired.push(current);
+                Some(new)
             }
             Err(e) => {
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);

@@ -364,6 +364,15 @@ fn ip_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by the tests that depend on where the kernel puts new descriptors: one of them
+    /// opens and closes 200 descriptors, and a gap that wide below another test's sockets would
+    /// stop that test's probing sweep short of them (unit tests share one process).
+    static FD_LAYOUT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn fd_layout() -> std::sync::MutexGuard<'static, ()> {
+        FD_LAYOUT.lock().unwrap_or_else(|e| e.into_inner())
+    }
     use std::net::{TcpListener, TcpStream};
 
     #[test]
@@ -397,6 +406,7 @@ mod tests {
 
     #[test]
     fn the_probing_find_skips_stream_fds_and_still_finds_the_new_socket() {
+        let _layout = fd_layout();
         use std::os::fd::AsRawFd;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let local = listener.local_addr().unwrap();
@@ -440,6 +450,7 @@ mod tests {
 
     #[test]
     fn a_known_connection_above_a_gap_is_probed_and_an_unknown_one_found_by_the_full_scan() {
+        let _layout = fd_layout();
         use std::os::fd::AsRawFd;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let local = listener.local_addr().unwrap();
@@ -472,6 +483,7 @@ mod tests {
 
     #[test]
     fn a_sweep_never_takes_a_stream_or_a_foreign_descriptor_for_a_connection() {
+        let _layout = fd_layout();
         use std::os::fd::AsRawFd;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let local = listener.local_addr().unwrap();

@@ -207,6 +207,16 @@ impl TestServer {
         metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
+    /// Refresher ticks so far, whether they ran the query or skipped it (nothing committed),
+    /// from one `/metrics` read.
+    pub fn refresher_ticks(&self) -> f64 {
+        let text = self.request("GET", "/metrics", None).body;
+        ["syncast_refresh_total", "syncast_refresh_skipped_total"]
+            .iter()
+            .map(|name| metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing")))
+            .sum()
+    }
+
     /// Live threads of `role` this server spawned, from `/debug/threads`.
     pub fn threads_of(&self, role: &str) -> u64 {
         self.json("/debug/threads")["by_role"][role]
@@ -439,6 +449,50 @@ impl Sse {
 /// The real `syncast` binary, ready for arguments.
 pub fn syncast_bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_syncast"))
+}
+
+/// A fresh folder for one run of the real binary: its store and its log file live there (left
+/// in place afterwards, for reading after a failure).
+pub struct RunDir {
+    /// The folder.
+    pub dir: PathBuf,
+    /// The server's log file in it.
+    pub log: PathBuf,
+}
+
+impl RunDir {
+    /// A new folder under the temporary directory, named from `prefix`.
+    pub fn new(prefix: &str) -> RunDir {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        RunDir { dir, log }
+    }
+
+    /// Adds `--db DIR/a.db --log-file LOG` to `cmd`, stdin from nowhere and stdout piped (for
+    /// [`listen_addr`]).
+    pub fn server_args<'c>(
+        &self,
+        cmd: &'c mut std::process::Command,
+    ) -> &'c mut std::process::Command {
+        cmd.arg("--db")
+            .arg(self.dir.join("a.db"))
+            .arg("--log-file")
+            .arg(&self.log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+    }
+
+    /// The log so far (empty if there is none yet).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
 }
 
 /// Kills the child if the test fails half-way, so no server outlives its test.

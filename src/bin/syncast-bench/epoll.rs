@@ -54,7 +54,8 @@ pub struct Clients {
     pub parse: bool,
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc return code as a result (negative: the OS error).
+pub fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -12,7 +12,9 @@
 
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::epoll::cvt;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, tick, Sender};
@@ -52,11 +54,9 @@ fn thread_cpu() -> f64 {
 pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) -> io::Result<Floor> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    // SAFETY: plain syscall.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Owned: closed on every return, the early error ones included.
+    // SAFETY: plain syscall; a descriptor it returns is ours alone.
+    let ep = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
     let mut readers: Vec<TcpStream> = Vec::new();
     let mut writers: Vec<TcpStream> = Vec::new();
     for i in 0..members {
@@ -68,10 +68,10 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
             events: libc::EPOLLIN as u32,
             u64: i as u64,
         };
-        // SAFETY: c's descriptor is open; ev is valid for the call.
-        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.as_raw_fd(), &mut ev) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: both descriptors are open; ev is valid for the call.
+        cvt(unsafe {
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.as_raw_fd(), &mut ev)
+        })?;
         readers.push(c);
         writers.push(s);
     }
@@ -87,10 +87,8 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
                 let h = std::thread::Builder::new()
                     .stack_size(64 * 1024)
                     .spawn(move || {
-                        // As the chat streams: batch scheduling.
-                        let param = libc::sched_param { sched_priority: 0 };
-                        // SAFETY: reads the struct only; 0 is this thread.
-                        unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+                        // As the chat streams.
+                        syncast::threads::batch_scheduling();
                         let ticker = tick(Duration::from_secs(25));
                         let (_kick_tx, kick) = bounded::<()>(1);
                         let (_poke_tx, poke) = bounded::<()>(0);
@@ -148,11 +146,17 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
         for w in &wakes {
             let _ = w.try_send(());
         }
-        let c1 = thread_cpu();
         let mut got = 0;
         while got < per_wave {
             // SAFETY: events is writable for its length.
-            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 1000) };
+            let n = unsafe {
+                libc::epoll_wait(
+                    ep.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as i32,
+                    1000,
+                )
+            };
             if n <= 0 {
                 return Err(io::Error::other("floor: a wave did not arrive within 1 s"));
             }
@@ -169,7 +173,7 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
             }
         }
         wave_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        reader_cpu += thread_cpu() - c1 + (c1 - c0);
+        reader_cpu += thread_cpu() - c0;
     }
     drop(wakes);
     let mut writer_cpu = 0.0;
@@ -179,8 +183,6 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
     for c in cpu_rx.try_iter() {
         writer_cpu += c;
     }
-    // SAFETY: ep is ours.
-    unsafe { libc::close(ep) };
     let deliveries = (members * waves) as f64;
     wave_ms.sort_by(|a, b| a.total_cmp(b));
     Ok(Floor {

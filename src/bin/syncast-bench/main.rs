@@ -433,9 +433,6 @@ impl Bench {
                 .open(rqs, 256, Duration::from_secs(60), &mut on_event)
                 .map_err(|e| e.to_string())?;
             receipts.lock().unwrap().clear();
-            // Per message: when its POST was due (paced) or sent, when it was sent, and when
-            // the 202 came back.
-            type Sent = (Instant, Instant, Instant);
             let sent: Arc<Mutex<HashMap<u64, Sent>>> = Arc::default();
             let s0 = srv.sample();
             let addr = srv.addr;
@@ -463,10 +460,15 @@ impl Bench {
                     let v: serde_json::Value =
                         serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
                     let id = v["id"].as_u64().ok_or(format!("no id in {body}"))?;
-                    sent2
-                        .lock()
-                        .unwrap()
-                        .insert(id, (t, sent_at, Instant::now()));
+                    let answered = Instant::now();
+                    sent2.lock().unwrap().insert(
+                        id,
+                        Sent {
+                            due: t,
+                            sent: sent_at,
+                            answered,
+                        },
+                    );
                     Ok(())
                 };
                 let post = |k: usize| post_due(k, None);
@@ -559,22 +561,20 @@ impl Bench {
             let mut lat: Vec<f64> = Vec::new();
             let (mut lat_seq, mut lat_burst) = (Vec::new(), Vec::new());
             let mut last_burst_receipt = None::<Instant>;
-            let mut burst_deliveries = 0usize;
             let (burst_start, paced_starts) =
                 burst_start.unwrap_or_else(|| (Instant::now(), Vec::new()));
-            // Per paced rate: latencies, deliveries and the last receipt.
-            let mut paced: Vec<(Vec<f64>, usize, Option<Instant>)> =
-                vec![(Vec::new(), 0, None); paced_starts.len()];
+            // Per paced rate: latencies and the last receipt.
+            let mut paced: Vec<(Vec<f64>, Option<Instant>)> =
+                vec![(Vec::new(), None); paced_starts.len()];
             for &(id, conn, at) in &receipts {
                 if !seen.insert((id, conn)) {
                     continue;
                 }
-                if let Some((t, _, _)) = sent.get(&id) {
+                if let Some(Sent { due: t, .. }) = sent.get(&id) {
                     let ms = at.saturating_duration_since(*t).as_secs_f64() * 1e3;
                     if let Some(i) = paced_starts.iter().rposition(|p| *t >= *p) {
-                        let (lat, n, last) = &mut paced[i];
+                        let (lat, last) = &mut paced[i];
                         lat.push(ms);
-                        *n += 1;
                         *last = Some(last.map_or(at, |l| l.max(at)));
                         continue;
                     }
@@ -582,7 +582,6 @@ impl Bench {
                     lat.push(ms);
                     if *t >= burst_start {
                         lat_burst.push(ms);
-                        burst_deliveries += 1;
                         last_burst_receipt = Some(last_burst_receipt.map_or(at, |l| l.max(at)));
                     } else {
                         lat_seq.push(ms);
@@ -598,13 +597,13 @@ impl Bench {
             // The POSTs themselves: round trip, and how fast the sequential ones went out.
             let mut rtt: Vec<f64> = sent
                 .values()
-                .map(|(_, at, ok)| ok.duration_since(*at).as_secs_f64() * 1e3)
+                .map(|p| p.answered.duration_since(p.sent).as_secs_f64() * 1e3)
                 .collect();
             rtt.sort_by(|a, b| a.total_cmp(b));
-            let seq: Vec<&Sent> = sent.values().filter(|(t, _, _)| *t < burst_start).collect();
+            let seq: Vec<&Sent> = sent.values().filter(|p| p.due < burst_start).collect();
             let seq_rate = match (
-                seq.iter().map(|(t, _, _)| *t).min(),
-                seq.iter().map(|(_, _, ok)| *ok).max(),
+                seq.iter().map(|p| p.due).min(),
+                seq.iter().map(|p| p.answered).max(),
             ) {
                 (Some(a), Some(b)) => seq.len() as f64 / b.duration_since(a).as_secs_f64(),
                 _ => f64::NAN,
@@ -647,7 +646,7 @@ impl Bench {
                 "",
                 quantile(&lat_burst, 0.99),
             );
-            for ((rate, start), (lat_paced, n, last)) in
+            for ((rate, start), (lat_paced, last)) in
                 PACED_RATES.iter().zip(&paced_starts).zip(&paced)
             {
                 let name = format!("paced {rate}/s");
@@ -682,7 +681,7 @@ impl Bench {
                     &format!("{name}: deliveries/s"),
                     "1/s",
                     "",
-                    *n as f64 / secs,
+                    lat_paced.len() as f64 / secs,
                 );
             }
             r.add(sc, "POST round trip p50", "ms", "", quantile(&rtt, 0.5));
@@ -699,7 +698,7 @@ impl Bench {
                 "deliveries/s (bursts)",
                 "1/s",
                 ">= 150000",
-                burst_deliveries as f64 / burst_secs,
+                lat_burst.len() as f64 / burst_secs,
             );
             r.add(
                 sc,
@@ -767,6 +766,15 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// One chat POST of the bench: when it was due (paced phases) or sent (others), when it was
+/// sent, and when its 202 came back.
+#[derive(Clone, Copy)]
+struct Sent {
+    due: Instant,
+    sent: Instant,
+    answered: Instant,
 }
 
 /// How long the tick scenario counts events and CPU (60,000 events at 5,000 streams).

@@ -1,0 +1,14 @@
+# Sourced by scripts/test-deps.sh and scripts/e2e.sh: installs Debian packages with apt-get,
+# through sudo unless already root. Only called under CI=true, for a package that is missing.
+
+# apt_install TAG PACKAGE...: says what it does (prefixed with TAG), then updates the package
+# lists and installs PACKAGE... without questions.
+apt_install() {
+    local tag=$1
+    shift
+    echo "$tag: installing Debian's $* package (CI=true)"
+    local sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "$@"
+}
