@@ -286,40 +286,55 @@ mod tests {
         (r, db, reg)
     }
 
+    /// What a refresher carries from tick to tick, for driving [`Refresher::full_tick`] by hand.
+    #[derive(Default)]
+    struct Ticks {
+        opened: Option<Opened>,
+        skip: Skip,
+    }
+
+    impl Ticks {
+        fn tick(&mut self, r: &Refresher) -> bool {
+            r.full_tick(&mut self.opened, &mut self.skip)
+        }
+
+        /// The first two ticks query (the first has no stamp to compare with yet), the third
+        /// skips: nothing was committed.
+        fn settle(&mut self, r: &Refresher) {
+            self.tick(r);
+            self.tick(r);
+            assert!(!self.tick(r), "nothing changed: skipped");
+        }
+    }
+
     #[test]
     fn a_tick_skips_the_query_only_while_nothing_was_committed() {
         let (r, db, _reg) = setup("skip");
-        let (mut opened, mut skip) = (None, Skip::default());
-        assert!(
-            r.full_tick(&mut opened, &mut skip),
-            "first tick opens and queries"
-        );
-        assert!(r.full_tick(&mut opened, &mut skip), "no stamp yet: queries");
-        assert!(
-            !r.full_tick(&mut opened, &mut skip),
-            "nothing changed: skipped"
-        );
+        let mut t = Ticks::default();
+        assert!(t.tick(&r), "first tick opens and queries");
+        assert!(t.tick(&r), "no stamp yet: queries");
+        assert!(!t.tick(&r), "nothing changed: skipped");
         assert_eq!(r.metrics.refresh_skipped.get(), 1);
         let other = Store::open(&db, Duration::from_millis(100), false).unwrap();
         other.set("x", true).unwrap();
-        assert!(r.full_tick(&mut opened, &mut skip), "a commit: queries");
+        assert!(t.tick(&r), "a commit: queries");
         assert_eq!(r.hub.get("x"), Some(true));
-        assert!(!r.full_tick(&mut opened, &mut skip));
+        assert!(!t.tick(&r));
         // Two commits that end where they began still count as commits.
         other.set("x", false).unwrap();
         other.set("x", true).unwrap();
-        assert!(r.full_tick(&mut opened, &mut skip));
+        assert!(t.tick(&r));
         // A full query at least every FULL_AT_LEAST_EVERY, whatever the stamp says.
-        skip.at = Some(Instant::now() - FULL_AT_LEAST_EVERY);
-        assert!(r.full_tick(&mut opened, &mut skip));
+        t.skip.at = Some(Instant::now() - FULL_AT_LEAST_EVERY);
+        assert!(t.tick(&r));
     }
 
     #[test]
     fn a_commit_landing_right_after_the_query_is_seen_by_the_next_tick() {
         let (r, db, _reg) = setup("race");
-        let (mut opened, mut skip) = (None, Skip::default());
-        r.full_tick(&mut opened, &mut skip);
-        r.full_tick(&mut opened, &mut skip);
+        let mut t = Ticks::default();
+        t.tick(&r);
+        t.tick(&r);
         assert_eq!(r.hub.get("x"), Some(false));
         // Commit in the window between this tick's query and its end: a stamp read after the
         // query would include it and the next tick would wrongly skip.
@@ -330,46 +345,41 @@ mod tests {
                 other.set("x", true).unwrap();
             }))
         });
-        skip = Skip::default();
-        assert!(r.full_tick(&mut opened, &mut skip));
+        t.skip = Skip::default();
+        assert!(t.tick(&r));
         AFTER_QUERY.with(|f| *f.borrow_mut() = None);
         assert_eq!(r.hub.get("x"), Some(false), "committed after the query");
-        assert!(
-            r.full_tick(&mut opened, &mut skip),
-            "the next tick must not skip"
-        );
+        assert!(t.tick(&r), "the next tick must not skip");
         assert_eq!(r.hub.get("x"), Some(true));
     }
 
     #[test]
     fn a_new_id_that_missed_its_immediate_load_is_loaded_by_the_next_tick() {
         let (r, _db, _reg) = setup("missed");
-        let (mut opened, mut skip) = (None, Skip::default());
-        r.full_tick(&mut opened, &mut skip);
-        r.full_tick(&mut opened, &mut skip);
-        assert!(!r.full_tick(&mut opened, &mut skip));
+        let mut t = Ticks::default();
+        t.settle(&r);
         // Nobody drains `load_now` here: after its 4,096 slots, registrations cannot queue.
         let (wake, _) = crossbeam_channel::unbounded();
         let regs: Vec<_> = (0..4100)
             .map(|i| AlarmHub::register(&r.hub, &format!("n{i}"), 2, wake.clone()))
             .collect();
-        assert!(r.full_tick(&mut opened, &mut skip), "must not skip");
+        assert!(t.tick(&r), "must not skip");
         assert_eq!(r.hub.get("n4099"), Some(false));
-        assert!(!r.full_tick(&mut opened, &mut skip), "then skips again");
+        assert!(!t.tick(&r), "then skips again");
         drop(regs);
     }
 
     #[test]
     fn the_kept_id_list_follows_ids_coming_and_going() {
         let (r, db, reg) = setup("idlist");
-        let (mut opened, mut skip) = (None, Skip::default());
-        r.full_tick(&mut opened, &mut skip);
+        let mut t = Ticks::default();
+        t.tick(&r);
         let other = Store::open(&db, Duration::from_millis(100), false).unwrap();
         other.set("y", true).unwrap();
         // Nobody drains `load_now` here: only the tick's query can load "y".
         let (wake, _) = crossbeam_channel::unbounded();
         let y = AlarmHub::register(&r.hub, "y", 2, wake);
-        assert!(r.full_tick(&mut opened, &mut skip));
+        assert!(t.tick(&r));
         assert_eq!(
             r.hub.get("y"),
             Some(true),
@@ -377,23 +387,21 @@ mod tests {
         );
         drop(reg);
         other.set("y", false).unwrap();
-        assert!(r.full_tick(&mut opened, &mut skip));
+        assert!(t.tick(&r));
         assert_eq!(r.hub.get("y"), Some(false));
-        assert_eq!(skip.ids.as_ref().map(|(_, l)| l.ids().len()), Some(1));
+        assert_eq!(t.skip.ids.as_ref().map(|(_, l)| l.ids().len()), Some(1));
         drop(y);
     }
 
     #[test]
     fn a_file_changed_behind_sqlite_is_not_skipped() {
         let (r, db, _reg) = setup("file");
-        let (mut opened, mut skip) = (None, Skip::default());
-        r.full_tick(&mut opened, &mut skip);
-        r.full_tick(&mut opened, &mut skip);
-        assert!(!r.full_tick(&mut opened, &mut skip));
+        let mut t = Ticks::default();
+        t.settle(&r);
         // Another program touching the file (no SQLite commit): its mtime moves.
         let f = std::fs::OpenOptions::new().append(true).open(&db).unwrap();
         f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
             .unwrap();
-        assert!(r.full_tick(&mut opened, &mut skip));
+        assert!(t.tick(&r));
     }
 }
