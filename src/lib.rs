@@ -15,14 +15,17 @@
 
 #![warn(missing_docs)]
 
-pub mod alarm;
-pub mod chat;
-pub mod config;
-pub mod http;
-pub mod metrics;
-pub mod server;
-pub mod threads;
-pub mod web;
+mod alarm;
+mod chat;
+mod config;
+mod http;
+pub mod kit;
+mod metrics;
+mod server;
+#[cfg(test)]
+mod testing;
+mod threads;
+mod web;
 
-pub use config::Config;
+pub use config::{Config, ConfigError};
 pub use server::{Server, StartError};

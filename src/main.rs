@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
-use syncast::config::{parse_duration, Config};
+use syncast::kit::parse_duration;
+use syncast::Config;
 
 const HELP: &str = "\
 syncast: thread-per-client SSE server (alarm stream + chat room), no async runtime

@@ -130,15 +130,6 @@ impl Metrics {
         }
     }
 
-    /// Refusals counted for `reason`.
-    pub fn rejected(&self, reason: &str) -> u64 {
-        self.rejected
-            .lock()
-            .iter()
-            .find(|(k, _)| *k == reason)
-            .map_or(0, |(_, n)| *n)
-    }
-
     /// Renders the counters, `extra` gauges (name, help, value) and the process figures.
     pub fn render(&self, extra: &[(&str, &str, String)]) -> String {
         let mut out = String::with_capacity(4096);

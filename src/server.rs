@@ -436,11 +436,6 @@ impl Server {
         self.shared.local
     }
 
-    /// The shared state (for embedding and tests).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Stops accepting, sends every stream `event: shutdown` and closes it, stops the
     /// refresher, joins every thread this server spawned and returns how many it joined.
     /// Connections tiny_http still holds are shut so its own (unjoinable) threads end too.

@@ -383,9 +383,8 @@ fn a_stream_socket_has_a_user_timeout_and_keepalive_so_a_peer_gone_without_fin_i
     let mut sse = s.sse(&format!("/sse/call/{}?mode=change", unique("ka")));
     assert_eq!(sse.next_data(), F);
     let peer = sse.local_addr();
-    let mut server_side =
-        syncast::http::conn::StreamSocket::find(s.addr, peer).expect("server-side socket");
-    let fd = *server_side.fds().first().expect("a descriptor");
+    let server_side = syncast::kit::socket_fds(s.addr, peer);
+    let fd = *server_side.first().expect("a descriptor");
     assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);

@@ -16,7 +16,7 @@ fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
 }
 
 fn process_threads() -> u64 {
-    syncast::metrics::process_status().0
+    syncast::kit::process_status().0
 }
 
 #[test]

@@ -11,4 +11,4 @@ pub mod room;
 pub mod session;
 pub mod stream;
 
-pub use room::{ChatError, Room};
+pub use room::Room;

@@ -664,11 +664,6 @@ impl Room {
         self.inner.lock().online()
     }
 
-    /// Id of the last room event (0 before the first).
-    pub fn last_id(&self) -> u64 {
-        self.inner.lock().last_id
-    }
-
     /// Periodic work, called by the dispatcher: expires sessions that have had no stream for
     /// the grace period.
     pub fn housekeeping(&self) {

@@ -179,11 +179,6 @@ impl StreamSocket {
             Some(_) => Liveness::Gone,
         }
     }
-
-    /// The peer address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 /// Liveness of an optional socket (no socket: unknown).

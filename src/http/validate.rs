@@ -91,6 +91,9 @@ pub fn parse_alarm_body(body: &[u8]) -> Option<bool> {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -800,7 +800,7 @@ fn heartbeat() -> Duration {
         if w == "--heartbeat" {
             if let Some(d) = words
                 .next()
-                .and_then(|v| syncast::config::parse_duration(v).ok())
+                .and_then(|v| syncast::kit::parse_duration(v).ok())
             {
                 beat = d;
             }

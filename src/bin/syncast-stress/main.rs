@@ -123,7 +123,7 @@ impl Default for Opts {
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    syncast::config::parse_duration(text).map_err(|e| e.to_string())
+    syncast::kit::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Parses `A..B` (two durations, A <= B).
