@@ -22,6 +22,7 @@ mod http;
 pub mod kit;
 mod metrics;
 mod server;
+mod sys;
 #[cfg(test)]
 mod testing;
 mod threads;

@@ -1,5 +1,4 @@
-//! Counters and gauges, rendered as Prometheus text, plus the process's own threads and RSS
-//! read from `/proc/self/status`.
+//! Counters and gauges, rendered as Prometheus text with the process's own threads and RSS.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,7 +138,8 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         };
-        let (threads, rss) = process_status();
+        let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
+        let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
         let rows: [(&str, &str, &str, String); 24] = [
             (
@@ -338,19 +338,6 @@ fn secs(us: u64) -> String {
     format!("{:.6}", us as f64 / 1e6)
 }
 
-/// `(threads, rss_bytes)` of this process from `/proc/self/status`; zeros if unreadable.
-pub fn process_status() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:") * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,7 +351,8 @@ mod tests {
         assert!(text.contains("syncast_events_sent_total 3\n"));
         assert!(text.contains("syncast_rejected_total{reason=\"max-clients\"} 1\n"));
         assert!(text.contains("syncast_x 5\n"));
-        let (threads, rss) = process_status();
+        let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
+        let (threads, rss) = (status.threads, status.rss_bytes);
         assert!(threads >= 1 && rss > 0);
     }
 }

@@ -18,8 +18,8 @@ use crate::alarm::store::Store;
 use crate::alarm::stream::{self as alarm_stream, Mode};
 use crate::config::{Config, ConfigError};
 use crate::http::accept::{self, Supervisor};
-use crate::http::conn::ConnTable;
 use crate::http::response::{self, Reply};
+use crate::http::sweep::ConnTable;
 use crate::http::validate::{parse_alarm_body, query_get, split_url, valid_id};
 use crate::metrics::Metrics;
 use crate::threads::{Role, Threads};
@@ -462,7 +462,7 @@ impl Server {
         // they see EOF and exit; its accept thread exits when the Server is dropped.
         // The dispatcher has ended: dropping the last tiny_http Server stops its accept thread.
         self.shared.http.lock().take();
-        let shut = crate::http::conn::shutdown_all(self.shared.local);
+        let shut = crate::sys::fd::shutdown_accepted(self.shared.local);
         if left > 0 {
             log::error!("shutdown incomplete: joined {joined} threads, {left} still running");
         }
@@ -480,7 +480,7 @@ impl Drop for Server {
 
 fn dispatch_loop(shared: &Arc<Shared>, mut accept: Supervisor) {
     let housekeeping = Duration::from_millis(250);
-    let mut trim = crate::threads::Trim::default();
+    let mut trim = crate::sys::mem::Trim::default();
     let sweep_every = Duration::from_secs(1).min(shared.config.header_timeout / 2);
     let mut next_housekeeping = Instant::now() + housekeeping;
     let mut next_sweep = Instant::now() + sweep_every;
@@ -789,7 +789,8 @@ fn metrics(shared: &Shared) -> Reply {
 }
 
 fn debug_threads(shared: &Shared) -> Reply {
-    let (process_threads, rss) = crate::metrics::process_status();
+    let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
+    let (process_threads, rss) = (status.threads, status.rss_bytes);
     let by_role: serde_json::Map<String, serde_json::Value> = shared
         .threads
         .count_by_role()

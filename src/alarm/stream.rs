@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crossbeam_channel::{bounded, select, tick, Receiver};
 
 use super::hub::{AlarmHub, Registration};
-use crate::http::conn::Liveness;
+use crate::http::socket::Liveness;
 use crate::http::sse::{self, CloseReason, SseWriter, WriteLimits};
 use crate::server::{Shared, StreamSlot};
 
@@ -139,13 +139,13 @@ fn run(
     let mut life = Lifecycle::new(&shared, &id, conn, mode);
     // Setting up went a page deeper than the loop below ever goes: give that page back
     // (4 KiB of the ~21 KiB an idle stream cost).
-    crate::threads::release_unused_stack();
+    crate::sys::thread::release_unused_stack();
     let ticker = tick(match mode {
         Mode::Tick => cfg.tick,
         Mode::Change => cfg.heartbeat,
     });
     if mode == Mode::Change {
-        crate::threads::relax_keepalive_timer(cfg.heartbeat);
+        crate::sys::thread::relax_keepalive_timer(cfg.heartbeat);
     }
     let mut last: Option<bool> = shared.hub.get(&id);
     let mut first = sse::retry(std::time::Duration::from_secs(2));

@@ -11,7 +11,7 @@ use crossbeam_channel::{select, tick};
 
 use super::room::{Attached, Kick, Room, Take};
 use super::session::Token;
-use crate::http::conn::Liveness;
+use crate::http::socket::Liveness;
 use crate::http::sse::{self, CloseReason, SseWriter};
 use crate::server::{Shared, StreamSlot};
 
@@ -134,9 +134,9 @@ pub fn serve(
     };
     detach.armed = false;
     let mut life = Lifecycle::new(&shared, &room, &att, conn);
-    crate::threads::batch_scheduling();
+    crate::sys::thread::batch_scheduling();
     let ticker = tick(cfg.heartbeat);
-    crate::threads::relax_keepalive_timer(cfg.heartbeat);
+    crate::sys::thread::relax_keepalive_timer(cfg.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Request;
 
+use crate::sys::proc;
+
 /// Header that marks the dispatcher's own liveness probe.
 pub const PROBE_HEADER: &str = "X-Syncast-Probe";
 
@@ -86,7 +88,7 @@ pub fn install_panic_watch() {
 /// running) does not wait: there the count does not matter and the dispatcher must not stall.
 pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
-    let before = if settle { thread_ids() } else { None };
+    let before = if settle { proc::thread_ids() } else { None };
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
     if let (Some(before), Ok(Ok(_))) = (before, started.as_ref()) {
         settle_new_threads(&before, SETTLE_LIMIT);
@@ -103,39 +105,17 @@ pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_h
 /// How long [`start`] waits at most for tiny_http's threads to fall asleep.
 pub const SETTLE_LIMIT: Duration = Duration::from_millis(50);
 
-/// The ids of this process's threads (`None` if `/proc` cannot be read).
-fn thread_ids() -> Option<std::collections::HashSet<u64>> {
-    std::fs::read_dir("/proc/self/task").ok().map(|dir| {
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    })
-}
-
 /// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes, or
 /// `/proc` cannot be read.
 fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while let Some(now) = thread_ids() {
+    while let Some(now) = proc::thread_ids() {
         let new: Vec<u64> = now.into_iter().filter(|t| !before.contains(t)).collect();
-        if all_asleep(&new) || Instant::now() >= deadline {
+        if proc::all_asleep(&new) || Instant::now() >= deadline {
             return;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-/// Whether none of the threads `tids` of this process is running or runnable (state R); a
-/// thread that has ended counts as asleep.
-fn all_asleep(tids: &[u64]) -> bool {
-    !tids.iter().any(|t| {
-        std::fs::read_to_string(format!("/proc/self/task/{t}/stat"))
-            .ok()
-            .and_then(|st| {
-                st.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('R'))
-            })
-            .unwrap_or(false)
-    })
 }
 
 /// A probe of the accept loop in flight: the connection and the nonce it carries.
@@ -298,46 +278,5 @@ impl Supervisor {
             nonce,
             deadline: Instant::now() + PROBE_DEADLINE,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_spinning_thread_is_not_asleep_and_a_parked_one_is() {
-        let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let spin = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let spinning = spin.clone();
-        let spinner = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            let _ = tid_tx.send(unsafe { libc::gettid() } as u64);
-            while spinning.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
-            let _ = stop_rx.recv();
-        });
-        let tid = tid_rx.recv().unwrap();
-        assert!(!all_asleep(&[tid]), "spinning (running or runnable)");
-        spin.store(false, Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_asleep(&[tid]) {
-            assert!(Instant::now() < deadline, "never parked");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        drop(stop_tx);
-        spinner.join().unwrap();
-        // Joined threads can show in /proc (state R) for a moment while they finish exiting.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_asleep(&[tid]) {
-            assert!(
-                Instant::now() < deadline,
-                "an ended thread counts as asleep"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(thread_ids().is_some_and(|t| !t.is_empty()));
     }
 }

@@ -2,7 +2,8 @@
 //! validation of what clients send.
 
 pub mod accept;
-pub mod conn;
 pub mod response;
+pub(crate) mod socket;
 pub mod sse;
+pub(crate) mod sweep;
 pub mod validate;

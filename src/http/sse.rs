@@ -13,7 +13,8 @@ use std::os::fd::RawFd;
 
 use crossbeam_channel::Receiver;
 
-use super::conn::{ConnTable, Liveness, StreamSocket};
+use super::socket::{self, Liveness, StreamSocket};
+use super::sweep::ConnTable;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
@@ -223,7 +224,7 @@ impl SseWriter {
                 s.release_reader();
                 s.set_write_timeout(limits.timeout)?;
                 s.set_send_buffer(limits.send_buffer);
-                super::conn::set_keepalive(s, limits.user_timeout);
+                s.set_keepalive(limits.user_timeout);
                 // Zero capacity: a poke reaches the stream only while it waits in `select!`;
                 // one sent while it is busy writing is lost, and the sweep's next pass over
                 // the sockets (a few seconds) sends it again. A one-slot channel costs 580
@@ -275,7 +276,7 @@ impl SseWriter {
 
     /// Whether the client is still connected, checked without writing.
     pub fn liveness(&mut self) -> Liveness {
-        super::conn::liveness_of(&mut self.socket)
+        socket::liveness_of(&mut self.socket)
     }
 }
 

@@ -13,22 +13,20 @@ use std::os::fd::RawFd;
 
 pub use crate::config::parse_duration;
 
-/// `(threads, rss_bytes)` of this process from `/proc/self/status`; zeros if unreadable.
-pub fn process_status() -> (u64, u64) {
-    crate::metrics::process_status()
+/// A process's threads, memory and CPU time from `/proc` (the server reads its own figures for
+/// `/metrics` with the same functions).
+pub mod proc {
+    pub use crate::sys::proc::{cpu_seconds, status, Proc, Status};
 }
 
-/// The descriptors of this process that are the connection `local` ⇄ `peer` (a server running
-/// in a test's own process: its side of a client's connection).
+/// The descriptors of this process that are the connection `local` ⇄ `peer` (for a test whose
+/// server runs in its own process: the server's side of a client's connection).
 pub fn socket_fds(local: SocketAddr, peer: SocketAddr) -> Vec<RawFd> {
-    match crate::http::conn::StreamSocket::find(local, peer) {
-        Some(mut socket) => socket.fds(),
-        None => Vec::new(),
-    }
+    crate::sys::fd::socket_fds(local, peer)
 }
 
 /// Marks the calling thread `SCHED_BATCH`, as the server does its chat stream threads (for a
 /// tool that imitates them).
 pub fn batch_scheduling() {
-    crate::threads::batch_scheduling()
+    crate::sys::thread::batch_scheduling()
 }
