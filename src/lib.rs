@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod admit;
 mod alarm;
 mod chat;
 mod config;
@@ -22,6 +23,7 @@ mod http;
 pub mod kit;
 mod metrics;
 mod server;
+mod stream;
 mod sys;
 #[cfg(test)]
 mod testing;

@@ -334,6 +334,13 @@ impl Metrics {
     }
 }
 
+/// Appends `syncast_threads_live{role="..."} N` for each role (after [`Metrics::render`]).
+pub(crate) fn render_threads_live(out: &mut String, by_role: &[(&str, usize)]) {
+    for (role, n) in by_role {
+        let _ = writeln!(out, "syncast_threads_live{{role=\"{role}\"}} {n}");
+    }
+}
+
 fn secs(us: u64) -> String {
     format!("{:.6}", us as f64 / 1e6)
 }

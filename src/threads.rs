@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// Stack of the dispatcher, refresher and request threads (SQLite wants more than a stream).
+pub(crate) const SERVICE_STACK: usize = 256 * 1024;
+
 /// What a thread is for; `/debug/threads` and `/metrics` group threads by this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {

@@ -26,28 +26,28 @@ use super::store::{IdList, Store, StoreError};
 use crate::metrics::Metrics;
 
 /// The store's health as `/healthz` reports it: `None` when the last refresh succeeded.
-pub type Health = Arc<RwLock<Option<String>>>;
+pub(crate) type Health = Arc<RwLock<Option<String>>>;
 
 /// What the refresher needs.
-pub struct Refresher {
+pub(crate) struct Refresher {
     /// The store file.
-    pub db: PathBuf,
+    pub(crate) db: PathBuf,
     /// Lock wait for each query.
-    pub busy_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
     /// Interval between refreshes.
-    pub every: Duration,
+    pub(crate) every: Duration,
     /// Shared state.
-    pub hub: Arc<AlarmHub>,
+    pub(crate) hub: Arc<AlarmHub>,
     /// Ids to load at once.
-    pub load_now: Receiver<Arc<str>>,
+    pub(crate) load_now: Receiver<Arc<str>>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Degraded reason, if any.
-    pub health: Health,
+    pub(crate) health: Health,
     /// Disconnected when the server shuts down.
-    pub shutdown: Receiver<()>,
+    pub(crate) shutdown: Receiver<()>,
     /// Test-only: panic when a refresh includes this id (see `Config::fault_panic_id`).
-    pub fault_panic_id: Option<String>,
+    pub(crate) fault_panic_id: Option<String>,
 }
 
 struct Opened {
@@ -93,8 +93,24 @@ thread_local! {
 }
 
 impl Refresher {
+    /// Runs until shutdown; a panic in a refresh is caught, logged, counted, and the loop starts
+    /// again at once, so streams are never left without values. The refresher thread's body.
+    pub(crate) fn run_restarting(self) {
+        loop {
+            let run = std::panic::AssertUnwindSafe(|| self.run());
+            match std::panic::catch_unwind(run) {
+                Ok(()) => return,
+                Err(cause) => {
+                    self.metrics.refresher_restarts.inc();
+                    let cause = crate::threads::panic_message(&*cause);
+                    log::error!("refresher panicked cause={cause:?}; restarting");
+                }
+            }
+        }
+    }
+
     /// Runs until shutdown.
-    pub fn run(&self) {
+    fn run(&self) {
         let ticker = tick(self.every);
         let mut opened: Option<Opened> = None;
         let mut skip = Skip::default();

@@ -1,9 +1,12 @@
-//! Small JSON responses and the `{"error": "..."}` body every 4xx/5xx carries.
+//! Buffered replies: small JSON responses, the `{"error": "..."}` body every 4xx/5xx carries,
+//! and the CORS headers every reply gets when `--cors-origin` is set.
 
 use std::io::Cursor;
 
 use serde_json::Value;
-use tiny_http::{Header, Response, StatusCode};
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::metrics::Metrics;
 
 /// A buffered response.
 pub type Reply = Response<Cursor<Vec<u8>>>;
@@ -45,4 +48,48 @@ pub fn no_content() -> Reply {
 /// Adds a header to a reply.
 pub fn add_header(reply: Reply, name: &str, value: &str) -> Reply {
     reply.with_header(header(name, value))
+}
+
+/// Counts and answers a 400.
+pub(crate) fn bad_request(metrics: &Metrics, message: &str) -> Reply {
+    metrics.reject("bad-request");
+    error(400, message)
+}
+
+/// A 405 naming the allowed methods.
+pub(crate) fn method_not_allowed(allow: &str) -> Reply {
+    add_header(error(405, "method not allowed"), "Allow", allow)
+}
+
+/// The `Access-Control-Allow-Origin` the server sends, if configured (`--cors-origin`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cors(Option<String>);
+
+impl Cors {
+    /// CORS for `origin` (`None`: off).
+    pub(crate) fn new(origin: Option<String>) -> Cors {
+        Cors(origin)
+    }
+
+    /// Sends `reply` for `request`, adding the CORS headers when configured. Every buffered
+    /// reply of the server goes through here.
+    pub(crate) fn respond(&self, request: Request, reply: Reply) {
+        let mut reply = reply;
+        if let Some(origin) = &self.0 {
+            reply = add_header(reply, "Access-Control-Allow-Origin", origin);
+            reply = add_header(reply, "Vary", "Origin");
+        }
+        let _ = request.respond(reply);
+    }
+
+    /// Extra header lines every SSE response carries (CORS, when configured).
+    pub(crate) fn sse_headers(&self) -> Vec<String> {
+        match &self.0 {
+            Some(origin) => vec![
+                format!("Access-Control-Allow-Origin: {origin}"),
+                "Vary: Origin".to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
 }

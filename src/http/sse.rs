@@ -73,59 +73,15 @@ pub fn comment(text: &str) -> Vec<u8> {
     format!(": {}\n\n", text.replace(['\r', '\n'], " ")).into_bytes()
 }
 
+/// The keepalive comment, written as is (no allocation on a parked stream's path).
+pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// The last event of every stream when the server shuts down.
+pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
+
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
 pub fn retry(after: Duration) -> Vec<u8> {
     format!("retry: {}\n\n", after.as_millis()).into_bytes()
-}
-
-/// Why a stream ended: the `reason=` of its close log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client went away (FIN/RST seen, or a write failed).
-    ClientGone,
-    /// A write stayed blocked past the write time-out: the client stopped reading.
-    Stalled,
-    /// The server is shutting down.
-    Shutdown,
-    /// Chat: the member's queue was full.
-    Slow,
-    /// Chat: a newer stream attached to the same session.
-    Replaced,
-    /// Chat: the session left.
-    Left,
-    /// Chat: the session expired.
-    Expired,
-}
-
-impl CloseReason {
-    /// The stable word used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientGone => "client-gone",
-            CloseReason::Stalled => "stalled",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Slow => "slow",
-            CloseReason::Replaced => "replaced",
-            CloseReason::Left => "left",
-            CloseReason::Expired => "expired",
-        }
-    }
-
-    /// The reason a failed write stands for.
-    ///
-    /// `ETIMEDOUT` from the kernel means it dropped the connection (`TCP_USER_TIMEOUT`,
-    /// keepalive or the retransmission limit): the peer is gone, whereas a write that blocked
-    /// past `SO_SNDTIMEO` (`WouldBlock`) or an event slower than the write time-out (our own
-    /// `TimedOut`, no OS error) is a client that stopped reading.
-    pub fn from_write_error(err: &io::Error) -> CloseReason {
-        if err.raw_os_error() == Some(libc::ETIMEDOUT) {
-            return CloseReason::ClientGone;
-        }
-        match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::Stalled,
-            _ => CloseReason::ClientGone,
-        }
-    }
 }
 
 /// How long a write may block and how much the kernel may queue for one stream.
@@ -142,7 +98,7 @@ pub struct WriteLimits {
 
 impl WriteLimits {
     /// The limits a configuration sets.
-    pub fn of(config: &crate::Config) -> WriteLimits {
+    pub fn of(config: &crate::config::Config) -> WriteLimits {
         WriteLimits {
             timeout: config.write_timeout,
             send_buffer: config.send_buffer,
@@ -306,30 +262,11 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_time_out_is_a_gone_client_and_a_blocked_write_a_stalled_one() {
-        let kernel = io::Error::from_raw_os_error(libc::ETIMEDOUT);
-        assert_eq!(
-            CloseReason::from_write_error(&kernel),
-            CloseReason::ClientGone
-        );
-        let blocked = io::Error::from_raw_os_error(libc::EAGAIN);
-        assert_eq!(
-            CloseReason::from_write_error(&blocked),
-            CloseReason::Stalled
-        );
-        let slow = io::Error::new(io::ErrorKind::TimedOut, "event took longer");
-        assert_eq!(CloseReason::from_write_error(&slow), CloseReason::Stalled);
-        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
-        assert_eq!(
-            CloseReason::from_write_error(&reset),
-            CloseReason::ClientGone
-        );
-    }
-
-    #[test]
     fn comments_and_retry() {
         assert_eq!(comment("keepalive"), b": keepalive\n\n");
         assert_eq!(comment("a\nb"), b": a b\n\n");
         assert_eq!(retry(Duration::from_secs(2)), b"retry: 2000\n\n");
+        assert_eq!(KEEPALIVE, comment("keepalive"));
+        assert_eq!(SHUTDOWN, encode_event(Some("shutdown"), None, "{}"));
     }
 }

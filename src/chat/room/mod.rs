@@ -39,8 +39,8 @@ use parking_lot::Mutex;
 
 use super::session::Token;
 use crate::config::Config;
-use crate::http::sse::CloseReason;
 use crate::metrics::Metrics;
+use crate::stream::CloseReason;
 use state::{Inner, Limits};
 pub(crate) use types::{Attached, ChatError, Joined, Kick, Take};
 

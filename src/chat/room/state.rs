@@ -13,9 +13,10 @@ use serde_json::json;
 use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, TAKE_BYTES};
 use super::wakes::{Waker, Wakes};
 use crate::chat::session::{RateLimiter, Token};
-use crate::http::sse::{encode_event, CloseReason};
+use crate::http::sse::encode_event;
 use crate::http::validate::valid_name;
 use crate::metrics::Metrics;
+use crate::stream::CloseReason;
 
 /// The room's sizes, from the configuration.
 #[derive(Debug, Clone, Copy)]

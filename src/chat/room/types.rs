@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use crate::http::sse::CloseReason;
+use crate::stream::CloseReason;
 
 /// Largest message, in bytes of UTF-8.
 pub(crate) const MAX_TEXT: usize = 4096;
