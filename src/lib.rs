@@ -30,5 +30,6 @@ mod testing;
 mod threads;
 mod web;
 
+pub use alarm::store::StoreError;
 pub use config::{Config, ConfigError};
 pub use server::{Server, StartError};

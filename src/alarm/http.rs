@@ -1,14 +1,12 @@
 //! The alarm routes: `GET /sse/call/{id}` (a stream on its own thread) and
 //! `GET|PUT|DELETE /alarms/{id}` (the store, on a short request thread).
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::store::Store;
+use super::store::Backend;
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::Admission;
 use crate::http::request::{read_body, Params};
@@ -23,10 +21,8 @@ const BAD_ID: &str = "invalid id: use 1-64 characters of A-Z a-z 0-9 . _ -";
 pub(crate) struct AlarmService {
     /// What each stream thread gets.
     pub(crate) streams: Arc<AlarmStreams>,
-    /// The store file.
-    pub(crate) db: PathBuf,
-    /// Lock wait for each statement.
-    pub(crate) busy_timeout: Duration,
+    /// The store (a connection per request).
+    pub(crate) store: Backend,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
@@ -89,7 +85,7 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         },
         _ => None,
     };
-    let store = match Store::open(&alarms.db, alarms.busy_timeout, false) {
+    let store = match alarms.store.open() {
         Ok(s) => s,
         Err(e) => return response::error(503, &format!("store unavailable: {e}")),
     };
@@ -123,7 +119,8 @@ mod tests {
             db: dir.join("a.db"),
             ..Config::default()
         };
-        Store::open(&config.db, config.busy_timeout, true).unwrap();
+        let store = Backend::of(&config);
+        store.create().unwrap();
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
@@ -136,8 +133,7 @@ mod tests {
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
-            db: config.db.clone(),
-            busy_timeout: config.busy_timeout,
+            store,
             admit: Admission::new(&config, metrics.clone(), Threads::new()),
             metrics,
         }

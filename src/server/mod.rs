@@ -21,7 +21,7 @@ use crate::admit::Admission;
 use crate::alarm::http::AlarmService;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::{Health, Refresher};
-use crate::alarm::store::Store;
+use crate::alarm::store::{Backend, StoreError};
 use crate::alarm::stream::AlarmStreams;
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
@@ -44,7 +44,7 @@ pub enum StartError {
     /// The listening socket could not be bound.
     Bind(std::io::Error),
     /// The store could not be opened or created.
-    Store(String),
+    Store(StoreError),
     /// A thread could not be spawned.
     Spawn(std::io::Error),
 }
@@ -60,7 +60,15 @@ impl std::fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Config(e) => Some(e),
+            StartError::Bind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Store(e) => Some(e),
+        }
+    }
+}
 
 /// A running syncast server.
 pub struct Server {
@@ -76,8 +84,8 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
         accept::install_panic_watch();
-        // Create the file and schema now, so a bad path is a start error, not a degraded run.
-        Store::open(&config.db, config.busy_timeout, true).map_err(|e| StartError::Store(e.0))?;
+        let store = Backend::of(&config);
+        store.create().map_err(StartError::Store)?;
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
@@ -105,8 +113,7 @@ impl Server {
                 heartbeat: config.heartbeat,
                 fault_panic_id: config.fault_panic_id.clone(),
             }),
-            db: config.db.clone(),
-            busy_timeout: config.busy_timeout,
+            store: store.clone(),
             admit: admit.clone(),
             metrics: metrics.clone(),
         });
@@ -137,8 +144,7 @@ impl Server {
             cors: config.cors_origin.is_some(),
         };
         let refresher = Refresher {
-            db: config.db.clone(),
-            busy_timeout: config.busy_timeout,
+            store,
             every: config.refresh,
             hub,
             load_now,
