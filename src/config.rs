@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything a [`crate::Server`] needs to start. Build it with [`Config::default`] and change
-/// fields; [`Config::validate`] is called by `Server::start`.
+/// fields; `Server::start` validates it (or give `Server::start_valid` a [`ValidConfig`]). The
+/// binary's flags ([`crate::cli`]) set these fields and show these defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
@@ -247,6 +248,46 @@ impl Config {
             "at least 16 KiB",
         )?;
         Ok(())
+    }
+}
+
+/// A [`Config`] that [`Config::validated`] accepted: what [`crate::Server::start_valid`] takes,
+/// so a configuration checked at the edge is not checked again.
+#[derive(Debug, Clone)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    /// The configuration.
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl Config {
+    /// Checks every value (see [`Config::validate`]) and returns the configuration as valid.
+    pub fn validated(self) -> Result<ValidConfig, ConfigError> {
+        self.validate()?;
+        Ok(ValidConfig(self))
+    }
+}
+
+/// Writes a duration the way [`parse_duration`] reads it: `500ms`, `25s`, or `1.5s` when it is
+/// not a whole number of milliseconds.
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
     }
 }
 

@@ -18,6 +18,7 @@
 mod admit;
 mod alarm;
 mod chat;
+pub mod cli;
 mod config;
 mod http;
 pub mod kit;
@@ -31,5 +32,5 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ValidConfig};
 pub use server::{Server, StartError};

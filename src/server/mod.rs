@@ -26,7 +26,7 @@ use crate::alarm::stream::AlarmStreams;
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
 use crate::chat::stream::ChatStreams;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
@@ -82,7 +82,12 @@ pub struct Server {
 impl Server {
     /// Validates `config`, opens (or creates) the store, binds the listener and starts serving.
     pub fn start(config: Config) -> Result<Server, StartError> {
-        config.validate().map_err(StartError::Config)?;
+        Server::start_valid(config.validated().map_err(StartError::Config)?)
+    }
+
+    /// Like [`Server::start`], for a configuration validated already.
+    pub fn start_valid(config: ValidConfig) -> Result<Server, StartError> {
+        let config = config.into_inner();
         accept::install_panic_watch();
         let store = Backend::of(&config);
         store.create().map_err(StartError::Store)?;
