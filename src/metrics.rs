@@ -101,13 +101,14 @@ pub struct Metrics {
 /// How many recent full refreshes the quantiles in `/metrics` are taken over.
 pub const REFRESH_WINDOW: usize = 64;
 
-/// The `q` quantile (nearest rank) of sorted `v`.
-fn quantile(v: &[u64], q: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
+/// The `q` quantile (0..=1) of `sorted` by nearest rank: the smallest value with at least a
+/// share `q` of the values at or below it. `None` when there are no values.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
     }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
 }
 
 impl Metrics {
@@ -313,7 +314,7 @@ impl Metrics {
             v.sort_unstable();
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
             for (q, f) in [("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)] {
-                let x = quantile(&v, f);
+                let x = quantile(&v, f).unwrap_or(0);
                 let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", secs(x));
             }
             let _ = writeln!(out, "{name}_count {}", v.len());
@@ -361,5 +362,16 @@ mod tests {
         let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
         let (threads, rss) = (status.threads, status.rss_bytes);
         assert!(threads >= 1 && rss > 0);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        v.sort_unstable();
+        assert_eq!(quantile(&v, 0.50), Some(50));
+        assert_eq!(quantile(&v, 0.99), Some(99));
+        assert_eq!(quantile(&v, 1.0), Some(100));
+        assert_eq!(quantile::<u64>(&[], 0.50), None);
+        assert_eq!(quantile(&[1.5, 2.5, 9.0], 0.5), Some(2.5));
     }
 }

@@ -1,17 +1,28 @@
 //! The client kit, for tools and tests: what `syncast-stress`, `syncast-bench` and the
 //! integration tests need to talk to a syncast server and read its figures, written once.
 //!
-//! - [`sse`]: the WHATWG event-stream parser.
+//! - [`http`]: a blocking HTTP/1.1 client (one request per connection, event streams).
+//! - [`sse`]: the WHATWG event-stream parser, whole or incremental.
+//! - [`prom`]: reading a sample from Prometheus text.
+//! - [`stats`]: quantiles of measured values.
+//! - [`proc`]: a process's threads, memory and CPU time from `/proc`.
 //!
-//! Nothing here is used by the server itself, except what server and kit share (the `/proc`
-//! readers, the duration syntax of the flags).
+//! The server uses none of this, except what server and kit share: the `/proc` readers and the
+//! duration syntax of the flags are one implementation each, in the server's modules.
 
+pub mod http;
+pub mod prom;
 pub mod sse;
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 pub use crate::config::parse_duration;
+
+/// Quantiles of measured values (the server's `/metrics` summaries use the same function).
+pub mod stats {
+    pub use crate::metrics::quantile;
+}
 
 /// A process's threads, memory and CPU time from `/proc` (the server reads its own figures for
 /// `/metrics` with the same functions).

@@ -3,8 +3,12 @@
 //!
 //! It dispatches what a browser's `EventSource` would, state carried across events included
 //! (the last event ID persists), and also reports comments and `retry` fields, which tools
-//! count. Feed it from a blocking socket ([`Parser::feed`], owned items) or from an event loop
-//! that must not allocate per event ([`Parser::feed_with`], items borrowed from its buffers).
+//! count. Feed it from a blocking socket ([`Reader`], or [`Parser::feed`]: owned items) or from
+//! an event loop that must not allocate per event ([`Parser::feed_with`], items borrowed from
+//! its buffers).
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead};
 
 /// The UTF-8 byte order mark, dropped once at the start of a stream.
 pub const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -199,6 +203,50 @@ impl Parser {
         });
         self.data.clear();
         self.event.clear();
+    }
+}
+
+/// An event stream read item by item from a blocking reader (a socket's `BufReader`).
+pub struct Reader<R> {
+    reader: R,
+    parser: Parser,
+    pending: VecDeque<Item>,
+}
+
+impl<R: BufRead> Reader<R> {
+    /// Reads the stream that `reader` is positioned at (after the response head).
+    pub fn new(reader: R) -> Reader<R> {
+        Reader {
+            reader,
+            parser: Parser::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next item; `Ok(None)` at the end of the stream. Blocks until one is complete.
+    pub fn next_item(&mut self) -> io::Result<Option<Item>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            let buf = self.reader.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let n = buf.len();
+            self.pending.extend(self.parser.feed(buf));
+            self.reader.consume(n);
+        }
+    }
+
+    /// The reader underneath.
+    pub fn get_ref(&self) -> &R {
+        &self.reader
+    }
+
+    /// The reader underneath, e.g. to read a body instead of events (before any [`Reader::next_item`]).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
     }
 }
 

@@ -5,7 +5,6 @@
 mod alarm;
 mod chat;
 mod check;
-mod http;
 mod probe;
 mod report;
 mod shared;
@@ -317,7 +316,7 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
 }
 
 fn run(o: Opts) -> Result<Summary, String> {
-    let target = http::Target::parse(&o.url)?;
+    let target = syncast::kit::http::Target::parse(&o.url)?;
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

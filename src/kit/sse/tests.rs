@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::spec::{chunks, event, parse_whole, SpecParser};
-use super::BOM;
+use super::{Item, Parser, BOM};
 
 /// The parser against the spec's own examples and its edge cases.
 #[test]
@@ -118,4 +118,70 @@ proptest! {
         let bytewise = SpecParser::parse(bytes.chunks(1));
         prop_assert_eq!(&bytewise.events, &whole.events);
     }
+}
+
+// The incremental parser as the tools drive it.
+
+/// A dispatched event's fields.
+struct Ev {
+    event: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// The dispatched events among `items`.
+fn events(items: Vec<Item>) -> Vec<Ev> {
+    items
+        .into_iter()
+        .filter_map(|i| match i {
+            Item::Event { event, id, data } => Some(Ev { event, id, data }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn parses_named_events_with_ids_and_comments() {
+    let mut p = Parser::new();
+    let items = p.feed(
+        b"retry: 2000\n\n: keepalive\n\nevent: message\nid: 7\ndata: {\"a\":1}\n\ndata: x\n\n",
+    );
+    assert_eq!(items[0], Item::Retry(2000));
+    assert_eq!(items[1], Item::Comment(" keepalive".into()));
+    let ev = events(items);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0].event, "message");
+    assert_eq!(ev[0].id.as_deref(), Some("7"));
+    assert_eq!(ev[0].data, "{\"a\":1}");
+    // The last event ID persists; an unnamed event is a `message`.
+    assert_eq!(ev[1].id.as_deref(), Some("7"));
+    assert_eq!(ev[1].data, "x");
+}
+
+#[test]
+fn joins_data_lines_and_handles_every_line_ending_split_anywhere() {
+    let text = b"event: e\r\ndata: a\rdata:b\r\ndata\n\n";
+    for cut in 0..text.len() {
+        let mut p = Parser::new();
+        let mut items = p.feed(&text[..cut]);
+        items.extend(p.feed(&text[cut..]));
+        let ev = events(items);
+        assert_eq!(ev.len(), 1, "cut at {cut}");
+        assert_eq!(ev[0].event, "e");
+        assert_eq!(ev[0].data, "a\nb\n");
+    }
+}
+
+#[test]
+fn an_event_without_data_is_not_dispatched_and_its_name_is_reset() {
+    let mut p = Parser::new();
+    let ev = events(p.feed(b"event: lonely\n\ndata: y\n\n"));
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].event, "message");
+}
+
+#[test]
+fn an_unfinished_event_is_not_dispatched() {
+    let mut p = Parser::new();
+    assert!(events(p.feed(b"data: half\n")).is_empty());
 }
