@@ -196,13 +196,16 @@ impl Supervisor {
     }
 
     /// Requests delivered by replaced servers (their pool threads may still serve keep-alive
-    /// connections); never blocks.
-    pub fn drain_retired(&self) -> Vec<Request> {
+    /// connections), each noted as [`Supervisor::served`]; never blocks.
+    pub fn drain_retired(&mut self) -> Vec<Request> {
         let mut out = Vec::new();
         for old in &self.retired {
             while let Ok(Some(rq)) = old.try_recv() {
                 out.push(rq);
             }
+        }
+        for rq in &out {
+            self.served(rq);
         }
         out
     }

@@ -112,7 +112,6 @@ impl Dispatcher {
                 return;
             }
             for request in accept.drain_retired() {
-                accept.served(&request);
                 self.router.route(request);
             }
             if let Some(new) = accept.tick(&self.listener, http, &self.metrics) {
