@@ -283,3 +283,71 @@ impl Supervisor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn metrics() -> crate::metrics::Metrics {
+        crate::metrics::Metrics::default()
+    }
+
+    /// A request from `server`, waiting at most 5 s.
+    fn next(server: &tiny_http::Server) -> Request {
+        server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("a request")
+    }
+
+    #[test]
+    fn a_request_from_a_retired_server_leaves_the_back_off_alone() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let first = start(&listener, false).unwrap();
+        let mut sup = Supervisor::new(local, tiny_http_panics());
+        let metrics = metrics();
+        // A keep-alive client of the first server.
+        let mut client = TcpStream::connect(local).unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let rq = next(&first);
+        sup.served(&rq);
+        rq.respond(tiny_http::Response::empty(200)).unwrap();
+        // Its accept loop is declared dead and tiny_http started again: the back-off doubles.
+        sup.accept_failed(&std::io::Error::other("test"), &metrics);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _second = loop {
+            if let Some(new) = sup.tick(&listener, first.clone(), &metrics) {
+                break new;
+            }
+            assert!(Instant::now() < deadline, "never restarted");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(sup.backoff, BACKOFF_MIN * 2);
+        // The old client goes on talking on its connection, which the retired server serves.
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let retired = loop {
+            let got = sup.drain_retired();
+            if !got.is_empty() {
+                break got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the retired server delivered nothing"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(retired[0].url(), "/b");
+        assert_eq!(
+            sup.backoff,
+            BACKOFF_MIN * 2,
+            "a dead accept loop must not go back to restarting every 50 ms"
+        );
+    }
+}
