@@ -162,6 +162,11 @@ impl Supervisor {
         if self.restart_at.is_none() {
             self.backoff = BACKOFF_MIN;
         }
+        self.probe_answered(request);
+    }
+
+    /// If `request` is our probe, the probe is done.
+    fn probe_answered(&mut self, request: &Request) {
         let ours = self.probe.as_ref().is_some_and(|probe| {
             request
                 .headers()
@@ -196,7 +201,10 @@ impl Supervisor {
     }
 
     /// Requests delivered by replaced servers (their pool threads may still serve keep-alive
-    /// connections), each noted as [`Supervisor::served`]; never blocks.
+    /// connections); never blocks. They say nothing about the server in use, so the back-off
+    /// stays (resetting it here restarted a dead accept loop every 50 ms while an old keep-alive
+    /// client talked); one of them may still be our probe, if the retired server's accept thread
+    /// was alive after all.
     pub fn drain_retired(&mut self) -> Vec<Request> {
         let mut out = Vec::new();
         for old in &self.retired {
@@ -205,7 +213,7 @@ impl Supervisor {
             }
         }
         for rq in &out {
-            self.served(rq);
+            self.probe_answered(rq);
         }
         out
     }
