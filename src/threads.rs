@@ -111,6 +111,10 @@ impl Threads {
         // Register before the thread can finish, so its own unregistering always finds the entry.
         let mut inner = self.inner.lock();
         let registry = self.clone();
+        #[cfg(test)]
+        if let Some(refused) = testing::before_spawn(role) {
+            return Err(refused);
+        }
         let spawned = thread::Builder::new()
             .name(name)
             .stack_size(stack)
@@ -250,6 +254,30 @@ pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "unknown panic payload".to_string()
+    }
+}
+
+/// Test-only hooks into [`Threads::spawn`], per spawning thread (unit tests run in parallel).
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::cell::Cell;
+
+    use super::Role;
+
+    thread_local! {
+        static REFUSE: Cell<Option<Role>> = const { Cell::new(None) };
+    }
+
+    /// From now on, spawns of `role` from this thread fail as if the OS refused the thread
+    /// (`None`: none do).
+    pub(crate) fn refuse(role: Option<Role>) {
+        REFUSE.with(|r| r.set(role));
+    }
+
+    /// Called by `spawn` right before the OS is asked: `Some` refuses.
+    pub(super) fn before_spawn(role: Role) -> Option<std::io::Error> {
+        (REFUSE.with(|r| r.get()) == Some(role))
+            .then(|| std::io::Error::new(std::io::ErrorKind::WouldBlock, "refused by a test"))
     }
 }
 

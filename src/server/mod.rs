@@ -87,6 +87,11 @@ impl Server {
 
     /// Like [`Server::start`], for a configuration validated already.
     pub fn start_valid(config: ValidConfig) -> Result<Server, StartError> {
+        Server::launch(config, Threads::new())
+    }
+
+    /// Starts the server; every thread it spawns is registered in `threads`.
+    fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
         let store = Backend::of(&config);
@@ -104,7 +109,6 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
-        let threads = Threads::new();
         let health: Health = Arc::new(RwLock::new(None));
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
@@ -241,5 +245,35 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::threads::testing;
+
+    #[test]
+    fn a_dispatcher_that_cannot_start_leaves_no_refresher_behind() {
+        let dir =
+            std::env::temp_dir().join(format!("syncast-server-{}-refused", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: dir.join("a.db"),
+            ..Config::default()
+        };
+        let threads = Threads::new();
+        testing::refuse(Some(Role::Dispatcher));
+        let started = Server::launch(config.validated().unwrap(), threads.clone());
+        testing::refuse(None);
+        assert!(
+            matches!(started, Err(StartError::Spawn(_))),
+            "{:?}",
+            started.err()
+        );
+        assert_eq!(threads.live(), 0, "nothing of it still running");
+        assert_eq!(threads.joined_total(), 1, "the refresher, joined");
     }
 }
