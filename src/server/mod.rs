@@ -183,14 +183,19 @@ impl Server {
                 move || refresher.run_restarting(),
             )
             .map_err(StartError::Spawn)?;
-        threads
-            .spawn(
-                Role::Dispatcher,
-                "dispatcher".into(),
-                SERVICE_STACK,
-                move || dispatcher.run(Supervisor::new(local, panics_at_start)),
-            )
-            .map_err(StartError::Spawn)?;
+        let spawned = threads.spawn(
+            Role::Dispatcher,
+            "dispatcher".into(),
+            SERVICE_STACK,
+            move || dispatcher.run(Supervisor::new(local, panics_at_start)),
+        );
+        if let Err(e) = spawned {
+            // The refresher runs already: stop it and join it, so a failed start leaves no
+            // thread behind.
+            drop(shutdown_tx);
+            threads.join_all(Instant::now() + Duration::from_secs(5));
+            return Err(StartError::Spawn(e));
+        }
         log::info!("server listening addr={local}");
         Ok(Server {
             local,
