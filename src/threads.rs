@@ -260,12 +260,13 @@ pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
 /// Test-only hooks into [`Threads::spawn`], per spawning thread (unit tests run in parallel).
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     use super::Role;
 
     thread_local! {
         static REFUSE: Cell<Option<Role>> = const { Cell::new(None) };
+        static BEFORE: RefCell<Option<Box<dyn Fn()>>> = const { RefCell::new(None) };
     }
 
     /// From now on, spawns of `role` from this thread fail as if the OS refused the thread
@@ -274,8 +275,19 @@ pub(crate) mod testing {
         REFUSE.with(|r| r.set(role));
     }
 
-    /// Called by `spawn` right before the OS is asked: `Some` refuses.
+    /// Runs `hook` on this thread in each later spawn, right before the OS is asked for the
+    /// thread (`None`: no hook).
+    pub(crate) fn before_spawn_hook(hook: Option<Box<dyn Fn()>>) {
+        BEFORE.with(|b| *b.borrow_mut() = hook);
+    }
+
+    /// Called by `spawn` right before the OS is asked: runs the hook; `Some` refuses.
     pub(super) fn before_spawn(role: Role) -> Option<std::io::Error> {
+        BEFORE.with(|b| {
+            if let Some(hook) = b.borrow().as_ref() {
+                hook()
+            }
+        });
         (REFUSE.with(|r| r.get()) == Some(role))
             .then(|| std::io::Error::new(std::io::ErrorKind::WouldBlock, "refused by a test"))
     }
@@ -300,6 +312,27 @@ mod tests {
         let (joined, left) = threads.join_all(Instant::now() + Duration::from_secs(5));
         assert_eq!((joined, left), (1, 0));
         assert_eq!(threads.live(), 0);
+    }
+
+    #[test]
+    fn the_registry_is_not_locked_while_the_os_creates_a_thread() {
+        use std::sync::atomic::AtomicBool;
+        let threads = Threads::new();
+        let free = Arc::new(AtomicBool::new(false));
+        let (registry, seen) = (threads.clone(), free.clone());
+        testing::before_spawn_hook(Some(Box::new(move || {
+            seen.store(registry.inner.try_lock().is_some(), Ordering::SeqCst)
+        })));
+        let spawned = threads.spawn(Role::Request, "t-l".into(), 64 * 1024, || {});
+        testing::before_spawn_hook(None);
+        spawned.unwrap();
+        assert!(
+            free.load(Ordering::SeqCst),
+            "a spawn (which can take long, or fail) must not hold the lock that finishing \
+             threads, /metrics and /debug/threads need"
+        );
+        let (joined, left) = threads.join_all(Instant::now() + Duration::from_secs(5));
+        assert_eq!((joined, left), (1, 0));
     }
 
     #[test]
