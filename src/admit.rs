@@ -299,8 +299,8 @@ struct Handover {
 impl Drop for Handover {
     fn drop(&mut self) {
         if let Some(rq) = self.request.take() {
-            // Never blocks (the spawner may hold the thread registry's lock). Full only if more
-            // spawns failed at once than it holds: that request then gets tiny_http's 500.
+            // Never blocks (this runs inside the failed spawn, on the dispatcher). Full only if
+            // more spawns failed at once than it holds: that request then gets tiny_http's 500.
             let _ = self.refused.try_send(rq);
         }
     }

@@ -108,11 +108,17 @@ impl Threads {
             role,
             started: Instant::now(),
         };
-        // Register before the thread can finish, so its own unregistering always finds the entry.
-        let mut inner = self.inner.lock();
+        // Registered before the thread exists, so its own unregistering always finds the entry.
+        // The lock is not held while the OS creates the thread (that can take long, or fail):
+        // finishing threads, reaping, /metrics and /debug/threads never wait for a spawn.
+        self.inner
+            .lock()
+            .live
+            .insert(id, Entry { info, handle: None });
         let registry = self.clone();
         #[cfg(test)]
         if let Some(refused) = testing::before_spawn(role) {
+            self.inner.lock().live.remove(&id);
             return Err(refused);
         }
         let spawned = thread::Builder::new()
@@ -124,18 +130,20 @@ impl Threads {
                 }
                 registry.finish(id);
             });
+        let mut inner = self.inner.lock();
         match spawned {
             Ok(handle) => {
-                inner.live.insert(
-                    id,
-                    Entry {
-                        info,
-                        handle: Some(handle),
-                    },
-                );
+                match inner.live.get_mut(&id) {
+                    Some(entry) => entry.handle = Some(handle),
+                    // It has finished already and left `live`: its handle goes to be joined.
+                    None => inner.finished.push(handle),
+                }
                 Ok(id)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                inner.live.remove(&id);
+                Err(e)
+            }
         }
     }
 
