@@ -358,4 +358,46 @@ mod tests {
             "a dead accept loop must not go back to restarting every 50 ms"
         );
     }
+
+    /// A listener whose accept queue is full, as a dead accept loop leaves it: a connect to it
+    /// waits for a handshake that does not come (the kernel drops the SYN).
+    fn full_listener() -> (TcpListener, Vec<TcpStream>) {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) again on our own socket: its accept queue now holds one connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let local = listener.local_addr().unwrap();
+        let fillers: Vec<TcpStream> = (0..4)
+            .filter_map(|_| TcpStream::connect_timeout(&local, Duration::from_millis(100)).ok())
+            .collect();
+        assert!(
+            TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_err(),
+            "the accept queue is full"
+        );
+        (listener, fillers)
+    }
+
+    #[test]
+    fn a_probe_never_blocks_the_dispatcher_on_its_connect() {
+        let (full, _fillers) = full_listener();
+        let local = full.local_addr().unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let current = start(&other, false).unwrap();
+        let metrics = metrics();
+        // A tiny_http panic was counted since this supervisor's server started: it probes.
+        let mut sup = Supervisor::new(local, tiny_http_panics().wrapping_add(1));
+        let t = Instant::now();
+        assert!(sup.tick(&other, current.clone(), &metrics).is_none());
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "the dispatcher waited {took:?} in the probe's connect"
+        );
+        // A probe whose connection never comes up is a dead accept loop, declared so at its
+        // deadline like one that is never answered.
+        sup.probe.as_mut().expect("a probe in flight").deadline = Instant::now();
+        assert!(sup.tick(&other, current, &metrics).is_none());
+        assert_eq!(metrics.accept_restarts.get(), 1);
+        assert!(sup.restart_at.is_some());
+    }
 }
