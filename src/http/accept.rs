@@ -16,7 +16,8 @@
 //! The dispatcher owns one [`Supervisor`]. It restarts tiny_http on a `try_clone` of the same
 //! listening socket when `recv()` reports an error, and, when the process-wide panic count
 //! ([`tiny_http_panics`]) has moved since the server in use was started, it sends itself a
-//! marked `GET /healthz` and restarts if that is not served in time. A restart that fails
+//! marked `GET /healthz` (connecting without blocking) and restarts if that is not served in
+//! time. A restart that fails
 //! (no descriptor for the clone, no thread) is retried with back-off until it succeeds.
 //! Servers replaced this way are kept and drained: their pool threads may still be serving
 //! keep-alive connections accepted before the accept thread died.
@@ -118,11 +119,38 @@ fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) 
     }
 }
 
+/// How soon the dispatcher tries again to write a probe whose connection is not up yet.
+const PROBE_WRITE_RETRY: Duration = Duration::from_millis(10);
+
 /// A probe of the accept loop in flight: the connection and the nonce it carries.
 struct Probe {
-    _sock: TcpStream,
+    sock: TcpStream,
     nonce: String,
     deadline: Instant,
+    /// What is left to write of the request: the connection is non-blocking, so the write
+    /// waits for the handshake on later ticks instead of on the dispatcher.
+    unsent: Vec<u8>,
+    /// [`tiny_http_panics`] when the probe began: seen once the request is written.
+    panics: u64,
+}
+
+impl Probe {
+    /// Writes what it can of the request; `false` if the connection failed (no listener, reset).
+    fn send(&mut self) -> bool {
+        use std::io::Write;
+        while !self.unsent.is_empty() {
+            match self.sock.write(&self.unsent) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Watches one server's tiny_http accept loop; owned by its dispatcher thread.
@@ -193,7 +221,10 @@ impl Supervisor {
 
     /// The next moment [`Supervisor::tick`] has something to do, if any.
     pub fn next_due(&self) -> Option<Instant> {
-        let probe = self.probe.as_ref().map(|p| p.deadline);
+        let probe = self.probe.as_ref().map(|p| match p.unsent.is_empty() {
+            true => p.deadline,
+            false => (Instant::now() + PROBE_WRITE_RETRY).min(p.deadline),
+        });
         match (self.restart_at, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -232,9 +263,15 @@ impl Supervisor {
             let panics = tiny_http_panics();
             if self.probe.is_none() && panics != self.panics_seen {
                 // A failed connect (no descriptor, say) is simply retried on the next tick.
-                self.probe = self.start_probe();
-                if self.probe.is_some() {
-                    self.panics_seen = panics;
+                self.probe = self.start_probe(panics);
+            }
+            if let Some(probe) = self.probe.as_mut() {
+                let unsent = !probe.unsent.is_empty();
+                if !probe.send() {
+                    // The connection failed before the request went out: retried next tick.
+                    self.probe = None;
+                } else if unsent && probe.unsent.is_empty() {
+                    self.panics_seen = probe.panics;
                 }
             }
             if self.probe.as_ref().is_some_and(|p| now >= p.deadline) {
@@ -276,18 +313,21 @@ impl Supervisor {
         }
     }
 
-    /// Sends `GET /healthz` to ourselves, marked with a fresh nonce.
-    fn start_probe(&mut self) -> Option<Probe> {
-        use std::io::Write;
-        let mut sock = TcpStream::connect_timeout(&self.local, Duration::from_millis(500)).ok()?;
+    /// Begins `GET /healthz` to ourselves, marked with a fresh nonce, without waiting for the
+    /// connection: a dead accept loop leaves a full accept queue, where a connect waits for a
+    /// handshake that never comes, and a blocking connect here stalled the dispatcher (500 ms
+    /// each tick, and the loop was then never declared dead).
+    fn start_probe(&mut self, panics: u64) -> Option<Probe> {
+        let sock = crate::sys::fd::connect_nonblocking(self.local).ok()?;
         self.next_nonce += 1;
         let nonce = format!("{}-{}", std::process::id(), self.next_nonce);
         let rq = format!("GET /healthz HTTP/1.1\r\nHost: probe\r\n{PROBE_HEADER}: {nonce}\r\n\r\n");
-        sock.write_all(rq.as_bytes()).ok()?;
         Some(Probe {
-            _sock: sock,
+            sock,
             nonce,
             deadline: Instant::now() + PROBE_DEADLINE,
+            unsent: rq.into_bytes(),
+            panics,
         })
     }
 }
@@ -396,8 +436,10 @@ mod tests {
         // A probe whose connection never comes up is a dead accept loop, declared so at its
         // deadline like one that is never answered.
         sup.probe.as_mut().expect("a probe in flight").deadline = Instant::now();
-        assert!(sup.tick(&other, current, &metrics).is_none());
+        assert!(
+            sup.tick(&other, current, &metrics).is_some(),
+            "declared dead and started again"
+        );
         assert_eq!(metrics.accept_restarts.get(), 1);
-        assert!(sup.restart_at.is_some());
     }
 }

@@ -10,8 +10,8 @@
 
 use std::io;
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::Duration;
 
 /// How far past the highest open descriptor [`find_connection`] and [`connections`] probe.
@@ -181,6 +181,60 @@ pub(crate) fn shut_read(fd: RawFd) {
 pub(crate) fn shut_both(fd: RawFd) {
     // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// A TCP connection to `addr` begun without waiting for the handshake: the socket is
+/// non-blocking, and a write before the connection is up fails with `WouldBlock`.
+pub(crate) fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let (family, len) = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: storage is large and aligned enough for a sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+            (libc::AF_INET, mem::size_of::<libc::sockaddr_in>())
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: storage is large and aligned enough for a sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            sin6.sin6_scope_id = a.scope_id();
+            (libc::AF_INET6, mem::size_of::<libc::sockaddr_in6>())
+        }
+    };
+    // SAFETY: plain syscall; the descriptor it returns is ours alone.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new socket nobody else owns; the stream closes it on every return.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: storage holds a sockaddr of `len` bytes for `family`.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &storage as *const libc::sockaddr_storage as *const libc::sockaddr,
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(stream)
 }
 
 /// Sets `SO_SNDTIMEO`: a write blocked longer than `timeout` fails with `WouldBlock`.
