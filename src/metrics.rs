@@ -7,33 +7,33 @@ use parking_lot::Mutex;
 
 /// A monotonically increasing counter or an up/down gauge.
 #[derive(Default, Debug)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds one.
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
     /// Adds `n`.
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
     /// Subtracts one (gauges only).
-    pub fn dec(&self) {
+    pub(crate) fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
     /// The current value.
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
     /// Sets the value (gauges only).
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
     }
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub const REJECT_REASONS: [&str; 9] = [
+pub(crate) const REJECT_REASONS: [&str; 9] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -47,59 +47,59 @@ pub const REJECT_REASONS: [&str; 9] = [
 
 /// Every number `/metrics` shows that the server counts itself.
 #[derive(Default, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Alarm streams open now.
-    pub alarm_streams: Counter,
+    pub(crate) alarm_streams: Counter,
     /// Alarm events (data lines, not keepalives) written.
-    pub events_sent: Counter,
+    pub(crate) events_sent: Counter,
     /// Keepalive comments written (alarm and chat).
-    pub keepalives_sent: Counter,
+    pub(crate) keepalives_sent: Counter,
     /// Refresher queries that succeeded.
-    pub refresh_total: Counter,
+    pub(crate) refresh_total: Counter,
     /// Refresher queries that failed.
-    pub refresh_errors: Counter,
+    pub(crate) refresh_errors: Counter,
     /// Ticks whose full query was skipped: no commit and no change to the store file since the
     /// last one.
-    pub refresh_skipped: Counter,
+    pub(crate) refresh_skipped: Counter,
     /// Duration of the last refresh, microseconds.
-    pub refresh_last_us: Counter,
+    pub(crate) refresh_last_us: Counter,
     /// Sum of refresh durations, microseconds.
-    pub refresh_sum_us: Counter,
+    pub(crate) refresh_sum_us: Counter,
     /// Longest refresh write-lock hold, microseconds.
-    pub refresh_lock_max_us: Counter,
+    pub(crate) refresh_lock_max_us: Counter,
     /// Streams closed as stalled (write time-out).
-    pub stalled: Counter,
+    pub(crate) stalled: Counter,
     /// Chat sessions that exist now.
-    pub chat_members: Counter,
+    pub(crate) chat_members: Counter,
     /// Chat streams attached now.
-    pub chat_streams: Counter,
+    pub(crate) chat_streams: Counter,
     /// Chat messages accepted.
-    pub chat_messages: Counter,
+    pub(crate) chat_messages: Counter,
     /// Chat room events taken by members' streams to write.
-    pub chat_deliveries: Counter,
+    pub(crate) chat_deliveries: Counter,
     /// Chat streams cut off as slow: more than `--queue` events behind, or behind the history.
-    pub chat_slow: Counter,
+    pub(crate) chat_slow: Counter,
     /// Requests served (any route).
-    pub requests: Counter,
+    pub(crate) requests: Counter,
     /// Times the refresher was restarted after a panic.
-    pub refresher_restarts: Counter,
+    pub(crate) refresher_restarts: Counter,
     /// Times tiny_http's accept loop died and was restarted.
-    pub accept_restarts: Counter,
+    pub(crate) accept_restarts: Counter,
     /// Connections closed for not sending their headers in time.
-    pub header_timeouts: Counter,
+    pub(crate) header_timeouts: Counter,
     /// Keep-alive connections closed for idling.
-    pub idle_closed: Counter,
+    pub(crate) idle_closed: Counter,
     /// Connections closed because too many were waiting for headers.
-    pub pending_over_cap: Counter,
+    pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
-    pub pending_connections: Counter,
+    pub(crate) pending_connections: Counter,
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// How many recent full refreshes the quantiles in `/metrics` are taken over.
-pub const REFRESH_WINDOW: usize = 64;
+pub(crate) const REFRESH_WINDOW: usize = 64;
 
 /// The `q` quantile (0..=1) of `sorted` by nearest rank: the smallest value with at least a
 /// share `q` of the values at or below it. `None` when there are no values.
@@ -113,7 +113,7 @@ pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
 
 impl Metrics {
     /// Records one full refresh (every connected id queried): its duration and write-lock hold.
-    pub fn record_full_refresh(&self, us: u64, lock_us: u64) {
+    pub(crate) fn record_full_refresh(&self, us: u64, lock_us: u64) {
         let mut w = self.refresh_window.lock();
         if w.len() == REFRESH_WINDOW {
             w.pop_front();
@@ -122,7 +122,7 @@ impl Metrics {
     }
 
     /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
-    pub fn reject(&self, reason: &'static str) {
+    pub(crate) fn reject(&self, reason: &'static str) {
         let mut r = self.rejected.lock();
         match r.iter_mut().find(|(k, _)| *k == reason) {
             Some((_, n)) => *n += 1,
@@ -131,7 +131,7 @@ impl Metrics {
     }
 
     /// Renders the counters, `extra` gauges (name, help, value) and the process figures.
-    pub fn render(&self, extra: &[(&str, &str, String)]) -> String {
+    pub(crate) fn render(&self, extra: &[(&str, &str, String)]) -> String {
         let mut out = String::with_capacity(4096);
         let mut one = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(

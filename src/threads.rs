@@ -21,7 +21,7 @@ pub(crate) const SERVICE_STACK: usize = 256 * 1024;
 
 /// What a thread is for; `/debug/threads` and `/metrics` group threads by this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Role {
+pub(crate) enum Role {
     /// Takes requests from tiny_http and routes them.
     Dispatcher,
     /// Polls the alarm store for the connected ids.
@@ -36,7 +36,7 @@ pub enum Role {
 
 impl Role {
     /// The stable lower-case name used in logs, JSON and metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Role::Dispatcher => "dispatcher",
             Role::Refresher => "refresher",
@@ -47,7 +47,7 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub const ALL: [Role; 5] = [
+    pub(crate) const ALL: [Role; 5] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
@@ -58,13 +58,13 @@ impl Role {
 
 /// A live thread as `/debug/threads` shows it.
 #[derive(Clone, Debug)]
-pub struct ThreadInfo {
+pub(crate) struct ThreadInfo {
     /// The OS thread name (at most 15 bytes are visible to the OS).
-    pub name: String,
+    pub(crate) name: String,
     /// Its role.
-    pub role: Role,
+    pub(crate) role: Role,
     /// When it was spawned.
-    pub started: Instant,
+    pub(crate) started: Instant,
 }
 
 struct Entry {
@@ -80,7 +80,7 @@ struct Inner {
 
 /// The registry of every thread syncast spawned. Cheap to clone (shared).
 #[derive(Clone, Default)]
-pub struct Threads {
+pub(crate) struct Threads {
     inner: Arc<Mutex<Inner>>,
     next_id: Arc<AtomicU64>,
     panics: Arc<AtomicU64>,
@@ -89,7 +89,7 @@ pub struct Threads {
 
 impl Threads {
     /// An empty registry.
-    pub fn new() -> Threads {
+    pub(crate) fn new() -> Threads {
         Threads::default()
     }
 
@@ -98,7 +98,13 @@ impl Threads {
     /// counted; the thread then ends normally, so joining it never re-raises.
     ///
     /// Fails only when the OS refuses a thread (`EAGAIN`): callers answer 503.
-    pub fn spawn<F>(&self, role: Role, name: String, stack: usize, body: F) -> io::Result<u64>
+    pub(crate) fn spawn<F>(
+        &self,
+        role: Role,
+        name: String,
+        stack: usize,
+        body: F,
+    ) -> io::Result<u64>
     where
         F: FnOnce() + Send + 'static,
     {
@@ -171,7 +177,7 @@ impl Threads {
 
     /// Joins the threads that have already ended; returns how many. Called periodically so
     /// finished handles do not pile up.
-    pub fn reap(&self) -> usize {
+    pub(crate) fn reap(&self) -> usize {
         let finished = std::mem::take(&mut self.inner.lock().finished);
         let n = finished.len();
         for handle in finished {
@@ -182,14 +188,14 @@ impl Threads {
     }
 
     /// Threads joined since this registry was made (by `reap` or `join_all`, whoever ran it).
-    pub fn joined_total(&self) -> u64 {
+    pub(crate) fn joined_total(&self) -> u64 {
         self.joined.load(Ordering::Relaxed)
     }
 
     /// Joins every thread, live or finished, waiting at most until `deadline` for live ones;
     /// returns how many were joined and how many were still running at the deadline.
     /// The caller must first have told every thread to stop (dropped the shutdown sender).
-    pub fn join_all(&self, deadline: Instant) -> (usize, usize) {
+    pub(crate) fn join_all(&self, deadline: Instant) -> (usize, usize) {
         let mut joined = 0;
         loop {
             // Look at `live` and take `finished` under one lock: a thread moves itself from one
@@ -218,7 +224,7 @@ impl Threads {
     }
 
     /// Live threads of each role.
-    pub fn count_by_role(&self) -> Vec<(Role, usize)> {
+    pub(crate) fn count_by_role(&self) -> Vec<(Role, usize)> {
         let inner = self.inner.lock();
         let mut counts: HashMap<Role, usize> = HashMap::new();
         for entry in inner.live.values() {
@@ -231,7 +237,7 @@ impl Threads {
     }
 
     /// All live threads (for `/debug/threads`), oldest first.
-    pub fn list(&self) -> Vec<ThreadInfo> {
+    pub(crate) fn list(&self) -> Vec<ThreadInfo> {
         let mut all: Vec<ThreadInfo> = self
             .inner
             .lock()
@@ -244,18 +250,18 @@ impl Threads {
     }
 
     /// Number of live threads.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.inner.lock().live.len()
     }
 
     /// Panics caught in project threads since start.
-    pub fn panics(&self) -> u64 {
+    pub(crate) fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
     }
 }
 
 /// The message of a caught panic payload.
-pub fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(cause: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = cause.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = cause.downcast_ref::<String>() {

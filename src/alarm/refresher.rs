@@ -57,7 +57,7 @@ static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 /// A full query runs at least this often even when the stamp did not move (a change SQLite
 /// cannot see, such as the file edited in place by another program, still shows up).
-pub const FULL_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const FULL_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
 
 /// What must be unchanged for a tick to skip its query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

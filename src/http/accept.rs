@@ -32,7 +32,7 @@ use tiny_http::Request;
 use crate::sys::proc;
 
 /// Header that marks the dispatcher's own liveness probe.
-pub const PROBE_HEADER: &str = "X-Syncast-Probe";
+pub(crate) const PROBE_HEADER: &str = "X-Syncast-Probe";
 
 /// How long a probe may take to be served before the accept loop is declared dead. Generous:
 /// a false alarm costs a needless restart, not a lost request (the old server is drained).
@@ -49,14 +49,14 @@ const MAX_RETIRED: usize = 8;
 static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// Panics counted so far in tiny_http's threads (all servers of this process).
-pub fn tiny_http_panics() -> u64 {
+pub(crate) fn tiny_http_panics() -> u64 {
     TINY_HTTP_PANICS.load(Ordering::Relaxed)
 }
 
 /// Installs (once per process) the panic hook that counts panics in tiny_http's threads:
 /// a panic located in tiny_http's source, or an unnamed thread failing to spawn a thread.
 /// The previous hook still runs (the panic is still printed).
-pub fn install_panic_watch() {
+pub(crate) fn install_panic_watch() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -87,7 +87,10 @@ pub fn install_panic_watch() {
 /// 9 threads instead of 8 until the surplus one expired 5 s later (3 starts in 12 with a probe
 /// connecting at once; 0 in 12 with the wait). A restart (on the dispatcher, with streams
 /// running) does not wait: there the count does not matter and the dispatcher must not stall.
-pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_http::Server>> {
+pub(crate) fn start(
+    listener: &TcpListener,
+    settle: bool,
+) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
     let before = if settle { proc::thread_ids() } else { None };
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
@@ -104,7 +107,7 @@ pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_h
 }
 
 /// How long [`start`] waits at most for tiny_http's threads to fall asleep.
-pub const SETTLE_LIMIT: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_millis(50);
 
 /// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes, or
 /// `/proc` cannot be read.
@@ -154,7 +157,7 @@ impl Probe {
 }
 
 /// Watches one server's tiny_http accept loop; owned by its dispatcher thread.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     local: SocketAddr,
     /// [`tiny_http_panics`] just before the server in use was started: a higher count means a
     /// tiny_http thread panicked since (maybe another server's in this process), so probe.
@@ -172,7 +175,7 @@ impl Supervisor {
     /// A supervisor for the server listening on `local`, whose tiny_http was started when the
     /// panic count was `panics_at_start` (read *before* starting it, so that a panic in the
     /// window before the dispatcher runs is not missed).
-    pub fn new(local: SocketAddr, panics_at_start: u64) -> Supervisor {
+    pub(crate) fn new(local: SocketAddr, panics_at_start: u64) -> Supervisor {
         Supervisor {
             local,
             panics_seen: panics_at_start,
@@ -186,7 +189,7 @@ impl Supervisor {
 
     /// A request arrived from the server in use: it accepts, so back-off starts over; if it is
     /// our own probe (answered by the router like any `GET /healthz`), the probe is done.
-    pub fn served(&mut self, request: &Request) {
+    pub(crate) fn served(&mut self, request: &Request) {
         if self.restart_at.is_none() {
             self.backoff = BACKOFF_MIN;
         }
@@ -207,7 +210,11 @@ impl Supervisor {
     }
 
     /// `recv()` reported an error: tiny_http's accept thread has ended. Schedules a restart.
-    pub fn accept_failed(&mut self, error: &std::io::Error, metrics: &crate::metrics::Metrics) {
+    pub(crate) fn accept_failed(
+        &mut self,
+        error: &std::io::Error,
+        metrics: &crate::metrics::Metrics,
+    ) {
         if self.restart_at.is_some() {
             return;
         }
@@ -220,7 +227,7 @@ impl Supervisor {
     }
 
     /// The next moment [`Supervisor::tick`] has something to do, if any.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         let probe = self.probe.as_ref().map(|p| match p.unsent.is_empty() {
             true => p.deadline,
             false => (Instant::now() + PROBE_WRITE_RETRY).min(p.deadline),
@@ -236,7 +243,7 @@ impl Supervisor {
     /// stays (resetting it here restarted a dead accept loop every 50 ms while an old keep-alive
     /// client talked); one of them may still be our probe, if the retired server's accept thread
     /// was alive after all.
-    pub fn drain_retired(&mut self) -> Vec<Request> {
+    pub(crate) fn drain_retired(&mut self) -> Vec<Request> {
         let mut out = Vec::new();
         for old in &self.retired {
             while let Ok(Some(rq)) = old.try_recv() {
@@ -252,7 +259,7 @@ impl Supervisor {
     /// Probes after a tiny_http panic, declares the loop dead when a probe times out, and
     /// attempts a due restart on `listener`. Returns the new server when one was started, for
     /// the caller to install in place of `current` (kept here as retired).
-    pub fn tick(
+    pub(crate) fn tick(
         &mut self,
         listener: &TcpListener,
         current: Arc<tiny_http::Server>,

@@ -19,7 +19,7 @@ use super::sweep::ConnTable;
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
 /// contain line breaks (callers pass fixed names and numbers).
-pub fn encode_event(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
+pub(crate) fn encode_event(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 32);
     if let Some(name) = event {
         debug_assert!(!name.contains(['\r', '\n']));
@@ -69,7 +69,7 @@ fn split_lines(text: &str) -> Vec<&str> {
 /// A comment line (`: text`), ignored by clients. The streams write their one comment, the
 /// keepalive, as a constant; this is what the property tests check comments against.
 #[cfg(test)]
-pub fn comment(text: &str) -> Vec<u8> {
+pub(crate) fn comment(text: &str) -> Vec<u8> {
     format!(": {}\n\n", text.replace(['\r', '\n'], " ")).into_bytes()
 }
 
@@ -80,25 +80,25 @@ pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
 pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
 
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
-pub fn retry(after: Duration) -> Vec<u8> {
+pub(crate) fn retry(after: Duration) -> Vec<u8> {
     format!("retry: {}\n\n", after.as_millis()).into_bytes()
 }
 
 /// How long a write may block and how much the kernel may queue for one stream.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteLimits {
+pub(crate) struct WriteLimits {
     /// `SO_SNDTIMEO`: a write blocked this long fails and the stream closes as `stalled`.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// `SO_SNDBUF` in bytes.
-    pub send_buffer: usize,
+    pub(crate) send_buffer: usize,
     /// `TCP_USER_TIMEOUT`: sent data unacknowledged this long makes the kernel drop the
     /// connection (a peer that vanished without FIN).
-    pub user_timeout: Duration,
+    pub(crate) user_timeout: Duration,
 }
 
 impl WriteLimits {
     /// The limits a configuration sets.
-    pub fn of(config: &crate::config::Config) -> WriteLimits {
+    pub(crate) fn of(config: &crate::config::Config) -> WriteLimits {
         WriteLimits {
             timeout: config.write_timeout,
             send_buffer: config.send_buffer,
@@ -108,7 +108,7 @@ impl WriteLimits {
 }
 
 /// The writing end of one SSE response, owned by the stream's thread.
-pub struct SseWriter {
+pub(crate) struct SseWriter {
     out: Box<dyn Write + Send>,
     socket: Option<StreamSocket>,
     conns: Arc<ConnTable>,
@@ -137,7 +137,7 @@ impl SseWriter {
     /// without CRLF), marks the connection as a stream in `conns` (so the idle sweep leaves it
     /// alone until this writer is dropped), frees tiny_http's pool thread from the connection,
     /// and sets the write time-out and TCP keepalive.
-    pub fn start(
+    pub(crate) fn start(
         request: tiny_http::Request,
         conns: &Arc<ConnTable>,
         extra: &[String],
@@ -210,7 +210,7 @@ impl SseWriter {
     /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
     /// time (zero-window probes) would restart that clock on every call. So the whole event has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let started = std::time::Instant::now();
         self.out.write_all(bytes)?;
         self.out.flush()?;
@@ -226,12 +226,12 @@ impl SseWriter {
     /// Gets a message when the server's sweep saw this connection leave `ESTABLISHED` (peer
     /// gone): a stream's `select!` loop watches it and then confirms with
     /// [`SseWriter::liveness`]. Never ready if the socket was not found.
-    pub fn gone(&self) -> &Receiver<()> {
+    pub(crate) fn gone(&self) -> &Receiver<()> {
         &self.gone
     }
 
     /// Whether the client is still connected, checked without writing.
-    pub fn liveness(&mut self) -> Liveness {
+    pub(crate) fn liveness(&mut self) -> Liveness {
         socket::liveness_of(&mut self.socket)
     }
 }

@@ -45,7 +45,7 @@ use state::{Inner, Limits};
 pub(crate) use types::{Attached, ChatError, Joined, Kick, Take};
 
 /// The chat room: sessions are data here, not threads.
-pub struct Room {
+pub(crate) struct Room {
     grace: Duration,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
@@ -61,7 +61,7 @@ enum Note {
 impl Room {
     /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
     /// `max_members`).
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
         let limits = Limits {
             history: config.history,
             queue: config.queue,
@@ -80,7 +80,7 @@ impl Room {
     /// Holds back the wakes of broadcasts (from any thread) until the returned guard drops;
     /// then sends them once. The dispatcher holds them while it routes a run of queued requests,
     /// so a burst of posts wakes each stream once.
-    pub fn hold_wakes(&self) -> HeldWakes<'_> {
+    pub(crate) fn hold_wakes(&self) -> HeldWakes<'_> {
         self.held.fetch_add(1, Ordering::AcqRel);
         HeldWakes(self)
     }
@@ -105,7 +105,7 @@ impl Room {
     }
 
     /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
-    pub fn join(&self, name: &str) -> Result<Joined, ChatError> {
+    pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
         let token = new_token()?;
         self.locked(|inner| inner.join(name, token.clone()))?;
         log::info!("chat joined name={name}");
@@ -118,7 +118,7 @@ impl Room {
     /// Creates a session and attaches a stream to it in one step (`GET /chat/stream?name=`).
     /// With `last_event_id` (an `EventSource` reconnecting to a `?name=` URL after its session
     /// expired) the kept events after it are replayed, as for any attach.
-    pub fn join_and_attach(
+    pub(crate) fn join_and_attach(
         &self,
         name: &str,
         last_event_id: Option<u64>,
@@ -134,7 +134,11 @@ impl Room {
 
     /// Attaches a stream to the session holding `token`; events after `last_event_id` are
     /// replayed from history first. An older stream of the session is closed as `replaced`.
-    pub fn attach(&self, token: &Token, last_event_id: Option<u64>) -> Result<Attached, ChatError> {
+    pub(crate) fn attach(
+        &self,
+        token: &Token,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
         let mut inner = self.inner.lock();
         let key = inner.session(token)?;
         let key = key.token.selector();
@@ -143,7 +147,7 @@ impl Room {
 
     /// Called when a stream ends: if it is still the session's stream, the session starts its
     /// grace period. Returns the session's current name (if it still exists).
-    pub fn detach(&self, key: u64, serial: u64) -> Option<String> {
+    pub(crate) fn detach(&self, key: u64, serial: u64) -> Option<String> {
         let mut inner = self.inner.lock();
         let session = inner.sessions.get_mut(&key)?;
         if session
@@ -164,7 +168,7 @@ impl Room {
     /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
     /// again on [`Take::More`]) and counts them as delivered. Call after each message on
     /// [`Attached::wake`]; the copy is made under the room's lock, the write after it.
-    pub fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
         let took = self.inner.lock().take(key, serial, out);
         if let Take::Done(n) | Take::More(n) = took {
             self.metrics.chat_deliveries.add(n as u64);
@@ -173,13 +177,13 @@ impl Room {
     }
 
     /// Posts `text` from the session holding `token` to every other member; returns its id.
-    pub fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
+    pub(crate) fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
         self.locked(|inner| inner.post(token, text))
     }
 
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
     /// `(from, to)`. Counts against the session's rate limit, like a message.
-    pub fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
+    pub(crate) fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
         let from = self.locked(|inner| inner.rename(token, to))?;
         if from != to {
             log::info!("chat renamed from={from} to={to}");
@@ -190,7 +194,7 @@ impl Room {
 
 impl Room {
     /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
-    pub fn leave(&self, token: &Token) -> Result<String, ChatError> {
+    pub(crate) fn leave(&self, token: &Token) -> Result<String, ChatError> {
         let name = self.locked(|inner| {
             let key = inner.session(token)?.token.selector();
             inner
@@ -202,19 +206,19 @@ impl Room {
     }
 
     /// Names of every session, sorted.
-    pub fn online(&self) -> Vec<String> {
+    pub(crate) fn online(&self) -> Vec<String> {
         self.inner.lock().online()
     }
 
     /// Periodic work, called by the dispatcher: expires sessions that have had no stream for
     /// the grace period.
-    pub fn housekeeping(&self) {
+    pub(crate) fn housekeeping(&self) {
         self.expire(Instant::now());
     }
 
     /// Expires, as of `now`, every session detached for longer than the grace period: each
     /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
-    pub fn expire(&self, now: Instant) -> usize {
+    pub(crate) fn expire(&self, now: Instant) -> usize {
         let notes: Vec<Note> = self.locked(|inner| {
             let due: Vec<u64> = inner
                 .sessions
@@ -240,7 +244,7 @@ impl Room {
 }
 
 /// Holds the room's wakes while it lives (see [`Room::hold_wakes`]); sends them when dropped.
-pub struct HeldWakes<'a>(&'a Room);
+pub(crate) struct HeldWakes<'a>(&'a Room);
 
 impl Drop for HeldWakes<'_> {
     fn drop(&mut self) {
