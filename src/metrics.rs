@@ -335,10 +335,51 @@ impl Metrics {
     }
 }
 
-/// Appends `syncast_threads_live{role="..."} N` for each role (after [`Metrics::render`]).
-pub(crate) fn render_threads_live(out: &mut String, by_role: &[(&str, usize)]) {
-    for (role, n) in by_role {
-        let _ = writeln!(out, "syncast_threads_live{{role=\"{role}\"}} {n}");
+/// The figures `/metrics` shows that are read when it is asked for, not counted.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    /// Alarm ids connected now.
+    pub(crate) alarm_ids: usize,
+    /// Streaming clients (alarm and chat) now.
+    pub(crate) streaming_clients: usize,
+    /// Live threads this server spawned.
+    pub(crate) threads_live: usize,
+    /// Panics caught in server threads.
+    pub(crate) thread_panics: u64,
+    /// Live threads by role.
+    pub(crate) threads_by_role: Vec<(&'static str, usize)>,
+}
+
+impl Metrics {
+    /// The whole `/metrics` text: the counters, `gauges`, and the process figures.
+    pub(crate) fn render_all(&self, gauges: &Gauges) -> String {
+        let extra: [(&str, &str, String); 4] = [
+            (
+                "syncast_alarm_ids_registered",
+                "Alarm ids connected now.",
+                gauges.alarm_ids.to_string(),
+            ),
+            (
+                "syncast_streaming_clients",
+                "Streaming clients (alarm and chat) now.",
+                gauges.streaming_clients.to_string(),
+            ),
+            (
+                "syncast_threads_spawned_live",
+                "Live threads this server spawned.",
+                gauges.threads_live.to_string(),
+            ),
+            (
+                "syncast_thread_panics_total",
+                "Panics caught in server threads.",
+                gauges.thread_panics.to_string(),
+            ),
+        ];
+        let mut out = self.render(&extra);
+        for (role, n) in &gauges.threads_by_role {
+            let _ = writeln!(out, "syncast_threads_live{{role=\"{role}\"}} {n}");
+        }
+        out
     }
 }
 

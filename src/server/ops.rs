@@ -9,7 +9,7 @@ use crate::admit::Admission;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
 use crate::http::response::{self, Reply};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{Gauges, Metrics};
 use crate::sys::proc::{self, Proc};
 use crate::threads::Threads;
 
@@ -37,39 +37,21 @@ pub(crate) fn healthz(ops: &Ops) -> Reply {
 
 /// `GET /metrics`: Prometheus text.
 pub(crate) fn metrics(ops: &Ops) -> Reply {
-    let extra: Vec<(&str, &str, String)> = vec![
-        (
-            "syncast_alarm_ids_registered",
-            "Alarm ids connected now.",
-            ops.hub.len().to_string(),
-        ),
-        (
-            "syncast_streaming_clients",
-            "Streaming clients (alarm and chat) now.",
-            ops.admit.stream_count().to_string(),
-        ),
-        (
-            "syncast_threads_spawned_live",
-            "Live threads this server spawned.",
-            ops.threads.live().to_string(),
-        ),
-        (
-            "syncast_thread_panics_total",
-            "Panics caught in server threads.",
-            ops.threads.panics().to_string(),
-        ),
-    ];
-    let mut text = ops.metrics.render(&extra);
-    let by_role: Vec<(&str, usize)> = ops
-        .threads
-        .count_by_role()
-        .into_iter()
-        .map(|(role, n)| (role.as_str(), n))
-        .collect();
-    metrics::render_threads_live(&mut text, &by_role);
+    let gauges = Gauges {
+        alarm_ids: ops.hub.len(),
+        streaming_clients: ops.admit.stream_count(),
+        threads_live: ops.threads.live(),
+        thread_panics: ops.threads.panics(),
+        threads_by_role: ops
+            .threads
+            .count_by_role()
+            .into_iter()
+            .map(|(role, n)| (role.as_str(), n))
+            .collect(),
+    };
     response::with_type(
         200,
-        text.into_bytes(),
+        ops.metrics.render_all(&gauges).into_bytes(),
         "text/plain; version=0.0.4; charset=utf-8",
     )
 }
