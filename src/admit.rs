@@ -186,16 +186,14 @@ impl Admission {
         self.metrics.reject(why.reason());
     }
 
-    /// Spawns a stream thread for `request`; on refusal (slot or OS) answers 503 itself.
-    pub(crate) fn spawn_stream<F>(
-        self: &Arc<Self>,
-        role: Role,
-        name: String,
-        request: Request,
-        body: F,
-    ) where
-        F: FnOnce(Request, StreamSlot) + Send + 'static,
+    /// Spawns a stream thread for `request`, named after its role and a new connection number
+    /// (`sse-17`, `chat-18`), which `body` gets too; on refusal (slot or OS) answers 503 itself.
+    pub(crate) fn spawn_stream<F>(self: &Arc<Self>, role: Role, request: Request, body: F)
+    where
+        F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
+        let conn = self.next_conn();
+        let name = format!("{}-{conn}", role.stream_prefix());
         let Some(slot) = self.stream_slot() else {
             self.count(Refusal::MaxClients);
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
@@ -203,7 +201,7 @@ impl Admission {
             return;
         };
         self.spawn_with(role, name, self.stream_stack, request, move |rq| {
-            body(rq, slot)
+            body(rq, slot, conn)
         });
     }
 

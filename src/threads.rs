@@ -46,6 +46,14 @@ impl Role {
         }
     }
 
+    /// The first part of a stream thread's name (`sse-17`, `chat-18`).
+    pub(crate) fn stream_prefix(self) -> &'static str {
+        match self {
+            Role::ChatStream => "chat",
+            _ => "sse",
+        }
+    }
+
     /// Every role, in a fixed order (for metrics with zero counts).
     pub(crate) const ALL: [Role; 5] = [
         Role::Dispatcher,

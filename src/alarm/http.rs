@@ -45,14 +45,12 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
         let reply = bad_request(&alarms.metrics, "invalid mode: use tick or change");
         return alarms.admit.respond(request, reply);
     };
-    let conn = alarms.admit.next_conn();
     let cx = alarms.streams.clone();
-    alarms.admit.spawn_stream(
-        Role::AlarmStream,
-        format!("sse-{conn}"),
-        request,
-        move |rq, slot| stream::serve(cx, rq, id, mode, conn, slot),
-    );
+    alarms
+        .admit
+        .spawn_stream(Role::AlarmStream, request, move |rq, slot, conn| {
+            stream::serve(cx, rq, id, mode, conn, slot)
+        });
 }
 
 /// `GET|PUT|DELETE /alarms/{id}`: the store, on a short request thread.

@@ -48,14 +48,11 @@ pub(crate) struct ChatService {
 pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
     match stream_request(&request, params.query) {
         Ok((member, last)) => {
-            let conn = chat.admit.next_conn();
             let cx = chat.streams.clone();
-            chat.admit.spawn_stream(
-                Role::ChatStream,
-                format!("chat-{conn}"),
-                request,
-                move |rq, slot| stream::serve(cx, rq, member, last, conn, slot),
-            );
+            chat.admit
+                .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
+                    stream::serve(cx, rq, member, last, conn, slot)
+                });
         }
         Err(e) => {
             let reply = refusal(&chat.metrics, e);
