@@ -32,7 +32,7 @@ pub(crate) struct Refresher {
     pub(crate) store: Backend,
     /// Interval between refreshes.
     pub(crate) every: Duration,
-    /// Shared state.
+    /// Connected ids and their values.
     pub(crate) hub: Arc<AlarmHub>,
     /// Ids to load at once.
     pub(crate) load_now: Receiver<Arc<str>>,
