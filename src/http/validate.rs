@@ -134,7 +134,8 @@ mod tests {
         assert_eq!(percent_decode("%C3%A9"), Some("é".into()));
     }
 
-    /// Found by the property tests (`validate/properties.rs`: `percent_decode_accepts_exactly_well_formed_escapes`,
+    /// Found by the property tests (`validate/properties.rs`:
+    /// `percent_decode_accepts_exactly_well_formed_escapes`,
     /// `split_url_never_panics_and_only_returns_decodable_pairs`): a sign inside an escape was
     /// taken as a hex number, so `%+C3` decoded to "\x0c3" and `?%+A` to a key "\n".
     #[test]
