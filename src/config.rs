@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything a [`crate::Server`] needs to start. Build it with [`Config::default`] and change
-/// fields; [`Config::validate`] is called by `Server::start`.
+/// fields; `Server::start` validates it (or give `Server::start_valid` a [`ValidConfig`]). The
+/// binary's flags ([`crate::cli`]) set these fields and show these defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8080`; port 0 picks a free port.
@@ -104,124 +105,212 @@ impl Default for Config {
     }
 }
 
-/// A configuration value out of range.
+/// A configuration value syncast cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting outside what it may be: the setting (its flag, or its name when it has none)
+    /// and the rule, e.g. `--tick` and `10ms..60s`.
+    Invalid {
+        /// The flag or field.
+        setting: &'static str,
+        /// What it must be.
+        must_be: &'static str,
+    },
+    /// A duration that does not parse; `source` is the number's parse error when that is what
+    /// failed (not a unit or a range).
+    Duration {
+        /// The text as given.
+        text: String,
+        /// Why the number did not parse.
+        source: Option<std::num::ParseFloatError>,
+    },
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            ConfigError::Invalid { setting, must_be } => write!(f, "{setting} must be {must_be}"),
+            ConfigError::Duration { text, .. } => {
+                write!(f, "invalid duration {text:?} (use e.g. 500ms, 2s, 1m)")
+            }
+        }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Duration {
+                source: Some(e), ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl Config {
     /// Checks every value once, at the edge; the rest of the code trusts them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ms = |d: Duration| d.as_millis();
-        let check = |ok: bool, msg: &str| {
+        let check = |ok: bool, setting: &'static str, must_be: &'static str| {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError(msg.to_string()))
+                Err(ConfigError::Invalid { setting, must_be })
             }
         };
         check(
             (10..=60_000).contains(&ms(self.tick)),
-            "--tick must be 10ms..60s",
+            "--tick",
+            "10ms..60s",
         )?;
         check(
             (10..=60_000).contains(&ms(self.refresh)),
-            "--refresh must be 10ms..60s",
+            "--refresh",
+            "10ms..60s",
         )?;
         check(
             (100..=3_600_000).contains(&ms(self.heartbeat)),
-            "--heartbeat must be 0.1s..3600s",
+            "--heartbeat",
+            "0.1s..3600s",
         )?;
         check(
             (1..=100_000).contains(&self.max_clients),
-            "--max-clients must be 1..100000",
+            "--max-clients",
+            "1..100000",
         )?;
         check(
             (1..=4096).contains(&self.max_requests),
-            "--max-requests must be 1..4096",
+            "--max-requests",
+            "1..4096",
         )?;
         check(
             (1024..=16 * 1024 * 1024).contains(&self.send_buffer),
-            "send buffer must be 1 KiB..16 MiB",
+            "send buffer",
+            "1 KiB..16 MiB",
         )?;
         check(
             (500..=3_600_000).contains(&ms(self.tcp_user_timeout)),
-            "--tcp-user-timeout must be 500ms..1h",
+            "--tcp-user-timeout",
+            "500ms..1h",
         )?;
         check(
             (1..=1_000_000).contains(&self.history),
-            "--history must be 1..1000000",
+            "--history",
+            "1..1000000",
         )?;
         check(
             (1..=1_000_000).contains(&self.queue),
-            "--queue must be 1..1000000",
+            "--queue",
+            "1..1000000",
         )?;
         check(
             (1..=86_400_000).contains(&ms(self.grace)),
-            "--grace must be 1ms..1 day",
+            "--grace",
+            "1ms..1 day",
         )?;
         check(
             self.rate > 0.0 && self.rate.is_finite(),
-            "--rate must be a positive number",
+            "--rate",
+            "a positive number",
         )?;
         check(
             self.burst >= 1.0 && self.burst.is_finite(),
-            "--burst must be >= 1",
+            "--burst",
+            ">= 1",
         )?;
         check(
             (1..=1_000_000).contains(&self.max_members),
-            "--max-members must be 1..1000000",
+            "--max-members",
+            "1..1000000",
         )?;
         check(
             (50..=3_600_000).contains(&ms(self.header_timeout)),
-            "--header-timeout must be 50ms..1h",
+            "--header-timeout",
+            "50ms..1h",
         )?;
         check(
             (1..=100_000).contains(&self.max_pending),
-            "--max-pending must be 1..100000",
+            "--max-pending",
+            "1..100000",
         )?;
         check(
             self.cors_origin
                 .as_deref()
                 .is_none_or(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic())),
-            "--cors-origin must be an origin like https://example.com or *",
+            "--cors-origin",
+            "an origin like https://example.com or *",
         )?;
         check(
             self.stream_stack >= 16 * 1024,
-            "stream stack must be at least 16 KiB",
+            "stream stack",
+            "at least 16 KiB",
         )?;
         Ok(())
     }
 }
 
+/// A [`Config`] that [`Config::validated`] accepted: what [`crate::Server::start_valid`] takes,
+/// so a configuration checked at the edge is not checked again.
+#[derive(Debug, Clone)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    /// The configuration.
+    pub fn into_inner(self) -> Config {
+        self.0
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl Config {
+    /// Checks every value (see [`Config::validate`]) and returns the configuration as valid.
+    pub fn validated(self) -> Result<ValidConfig, ConfigError> {
+        self.validate()?;
+        Ok(ValidConfig(self))
+    }
+}
+
+/// Writes a duration the way [`parse_duration`] reads it: `500ms`, `25s`, or `1.5s` when it is
+/// not a whole number of milliseconds.
+pub(crate) fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
 /// Parses a duration written as `500ms`, `2s`, `1.5s`, `3m`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
-    let bad = || {
-        ConfigError(format!(
-            "invalid duration {text:?} (use e.g. 500ms, 2s, 1m)"
-        ))
+    let bad = |source| ConfigError::Duration {
+        text: text.to_string(),
+        source,
     };
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
         Some(i) => (&t[..i], &t[i..]),
         None => (t, "s"),
     };
-    let value: f64 = num.parse().map_err(|_| bad())?;
+    let value: f64 = num.parse().map_err(|e| bad(Some(e)))?;
     let secs = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => return Err(bad()),
+        _ => return Err(bad(None)),
     };
     if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
-        return Err(bad());
+        return Err(bad(None));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -254,5 +343,26 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn errors_say_which_setting_and_keep_their_cause() {
+        let c = Config {
+            max_clients: 0,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.to_string(), "--max-clients must be 1..100000");
+        let e = parse_duration("abc").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid duration \"abc\" (use e.g. 500ms, 2s, 1m)"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the float error");
+        let e = parse_duration("5h").unwrap_err();
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "a unit, not a number"
+        );
     }
 }

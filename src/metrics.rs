@@ -1,5 +1,4 @@
-//! Counters and gauges, rendered as Prometheus text, plus the process's own threads and RSS
-//! read from `/proc/self/status`.
+//! Counters and gauges, rendered as Prometheus text with the process's own threads and RSS.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,33 +7,33 @@ use parking_lot::Mutex;
 
 /// A monotonically increasing counter or an up/down gauge.
 #[derive(Default, Debug)]
-pub struct Counter(AtomicU64);
+pub(crate) struct Counter(AtomicU64);
 
 impl Counter {
     /// Adds one.
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
     /// Adds `n`.
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
     /// Subtracts one (gauges only).
-    pub fn dec(&self) {
+    pub(crate) fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
     /// The current value.
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
     /// Sets the value (gauges only).
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Relaxed);
     }
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub const REJECT_REASONS: [&str; 9] = [
+pub(crate) const REJECT_REASONS: [&str; 9] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -48,72 +47,73 @@ pub const REJECT_REASONS: [&str; 9] = [
 
 /// Every number `/metrics` shows that the server counts itself.
 #[derive(Default, Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Alarm streams open now.
-    pub alarm_streams: Counter,
+    pub(crate) alarm_streams: Counter,
     /// Alarm events (data lines, not keepalives) written.
-    pub events_sent: Counter,
+    pub(crate) events_sent: Counter,
     /// Keepalive comments written (alarm and chat).
-    pub keepalives_sent: Counter,
+    pub(crate) keepalives_sent: Counter,
     /// Refresher queries that succeeded.
-    pub refresh_total: Counter,
+    pub(crate) refresh_total: Counter,
     /// Refresher queries that failed.
-    pub refresh_errors: Counter,
+    pub(crate) refresh_errors: Counter,
     /// Ticks whose full query was skipped: no commit and no change to the store file since the
     /// last one.
-    pub refresh_skipped: Counter,
+    pub(crate) refresh_skipped: Counter,
     /// Duration of the last refresh, microseconds.
-    pub refresh_last_us: Counter,
+    pub(crate) refresh_last_us: Counter,
     /// Sum of refresh durations, microseconds.
-    pub refresh_sum_us: Counter,
+    pub(crate) refresh_sum_us: Counter,
     /// Longest refresh write-lock hold, microseconds.
-    pub refresh_lock_max_us: Counter,
+    pub(crate) refresh_lock_max_us: Counter,
     /// Streams closed as stalled (write time-out).
-    pub stalled: Counter,
+    pub(crate) stalled: Counter,
     /// Chat sessions that exist now.
-    pub chat_members: Counter,
+    pub(crate) chat_members: Counter,
     /// Chat streams attached now.
-    pub chat_streams: Counter,
+    pub(crate) chat_streams: Counter,
     /// Chat messages accepted.
-    pub chat_messages: Counter,
+    pub(crate) chat_messages: Counter,
     /// Chat room events taken by members' streams to write.
-    pub chat_deliveries: Counter,
+    pub(crate) chat_deliveries: Counter,
     /// Chat streams cut off as slow: more than `--queue` events behind, or behind the history.
-    pub chat_slow: Counter,
+    pub(crate) chat_slow: Counter,
     /// Requests served (any route).
-    pub requests: Counter,
+    pub(crate) requests: Counter,
     /// Times the refresher was restarted after a panic.
-    pub refresher_restarts: Counter,
+    pub(crate) refresher_restarts: Counter,
     /// Times tiny_http's accept loop died and was restarted.
-    pub accept_restarts: Counter,
+    pub(crate) accept_restarts: Counter,
     /// Connections closed for not sending their headers in time.
-    pub header_timeouts: Counter,
+    pub(crate) header_timeouts: Counter,
     /// Keep-alive connections closed for idling.
-    pub idle_closed: Counter,
+    pub(crate) idle_closed: Counter,
     /// Connections closed because too many were waiting for headers.
-    pub pending_over_cap: Counter,
+    pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
-    pub pending_connections: Counter,
+    pub(crate) pending_connections: Counter,
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
 }
 
 /// How many recent full refreshes the quantiles in `/metrics` are taken over.
-pub const REFRESH_WINDOW: usize = 64;
+pub(crate) const REFRESH_WINDOW: usize = 64;
 
-/// The `q` quantile (nearest rank) of sorted `v`.
-fn quantile(v: &[u64], q: f64) -> u64 {
-    if v.is_empty() {
-        return 0;
+/// The `q` quantile (0..=1) of `sorted` by nearest rank: the smallest value with at least a
+/// share `q` of the values at or below it. `None` when there are no values.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
     }
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
 }
 
 impl Metrics {
     /// Records one full refresh (every connected id queried): its duration and write-lock hold.
-    pub fn record_full_refresh(&self, us: u64, lock_us: u64) {
+    pub(crate) fn record_full_refresh(&self, us: u64, lock_us: u64) {
         let mut w = self.refresh_window.lock();
         if w.len() == REFRESH_WINDOW {
             w.pop_front();
@@ -122,7 +122,7 @@ impl Metrics {
     }
 
     /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
-    pub fn reject(&self, reason: &'static str) {
+    pub(crate) fn reject(&self, reason: &'static str) {
         let mut r = self.rejected.lock();
         match r.iter_mut().find(|(k, _)| *k == reason) {
             Some((_, n)) => *n += 1,
@@ -130,17 +130,8 @@ impl Metrics {
         }
     }
 
-    /// Refusals counted for `reason`.
-    pub fn rejected(&self, reason: &str) -> u64 {
-        self.rejected
-            .lock()
-            .iter()
-            .find(|(k, _)| *k == reason)
-            .map_or(0, |(_, n)| *n)
-    }
-
     /// Renders the counters, `extra` gauges (name, help, value) and the process figures.
-    pub fn render(&self, extra: &[(&str, &str, String)]) -> String {
+    pub(crate) fn render(&self, extra: &[(&str, &str, String)]) -> String {
         let mut out = String::with_capacity(4096);
         let mut one = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(
@@ -148,7 +139,8 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         };
-        let (threads, rss) = process_status();
+        let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
+        let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
         let rows: [(&str, &str, &str, String); 24] = [
             (
@@ -322,7 +314,7 @@ impl Metrics {
             v.sort_unstable();
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
             for (q, f) in [("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)] {
-                let x = quantile(&v, f);
+                let x = quantile(&v, f).unwrap_or(0);
                 let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", secs(x));
             }
             let _ = writeln!(out, "{name}_count {}", v.len());
@@ -343,21 +335,56 @@ impl Metrics {
     }
 }
 
-fn secs(us: u64) -> String {
-    format!("{:.6}", us as f64 / 1e6)
+/// The figures `/metrics` shows that are read when it is asked for, not counted.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    /// Alarm ids connected now.
+    pub(crate) alarm_ids: usize,
+    /// Streaming clients (alarm and chat) now.
+    pub(crate) streaming_clients: usize,
+    /// Live threads this server spawned.
+    pub(crate) threads_live: usize,
+    /// Panics caught in server threads.
+    pub(crate) thread_panics: u64,
+    /// Live threads by role.
+    pub(crate) threads_by_role: Vec<(&'static str, usize)>,
 }
 
-/// `(threads, rss_bytes)` of this process from `/proc/self/status`; zeros if unreadable.
-pub fn process_status() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("Threads:"), field("VmRSS:") * 1024)
+impl Metrics {
+    /// The whole `/metrics` text: the counters, `gauges`, and the process figures.
+    pub(crate) fn render_all(&self, gauges: &Gauges) -> String {
+        let extra: [(&str, &str, String); 4] = [
+            (
+                "syncast_alarm_ids_registered",
+                "Alarm ids connected now.",
+                gauges.alarm_ids.to_string(),
+            ),
+            (
+                "syncast_streaming_clients",
+                "Streaming clients (alarm and chat) now.",
+                gauges.streaming_clients.to_string(),
+            ),
+            (
+                "syncast_threads_spawned_live",
+                "Live threads this server spawned.",
+                gauges.threads_live.to_string(),
+            ),
+            (
+                "syncast_thread_panics_total",
+                "Panics caught in server threads.",
+                gauges.thread_panics.to_string(),
+            ),
+        ];
+        let mut out = self.render(&extra);
+        for (role, n) in &gauges.threads_by_role {
+            let _ = writeln!(out, "syncast_threads_live{{role=\"{role}\"}} {n}");
+        }
+        out
+    }
+}
+
+fn secs(us: u64) -> String {
+    format!("{:.6}", us as f64 / 1e6)
 }
 
 #[cfg(test)]
@@ -373,7 +400,19 @@ mod tests {
         assert!(text.contains("syncast_events_sent_total 3\n"));
         assert!(text.contains("syncast_rejected_total{reason=\"max-clients\"} 1\n"));
         assert!(text.contains("syncast_x 5\n"));
-        let (threads, rss) = process_status();
+        let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
+        let (threads, rss) = (status.threads, status.rss_bytes);
         assert!(threads >= 1 && rss > 0);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<u64> = (1..=100).rev().collect();
+        v.sort_unstable();
+        assert_eq!(quantile(&v, 0.50), Some(50));
+        assert_eq!(quantile(&v, 0.99), Some(99));
+        assert_eq!(quantile(&v, 1.0), Some(100));
+        assert_eq!(quantile::<u64>(&[], 0.50), None);
+        assert_eq!(quantile(&[1.5, 2.5, 9.0], 0.5), Some(2.5));
     }
 }

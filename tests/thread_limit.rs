@@ -4,7 +4,7 @@
 //! Root is exempt from `RLIMIT_NPROC`, so the limit comes from a cgroup v1 pids controller
 //! group this test creates: the real binary is moved into it and `pids.max` is set to the
 //! number of threads it has, so no new thread can start. Two things are refused then:
-//! - syncast's own stream thread: the dispatcher answers 503 itself (`Shared::spawn_with`);
+//! - syncast's own stream thread: the dispatcher answers 503 itself (src/admit.rs, `spawn_with`);
 //! - tiny_http's threads: its accept thread panics in `thread::spawn` when its pool needs one
 //!   more thread (src/util/task_pool.rs), so nothing is accepted until syncast notices and
 //!   starts tiny_http again — which itself needs a thread, so it must keep trying.

@@ -16,7 +16,8 @@ fn wait_for<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
 }
 
 fn process_threads() -> u64 {
-    syncast::metrics::process_status().0
+    use syncast::kit::proc::{status, Proc};
+    status(Proc::This).threads
 }
 
 #[test]

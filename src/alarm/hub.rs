@@ -23,7 +23,7 @@ struct Entry {
 }
 
 /// The connected ids and their values.
-pub struct AlarmHub {
+pub(crate) struct AlarmHub {
     entries: RwLock<HashMap<Arc<str>, Entry>>,
     /// Tells the refresher to load a new id at once.
     load_now: Sender<Arc<str>>,
@@ -36,7 +36,7 @@ pub struct AlarmHub {
 }
 
 /// A stream's registration; dropping it unregisters (exactly once, on every exit path).
-pub struct Registration {
+pub(crate) struct Registration {
     hub: Arc<AlarmHub>,
     id: Arc<str>,
     conn: u64,
@@ -58,7 +58,7 @@ impl Drop for Registration {
 
 impl AlarmHub {
     /// A hub and the receiver on which the refresher hears of ids to load at once.
-    pub fn new() -> (Arc<AlarmHub>, Receiver<Arc<str>>) {
+    pub(crate) fn new() -> (Arc<AlarmHub>, Receiver<Arc<str>>) {
         // Bounded: if the refresher is behind, a new id simply waits for the next tick.
         let (tx, rx) = crossbeam_channel::bounded(4096);
         (
@@ -73,14 +73,19 @@ impl AlarmHub {
     }
 
     /// Whether a new id missed its immediate load since the last call (and clears it).
-    pub fn take_missed_load(&self) -> bool {
+    pub(crate) fn take_missed_load(&self) -> bool {
         self.missed_load
             .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Registers stream `conn` for `id`; `wake` gets a message when the value changes.
     #[inline(never)]
-    pub fn register(hub: &Arc<AlarmHub>, id: &str, conn: u64, wake: Sender<()>) -> Registration {
+    pub(crate) fn register(
+        hub: &Arc<AlarmHub>,
+        id: &str,
+        conn: u64,
+        wake: Sender<()>,
+    ) -> Registration {
         let (key, is_new) = {
             let mut entries = hub.entries.write();
             match entries.get_key_value(id) {
@@ -121,28 +126,28 @@ impl AlarmHub {
     }
 
     /// The last known value of `id`, if connected and loaded.
-    pub fn get(&self, id: &str) -> Option<bool> {
+    pub(crate) fn get(&self, id: &str) -> Option<bool> {
         self.entries.read().get(id).and_then(|e| e.alarm)
     }
 
     /// A number that changes whenever an id is added or removed. Read it *before*
     /// [`AlarmHub::ids`]: a change after the read then shows as a new number next time.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// The ids connected now.
-    pub fn ids(&self) -> Vec<Arc<str>> {
+    pub(crate) fn ids(&self) -> Vec<Arc<str>> {
         self.entries.read().keys().cloned().collect()
     }
 
     /// Number of ids connected now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.read().len()
     }
 
     /// Whether no id is connected.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.read().is_empty()
     }
 
@@ -152,7 +157,7 @@ impl AlarmHub {
     /// that differ, so its hold is proportional to the changes, not to the connected ids (with
     /// 10,000 ids it went from ~3 ms to microseconds). Ids no longer connected are skipped.
     /// Returns how long the write lock was held.
-    pub fn store(&self, ids: &[Arc<str>], values: &[bool]) -> std::time::Duration {
+    pub(crate) fn store(&self, ids: &[Arc<str>], values: &[bool]) -> std::time::Duration {
         let changed: Vec<(&Arc<str>, bool)> = {
             let entries = self.entries.read();
             ids.iter()

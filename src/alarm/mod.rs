@@ -1,7 +1,8 @@
-//! The alarm service: the store, the refresher that polls it, the hub streams read from, and
-//! the streams themselves.
+//! The alarm service: the store, the refresher that polls it, the hub streams read from, the
+//! streams themselves, and the routes.
 
-pub mod hub;
-pub mod refresher;
-pub mod store;
-pub mod stream;
+pub(crate) mod http;
+pub(crate) mod hub;
+pub(crate) mod refresher;
+pub(crate) mod store;
+pub(crate) mod stream;

@@ -13,8 +13,6 @@
 //! makes it safe: a commit that lands after the read, during or after the query, moves the
 //! next tick's stamp.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,37 +20,34 @@ use crossbeam_channel::{select, tick, Receiver};
 use parking_lot::RwLock;
 
 use super::hub::AlarmHub;
-use super::store::{IdList, Store, StoreError};
+use super::store::{AlarmStore, Backend, IdList, StoreError, Version};
 use crate::metrics::Metrics;
 
 /// The store's health as `/healthz` reports it: `None` when the last refresh succeeded.
-pub type Health = Arc<RwLock<Option<String>>>;
+pub(crate) type Health = Arc<RwLock<Option<String>>>;
 
 /// What the refresher needs.
-pub struct Refresher {
-    /// The store file.
-    pub db: PathBuf,
-    /// Lock wait for each query.
-    pub busy_timeout: Duration,
+pub(crate) struct Refresher {
+    /// The store.
+    pub(crate) store: Backend,
     /// Interval between refreshes.
-    pub every: Duration,
-    /// Shared state.
-    pub hub: Arc<AlarmHub>,
+    pub(crate) every: Duration,
+    /// Connected ids and their values.
+    pub(crate) hub: Arc<AlarmHub>,
     /// Ids to load at once.
-    pub load_now: Receiver<Arc<str>>,
+    pub(crate) load_now: Receiver<Arc<str>>,
     /// Counters.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Degraded reason, if any.
-    pub health: Health,
+    pub(crate) health: Health,
     /// Disconnected when the server shuts down.
-    pub shutdown: Receiver<()>,
+    pub(crate) shutdown: Receiver<()>,
     /// Test-only: panic when a refresh includes this id (see `Config::fault_panic_id`).
-    pub fault_panic_id: Option<String>,
+    pub(crate) fault_panic_id: Option<String>,
 }
 
 struct Opened {
-    store: Store,
-    inode: Option<(u64, u64)>,
+    store: Box<dyn AlarmStore>,
     /// Tells connections apart (a reopened store has a new one and its own `data_version`).
     serial: u64,
 }
@@ -62,15 +57,14 @@ static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 /// A full query runs at least this often even when the stamp did not move (a change SQLite
 /// cannot see, such as the file edited in place by another program, still shows up).
-pub const FULL_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const FULL_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
 
 /// What must be unchanged for a tick to skip its query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     connection: u64,
-    data_version: i64,
-    /// Device, inode, size and modification time (ns) of the store file.
-    file: (u64, u64, u64, i64, i64),
+    /// The store's own (for SQLite: `data_version` and the file's identity, size and time).
+    version: Version,
 }
 
 /// The skip state carried from tick to tick.
@@ -93,8 +87,24 @@ thread_local! {
 }
 
 impl Refresher {
+    /// Runs until shutdown; a panic in a refresh is caught, logged, counted, and the loop starts
+    /// again at once, so streams are never left without values. The refresher thread's body.
+    pub(crate) fn run_restarting(self) {
+        loop {
+            let run = std::panic::AssertUnwindSafe(|| self.run());
+            match std::panic::catch_unwind(run) {
+                Ok(()) => return,
+                Err(cause) => {
+                    self.metrics.refresher_restarts.inc();
+                    let cause = crate::threads::panic_message(&*cause);
+                    log::error!("refresher panicked cause={cause:?}; restarting");
+                }
+            }
+        }
+    }
+
     /// Runs until shutdown.
-    pub fn run(&self) {
+    fn run(&self) {
         let ticker = tick(self.every);
         let mut opened: Option<Opened> = None;
         let mut skip = Skip::default();
@@ -172,11 +182,9 @@ impl Refresher {
 
     /// The stamp of the open connection now; `None` if it cannot be read (then no skip).
     fn stamp(&self, o: &Opened) -> Option<Stamp> {
-        let m = std::fs::metadata(&self.db).ok()?;
         Some(Stamp {
             connection: o.serial,
-            data_version: o.store.data_version().ok()?,
-            file: (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()),
+            version: o.store.version()?,
         })
     }
 
@@ -212,35 +220,28 @@ impl Refresher {
                 self.metrics.refresh_errors.inc();
                 // Drop the connection: the next tick reopens, which also picks up a new file.
                 *opened = None;
+                let error = e.to_string();
                 let mut health = self.health.write();
-                if health.as_deref() != Some(e.0.as_str()) {
-                    log::error!("refresh failed error={:?}", e.0);
+                if health.as_deref() != Some(error.as_str()) {
+                    log::error!("refresh failed error={error:?}");
                 }
-                *health = Some(e.0);
+                *health = Some(error);
                 false
             }
         }
     }
 
     fn query(&self, opened: &mut Option<Opened>, ids: &IdList) -> Result<Vec<bool>, StoreError> {
-        let now = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
-        if let Some(o) = opened.as_ref() {
-            if o.inode != now {
-                log::warn!("store file changed path={}; reopening", self.db.display());
-                *opened = None;
-            }
+        if let Some(what) = opened.as_ref().and_then(|o| o.store.moved()) {
+            log::warn!("{what}; reopening");
+            *opened = None;
         }
         if opened.is_none() {
-            // Never create the file here: a store deleted under us is a fault to report (and to
-            // keep the last known values through), not an empty store.
-            let store = Store::open(&self.db, self.busy_timeout, false)?;
-            let inode = std::fs::metadata(&self.db).ok().map(|m| (m.dev(), m.ino()));
+            // Never create the store here: a store deleted under us is a fault to report (and
+            // to keep the last known values through), not an empty store.
+            let store = self.store.open()?;
             let serial = OPENED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            *opened = Some(Opened {
-                store,
-                inode,
-                serial,
-            });
+            *opened = Some(Opened { store, serial });
         }
         let o = opened.as_ref().expect("opened above");
         if ids.is_empty() {
@@ -257,6 +258,8 @@ impl Refresher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarm::store::sqlite::Sqlite as Store;
+    use std::path::PathBuf;
 
     fn setup(name: &str) -> (Refresher, PathBuf, super::super::hub::Registration) {
         let dir =
@@ -273,8 +276,10 @@ mod tests {
         let reg = AlarmHub::register(&hub, "x", 1, wake);
         let (_, shutdown) = crossbeam_channel::bounded(0);
         let r = Refresher {
-            db: db.clone(),
-            busy_timeout: Duration::from_millis(100),
+            store: Backend::Sqlite {
+                path: db.clone(),
+                busy: Duration::from_millis(100),
+            },
             every: Duration::from_millis(500),
             hub,
             load_now,

@@ -1,17 +1,37 @@
 //! One alarm stream: `GET /sse/call/{id}` served on its own named thread.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, select, tick, Receiver};
 
 use super::hub::{AlarmHub, Registration};
-use crate::http::conn::Liveness;
-use crate::http::sse::{self, CloseReason, SseWriter, WriteLimits};
-use crate::server::{Shared, StreamSlot};
+use crate::admit::StreamSlot;
+use crate::http::socket::Liveness;
+use crate::http::sse::{self, SseWriter};
+use crate::metrics::Metrics;
+use crate::stream::{CloseReason, Streams};
+
+/// What an alarm stream needs: the hub it reads values from, how to open its socket, its
+/// intervals, and the counters it keeps.
+pub(crate) struct AlarmStreams {
+    /// Connected ids and their values.
+    pub(crate) hub: Arc<AlarmHub>,
+    /// Opening the stream's socket.
+    pub(crate) streams: Streams,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Tick-mode event interval.
+    pub(crate) tick: Duration,
+    /// Change-mode keepalive interval.
+    pub(crate) heartbeat: Duration,
+    /// Test-only: a stream of this id panics on its first tick (see `Config::fault_panic_id`).
+    pub(crate) fault_panic_id: Option<String>,
+}
 
 /// How a stream sends values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// One event every tick (the Go original's behaviour).
     Tick,
     /// An event only when the value changes, plus keepalives.
@@ -20,7 +40,7 @@ pub enum Mode {
 
 impl Mode {
     /// Parses `?mode=`: absent means tick.
-    pub fn parse(text: Option<&str>) -> Option<Mode> {
+    pub(crate) fn parse(text: Option<&str>) -> Option<Mode> {
         match text {
             None | Some("tick") => Some(Mode::Tick),
             Some("change") => Some(Mode::Change),
@@ -47,7 +67,7 @@ fn event(alarm: bool) -> &'static [u8] {
 /// Logs the open line when made and the close line (with its reason) when dropped, and keeps the
 /// open-streams gauge: every exit path of the thread, panics included, logs and counts once.
 struct Lifecycle<'a> {
-    shared: &'a Shared,
+    cx: &'a AlarmStreams,
     id: &'a str,
     conn: u64,
     reason: CloseReason,
@@ -57,14 +77,14 @@ impl<'a> Lifecycle<'a> {
     // Not inlined (nor are `register`, `Drop` and the fault below): the loop's frame stays small
     // enough for a parked stream to touch two stack pages, not three (see `run`).
     #[inline(never)]
-    fn new(shared: &'a Shared, id: &'a str, conn: u64, mode: Mode) -> Lifecycle<'a> {
-        shared.metrics.alarm_streams.inc();
+    fn new(cx: &'a AlarmStreams, id: &'a str, conn: u64, mode: Mode) -> Lifecycle<'a> {
+        cx.metrics.alarm_streams.inc();
         log::info!(
             "sse stream opened id={id} conn={conn} mode={}",
             mode.as_str()
         );
         Lifecycle {
-            shared,
+            cx,
             id,
             conn,
             // Until the loop says otherwise, an unwinding thread closed because of a fault.
@@ -76,9 +96,9 @@ impl<'a> Lifecycle<'a> {
 impl Drop for Lifecycle<'_> {
     #[inline(never)]
     fn drop(&mut self) {
-        self.shared.metrics.alarm_streams.dec();
+        self.cx.metrics.alarm_streams.dec();
         if self.reason == CloseReason::Stalled {
-            self.shared.metrics.stalled.inc();
+            self.cx.metrics.stalled.inc();
         }
         log::info!(
             "sse stream closed id={} conn={} reason={}",
@@ -92,16 +112,16 @@ impl Drop for Lifecycle<'_> {
 /// Serves one stream until the client leaves or the server shuts down. Runs on the stream's
 /// own thread; `slot` is its place under `--max-clients`, released when this returns.
 #[inline(never)]
-pub fn serve(
-    shared: Arc<Shared>,
+pub(crate) fn serve(
+    cx: Arc<AlarmStreams>,
     request: tiny_http::Request,
     id: String,
     mode: Mode,
     conn: u64,
     slot: StreamSlot,
 ) {
-    if let Some(out) = open(&shared, request, &id, conn) {
-        run(shared, out, id, mode, conn, slot);
+    if let Some(out) = open(&cx, request, &id, conn) {
+        run(cx, out, id, mode, conn, slot);
     }
 }
 
@@ -109,13 +129,8 @@ pub fn serve(
 /// gone before the loop starts, instead of being reserved for the stream's whole life in the
 /// frame the loop runs in (with them, the loop parked past the second page of its stack).
 #[inline(never)]
-fn open(shared: &Shared, request: tiny_http::Request, id: &str, conn: u64) -> Option<SseWriter> {
-    match SseWriter::start(
-        request,
-        &shared.conns,
-        &shared.cors_headers(),
-        WriteLimits::of(&shared.config),
-    ) {
+fn open(cx: &AlarmStreams, request: tiny_http::Request, id: &str, conn: u64) -> Option<SseWriter> {
+    match cx.streams.open(request) {
         Ok(out) => Some(out),
         Err(e) => {
             log::info!("sse stream failed to start id={id} conn={conn} error={e}");
@@ -127,35 +142,34 @@ fn open(shared: &Shared, request: tiny_http::Request, id: &str, conn: u64) -> Op
 /// The stream's loop, from registration to close (never inlined, like [`open`]).
 #[inline(never)]
 fn run(
-    shared: Arc<Shared>,
+    cx: Arc<AlarmStreams>,
     mut out: SseWriter,
     id: String,
     mode: Mode,
     conn: u64,
     slot: StreamSlot,
 ) {
-    let cfg = &shared.config;
-    let (_registration, wake_rx) = watch(&shared.hub, &id, conn);
-    let mut life = Lifecycle::new(&shared, &id, conn, mode);
+    let (_registration, wake_rx) = watch(&cx.hub, &id, conn);
+    let mut life = Lifecycle::new(&cx, &id, conn, mode);
     // Setting up went a page deeper than the loop below ever goes: give that page back
     // (4 KiB of the ~21 KiB an idle stream cost).
-    crate::threads::release_unused_stack();
+    crate::sys::thread::release_unused_stack();
     let ticker = tick(match mode {
-        Mode::Tick => cfg.tick,
-        Mode::Change => cfg.heartbeat,
+        Mode::Tick => cx.tick,
+        Mode::Change => cx.heartbeat,
     });
     if mode == Mode::Change {
-        crate::threads::relax_keepalive_timer(cfg.heartbeat);
+        crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     }
-    let mut last: Option<bool> = shared.hub.get(&id);
+    let mut last: Option<bool> = cx.hub.get(&id);
     let mut first = sse::retry(std::time::Duration::from_secs(2));
     if let Some(v) = last {
         first.extend_from_slice(event(v));
     }
-    let result = send_counted(&shared, &mut out, &first, last.is_some()).and_then(|()| loop {
+    let result = send_counted(&cx, &mut out, &first, last.is_some()).and_then(|()| loop {
         select! {
             recv(ticker) -> _ => {
-                if cfg.fault_panic_id.as_deref() == Some(id.as_str()) {
+                if cx.fault_panic_id.as_deref() == Some(id.as_str()) {
                     injected_fault(&id);
                 }
                 match mode {
@@ -163,22 +177,22 @@ fn run(
                         if out.liveness() == Liveness::Gone {
                             break Ok(CloseReason::ClientGone);
                         }
-                        if let Some(v) = shared.hub.get(&id) {
+                        if let Some(v) = cx.hub.get(&id) {
                             last = Some(v);
-                            send_counted(&shared, &mut out, event(v), true)?;
+                            send_counted(&cx, &mut out, event(v), true)?;
                         }
                     }
                     // No socket check first (three system calls, ~10% of a keepalive): the
                     // server's sweep already tells `gone` within seconds of the peer's FIN,
                     // and the write itself fails on a reset or dead peer.
                     Mode::Change => {
-                        out.send(b": keepalive\n\n")?;
-                        shared.metrics.keepalives_sent.inc();
+                        out.send(sse::KEEPALIVE)?;
+                        cx.metrics.keepalives_sent.inc();
                     }
                 }
             }
             recv(wake_rx) -> _ => {
-                let now = shared.hub.get(&id);
+                let now = cx.hub.get(&id);
                 // Tick mode waits for its tick once it has sent a first value.
                 let wanted = match mode {
                     Mode::Tick => last.is_none(),
@@ -186,7 +200,7 @@ fn run(
                 };
                 if let (true, Some(v)) = (wanted, now) {
                     last = Some(v);
-                    send_counted(&shared, &mut out, event(v), true)?;
+                    send_counted(&cx, &mut out, event(v), true)?;
                 }
             }
             recv(out.gone()) -> _ => {
@@ -197,7 +211,7 @@ fn run(
                 }
             }
             recv(slot.closed()) -> _ => {
-                let _ = out.send(b"event: shutdown\ndata: {}\n\n");
+                let _ = out.send(sse::SHUTDOWN);
                 break Ok(CloseReason::Shutdown);
             }
         }
@@ -224,14 +238,14 @@ fn injected_fault(id: &str) -> ! {
 }
 
 fn send_counted(
-    shared: &Shared,
+    cx: &AlarmStreams,
     out: &mut SseWriter,
     bytes: &[u8],
     is_event: bool,
 ) -> std::io::Result<()> {
     out.send(bytes)?;
     if is_event {
-        shared.metrics.events_sent.inc();
+        cx.metrics.events_sent.inc();
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Chat routes under `/chat/`: turn requests into room calls and [`ChatError`]s into status
-//! codes with `{"error": "..."}` bodies.
+//! Chat routes under `/chat/`: turn requests into room calls, and the room's refusals into
+//! replies (see [`super::reply`]).
 //!
 //! | Route | Answer |
 //! |---|---|
@@ -19,109 +19,99 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tiny_http::{Method, Request};
+use tiny_http::Request;
 
-use super::room::ChatError;
+use super::reply::error_reply;
+use super::room::{ChatError, Room};
 use super::session::Token;
-use super::stream::{self, Member};
-use crate::http::response::{self, Reply};
+use super::stream::{self, ChatStreams, Member};
+use crate::admit::Admission;
+use crate::http::request::{header, read_body, Params};
+use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{query_get, valid_name};
-use crate::server::{bad_request, method_not_allowed, read_body, Shared};
+use crate::metrics::Metrics;
 use crate::threads::Role;
 
-/// The status code a room refusal maps to.
-pub fn status_of(e: &ChatError) -> u16 {
-    match e {
-        ChatError::InvalidName | ChatError::InvalidText(_) => 400,
-        ChatError::Unauthorized => 401,
-        ChatError::NameTaken => 409,
-        ChatError::RateLimited(_) => 429,
-        ChatError::RoomFull | ChatError::Random(_) => 503,
+/// What the chat handlers need: the room, the streams' context, admission and the counters.
+pub(crate) struct ChatService {
+    /// The room (the same one the streams use).
+    pub(crate) room: Arc<Room>,
+    /// What each stream thread gets.
+    pub(crate) streams: Arc<ChatStreams>,
+    /// Who gets a thread.
+    pub(crate) admit: Arc<Admission>,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// `GET /chat/stream?name=NAME|token=T`: joins or attaches, and streams on its own thread.
+pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    match stream_request(&request, params.query) {
+        Ok((member, last)) => {
+            let cx = chat.streams.clone();
+            chat.admit
+                .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
+                    stream::serve(cx, rq, member, last, conn, slot)
+                });
+        }
+        Err(e) => {
+            let reply = refusal(&chat.metrics, e);
+            chat.admit.respond(request, reply);
+        }
     }
 }
 
-/// The reply for a room refusal, counted under its `syncast_rejected_total` reason.
-pub fn error_reply(shared: &Shared, e: &ChatError) -> Reply {
-    let status = status_of(e);
-    let message = e.to_string();
-    match e {
-        ChatError::InvalidName | ChatError::InvalidText(_) => bad_request(shared, &message),
-        ChatError::Unauthorized => {
-            shared.metrics.reject("unauthorized");
-            response::add_header(
-                response::error(status, &message),
-                "WWW-Authenticate",
-                "Bearer",
-            )
-        }
-        ChatError::NameTaken => {
-            shared.metrics.reject("name-taken");
-            response::error(status, &message)
-        }
-        ChatError::RateLimited(wait) => {
-            shared.metrics.reject("rate-limited");
-            // Retry-After is whole seconds; round up so a client that obeys it succeeds.
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response::retry_later(status, secs.max(1), &message)
-        }
-        ChatError::RoomFull => {
-            shared.metrics.reject("room-full");
-            response::retry_later(status, 1, &message)
-        }
-        ChatError::Random(_) => response::error(status, &message),
-    }
+/// `GET /chat/users`.
+pub(crate) fn users(chat: &Arc<ChatService>, request: Request, _: &Params<'_>) {
+    let reply = response::json(200, &json!({ "online": chat.room.online() }));
+    chat.admit.respond(request, reply);
 }
 
-/// Answers a request under `/chat/`.
-pub fn route(
-    shared: &Arc<Shared>,
-    request: Request,
-    segments: &[&str],
-    query: &[(String, String)],
-) {
-    let method = request.method().clone();
-    let reply = match (segments, &method) {
-        (["chat", "stream"], Method::Get) => match stream_request(&request, query) {
-            Ok((member, last)) => {
-                let conn = shared.next_conn();
-                shared.spawn_stream(
-                    Role::ChatStream,
-                    format!("chat-{conn}"),
-                    request,
-                    move |shared, rq, slot| stream::serve(shared, rq, member, last, conn, slot),
-                );
-                return;
-            }
-            Err(e) => refusal(shared, e),
-        },
-        (["chat", "users"], Method::Get) => {
-            response::json(200, &json!({ "online": shared.chat.online() }))
+/// `POST /chat/join`: body is the name (surrounding white space ignored).
+pub(crate) fn join(chat: &Arc<ChatService>, request: Request, _: &Params<'_>) {
+    let service = chat.clone();
+    chat.admit
+        .run_request(request, move |rq| join_reply(&service, rq));
+}
+
+/// `POST /chat/messages`: body is the text, exactly as sent.
+pub(crate) fn message(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    act(chat, request, params, Action::Message);
+}
+
+/// `POST /chat/name`: body is the new name (surrounding white space ignored).
+pub(crate) fn name(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    act(chat, request, params, Action::Rename);
+}
+
+/// `POST /chat/leave`.
+pub(crate) fn leave(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    act(chat, request, params, Action::Leave);
+}
+
+/// What a session asks for with its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Message,
+    Rename,
+    Leave,
+}
+
+/// Runs `action` for the session whose token the request carries (401 without one).
+fn act(chat: &Arc<ChatService>, request: Request, params: &Params<'_>, action: Action) {
+    let token = token_of(&request, params.query);
+    let service = chat.clone();
+    chat.admit.run_request(request, move |rq| {
+        let token = match token {
+            Some(t) => t,
+            None => return error_reply(&service.metrics, &ChatError::Unauthorized),
+        };
+        match action {
+            Action::Message => post_message(&service, rq, &token),
+            Action::Rename => rename(&service, rq, &token),
+            Action::Leave => leave_reply(&service, &token),
         }
-        (["chat", "join"], Method::Post) => {
-            shared.run_request(request, join);
-            return;
-        }
-        (["chat", action @ ("messages" | "name" | "leave")], Method::Post) => {
-            let token = token_of(&request, query);
-            let action = action.to_string();
-            shared.run_request(request, move |shared, rq| {
-                let token = match token {
-                    Some(t) => t,
-                    None => return error_reply(shared, &ChatError::Unauthorized),
-                };
-                match action.as_str() {
-                    "messages" => post_message(shared, rq, &token),
-                    "name" => rename(shared, rq, &token),
-                    _ => leave(shared, &token),
-                }
-            });
-            return;
-        }
-        (["chat", "stream" | "users"], _) => method_not_allowed("GET"),
-        (["chat", "join" | "messages" | "name" | "leave"], _) => method_not_allowed("POST"),
-        _ => response::error(404, "not found"),
-    };
-    shared.respond(request, reply);
+    });
 }
 
 /// Why a stream request was refused before any thread was spent on it.
@@ -130,10 +120,10 @@ enum StreamRefusal {
     Chat(ChatError),
 }
 
-fn refusal(shared: &Shared, e: StreamRefusal) -> Reply {
+fn refusal(metrics: &Metrics, e: StreamRefusal) -> Reply {
     match e {
-        StreamRefusal::Bad(message) => bad_request(shared, message),
-        StreamRefusal::Chat(e) => error_reply(shared, &e),
+        StreamRefusal::Bad(message) => bad_request(metrics, message),
+        StreamRefusal::Chat(e) => error_reply(metrics, &e),
     }
 }
 
@@ -178,15 +168,6 @@ fn stream_request(
     Ok((member, last))
 }
 
-/// A header's value by (case-insensitive) name.
-fn header(request: &Request, name: &'static str) -> Option<String> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str().to_string())
-}
-
 /// The token from `Authorization: Bearer T` or `?token=T`; `None` if absent or malformed.
 fn token_of(request: &Request, query: &[(String, String)]) -> Option<Token> {
     let from_header = header(request, "Authorization").and_then(|v| {
@@ -208,62 +189,62 @@ fn is_json(request: &Request) -> bool {
 }
 
 /// Reads the body as UTF-8, and from JSON `{field: "..."}` when sent as `application/json`.
-fn body_text(shared: &Shared, request: &mut Request, field: &str) -> Result<String, Reply> {
+fn body_text(metrics: &Metrics, request: &mut Request, field: &str) -> Result<String, Reply> {
     let json = is_json(request);
-    let body = read_body(shared, request)?;
-    let text = String::from_utf8(body).map_err(|_| bad_request(shared, "body is not UTF-8"))?;
+    let body = read_body(metrics, request)?;
+    let text = String::from_utf8(body).map_err(|_| bad_request(metrics, "body is not UTF-8"))?;
     if !json {
         return Ok(text);
     }
     let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|_| bad_request(shared, &format!("body must be {{\"{field}\": \"...\"}}")))?;
+        .map_err(|_| bad_request(metrics, &format!("body must be {{\"{field}\": \"...\"}}")))?;
     value
         .get(field)
         .and_then(|v| v.as_str())
         .map(str::to_string)
-        .ok_or_else(|| bad_request(shared, &format!("body must be {{\"{field}\": \"...\"}}")))
+        .ok_or_else(|| bad_request(metrics, &format!("body must be {{\"{field}\": \"...\"}}")))
 }
 
-/// `POST /chat/join`: body is the name (surrounding white space ignored).
-fn join(shared: &Shared, request: &mut Request) -> Reply {
-    let name = match body_text(shared, request, "name") {
+/// `POST /chat/join`, on whichever thread reads the body.
+fn join_reply(chat: &ChatService, request: &mut Request) -> Reply {
+    let name = match body_text(&chat.metrics, request, "name") {
         Ok(name) => name.trim().to_string(),
         Err(reply) => return reply,
     };
-    match shared.chat.join(&name) {
+    match chat.room.join(&name) {
         Ok(j) => response::json(201, &json!({ "name": j.name, "token": j.token })),
-        Err(e) => error_reply(shared, &e),
+        Err(e) => error_reply(&chat.metrics, &e),
     }
 }
 
-/// `POST /chat/messages`: body is the text, exactly as sent.
-fn post_message(shared: &Shared, request: &mut Request, token: &Token) -> Reply {
-    let text = match body_text(shared, request, "text") {
+/// `POST /chat/messages`, on a session found.
+fn post_message(chat: &ChatService, request: &mut Request, token: &Token) -> Reply {
+    let text = match body_text(&chat.metrics, request, "text") {
         Ok(text) => text,
         Err(reply) => return reply,
     };
-    match shared.chat.post(token, &text) {
+    match chat.room.post(token, &text) {
         Ok(id) => response::json(202, &json!({ "id": id })),
-        Err(e) => error_reply(shared, &e),
+        Err(e) => error_reply(&chat.metrics, &e),
     }
 }
 
-/// `POST /chat/name`: body is the new name (surrounding white space ignored).
-fn rename(shared: &Shared, request: &mut Request, token: &Token) -> Reply {
-    let name = match body_text(shared, request, "name") {
+/// `POST /chat/name`, on a session found.
+fn rename(chat: &ChatService, request: &mut Request, token: &Token) -> Reply {
+    let name = match body_text(&chat.metrics, request, "name") {
         Ok(name) => name.trim().to_string(),
         Err(reply) => return reply,
     };
-    match shared.chat.rename(token, &name) {
+    match chat.room.rename(token, &name) {
         Ok((from, to)) => response::json(200, &json!({ "from": from, "to": to })),
-        Err(e) => error_reply(shared, &e),
+        Err(e) => error_reply(&chat.metrics, &e),
     }
 }
 
-/// `POST /chat/leave`.
-fn leave(shared: &Shared, token: &Token) -> Reply {
-    match shared.chat.leave(token) {
+/// `POST /chat/leave`, on a session found.
+fn leave_reply(chat: &ChatService, token: &Token) -> Reply {
+    match chat.room.leave(token) {
         Ok(_) => response::no_content(),
-        Err(e) => error_reply(shared, &e),
+        Err(e) => error_reply(&chat.metrics, &e),
     }
 }

@@ -5,10 +5,10 @@
 //! - [`session`]: tokens (OS random, compared in constant time) and the rate limiter.
 //! - [`stream`]: one chat stream on its own thread, a `select!` loop.
 //! - [`http`]: the `/chat/...` routes.
+//! - [`reply`]: the room's refusals as status codes and replies.
 
-pub mod http;
-pub mod room;
-pub mod session;
-pub mod stream;
-
-pub use room::{ChatError, Room};
+pub(crate) mod http;
+mod reply;
+pub(crate) mod room;
+pub(crate) mod session;
+pub(crate) mod stream;

@@ -10,21 +10,21 @@ const SELECTOR_HEX: usize = 16;
 /// Hex characters of the secret half: 128 bits from the OS random source.
 const VERIFIER_HEX: usize = 32;
 /// Length of every token.
-pub const TOKEN_LEN: usize = SELECTOR_HEX + VERIFIER_HEX;
+pub(crate) const TOKEN_LEN: usize = SELECTOR_HEX + VERIFIER_HEX;
 
 /// A session token: `selector` (64 random bits, used as the map key) followed by `verifier`
 /// (128 random bits), both hex. Looking a session up by the selector and then comparing the whole
 /// token in constant time means the time a wrong token takes never depends on how many of its
 /// secret characters were right (the "split token" pattern).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Token {
+pub(crate) struct Token {
     text: String,
     selector: u64,
 }
 
 impl Token {
     /// A fresh token from the OS random source (`getrandom(2)`, falling back to `/dev/urandom`).
-    pub fn generate() -> io::Result<Token> {
+    pub(crate) fn generate() -> io::Result<Token> {
         let mut bytes = [0u8; (SELECTOR_HEX + VERIFIER_HEX) / 2];
         os_random(&mut bytes)?;
         let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -33,7 +33,7 @@ impl Token {
 
     /// Parses a token as a client sends it; `None` unless it has the shape of one (the right
     /// length, lower-case hex). Says nothing about whether a session holds it.
-    pub fn parse(text: &str) -> Option<Token> {
+    pub(crate) fn parse(text: &str) -> Option<Token> {
         if text.len() != TOKEN_LEN || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
             return None;
@@ -46,17 +46,17 @@ impl Token {
     }
 
     /// The public half, used to find the session.
-    pub fn selector(&self) -> u64 {
+    pub(crate) fn selector(&self) -> u64 {
         self.selector
     }
 
     /// The token as text (sent to its owner only).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
     /// Compares two tokens in time that depends only on their (fixed) length.
-    pub fn matches(&self, other: &Token) -> bool {
+    pub(crate) fn matches(&self, other: &Token) -> bool {
         constant_time_eq(self.text.as_bytes(), other.text.as_bytes())
     }
 }
@@ -69,7 +69,7 @@ impl fmt::Debug for Token {
 }
 
 /// Equality of two byte strings that does not stop at the first difference.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -104,7 +104,7 @@ fn os_random(buf: &mut [u8]) -> io::Result<()> {
 
 /// A token bucket: `burst` messages at once, refilled at `rate` per second.
 #[derive(Debug, Clone)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -113,7 +113,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> RateLimiter {
+    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> RateLimiter {
         RateLimiter {
             rate,
             burst,
@@ -123,7 +123,7 @@ impl RateLimiter {
     }
 
     /// Takes one token at `now`, or says how long until one is there.
-    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;

@@ -6,18 +6,35 @@
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{select, tick};
 
+use super::reply::error_reply;
 use super::room::{Attached, Kick, Room, Take};
 use super::session::Token;
-use crate::http::conn::Liveness;
-use crate::http::sse::{self, CloseReason, SseWriter};
-use crate::server::{Shared, StreamSlot};
+use crate::admit::StreamSlot;
+use crate::http::socket::Liveness;
+use crate::http::sse;
+use crate::metrics::Metrics;
+use crate::stream::{CloseReason, Streams};
+
+/// What a chat stream needs: the room, how to open its socket, its keepalive interval and the
+/// counters it keeps.
+pub(crate) struct ChatStreams {
+    /// The room.
+    pub(crate) room: Arc<Room>,
+    /// Opening the stream's socket.
+    pub(crate) streams: Streams,
+    /// Counters for `/metrics`.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Keepalive interval.
+    pub(crate) heartbeat: Duration,
+}
 
 /// Who the stream is for.
 #[derive(Debug, Clone)]
-pub enum Member {
+pub(crate) enum Member {
     /// Join as this (validated) name.
     Join(String),
     /// Attach to the session holding this token.
@@ -28,7 +45,7 @@ pub enum Member {
 /// attached-streams gauge and detaches the session: every exit path of the thread, panics
 /// included, does this once.
 struct Lifecycle<'a> {
-    shared: &'a Shared,
+    metrics: &'a Metrics,
     room: &'a Room,
     key: u64,
     serial: u64,
@@ -38,11 +55,11 @@ struct Lifecycle<'a> {
 }
 
 impl<'a> Lifecycle<'a> {
-    fn new(shared: &'a Shared, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
-        shared.metrics.chat_streams.inc();
+    fn new(metrics: &'a Metrics, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
+        metrics.chat_streams.inc();
         log::info!("chat stream opened name={} conn={conn}", att.name);
         Lifecycle {
-            shared,
+            metrics,
             room,
             key: att.key,
             serial: att.serial,
@@ -57,9 +74,9 @@ impl<'a> Lifecycle<'a> {
 impl Drop for Lifecycle<'_> {
     fn drop(&mut self) {
         let name = self.room.detach(self.key, self.serial);
-        self.shared.metrics.chat_streams.dec();
+        self.metrics.chat_streams.dec();
         if self.reason == CloseReason::Stalled {
-            self.shared.metrics.stalled.inc();
+            self.metrics.stalled.inc();
         }
         log::info!(
             "chat stream closed name={} conn={} reason={}",
@@ -89,15 +106,15 @@ impl Drop for Detach<'_> {
 
 /// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
 /// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
-pub fn serve(
-    shared: Arc<Shared>,
+pub(crate) fn serve(
+    cx: Arc<ChatStreams>,
     request: tiny_http::Request,
     member: Member,
     last_event_id: Option<u64>,
     conn: u64,
     slot: StreamSlot,
 ) {
-    let room = shared.chat.clone();
+    let room = cx.room.clone();
     let attached = match &member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
         Member::Resume(token) => room.attach(token, last_event_id),
@@ -105,8 +122,8 @@ pub fn serve(
     let att = match attached {
         Ok(att) => att,
         Err(e) => {
-            let reply = super::http::error_reply(&shared, &e);
-            shared.respond(request, reply);
+            let reply = error_reply(&cx.metrics, &e);
+            cx.streams.refuse(request, reply);
             return;
         }
     };
@@ -116,13 +133,7 @@ pub fn serve(
         serial: att.serial,
         armed: true,
     };
-    let cfg = &shared.config;
-    let mut out = match SseWriter::start(
-        request,
-        &shared.conns,
-        &shared.cors_headers(),
-        crate::http::sse::WriteLimits::of(cfg),
-    ) {
+    let mut out = match cx.streams.open(request) {
         Ok(out) => out,
         Err(e) => {
             log::info!(
@@ -133,10 +144,10 @@ pub fn serve(
         }
     };
     detach.armed = false;
-    let mut life = Lifecycle::new(&shared, &room, &att, conn);
-    crate::threads::batch_scheduling();
-    let ticker = tick(cfg.heartbeat);
-    crate::threads::relax_keepalive_timer(cfg.heartbeat);
+    let mut life = Lifecycle::new(&cx.metrics, &room, &att, conn);
+    crate::sys::thread::batch_scheduling();
+    let ticker = tick(cx.heartbeat);
+    crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
@@ -151,8 +162,8 @@ pub fn serve(
                     if out.liveness() == Liveness::Gone {
                         return Ok(CloseReason::ClientGone);
                     }
-                    out.send(b": keepalive\n\n")?;
-                    shared.metrics.keepalives_sent.inc();
+                    out.send(sse::KEEPALIVE)?;
+                    cx.metrics.keepalives_sent.inc();
                 }
                 recv(att.wake) -> woke => {
                     // The room dropped our wake channel: it kicked us first.
@@ -186,7 +197,7 @@ pub fn serve(
                     }
                 }
                 recv(slot.closed()) -> _ => {
-                    let _ = out.send(b"event: shutdown\ndata: {}\n\n");
+                    let _ = out.send(sse::SHUTDOWN);
                     return Ok(CloseReason::Shutdown);
                 }
             }

@@ -16,7 +16,8 @@
 //! The dispatcher owns one [`Supervisor`]. It restarts tiny_http on a `try_clone` of the same
 //! listening socket when `recv()` reports an error, and, when the process-wide panic count
 //! ([`tiny_http_panics`]) has moved since the server in use was started, it sends itself a
-//! marked `GET /healthz` and restarts if that is not served in time. A restart that fails
+//! marked `GET /healthz` (connecting without blocking) and restarts if that is not served in
+//! time. A restart that fails
 //! (no descriptor for the clone, no thread) is retried with back-off until it succeeds.
 //! Servers replaced this way are kept and drained: their pool threads may still be serving
 //! keep-alive connections accepted before the accept thread died.
@@ -28,8 +29,10 @@ use std::time::{Duration, Instant};
 
 use tiny_http::Request;
 
+use crate::sys::proc;
+
 /// Header that marks the dispatcher's own liveness probe.
-pub const PROBE_HEADER: &str = "X-Syncast-Probe";
+pub(crate) const PROBE_HEADER: &str = "X-Syncast-Probe";
 
 /// How long a probe may take to be served before the accept loop is declared dead. Generous:
 /// a false alarm costs a needless restart, not a lost request (the old server is drained).
@@ -46,14 +49,14 @@ const MAX_RETIRED: usize = 8;
 static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
 
 /// Panics counted so far in tiny_http's threads (all servers of this process).
-pub fn tiny_http_panics() -> u64 {
+pub(crate) fn tiny_http_panics() -> u64 {
     TINY_HTTP_PANICS.load(Ordering::Relaxed)
 }
 
 /// Installs (once per process) the panic hook that counts panics in tiny_http's threads:
 /// a panic located in tiny_http's source, or an unnamed thread failing to spawn a thread.
 /// The previous hook still runs (the panic is still printed).
-pub fn install_panic_watch() {
+pub(crate) fn install_panic_watch() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
@@ -84,9 +87,12 @@ pub fn install_panic_watch() {
 /// 9 threads instead of 8 until the surplus one expired 5 s later (3 starts in 12 with a probe
 /// connecting at once; 0 in 12 with the wait). A restart (on the dispatcher, with streams
 /// running) does not wait: there the count does not matter and the dispatcher must not stall.
-pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_http::Server>> {
+pub(crate) fn start(
+    listener: &TcpListener,
+    settle: bool,
+) -> std::io::Result<Arc<tiny_http::Server>> {
     let clone = listener.try_clone()?;
-    let before = if settle { thread_ids() } else { None };
+    let before = if settle { proc::thread_ids() } else { None };
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
     if let (Some(before), Ok(Ok(_))) = (before, started.as_ref()) {
         settle_new_threads(&before, SETTLE_LIMIT);
@@ -101,52 +107,57 @@ pub fn start(listener: &TcpListener, settle: bool) -> std::io::Result<Arc<tiny_h
 }
 
 /// How long [`start`] waits at most for tiny_http's threads to fall asleep.
-pub const SETTLE_LIMIT: Duration = Duration::from_millis(50);
-
-/// The ids of this process's threads (`None` if `/proc` cannot be read).
-fn thread_ids() -> Option<std::collections::HashSet<u64>> {
-    std::fs::read_dir("/proc/self/task").ok().map(|dir| {
-        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect()
-    })
-}
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_millis(50);
 
 /// Waits until every thread not in `before` is asleep (not in state R), or `limit` passes, or
 /// `/proc` cannot be read.
 fn settle_new_threads(before: &std::collections::HashSet<u64>, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while let Some(now) = thread_ids() {
+    while let Some(now) = proc::thread_ids() {
         let new: Vec<u64> = now.into_iter().filter(|t| !before.contains(t)).collect();
-        if all_asleep(&new) || Instant::now() >= deadline {
+        if proc::all_asleep(&new) || Instant::now() >= deadline {
             return;
         }
         std::thread::sleep(Duration::from_micros(200));
     }
 }
 
-/// Whether none of the threads `tids` of this process is running or runnable (state R); a
-/// thread that has ended counts as asleep.
-fn all_asleep(tids: &[u64]) -> bool {
-    !tids.iter().any(|t| {
-        std::fs::read_to_string(format!("/proc/self/task/{t}/stat"))
-            .ok()
-            .and_then(|st| {
-                st.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('R'))
-            })
-            .unwrap_or(false)
-    })
-}
+/// How soon the dispatcher tries again to write a probe whose connection is not up yet.
+const PROBE_WRITE_RETRY: Duration = Duration::from_millis(10);
 
 /// A probe of the accept loop in flight: the connection and the nonce it carries.
 struct Probe {
-    _sock: TcpStream,
+    sock: TcpStream,
     nonce: String,
     deadline: Instant,
+    /// What is left to write of the request: the connection is non-blocking, so the write
+    /// waits for the handshake on later ticks instead of on the dispatcher.
+    unsent: Vec<u8>,
+    /// [`tiny_http_panics`] when the probe began: seen once the request is written.
+    panics: u64,
+}
+
+impl Probe {
+    /// Writes what it can of the request; `false` if the connection failed (no listener, reset).
+    fn send(&mut self) -> bool {
+        use std::io::Write;
+        while !self.unsent.is_empty() {
+            match self.sock.write(&self.unsent) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.unsent.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 /// Watches one server's tiny_http accept loop; owned by its dispatcher thread.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     local: SocketAddr,
     /// [`tiny_http_panics`] just before the server in use was started: a higher count means a
     /// tiny_http thread panicked since (maybe another server's in this process), so probe.
@@ -164,7 +175,7 @@ impl Supervisor {
     /// A supervisor for the server listening on `local`, whose tiny_http was started when the
     /// panic count was `panics_at_start` (read *before* starting it, so that a panic in the
     /// window before the dispatcher runs is not missed).
-    pub fn new(local: SocketAddr, panics_at_start: u64) -> Supervisor {
+    pub(crate) fn new(local: SocketAddr, panics_at_start: u64) -> Supervisor {
         Supervisor {
             local,
             panics_seen: panics_at_start,
@@ -178,10 +189,15 @@ impl Supervisor {
 
     /// A request arrived from the server in use: it accepts, so back-off starts over; if it is
     /// our own probe (answered by the router like any `GET /healthz`), the probe is done.
-    pub fn served(&mut self, request: &Request) {
+    pub(crate) fn served(&mut self, request: &Request) {
         if self.restart_at.is_none() {
             self.backoff = BACKOFF_MIN;
         }
+        self.probe_answered(request);
+    }
+
+    /// If `request` is our probe, the probe is done.
+    fn probe_answered(&mut self, request: &Request) {
         let ours = self.probe.as_ref().is_some_and(|probe| {
             request
                 .headers()
@@ -194,7 +210,11 @@ impl Supervisor {
     }
 
     /// `recv()` reported an error: tiny_http's accept thread has ended. Schedules a restart.
-    pub fn accept_failed(&mut self, error: &std::io::Error, metrics: &crate::metrics::Metrics) {
+    pub(crate) fn accept_failed(
+        &mut self,
+        error: &std::io::Error,
+        metrics: &crate::metrics::Metrics,
+    ) {
         if self.restart_at.is_some() {
             return;
         }
@@ -207,8 +227,11 @@ impl Supervisor {
     }
 
     /// The next moment [`Supervisor::tick`] has something to do, if any.
-    pub fn next_due(&self) -> Option<Instant> {
-        let probe = self.probe.as_ref().map(|p| p.deadline);
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        let probe = self.probe.as_ref().map(|p| match p.unsent.is_empty() {
+            true => p.deadline,
+            false => (Instant::now() + PROBE_WRITE_RETRY).min(p.deadline),
+        });
         match (self.restart_at, probe) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -216,13 +239,19 @@ impl Supervisor {
     }
 
     /// Requests delivered by replaced servers (their pool threads may still serve keep-alive
-    /// connections); never blocks.
-    pub fn drain_retired(&self) -> Vec<Request> {
+    /// connections); never blocks. They say nothing about the server in use, so the back-off
+    /// stays (resetting it here restarted a dead accept loop every 50 ms while an old keep-alive
+    /// client talked); one of them may still be our probe, if the retired server's accept thread
+    /// was alive after all.
+    pub(crate) fn drain_retired(&mut self) -> Vec<Request> {
         let mut out = Vec::new();
         for old in &self.retired {
             while let Ok(Some(rq)) = old.try_recv() {
                 out.push(rq);
             }
+        }
+        for rq in &out {
+            self.probe_answered(rq);
         }
         out
     }
@@ -230,7 +259,7 @@ impl Supervisor {
     /// Probes after a tiny_http panic, declares the loop dead when a probe times out, and
     /// attempts a due restart on `listener`. Returns the new server when one was started, for
     /// the caller to install in place of `current` (kept here as retired).
-    pub fn tick(
+    pub(crate) fn tick(
         &mut self,
         listener: &TcpListener,
         current: Arc<tiny_http::Server>,
@@ -241,9 +270,15 @@ impl Supervisor {
             let panics = tiny_http_panics();
             if self.probe.is_none() && panics != self.panics_seen {
                 // A failed connect (no descriptor, say) is simply retried on the next tick.
-                self.probe = self.start_probe();
-                if self.probe.is_some() {
-                    self.panics_seen = panics;
+                self.probe = self.start_probe(panics);
+            }
+            if let Some(probe) = self.probe.as_mut() {
+                let unsent = !probe.unsent.is_empty();
+                if !probe.send() {
+                    // The connection failed before the request went out: retried next tick.
+                    self.probe = None;
+                } else if unsent && probe.unsent.is_empty() {
+                    self.panics_seen = probe.panics;
                 }
             }
             if self.probe.as_ref().is_some_and(|p| now >= p.deadline) {
@@ -285,18 +320,21 @@ impl Supervisor {
         }
     }
 
-    /// Sends `GET /healthz` to ourselves, marked with a fresh nonce.
-    fn start_probe(&mut self) -> Option<Probe> {
-        use std::io::Write;
-        let mut sock = TcpStream::connect_timeout(&self.local, Duration::from_millis(500)).ok()?;
+    /// Begins `GET /healthz` to ourselves, marked with a fresh nonce, without waiting for the
+    /// connection: a dead accept loop leaves a full accept queue, where a connect waits for a
+    /// handshake that never comes, and a blocking connect here stalled the dispatcher (500 ms
+    /// each tick, and the loop was then never declared dead).
+    fn start_probe(&mut self, panics: u64) -> Option<Probe> {
+        let sock = crate::sys::fd::connect_nonblocking(self.local).ok()?;
         self.next_nonce += 1;
         let nonce = format!("{}-{}", std::process::id(), self.next_nonce);
         let rq = format!("GET /healthz HTTP/1.1\r\nHost: probe\r\n{PROBE_HEADER}: {nonce}\r\n\r\n");
-        sock.write_all(rq.as_bytes()).ok()?;
         Some(Probe {
-            _sock: sock,
+            sock,
             nonce,
             deadline: Instant::now() + PROBE_DEADLINE,
+            unsent: rq.into_bytes(),
+            panics,
         })
     }
 }
@@ -304,40 +342,111 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+
+    fn metrics() -> crate::metrics::Metrics {
+        crate::metrics::Metrics::default()
+    }
+
+    /// A request from `server`, waiting at most 5 s.
+    fn next(server: &tiny_http::Server) -> Request {
+        server
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap()
+            .expect("a request")
+    }
 
     #[test]
-    fn a_spinning_thread_is_not_asleep_and_a_parked_one_is() {
-        let (tid_tx, tid_rx) = crossbeam_channel::bounded(1);
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-        let spin = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let spinning = spin.clone();
-        let spinner = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            let _ = tid_tx.send(unsafe { libc::gettid() } as u64);
-            while spinning.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
+    fn a_request_from_a_retired_server_leaves_the_back_off_alone() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let first = start(&listener, false).unwrap();
+        let mut sup = Supervisor::new(local, tiny_http_panics());
+        let metrics = metrics();
+        // A keep-alive client of the first server.
+        let mut client = TcpStream::connect(local).unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let rq = next(&first);
+        sup.served(&rq);
+        rq.respond(tiny_http::Response::empty(200)).unwrap();
+        // Its accept loop is declared dead and tiny_http started again: the back-off doubles.
+        sup.accept_failed(&std::io::Error::other("test"), &metrics);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let _second = loop {
+            if let Some(new) = sup.tick(&listener, first.clone(), &metrics) {
+                break new;
             }
-            let _ = stop_rx.recv();
-        });
-        let tid = tid_rx.recv().unwrap();
-        assert!(!all_asleep(&[tid]), "spinning (running or runnable)");
-        spin.store(false, Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_asleep(&[tid]) {
-            assert!(Instant::now() < deadline, "never parked");
+            assert!(Instant::now() < deadline, "never restarted");
             std::thread::sleep(Duration::from_millis(5));
-        }
-        drop(stop_tx);
-        spinner.join().unwrap();
-        // Joined threads can show in /proc (state R) for a moment while they finish exiting.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_asleep(&[tid]) {
+        };
+        assert_eq!(sup.backoff, BACKOFF_MIN * 2);
+        // The old client goes on talking on its connection, which the retired server serves.
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let retired = loop {
+            let got = sup.drain_retired();
+            if !got.is_empty() {
+                break got;
+            }
             assert!(
                 Instant::now() < deadline,
-                "an ended thread counts as asleep"
+                "the retired server delivered nothing"
             );
             std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(thread_ids().is_some_and(|t| !t.is_empty()));
+        };
+        assert_eq!(retired[0].url(), "/b");
+        assert_eq!(
+            sup.backoff,
+            BACKOFF_MIN * 2,
+            "a dead accept loop must not go back to restarting every 50 ms"
+        );
+    }
+
+    /// A listener whose accept queue is full, as a dead accept loop leaves it: a connect to it
+    /// waits for a handshake that does not come (the kernel drops the SYN).
+    fn full_listener() -> (TcpListener, Vec<TcpStream>) {
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) again on our own socket: its accept queue now holds one connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let local = listener.local_addr().unwrap();
+        let fillers: Vec<TcpStream> = (0..4)
+            .filter_map(|_| TcpStream::connect_timeout(&local, Duration::from_millis(100)).ok())
+            .collect();
+        assert!(
+            TcpStream::connect_timeout(&local, Duration::from_millis(200)).is_err(),
+            "the accept queue is full"
+        );
+        (listener, fillers)
+    }
+
+    #[test]
+    fn a_probe_never_blocks_the_dispatcher_on_its_connect() {
+        let (full, _fillers) = full_listener();
+        let local = full.local_addr().unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let current = start(&other, false).unwrap();
+        let metrics = metrics();
+        // A tiny_http panic was counted since this supervisor's server started: it probes.
+        let mut sup = Supervisor::new(local, tiny_http_panics().wrapping_add(1));
+        let t = Instant::now();
+        assert!(sup.tick(&other, current.clone(), &metrics).is_none());
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "the dispatcher waited {took:?} in the probe's connect"
+        );
+        // A probe whose connection never comes up is a dead accept loop, declared so at its
+        // deadline like one that is never answered.
+        sup.probe.as_mut().expect("a probe in flight").deadline = Instant::now();
+        assert!(
+            sup.tick(&other, current, &metrics).is_some(),
+            "declared dead and started again"
+        );
+        assert_eq!(metrics.accept_restarts.get(), 1);
     }
 }

@@ -1,8 +1,11 @@
-//! HTTP plumbing over tiny_http: the socket under a request, SSE encoding, JSON replies,
-//! validation of what clients send.
+//! HTTP plumbing over tiny_http: keeping it accepting, the socket under a streaming request,
+//! the connection sweep, SSE encoding and writing, replies, request limits, and validation of
+//! what clients send.
 
-pub mod accept;
-pub mod conn;
-pub mod response;
-pub mod sse;
-pub mod validate;
+pub(crate) mod accept;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod socket;
+pub(crate) mod sse;
+pub(crate) mod sweep;
+pub(crate) mod validate;

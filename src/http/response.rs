@@ -1,12 +1,15 @@
-//! Small JSON responses and the `{"error": "..."}` body every 4xx/5xx carries.
+//! Buffered replies: small JSON responses, the `{"error": "..."}` body every 4xx/5xx carries,
+//! and the CORS headers every reply gets when `--cors-origin` is set.
 
 use std::io::Cursor;
 
 use serde_json::Value;
-use tiny_http::{Header, Response, StatusCode};
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::metrics::Metrics;
 
 /// A buffered response.
-pub type Reply = Response<Cursor<Vec<u8>>>;
+pub(crate) type Reply = Response<Cursor<Vec<u8>>>;
 
 fn header(name: &str, value: &str) -> Header {
     // Names and values here are fixed ASCII or digits, so this cannot fail.
@@ -15,12 +18,12 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 /// `status` with a JSON body.
-pub fn json(status: u16, body: &Value) -> Reply {
+pub(crate) fn json(status: u16, body: &Value) -> Reply {
     with_type(status, body.to_string().into_bytes(), "application/json")
 }
 
 /// `status` with `body` of the given content type.
-pub fn with_type(status: u16, body: Vec<u8>, content_type: &str) -> Reply {
+pub(crate) fn with_type(status: u16, body: Vec<u8>, content_type: &str) -> Reply {
     Response::from_data(body)
         .with_status_code(StatusCode(status))
         .with_header(header("Content-Type", content_type))
@@ -28,21 +31,65 @@ pub fn with_type(status: u16, body: Vec<u8>, content_type: &str) -> Reply {
 }
 
 /// `status` with `{"error": message}`.
-pub fn error(status: u16, message: &str) -> Reply {
+pub(crate) fn error(status: u16, message: &str) -> Reply {
     json(status, &serde_json::json!({ "error": message }))
 }
 
 /// `503` (or `429`) with `Retry-After: secs` and `{"error": message}`.
-pub fn retry_later(status: u16, secs: u64, message: &str) -> Reply {
+pub(crate) fn retry_later(status: u16, secs: u64, message: &str) -> Reply {
     error(status, message).with_header(header("Retry-After", &secs.to_string()))
 }
 
 /// `204 No Content`.
-pub fn no_content() -> Reply {
+pub(crate) fn no_content() -> Reply {
     Response::from_data(Vec::new()).with_status_code(StatusCode(204))
 }
 
 /// Adds a header to a reply.
-pub fn add_header(reply: Reply, name: &str, value: &str) -> Reply {
+pub(crate) fn add_header(reply: Reply, name: &str, value: &str) -> Reply {
     reply.with_header(header(name, value))
+}
+
+/// Counts and answers a 400.
+pub(crate) fn bad_request(metrics: &Metrics, message: &str) -> Reply {
+    metrics.reject("bad-request");
+    error(400, message)
+}
+
+/// A 405 naming the allowed methods.
+pub(crate) fn method_not_allowed(allow: &str) -> Reply {
+    add_header(error(405, "method not allowed"), "Allow", allow)
+}
+
+/// The `Access-Control-Allow-Origin` the server sends, if configured (`--cors-origin`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cors(Option<String>);
+
+impl Cors {
+    /// CORS for `origin` (`None`: off).
+    pub(crate) fn new(origin: Option<String>) -> Cors {
+        Cors(origin)
+    }
+
+    /// Sends `reply` for `request`, adding the CORS headers when configured. Every buffered
+    /// reply of the server goes through here.
+    pub(crate) fn respond(&self, request: Request, reply: Reply) {
+        let mut reply = reply;
+        if let Some(origin) = &self.0 {
+            reply = add_header(reply, "Access-Control-Allow-Origin", origin);
+            reply = add_header(reply, "Vary", "Origin");
+        }
+        let _ = request.respond(reply);
+    }
+
+    /// Extra header lines every SSE response carries (CORS, when configured).
+    pub(crate) fn sse_headers(&self) -> Vec<String> {
+        match &self.0 {
+            Some(origin) => vec![
+                format!("Access-Control-Allow-Origin: {origin}"),
+                "Vary: Origin".to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
 }

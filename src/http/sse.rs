@@ -13,12 +13,13 @@ use std::os::fd::RawFd;
 
 use crossbeam_channel::Receiver;
 
-use super::conn::{ConnTable, Liveness, StreamSocket};
+use super::socket::{self, Liveness, StreamSocket};
+use super::sweep::ConnTable;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
 /// contain line breaks (callers pass fixed names and numbers).
-pub fn encode_event(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
+pub(crate) fn encode_event(event: Option<&str>, id: Option<u64>, data: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 32);
     if let Some(name) = event {
         debug_assert!(!name.contains(['\r', '\n']));
@@ -65,81 +66,39 @@ fn split_lines(text: &str) -> Vec<&str> {
     lines
 }
 
-/// A comment line (`: text`), ignored by clients; used for keepalives.
-pub fn comment(text: &str) -> Vec<u8> {
+/// A comment line (`: text`), ignored by clients. The streams write their one comment, the
+/// keepalive, as a constant; this is what the property tests check comments against.
+#[cfg(test)]
+pub(crate) fn comment(text: &str) -> Vec<u8> {
     format!(": {}\n\n", text.replace(['\r', '\n'], " ")).into_bytes()
 }
 
+/// The keepalive comment, written as is (no allocation on a parked stream's path).
+pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
+/// The last event of every stream when the server shuts down.
+pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
+
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
-pub fn retry(after: Duration) -> Vec<u8> {
+pub(crate) fn retry(after: Duration) -> Vec<u8> {
     format!("retry: {}\n\n", after.as_millis()).into_bytes()
-}
-
-/// Why a stream ended: the `reason=` of its close log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client went away (FIN/RST seen, or a write failed).
-    ClientGone,
-    /// A write stayed blocked past the write time-out: the client stopped reading.
-    Stalled,
-    /// The server is shutting down.
-    Shutdown,
-    /// Chat: the member's queue was full.
-    Slow,
-    /// Chat: a newer stream attached to the same session.
-    Replaced,
-    /// Chat: the session left.
-    Left,
-    /// Chat: the session expired.
-    Expired,
-}
-
-impl CloseReason {
-    /// The stable word used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientGone => "client-gone",
-            CloseReason::Stalled => "stalled",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Slow => "slow",
-            CloseReason::Replaced => "replaced",
-            CloseReason::Left => "left",
-            CloseReason::Expired => "expired",
-        }
-    }
-
-    /// The reason a failed write stands for.
-    ///
-    /// `ETIMEDOUT` from the kernel means it dropped the connection (`TCP_USER_TIMEOUT`,
-    /// keepalive or the retransmission limit): the peer is gone, whereas a write that blocked
-    /// past `SO_SNDTIMEO` (`WouldBlock`) or an event slower than the write time-out (our own
-    /// `TimedOut`, no OS error) is a client that stopped reading.
-    pub fn from_write_error(err: &io::Error) -> CloseReason {
-        if err.raw_os_error() == Some(libc::ETIMEDOUT) {
-            return CloseReason::ClientGone;
-        }
-        match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::Stalled,
-            _ => CloseReason::ClientGone,
-        }
-    }
 }
 
 /// How long a write may block and how much the kernel may queue for one stream.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteLimits {
+pub(crate) struct WriteLimits {
     /// `SO_SNDTIMEO`: a write blocked this long fails and the stream closes as `stalled`.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// `SO_SNDBUF` in bytes.
-    pub send_buffer: usize,
+    pub(crate) send_buffer: usize,
     /// `TCP_USER_TIMEOUT`: sent data unacknowledged this long makes the kernel drop the
     /// connection (a peer that vanished without FIN).
-    pub user_timeout: Duration,
+    pub(crate) user_timeout: Duration,
 }
 
 impl WriteLimits {
     /// The limits a configuration sets.
-    pub fn of(config: &crate::Config) -> WriteLimits {
+    pub(crate) fn of(config: &crate::config::Config) -> WriteLimits {
         WriteLimits {
             timeout: config.write_timeout,
             send_buffer: config.send_buffer,
@@ -149,7 +108,7 @@ impl WriteLimits {
 }
 
 /// The writing end of one SSE response, owned by the stream's thread.
-pub struct SseWriter {
+pub(crate) struct SseWriter {
     out: Box<dyn Write + Send>,
     socket: Option<StreamSocket>,
     conns: Arc<ConnTable>,
@@ -178,7 +137,7 @@ impl SseWriter {
     /// without CRLF), marks the connection as a stream in `conns` (so the idle sweep leaves it
     /// alone until this writer is dropped), frees tiny_http's pool thread from the connection,
     /// and sets the write time-out and TCP keepalive.
-    pub fn start(
+    pub(crate) fn start(
         request: tiny_http::Request,
         conns: &Arc<ConnTable>,
         extra: &[String],
@@ -221,7 +180,7 @@ impl SseWriter {
                 s.release_reader();
                 s.set_write_timeout(limits.timeout)?;
                 s.set_send_buffer(limits.send_buffer);
-                super::conn::set_keepalive(s, limits.user_timeout);
+                s.set_keepalive(limits.user_timeout);
                 // Zero capacity: a poke reaches the stream only while it waits in `select!`;
                 // one sent while it is busy writing is lost, and the sweep's next pass over
                 // the sockets (a few seconds) sends it again. A one-slot channel costs 580
@@ -251,7 +210,7 @@ impl SseWriter {
     /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
     /// time (zero-window probes) would restart that clock on every call. So the whole event has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         let started = std::time::Instant::now();
         self.out.write_all(bytes)?;
         self.out.flush()?;
@@ -267,15 +226,18 @@ impl SseWriter {
     /// Gets a message when the server's sweep saw this connection leave `ESTABLISHED` (peer
     /// gone): a stream's `select!` loop watches it and then confirms with
     /// [`SseWriter::liveness`]. Never ready if the socket was not found.
-    pub fn gone(&self) -> &Receiver<()> {
+    pub(crate) fn gone(&self) -> &Receiver<()> {
         &self.gone
     }
 
     /// Whether the client is still connected, checked without writing.
-    pub fn liveness(&mut self) -> Liveness {
-        super::conn::liveness_of(&mut self.socket)
+    pub(crate) fn liveness(&mut self) -> Liveness {
+        socket::liveness_of(&mut self.socket)
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -300,30 +262,11 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_time_out_is_a_gone_client_and_a_blocked_write_a_stalled_one() {
-        let kernel = io::Error::from_raw_os_error(libc::ETIMEDOUT);
-        assert_eq!(
-            CloseReason::from_write_error(&kernel),
-            CloseReason::ClientGone
-        );
-        let blocked = io::Error::from_raw_os_error(libc::EAGAIN);
-        assert_eq!(
-            CloseReason::from_write_error(&blocked),
-            CloseReason::Stalled
-        );
-        let slow = io::Error::new(io::ErrorKind::TimedOut, "event took longer");
-        assert_eq!(CloseReason::from_write_error(&slow), CloseReason::Stalled);
-        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
-        assert_eq!(
-            CloseReason::from_write_error(&reset),
-            CloseReason::ClientGone
-        );
-    }
-
-    #[test]
     fn comments_and_retry() {
         assert_eq!(comment("keepalive"), b": keepalive\n\n");
         assert_eq!(comment("a\nb"), b": a b\n\n");
         assert_eq!(retry(Duration::from_secs(2)), b"retry: 2000\n\n");
+        assert_eq!(KEEPALIVE, comment("keepalive"));
+        assert_eq!(SHUTDOWN, encode_event(Some("shutdown"), None, "{}"));
     }
 }

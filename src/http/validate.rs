@@ -1,7 +1,7 @@
 //! Validation of what clients send: ids, names, query strings, bodies.
 
 /// An alarm id: 1–64 characters of `[A-Za-z0-9._-]`.
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -9,14 +9,14 @@ pub fn valid_id(id: &str) -> bool {
 }
 
 /// A chat name: 1–32 Unicode characters, none a control character or white space.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     let n = name.chars().count();
     (1..=32).contains(&n) && name.chars().all(|c| !c.is_control() && !c.is_whitespace())
 }
 
 /// Splits a request URL into its path and its decoded query pairs. Pairs that do not decode to
 /// UTF-8 are dropped; the caller reports missing values.
-pub fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
+pub(crate) fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, q),
         None => (url, ""),
@@ -33,7 +33,7 @@ pub fn split_url(url: &str) -> (&str, Vec<(String, String)>) {
 }
 
 /// The first value of `key` in decoded query pairs.
-pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(crate) fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == key)
@@ -41,7 +41,7 @@ pub fn query_get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str
 }
 
 /// Decodes `%XX` escapes and `+` (as space); `None` on a bad escape or invalid UTF-8.
-pub fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -78,7 +78,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 }
 
 /// Parses an alarm body: `true`/`false` (surrounding white space allowed) or `{"alarm": bool}`.
-pub fn parse_alarm_body(body: &[u8]) -> Option<bool> {
+pub(crate) fn parse_alarm_body(body: &[u8]) -> Option<bool> {
     let text = std::str::from_utf8(body).ok()?.trim();
     match text {
         "true" => Some(true),
@@ -89,6 +89,9 @@ pub fn parse_alarm_body(body: &[u8]) -> Option<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 mod tests {
@@ -131,7 +134,8 @@ mod tests {
         assert_eq!(percent_decode("%C3%A9"), Some("é".into()));
     }
 
-    /// Found by `tests/properties.rs` (`percent_decode_accepts_exactly_well_formed_escapes`,
+    /// Found by the property tests (`validate/properties.rs`:
+    /// `percent_decode_accepts_exactly_well_formed_escapes`,
     /// `split_url_never_panics_and_only_returns_decodable_pairs`): a sign inside an escape was
     /// taken as a hex number, so `%+C3` decoded to "\x0c3" and `?%+A` to a key "\n".
     #[test]

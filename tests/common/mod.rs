@@ -1,6 +1,6 @@
-//! Shared test harness: a real server on port 0 with its own SQLite file, real HTTP clients, an
-//! SSE reader over a raw socket, a capturing logger, and waiting with deadlines (never sleeping
-//! as synchronisation).
+//! Shared test harness: a real server on port 0 with its own SQLite file, real HTTP clients (ureq,
+//! and the client kit's raw-socket pieces), an SSE reader over a raw socket (the kit's parser), a
+//! capturing logger, and waiting with deadlines (never sleeping as synchronisation).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
 /// A generous upper bound used only as a time-out, never as an expected duration.
@@ -278,146 +279,66 @@ impl Reply {
     }
 }
 
-/// One item read from an SSE stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// A dispatched event (`event` defaults to `message`).
-    Event {
-        /// Event type.
-        event: String,
-        /// Last `id:` field of this event, if any.
-        id: Option<String>,
-        /// Data lines joined with `\n`.
-        data: String,
-    },
-    /// A comment line (without the leading `:`), e.g. ` keepalive`.
-    Comment(String),
-    /// A `retry:` field.
-    Retry(u64),
-}
+/// One item read from an SSE stream (the kit's WHATWG parser): `Event { event, id, data }`
+/// (`id` is the last event ID, which persists across events), `Comment(text after the colon)`,
+/// `Retry(ms)`.
+pub use syncast::kit::sse::Item;
 
 /// An SSE client on a raw socket, parsing per the WHATWG rules.
 pub struct Sse {
     /// HTTP status of the response.
     pub status: u16,
-    /// Response head lines.
+    /// Response head lines (the status line first).
     pub head: Vec<String>,
-    reader: BufReader<TcpStream>,
+    reader: sse::Reader<BufReader<TcpStream>>,
 }
 
 impl Sse {
     /// Sends `GET path` with `headers` and reads the response head.
     pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut sock = TcpStream::connect(addr).expect("connect");
-        sock.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut rq =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
-        for (k, v) in headers {
-            rq.push_str(&format!("{k}: {v}\r\n"));
-        }
-        rq.push_str("\r\n");
-        sock.write_all(rq.as_bytes()).unwrap();
+        let mut sock = http::connect(addr, PATIENCE).expect("connect");
+        let mut h = vec![("Accept", "text/event-stream")];
+        h.extend_from_slice(headers);
+        let rq = http::request_bytes(&addr.to_string(), "GET", path, &h, b"");
+        sock.write_all(&rq).unwrap();
         Sse::read_head(sock)
     }
 
     /// Reads the response head from a socket on which a request was written.
     pub fn read_head(sock: TcpStream) -> Sse {
         let mut reader = BufReader::new(sock);
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("read head");
-            let line = line.trim_end().to_string();
-            if line.is_empty() {
-                break;
-            }
-            head.push(line);
-        }
-        let status = head
-            .first()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
+        let head = http::read_head(&mut reader).expect("read head");
         Sse {
-            status,
-            head,
-            reader,
+            status: head.status,
+            head: head.lines,
+            reader: sse::Reader::new(reader),
         }
     }
 
     /// A response header value.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.head.iter().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
+        self.head().header(name).map(str::to_string)
+    }
+
+    fn head(&self) -> http::Head {
+        http::Head {
+            status: self.status,
+            lines: self.head.clone(),
+        }
     }
 
     /// The rest of the body (for error responses).
     pub fn body(mut self) -> String {
-        let len: usize = self
-            .header("Content-Length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let mut buf = vec![0; len];
-        self.reader.read_exact(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf).to_string()
+        let head = self.head();
+        let body = http::read_body(self.reader.get_mut(), &head).unwrap();
+        String::from_utf8_lossy(&body).to_string()
     }
 
     /// The next item, or `None` at end of stream.
     pub fn next_item(&mut self) -> Option<Item> {
-        let mut event = String::new();
-        let mut id = None;
-        let mut data: Option<String> = None;
-        loop {
-            let mut raw = Vec::new();
-            match self.reader.read_until(b'\n', &mut raw) {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => panic!("sse read: {e}"),
-            }
-            let line = String::from_utf8(raw).expect("utf-8 stream");
-            let line = line.strip_suffix('\n').unwrap_or(&line);
-            let line = line.strip_suffix('\r').unwrap_or(line);
-            if line.is_empty() {
-                if let Some(data) = data.take() {
-                    let event = if event.is_empty() {
-                        "message".to_string()
-                    } else {
-                        event
-                    };
-                    return Some(Item::Event { event, id, data });
-                }
-                event.clear();
-                continue;
-            }
-            if let Some(c) = line.strip_prefix(':') {
-                return Some(Item::Comment(c.to_string()));
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line, ""),
-            };
-            match field {
-                "event" => event = value.to_string(),
-                "id" => id = Some(value.to_string()),
-                "data" => match data.as_mut() {
-                    Some(d) => {
-                        d.push('\n');
-                        d.push_str(value);
-                    }
-                    None => data = Some(value.to_string()),
-                },
-                "retry" => {
-                    if let Ok(ms) = value.parse() {
-                        return Some(Item::Retry(ms));
-                    }
-                }
-                _ => {}
-            }
-        }
+        self.reader
+            .next_item()
+            .unwrap_or_else(|e| panic!("sse read: {e}"))
     }
 
     /// The next event (skipping comments and retry fields), or `None` at end of stream.
@@ -437,12 +358,16 @@ impl Sse {
 
     /// The client side's own address (the server's peer address for this connection).
     pub fn local_addr(&self) -> SocketAddr {
-        self.reader.get_ref().local_addr().unwrap()
+        self.reader.get_ref().get_ref().local_addr().unwrap()
     }
 
     /// Sets how long a read may block.
     pub fn set_timeout(&self, d: Duration) {
-        self.reader.get_ref().set_read_timeout(Some(d)).unwrap();
+        self.reader
+            .get_ref()
+            .get_ref()
+            .set_read_timeout(Some(d))
+            .unwrap();
     }
 }
 
@@ -522,10 +447,9 @@ pub fn listen_addr(child: &mut std::process::Child) -> SocketAddr {
 /// `GET path` on a fresh connection (`Connection: close`), the whole response as text, reading
 /// for at most `patience`; `None` if anything fails (for servers that may be down or recovering).
 pub fn raw_get(addr: SocketAddr, path: &str, patience: Duration) -> Option<String> {
-    let mut sock = TcpStream::connect(addr).ok()?;
-    sock.set_read_timeout(Some(patience)).ok()?;
-    let rq = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    sock.write_all(rq.as_bytes()).ok()?;
+    let mut sock = http::connect(addr, patience).ok()?;
+    let rq = http::request_bytes("x", "GET", path, &[("Connection", "close")], b"");
+    sock.write_all(&rq).ok()?;
     let mut text = String::new();
     sock.read_to_string(&mut text).ok()?;
     Some(text)
@@ -566,8 +490,4 @@ pub fn run_cmd(program: &str, args: &[&str]) -> Result<(), String> {
 }
 
 /// One metric's value in a `/metrics` text (the line `name value`, labels included in `name`).
-pub fn metric_in(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
+pub use syncast::kit::prom::sample as metric_in;

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use syncast::kit::http::request_bytes;
+use syncast::kit::sse::{ItemRef, Parser};
+
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -26,7 +29,9 @@ pub struct Conn {
     pub state: State,
     request: Vec<u8>,
     buf: Vec<u8>,
-    /// Data events received (`data:` lines in a complete event block).
+    /// The event stream after the response head.
+    parser: Parser,
+    /// Events received (dispatched, as `EventSource` would).
     pub events: u64,
     /// HTTP status of the response head (0 until read).
     pub status: u16,
@@ -36,9 +41,9 @@ pub struct Conn {
 pub struct Event<'a> {
     /// Index of the connection.
     pub conn: usize,
-    /// The `event:` name, if any.
-    pub name: Option<&'a str>,
-    /// The `id:` field, if any and numeric.
+    /// The event type (`message` when the stream names none).
+    pub name: &'a str,
+    /// The last event ID, if any and numeric.
     pub id: Option<u64>,
     /// When it was read.
     pub at: Instant,
@@ -117,6 +122,7 @@ impl Clients {
                 state: State::Connecting,
                 request,
                 buf: Vec::new(),
+                parser: Parser::new(),
                 events: 0,
                 status: 0,
             });
@@ -316,37 +322,24 @@ impl Clients {
             }
         }
         if c.state == State::Streaming {
-            // The bench shares the cores with the server it measures: the parse stays cheap
-            // (no allocation, no JSON; the event's `id:` field identifies a chat message).
-            let mut start = 0;
-            while let Some(end) = find_blank_line(&c.buf[start..]) {
-                let block = &c.buf[start..start + end];
-                let mut name = None;
-                let mut id = None;
-                let mut data = false;
-                for line in block.split(|&b| b == b'\n') {
-                    if line.starts_with(b"data:") {
-                        c.events += 1;
-                        data = true;
-                    } else if let Some(n) = line.strip_prefix(b"event:") {
-                        name = std::str::from_utf8(n).ok().map(str::trim);
-                    } else if let Some(n) = line.strip_prefix(b"id:") {
-                        id = std::str::from_utf8(n)
-                            .ok()
-                            .and_then(|n| n.trim().parse().ok());
+            // The bench shares the cores with the server it measures: the kit's parser, driven
+            // incrementally, allocates nothing per event, and no JSON is read (the event's `id:`
+            // field identifies a chat message).
+            let events = &mut c.events;
+            c.parser.feed_with(&c.buf, |item| {
+                if let ItemRef::Event { event, id, .. } = item {
+                    *events += 1;
+                    if parse {
+                        on_event(Event {
+                            conn: idx,
+                            name: event,
+                            id: id.and_then(|id| id.parse().ok()),
+                            at,
+                        });
                     }
                 }
-                if parse && data {
-                    on_event(Event {
-                        conn: idx,
-                        name,
-                        id,
-                        at,
-                    });
-                }
-                start += end + 2;
-            }
-            c.buf.drain(..start);
+            });
+            c.buf.clear();
         }
         if eof {
             close(ep, c);
@@ -386,20 +379,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Where the first `\n\n` (the end of an event block) starts.
-fn find_blank_line(hay: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = hay[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
-        if hay.get(at + 1) == Some(&b'\n') {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
 /// A GET request for an SSE stream.
 pub fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").into_bytes()
+    request_bytes(
+        &addr.to_string(),
+        "GET",
+        path,
+        &[("Accept", "text/event-stream")],
+        b"",
+    )
 }

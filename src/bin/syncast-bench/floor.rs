@@ -88,7 +88,7 @@ pub fn measure(members: usize, waves: usize, gap: Duration, variant: Variant) ->
                     .stack_size(64 * 1024)
                     .spawn(move || {
                         // As the chat streams.
-                        syncast::threads::batch_scheduling();
+                        syncast::kit::batch_scheduling();
                         let ticker = tick(Duration::from_secs(25));
                         let (_kick_tx, kick) = bounded::<()>(1);
                         let (_poke_tx, poke) = bounded::<()>(0);

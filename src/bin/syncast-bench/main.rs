@@ -61,12 +61,9 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// The `q` quantile of sorted figures, NaN (shown as `-`) when there are none.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+    syncast::kit::stats::quantile(sorted, q).unwrap_or(f64::NAN)
 }
 
 fn fmt(v: f64) -> String {
@@ -423,7 +420,7 @@ impl Bench {
             let mut on_event = move |e: epoll::Event<'_>| {
                 // The SSE `id:` of a message is its id (the JSON's "id" too); reading the field
                 // instead of parsing the JSON keeps the bench's own CPU per delivery small.
-                if e.name == Some("message") {
+                if e.name == "message" {
                     if let Some(id) = e.id {
                         rec.lock().unwrap().push((id, e.conn, e.at));
                     }
@@ -800,7 +797,7 @@ fn heartbeat() -> Duration {
         if w == "--heartbeat" {
             if let Some(d) = words
                 .next()
-                .and_then(|v| syncast::config::parse_duration(v).ok())
+                .and_then(|v| syncast::kit::parse_duration(v).ok())
             {
                 beat = d;
             }

@@ -1,11 +1,18 @@
 //! The server under test as a child process: start, read its figures from `/proc/<pid>`, stop;
 //! and a tiny blocking HTTP client for the few plain requests the bench makes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use syncast::kit::http::{self, Target};
+use syncast::kit::proc::{self, Proc};
+use syncast::kit::prom;
+
+/// Time-out of the bench's plain requests (connect, write, read).
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running release server with its own temporary store.
 pub struct ServerProc {
@@ -102,13 +109,10 @@ impl ServerProc {
         sample(self.pid())
     }
 
-    /// A gauge from `/metrics` (first sample whose line starts with `name`).
+    /// A sample from `/metrics` (`name` with its labels, if any).
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = http(self.addr, "GET", "/metrics", None, None).ok()?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        prom::sample(&body, name)
     }
 
     /// SIGTERM, wait (at most 10 s, then SIGKILL), remove the store.
@@ -133,27 +137,11 @@ impl ServerProc {
 
 /// RSS, threads and CPU of `pid`.
 pub fn sample(pid: u32) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may contain spaces) start at state; utime and stime are
-    // fields 14 and 15 of the whole line.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = proc::status(Proc::Pid(pid));
     Sample {
-        rss: field("VmRSS:") * 1024,
-        threads: field("Threads:"),
-        cpu: (ticks(11) + ticks(12)) as f64 / hz,
+        rss: status.rss_bytes,
+        threads: status.threads,
+        cpu: proc::cpu_seconds(Proc::Pid(pid)),
     }
 }
 
@@ -165,37 +153,17 @@ pub fn http(
     body: Option<&str>,
     bearer: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
-    let body = body.unwrap_or("");
-    let mut rq = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = bearer {
-        rq.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    rq.push_str("\r\n");
-    rq.push_str(body);
-    s.write_all(rq.as_bytes())?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let text = String::from_utf8_lossy(&out);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    // tiny_http answers with chunked encoding when it does not know the length up front; the
-    // bodies the bench reads are JSON objects, so take the object out of any chunk framing.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b > a && !path.starts_with("/metrics") => body[a..=b].to_string(),
-        _ => body,
-    };
-    Ok((status, body))
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let body = body.unwrap_or("").as_bytes();
+    let r = http::request(
+        &Target::of(addr),
+        method,
+        path,
+        &headers,
+        body,
+        HTTP_TIMEOUT,
+    )
+    .map_err(std::io::Error::other)?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }

@@ -9,8 +9,10 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use serde_json::Value;
 
+use syncast::kit::http::{self, Closer, Opened};
+use syncast::kit::sse::Item;
+
 use crate::check::{check_alarm, AlarmMode, AlarmTally, Flip, Seen};
-use crate::http::{self, Closer, Opened, SseItem};
 use crate::shared::{spawn, Ctx, Retry, REQUEST_TIMEOUT};
 
 /// What the alarm scenario does.
@@ -259,9 +261,9 @@ fn stream(
     ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
     let mut seen = Vec::new();
     let result = loop {
-        match es.next() {
-            Ok(Some(SseItem::Event(ev))) if ev.event == "message" => {
-                let value = match ev.data.as_str() {
+        match es.next_item() {
+            Ok(Some(Item::Event { event, data, .. })) if event == "message" => {
+                let value = match data.as_str() {
                     // The server's two fixed encodings first; anything else through JSON.
                     "{\"alarm\":true}" => Some(true),
                     "{\"alarm\":false}" => Some(false),
@@ -283,7 +285,7 @@ fn stream(
                     None => ctx.error("bad-event"),
                 }
             }
-            Ok(Some(SseItem::Event(ev))) if ev.event == "shutdown" => {
+            Ok(Some(Item::Event { event, .. })) if event == "shutdown" => {
                 ctx.error("server-shutdown");
                 break Err(());
             }

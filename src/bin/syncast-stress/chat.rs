@@ -12,8 +12,10 @@ use parking_lot::{Condvar, Mutex};
 use serde::Deserialize;
 use serde_json::Value;
 
+use syncast::kit::http::{self, Closer, Opened};
+use syncast::kit::sse::Item;
+
 use crate::check::{ChatLog, Receipt, Sent, Window};
-use crate::http::{self, Closer, Opened, SseEvent, SseItem};
 use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
 
 /// What the chat scenario does.
@@ -363,11 +365,12 @@ enum Note {
 }
 
 /// Reads one event (pure, so recorded transcripts can be checked without a server).
-fn note(tag: &str, ev: &SseEvent) -> Note {
-    match ev.event.as_str() {
-        "welcome" => serde_json::from_str::<Welcome>(&ev.data)
-            .map_or(Note::Bad, |w| Note::Welcome(w.last_id)),
-        "message" => match serde_json::from_str::<Message>(&ev.data) {
+fn note(tag: &str, event: &str, data: &str) -> Note {
+    match event {
+        "welcome" => {
+            serde_json::from_str::<Welcome>(data).map_or(Note::Bad, |w| Note::Welcome(w.last_id))
+        }
+        "message" => match serde_json::from_str::<Message>(data) {
             Ok(m) => {
                 let from = sender_index(tag, &m.from);
                 let seq = m.text.strip_prefix("seq=").and_then(|t| t.parse().ok());
@@ -443,10 +446,10 @@ fn read(
         }
         let mut shutdown = false;
         let end = loop {
-            match es.next() {
-                Ok(Some(SseItem::Event(ev))) => {
-                    let id = ev.id.as_deref().and_then(|t| t.parse::<u64>().ok());
-                    match note(&plan.tag, &ev) {
+            match es.next_item() {
+                Ok(Some(Item::Event { event, id, data })) => {
+                    let id = id.as_deref().and_then(|t| t.parse::<u64>().ok());
+                    match note(&plan.tag, &event, &data) {
                         Note::Welcome(last_id) => stream.update(|s| {
                             if s.welcome.is_none() {
                                 s.welcome = Some(last_id);
@@ -514,7 +517,7 @@ fn read(
 mod tests {
     use super::*;
     use crate::check::{check_chat, verdict, ChatLog, Leak, Outcome, Window};
-    use crate::http::SseParser;
+    use syncast::kit::sse::Parser;
 
     #[test]
     fn sender_names_map_back_to_indexes() {
@@ -575,14 +578,14 @@ mod tests {
                 skip.filter(|s| s.0 == m).map(|s| s.1),
                 twice.filter(|s| s.0 == m).map(|s| s.1),
             );
-            let mut parser = SseParser::default();
+            let mut parser = Parser::new();
             let mut received = Vec::new();
             let mut after = None;
             // Fed in 7-byte pieces, as a socket may deliver them.
             for (i, chunk) in bytes.chunks(7).enumerate() {
                 for item in parser.feed(chunk) {
-                    if let SseItem::Event(ev) = item {
-                        match note("t", &ev) {
+                    if let Item::Event { event, data, .. } = item {
+                        match note("t", &event, &data) {
                             Note::Welcome(l) => after = Some(l),
                             Note::Message { from, seq, id } => received.push(Receipt {
                                 from,
@@ -590,7 +593,7 @@ mod tests {
                                 id,
                                 at_us: 100 + i as u64,
                             }),
-                            Note::Bad => panic!("bad event {ev:?}"),
+                            Note::Bad => panic!("bad event {event} {data}"),
                             _ => {}
                         }
                     }

@@ -402,16 +402,6 @@ pub fn verdict(o: &Outcome) -> Vec<String> {
     reasons
 }
 
-/// The `p`th percentile (0..=100) of `values` by nearest rank; 0 when empty. Sorts in place.
-pub fn percentile(values: &mut [u64], p: f64) -> u64 {
-    if values.is_empty() {
-        return 0;
-    }
-    values.sort_unstable();
-    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
-    values[rank.clamp(1, values.len()) - 1]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,14 +691,5 @@ mod tests {
         let r = verdict(&o);
         assert!(r.contains(&"2 clients failed".to_string()));
         assert!(r.contains(&"server threads could not be read".to_string()));
-    }
-
-    #[test]
-    fn percentiles_by_nearest_rank() {
-        let mut v: Vec<u64> = (1..=100).rev().collect();
-        assert_eq!(percentile(&mut v, 50.0), 50);
-        assert_eq!(percentile(&mut v, 99.0), 99);
-        assert_eq!(percentile(&mut v, 100.0), 100);
-        assert_eq!(percentile(&mut [], 50.0), 0);
     }
 }

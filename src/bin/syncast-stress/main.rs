@@ -5,7 +5,6 @@
 mod alarm;
 mod chat;
 mod check;
-mod http;
 mod probe;
 mod report;
 mod shared;
@@ -123,7 +122,7 @@ impl Default for Opts {
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m` or a bare number of seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    syncast::config::parse_duration(text).map_err(|e| e.to_string())
+    syncast::kit::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Parses `A..B` (two durations, A <= B).
@@ -317,7 +316,7 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
 }
 
 fn run(o: Opts) -> Result<Summary, String> {
-    let target = http::Target::parse(&o.url)?;
+    let target = syncast::kit::http::Target::parse(&o.url)?;
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

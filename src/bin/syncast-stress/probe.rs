@@ -3,8 +3,10 @@
 
 use serde_json::Value;
 
+use syncast::kit::http::{self, Target};
+use syncast::kit::prom;
+
 use crate::check::Snapshot;
-use crate::http::{self, Target};
 use crate::shared::REQUEST_TIMEOUT;
 
 /// Takes one snapshot (two requests); `Err` says what could not be read.
@@ -44,10 +46,7 @@ fn get(target: &Target, path: &str) -> Result<Vec<u8>, String> {
 
 /// The value of an unlabelled sample `name` in Prometheus text.
 pub fn gauge(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
-        rest.trim().parse::<f64>().ok().map(|v| v as u64)
-    })
+    prom::sample(text, name).map(|v| v as u64)
 }
 
 /// Field-wise maximum.

@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::check::{percentile, AlarmMode, AlarmTally, ChatTally, Leak};
+use syncast::kit::stats::quantile;
+
+use crate::check::{AlarmMode, AlarmTally, ChatTally, Leak};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -23,12 +25,13 @@ pub struct Latency {
 impl Latency {
     /// Percentiles of microsecond samples (sorted in place).
     pub fn of(us: &mut [u64]) -> Latency {
-        let ms = |v: u64| v as f64 / 1000.0;
+        us.sort_unstable();
+        let ms = |q: f64| quantile(us, q).unwrap_or(0) as f64 / 1000.0;
         Latency {
-            p50: ms(percentile(us, 50.0)),
-            p90: ms(percentile(us, 90.0)),
-            p99: ms(percentile(us, 99.0)),
-            max: ms(percentile(us, 100.0)),
+            p50: ms(0.50),
+            p90: ms(0.90),
+            p99: ms(0.99),
+            max: ms(1.0),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::http::Target;
+use syncast::kit::http::Target;
 
 /// Stack of every client thread: they parse a line, a small JSON object, and keep their logs on
 /// the heap. 128 KiB keeps 1,500 client threads under 200 MiB of reserved stack.

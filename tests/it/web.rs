@@ -2,9 +2,7 @@
 //! labelled inputs, and needs nothing from any other host. Its behaviour in a real browser is
 //! tested by `tests/e2e/` (`make e2e`).
 
-mod common;
-
-use common::start;
+use crate::common::start;
 
 #[test]
 fn the_page_is_served_as_html_with_both_panels() {

@@ -2,12 +2,10 @@
 //! streams for one id, disconnect clean-up, a burst of 500 streams, bad input, a broken store,
 //! shutdown and the client cap.
 
-mod common;
-
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{start, unique, wait_for, wait_log, Item, Sse};
+use crate::common::{start, unique, wait_for, wait_log, Item, Sse};
 
 const T: &str = r#"{"alarm":true}"#;
 const F: &str = r#"{"alarm":false}"#;
@@ -154,7 +152,7 @@ fn a_disconnected_client_is_gone_and_its_id_unregistered() {
     let line = wait_log(&["sse stream closed", &format!("id={id} ")]);
     assert!(line.contains("reason=client-gone"), "{line}");
     assert_eq!(
-        common::log_lines(&["sse stream opened", &format!("id={id} ")]).len(),
+        crate::common::log_lines(&["sse stream opened", &format!("id={id} ")]).len(),
         1
     );
 }
@@ -172,7 +170,8 @@ fn five_hundred_streams_opened_in_one_burst_each_get_their_first_event() {
         socks.push(sock);
     }
     for sock in socks.iter() {
-        sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        sock.set_read_timeout(Some(crate::common::PATIENCE))
+            .unwrap();
     }
     let mut streams: Vec<Sse> = socks.into_iter().map(Sse::read_head).collect();
     for sse in streams.iter_mut() {

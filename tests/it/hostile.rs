@@ -1,14 +1,12 @@
 //! Hostile clients and faults: slowloris, the pending-connection cap, stalled readers, floods,
 //! oversized requests, store faults, panics, CORS. Each test fails on tiny_http's bare behaviour.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{start, unique, wait_for, wait_log, Sse, PATIENCE};
+use crate::common::{start, unique, wait_for, wait_log, Sse, PATIENCE};
 
 const T: &str = r#"{"alarm":true}"#;
 const F: &str = r#"{"alarm":false}"#;
@@ -170,7 +168,7 @@ fn oversized_request_lines_headers_and_bodies_are_refused() {
         .any(|h| h.contains("application/json")));
 }
 
-fn stream_true(s: &common::TestServer) -> (String, Sse) {
+fn stream_true(s: &crate::common::TestServer) -> (String, Sse) {
     let id = unique("fault");
     s.request("PUT", &format!("/alarms/{id}"), Some("true"));
     let mut sse = s.sse(&format!("/sse/call/{id}"));
@@ -178,14 +176,14 @@ fn stream_true(s: &common::TestServer) -> (String, Sse) {
     (id, sse)
 }
 
-fn wait_degraded(s: &common::TestServer) -> String {
+fn wait_degraded(s: &crate::common::TestServer) -> String {
     wait_for("degraded health", || {
         let r = s.request("GET", "/healthz", None);
         (r.status == 503).then(|| r.json()["reason"].as_str().unwrap().to_string())
     })
 }
 
-fn wait_healthy(s: &common::TestServer) {
+fn wait_healthy(s: &crate::common::TestServer) {
     wait_for("healthy again", || {
         (s.request("GET", "/healthz", None).status == 200).then_some(())
     });
@@ -383,9 +381,8 @@ fn a_stream_socket_has_a_user_timeout_and_keepalive_so_a_peer_gone_without_fin_i
     let mut sse = s.sse(&format!("/sse/call/{}?mode=change", unique("ka")));
     assert_eq!(sse.next_data(), F);
     let peer = sse.local_addr();
-    let mut server_side =
-        syncast::http::conn::StreamSocket::find(s.addr, peer).expect("server-side socket");
-    let fd = *server_side.fds().first().expect("a descriptor");
+    let server_side = syncast::kit::socket_fds(s.addr, peer);
+    let fd = *server_side.first().expect("a descriptor");
     assert_eq!(sockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 30);
     assert_eq!(sockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);

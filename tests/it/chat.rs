@@ -3,8 +3,6 @@
 //! as slow without hurting anyone else, bad requests get their 4xx, sessions expire, and every
 //! stream thread is gone once its client is.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{log_lines, start, unique, wait_for, wait_log, Item, Reply, Sse, TestServer};
+use crate::common::{log_lines, start, unique, wait_for, wait_log, Item, Reply, Sse, TestServer};
 use serde_json::{json, Value};
 
 /// One room event as a member saw it.
@@ -132,7 +130,7 @@ impl Poster {
         Poster {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(common::PATIENCE))
+                .timeout_global(Some(crate::common::PATIENCE))
                 .build()
                 .into(),
             url: s.url("/chat/messages"),
@@ -167,7 +165,8 @@ fn join_only(s: &TestServer, name: &str) -> String {
 /// A raw request with a byte body (for bodies that are not UTF-8); returns status and body.
 fn raw(s: &TestServer, head: &str, body: &[u8]) -> (u16, String) {
     let mut sock = TcpStream::connect(s.addr).unwrap();
-    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    sock.set_read_timeout(Some(crate::common::PATIENCE))
+        .unwrap();
     let rq = format!(
         "{head}\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         s.addr,
@@ -416,7 +415,8 @@ fn a_resume_older_than_the_history_starts_with_reset() {
 /// (A tiny SO_RCVBUF does not help: reading back afterwards then crawls on zero-window probes.)
 fn deaf_reader(s: &TestServer, path: &str) -> TcpStream {
     let sock = TcpStream::connect(s.addr).unwrap();
-    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    sock.set_read_timeout(Some(crate::common::PATIENCE))
+        .unwrap();
     let mut w = &sock;
     write!(w, "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).unwrap();
     sock

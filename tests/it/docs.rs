@@ -1,40 +1,15 @@
 //! The documentation is checked like code, so that it stays complete and its links stay whole:
 //! - every relative link in `README.md`, `CHANGELOG.md` and `docs/*.md` points at a file that
 //!   exists, and a `#anchor` at a heading of that file (GitHub's heading ids);
-//! - every flag `syncast --help` lists is mentioned in `docs/operations.md`;
-//! - every route of the router is mentioned in `docs/protocol.md`;
+//! - every flag of the flag table (`syncast::cli::FLAGS`, which `--help` is made from) is mentioned
+//!   in `docs/operations.md`;
+//! - every route of the router's table (`syncast::routes()`) is mentioned in `docs/protocol.md`;
 //! - the README stays a short front page (new sections go into `docs/`).
 //!
 //! Each check names every offender at once, with its file and line.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// The routes the router answers, as (method, path), copied by hand from `route` in
-/// `src/server.rs` and `route` in `src/chat/http.rs`.
-///
-/// TO BE REPLACED by the router's own route table as soon as it has one (the router is being
-/// restructured): this list is the only place the docs check knows the routes from, so a route
-/// added to the router but not here goes unchecked until then.
-const ROUTES_COPIED_FROM_THE_ROUTER: &[(&str, &str)] = &[
-    ("GET", "/sse/call/{id}"),
-    ("GET", "/alarms/{id}"),
-    ("PUT", "/alarms/{id}"),
-    ("DELETE", "/alarms/{id}"),
-    ("GET", "/healthz"),
-    ("GET", "/metrics"),
-    ("GET", "/debug/threads"),
-    ("GET", "/"),
-    ("GET", "/chat/stream"),
-    ("GET", "/chat/users"),
-    ("POST", "/chat/join"),
-    ("POST", "/chat/messages"),
-    ("POST", "/chat/name"),
-    ("POST", "/chat/leave"),
-    // The CORS preflight, answered on any path when --cors-origin is set.
-    ("OPTIONS", "/{path}"),
-];
 
 /// The README's length limit: a page a newcomer reads in five minutes.
 const README_MAX_LINES: usize = 150;
@@ -290,29 +265,13 @@ fn mentions(text: &str, word: &str) -> bool {
     })
 }
 
-/// The long flags `syncast --help` lists.
-fn help_flags() -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_syncast"))
-        .arg("--help")
-        .output()
-        .expect("syncast --help runs");
-    assert!(out.status.success(), "syncast --help failed");
-    let help = String::from_utf8(out.stdout).expect("UTF-8 help");
-    let mut flags = Vec::new();
-    for word in help.split(|c: char| c.is_whitespace() || c == ',') {
-        let Some(name) = word.strip_prefix("--") else {
-            continue;
-        };
-        let name: String = name
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
-            .collect();
-        let flag = format!("--{name}");
-        if !name.is_empty() && !flags.contains(&flag) {
-            flags.push(flag);
-        }
-    }
-    flags
+/// The long flags: every entry of the flag table, plus `--help` and `--version`.
+fn flags() -> Vec<String> {
+    syncast::cli::FLAGS
+        .iter()
+        .map(|f| format!("--{}", f.name))
+        .chain(["--help".to_string(), "--version".to_string()])
+        .collect()
 }
 
 #[test]
@@ -337,24 +296,29 @@ fn relative_links_in_the_docs_point_at_files_and_headings_that_exist() {
 }
 
 #[test]
-fn every_flag_of_help_is_documented_in_operations_md() {
-    let flags = help_flags();
+fn every_flag_is_documented_in_operations_md() {
+    let flags = flags();
     assert!(
         flags.len() >= 20 && flags.contains(&"--listen".to_string()),
-        "--help parsed into {flags:?}: the parser is broken"
+        "the flag table holds {flags:?}: too few"
     );
     let ops = read(&repo().join("docs/operations.md"));
     let missing: Vec<&String> = flags.iter().filter(|f| !mentions(&ops, f)).collect();
     assert!(
         missing.is_empty(),
-        "flags listed by `syncast --help` but not mentioned (as `--flag`) in docs/operations.md: {missing:?}"
+        "flags of the flag table but not mentioned (as `--flag`) in docs/operations.md: {missing:?}"
     );
 }
 
 #[test]
 fn every_route_of_the_router_is_documented_in_protocol_md() {
     let protocol = read(&repo().join("docs/protocol.md"));
-    let missing: Vec<String> = ROUTES_COPIED_FROM_THE_ROUTER
+    let routes = syncast::routes();
+    assert!(
+        routes.len() >= 10,
+        "the router's table holds {routes:?}: too few"
+    );
+    let missing: Vec<String> = routes
         .iter()
         .map(|(method, path)| format!("{method} {path}"))
         .filter(|route| !mentions(&protocol, route))

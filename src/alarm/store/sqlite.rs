@@ -1,4 +1,4 @@
-//! The alarm store: a real SQLite file other programs may write into.
+//! The SQLite store: a real file other programs may write into.
 //!
 //! Schema (created if missing):
 //! ```sql
@@ -11,28 +11,17 @@
 //! An id with no row is `false`. The file is in WAL mode, so outside writers and the refresher's
 //! reads do not block each other.
 
-use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-/// A store failure, in words for `/healthz` and logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreError(pub String);
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
+use super::{AlarmStore, IdList, StoreError, Version};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
-        StoreError(e.to_string())
+        StoreError::Query(Box::new(e))
     }
 }
 
@@ -42,52 +31,31 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS alarms (
     updated_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s','now') AS INTEGER) * 1000)
 ) WITHOUT ROWID;";
 
-/// A batch of ids to load, sorted, with the JSON array the query takes. The refresher keeps one
-/// across ticks while the connected ids stay the same. Sorted because SQLite then walks the
-/// table's b-tree in order: in a probe with 10,000 of 100,000 ids (the bench's store), a
-/// query in hash-map order took 8.0 ms, sorted 5.9 ms including the sort.
-#[derive(Debug, Default, Clone)]
-pub struct IdList {
-    ids: Vec<Arc<str>>,
-    json: String,
-}
-
-impl IdList {
-    /// The list of `ids` (sorted, duplicates removed).
-    pub fn new(mut ids: Vec<Arc<str>>) -> IdList {
-        ids.sort_unstable();
-        ids.dedup();
-        let json = serde_json::to_string(&ids.iter().map(|s| &**s).collect::<Vec<_>>())
-            .expect("a list of strings serialises");
-        IdList { ids, json }
-    }
-
-    /// The ids, in the order of [`Store::load`]'s values.
-    pub fn ids(&self) -> &[Arc<str>] {
-        &self.ids
-    }
-
-    /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-}
-
-/// One connection to the alarm store.
-pub struct Store {
+/// One connection to the SQLite store.
+pub(crate) struct Sqlite {
     conn: Connection,
+    path: PathBuf,
+    /// Device and inode of the file when it was opened (`None`: it could not be read).
+    inode: Option<(u64, u64)>,
 }
 
-impl Store {
+/// Device and inode of the file at `path` now.
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Sqlite {
     /// Opens the store at `path` in WAL mode (creating the file and its schema if `create`),
     /// with `busy` as the time a statement may wait for another writer's lock.
-    pub fn open(path: &Path, busy: Duration, create: bool) -> Result<Store, StoreError> {
+    pub(crate) fn open(path: &Path, busy: Duration, create: bool) -> Result<Sqlite, StoreError> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
-        let conn = Connection::open_with_flags(path, flags)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })?;
         conn.busy_timeout(busy)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -97,15 +65,31 @@ impl Store {
         // A store another program broke (table renamed, wrong columns) is an error, not
         // something to paper over by recreating the table.
         conn.prepare("SELECT id, alarm FROM alarms LIMIT 0")
-            .map_err(|e| StoreError(format!("wrong schema in {}: {e}", path.display())))?;
-        Ok(Store { conn })
+            .map_err(|e| StoreError::Schema {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })?;
+        Ok(Sqlite {
+            conn,
+            path: path.to_path_buf(),
+            inode: inode(path),
+        })
     }
 
-    /// Reads the alarms of `ids` with one query; `values[i]` is the alarm of `ids.ids()[i]`,
-    /// `false` for an id without a row.
-    pub fn load(&self, ids: &IdList) -> Result<Vec<bool>, StoreError> {
-        let mut values = vec![false; ids.ids.len()];
-        if ids.ids.is_empty() {
+    /// SQLite's `PRAGMA data_version`: changes whenever another connection (a PUT, an outside
+    /// writer) commits to the file, and only then.
+    fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+}
+
+impl AlarmStore for Sqlite {
+    /// One query for the whole batch (an id without a row is `false`).
+    fn load(&self, ids: &IdList) -> Result<Vec<bool>, StoreError> {
+        let mut values = vec![false; ids.ids().len()];
+        if ids.is_empty() {
             return Ok(values);
         }
         // One statement for the whole batch: the ids go in as one JSON array, so the statement
@@ -114,7 +98,7 @@ impl Store {
         let mut stmt = self.conn.prepare_cached(
             "SELECT j.key, a.alarm FROM json_each(?1) AS j JOIN alarms AS a ON a.id = j.value",
         )?;
-        let mut rows = stmt.query(params![ids.json])?;
+        let mut rows = stmt.query(params![ids.json()])?;
         while let Some(row) = rows.next()? {
             let i: i64 = row.get(0)?;
             let alarm: i64 = row.get(1)?;
@@ -125,17 +109,7 @@ impl Store {
         Ok(values)
     }
 
-    /// SQLite's `PRAGMA data_version`: changes whenever another connection (a PUT, an outside
-    /// writer) commits to the file, and only then. The refresher reads it before each full query
-    /// and skips the query when neither it nor the file changed since the last one.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
-    }
-
-    /// Reads one id's alarm.
-    pub fn get(&self, id: &str) -> Result<bool, StoreError> {
+    fn get(&self, id: &str) -> Result<bool, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT alarm FROM alarms WHERE id = ?1")?;
@@ -146,8 +120,8 @@ impl Store {
         })
     }
 
-    /// Inserts or updates one id's alarm.
-    pub fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
+    /// Inserts or updates the row.
+    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO alarms (id, alarm, updated_at)
              VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)
@@ -157,17 +131,38 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes one id's row (it reads as `false` afterwards).
-    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+    /// Deletes the row.
+    fn delete(&self, id: &str) -> Result<(), StoreError> {
         self.conn
             .execute("DELETE FROM alarms WHERE id = ?1", params![id])?;
         Ok(())
+    }
+
+    /// `data_version` (moved by every commit of another connection: a PUT's, an outside
+    /// writer's) with the file's identity, size and modification time (a change SQLite cannot
+    /// see, such as the file edited in place, still shows). The file is read first.
+    fn version(&self) -> Option<Version> {
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(Version([
+            self.data_version().ok()?,
+            m.dev() as i64,
+            m.ino() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+        ]))
+    }
+
+    fn moved(&self) -> Option<String> {
+        (inode(&self.path) != self.inode)
+            .then(|| format!("store file changed path={}", self.path.display()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn temp_db(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("syncast-store-{}-{name}", std::process::id()));
@@ -180,7 +175,7 @@ mod tests {
     #[test]
     fn set_get_delete_and_batch_load() {
         let path = temp_db("crud");
-        let s = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        let s = Sqlite::open(&path, Duration::from_millis(100), true).unwrap();
         assert!(!s.get("a").unwrap());
         s.set("a", true).unwrap();
         s.set("b", false).unwrap();
@@ -193,7 +188,7 @@ mod tests {
         s.delete("a").unwrap();
         assert!(!s.get("a").unwrap());
         // A second connection (an outside writer) sees the same file.
-        let other = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        let other = Sqlite::open(&path, Duration::from_millis(100), true).unwrap();
         other.set("c", true).unwrap();
         assert_eq!(
             s.load(&ids).unwrap(),
@@ -206,11 +201,11 @@ mod tests {
     #[test]
     fn data_version_moves_only_when_another_connection_commits() {
         let path = temp_db("version");
-        let s = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        let s = Sqlite::open(&path, Duration::from_millis(100), true).unwrap();
         let v0 = s.data_version().unwrap();
         s.get("a").unwrap();
         assert_eq!(s.data_version().unwrap(), v0, "reads do not move it");
-        let other = Store::open(&path, Duration::from_millis(100), true).unwrap();
+        let other = Sqlite::open(&path, Duration::from_millis(100), true).unwrap();
         other.set("a", true).unwrap();
         assert_ne!(s.data_version().unwrap(), v0, "an outside commit does");
     }
@@ -221,9 +216,14 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         c.execute_batch("CREATE TABLE alarms (x INTEGER);").unwrap();
         drop(c);
-        let err = Store::open(&path, Duration::from_millis(100), false)
+        let err = Sqlite::open(&path, Duration::from_millis(100), false)
             .err()
             .expect("a wrong schema is refused");
-        assert!(err.0.contains("wrong schema"), "{err}");
+        assert!(err.to_string().contains("wrong schema"), "{err}");
+        assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "the cause is kept"
+        );
     }
 }

@@ -1,0 +1,266 @@
+//! The chat room: sessions, names, the history ring and broadcast, and how the rest of the
+//! server calls them.
+//!
+//! Everything lives under one `parking_lot::Mutex`. Broadcasting assigns the event its id,
+//! encodes it once and appends it to the history ring; that ring is every member's queue. Each
+//! attached stream has a cursor (the last id it took) kept under the same lock, so a stream takes
+//! events in id order without gap or duplicate; attaching snapshots the history after
+//! `Last-Event-ID` and sets the cursor under the same lock, so a resuming member gets every event
+//! exactly once, also when messages arrive during the handoff.
+//!
+//! Waking is coalesced: each stream has a `bounded(1)` wake channel, poked with `try_send` after
+//! the lock is released (a wake already pending makes it a no-op). A woken stream takes
+//! everything after its cursor with [`Room::take`] and writes it in one write, so under load one
+//! wake-up and one syscall carry many events instead of one each; at rest it is one per event,
+//! as before. The dispatcher holds the wakes ([`Room::hold_wakes`]) while it routes a run of
+//! queued requests, so a burst of posts wakes each stream once.
+//!
+//! The bound is the lag: a member more than `--queue` events behind (or whose next event left the
+//! history) is cut off as slow at the next broadcast, and resumes from history with
+//! `Last-Event-ID`. No socket is written and nothing that can block is sent under the lock
+//! (STYLE.md, 5): wakes go out after it is released, and a kick is a `try_send` into its
+//! stream's one-slot channel; log lines are written after the lock is released.
+//!
+//! - [`Room`] (this file): the calls. Each takes the lock, runs one step of [`state::Inner`],
+//!   and after releasing it sends the wakes and writes the log lines.
+//! - [`state`]: everything under the lock.
+//! - [`wakes`]: the coalesced wake round.
+//! - [`types`]: what the calls take and return, and the room's refusals.
+
+mod state;
+mod types;
+mod wakes;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::session::Token;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::stream::CloseReason;
+use state::{Inner, Limits};
+pub(crate) use types::{Attached, ChatError, Joined, Kick, Take};
+
+/// The chat room: sessions are data here, not threads.
+pub(crate) struct Room {
+    grace: Duration,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+    /// How many [`HeldWakes`] guards live: while any does, broadcasts leave their wakes pending.
+    held: AtomicUsize,
+}
+
+/// A log line to write once the lock is released.
+enum Note {
+    Expired(String),
+}
+
+impl Room {
+    /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
+    /// `max_members`).
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
+        let limits = Limits {
+            history: config.history,
+            queue: config.queue,
+            rate: config.rate,
+            burst: config.burst,
+            max_members: config.max_members,
+        };
+        Arc::new(Room {
+            grace: config.grace,
+            inner: Mutex::new(Inner::new(limits, metrics.clone())),
+            metrics,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Holds back the wakes of broadcasts (from any thread) until the returned guard drops;
+    /// then sends them once. The dispatcher holds them while it routes a run of queued requests,
+    /// so a burst of posts wakes each stream once.
+    pub(crate) fn hold_wakes(&self) -> HeldWakes<'_> {
+        self.held.fetch_add(1, Ordering::AcqRel);
+        HeldWakes(self)
+    }
+
+    /// Runs `step` under the room's lock, then (lock released) sends the wakes its broadcasts
+    /// asked for; none while held (the [`HeldWakes`] guard sends them).
+    fn locked<R>(&self, step: impl FnOnce(&mut Inner) -> R) -> R {
+        let (out, wakes) = {
+            let mut inner = self.inner.lock();
+            let out = step(&mut inner);
+            let wakes = if self.held.load(Ordering::Acquire) > 0 {
+                None
+            } else {
+                inner.wakes()
+            };
+            (out, wakes)
+        };
+        if let Some(w) = wakes {
+            w.send();
+        }
+        out
+    }
+
+    /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
+    pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
+        let token = new_token()?;
+        self.locked(|inner| inner.join(name, token.clone()))?;
+        log::info!("chat joined name={name}");
+        Ok(Joined {
+            name: name.to_string(),
+            token: token.as_str().to_string(),
+        })
+    }
+
+    /// Creates a session and attaches a stream to it in one step (`GET /chat/stream?name=`).
+    /// With `last_event_id` (an `EventSource` reconnecting to a `?name=` URL after its session
+    /// expired) the kept events after it are replayed, as for any attach.
+    pub(crate) fn join_and_attach(
+        &self,
+        name: &str,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
+        let token = new_token()?;
+        let attached = self.locked(|inner| {
+            let key = inner.join(name, token)?;
+            Ok(inner.attach(key, last_event_id))
+        })?;
+        log::info!("chat joined name={name}");
+        Ok(attached)
+    }
+
+    /// Attaches a stream to the session holding `token`; events after `last_event_id` are
+    /// replayed from history first. An older stream of the session is closed as `replaced`.
+    pub(crate) fn attach(
+        &self,
+        token: &Token,
+        last_event_id: Option<u64>,
+    ) -> Result<Attached, ChatError> {
+        let mut inner = self.inner.lock();
+        let key = inner.session(token)?;
+        let key = key.token.selector();
+        Ok(inner.attach(key, last_event_id))
+    }
+
+    /// Called when a stream ends: if it is still the session's stream, the session starts its
+    /// grace period. Returns the session's current name (if it still exists).
+    pub(crate) fn detach(&self, key: u64, serial: u64) -> Option<String> {
+        let mut inner = self.inner.lock();
+        let session = inner.sessions.get_mut(&key)?;
+        if session
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.serial == serial)
+        {
+            session.attached = None;
+            session.detached_since = Some(Instant::now());
+            let name = session.name.clone();
+            inner.unwake(key);
+            return Some(name);
+        }
+        Some(session.name.clone())
+    }
+
+    /// Takes the live events waiting for the stream `serial` of session `key` (the
+    /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
+    /// again on [`Take::More`]) and counts them as delivered. Call after each message on
+    /// [`Attached::wake`]; the copy is made under the room's lock, the write after it.
+    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+        let took = self.inner.lock().take(key, serial, out);
+        if let Take::Done(n) | Take::More(n) = took {
+            self.metrics.chat_deliveries.add(n as u64);
+        }
+        took
+    }
+
+    /// Posts `text` from the session holding `token` to every other member; returns its id.
+    pub(crate) fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
+        self.locked(|inner| inner.post(token, text))
+    }
+
+    /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
+    /// `(from, to)`. Counts against the session's rate limit, like a message.
+    pub(crate) fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
+        let from = self.locked(|inner| inner.rename(token, to))?;
+        if from != to {
+            log::info!("chat renamed from={from} to={to}");
+        }
+        Ok((from, to.to_string()))
+    }
+}
+
+impl Room {
+    /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
+    pub(crate) fn leave(&self, token: &Token) -> Result<String, ChatError> {
+        let name = self.locked(|inner| {
+            let key = inner.session(token)?.token.selector();
+            inner
+                .remove(key, "left", CloseReason::Left)
+                .ok_or(ChatError::Unauthorized)
+        })?;
+        log::info!("chat left name={name}");
+        Ok(name)
+    }
+
+    /// Names of every session, sorted.
+    pub(crate) fn online(&self) -> Vec<String> {
+        self.inner.lock().online()
+    }
+
+    /// Periodic work, called by the dispatcher: expires sessions that have had no stream for
+    /// the grace period.
+    pub(crate) fn housekeeping(&self) {
+        self.expire(Instant::now());
+    }
+
+    /// Expires, as of `now`, every session detached for longer than the grace period: each
+    /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
+    pub(crate) fn expire(&self, now: Instant) -> usize {
+        let notes: Vec<Note> = self.locked(|inner| {
+            let due: Vec<u64> = inner
+                .sessions
+                .iter()
+                .filter(|(_, s)| {
+                    s.detached_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= self.grace)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            due.into_iter()
+                .filter_map(|key| inner.remove(key, "timeout", CloseReason::Expired))
+                .map(Note::Expired)
+                .collect()
+        });
+        for note in &notes {
+            match note {
+                Note::Expired(name) => log::info!("chat expired name={name}"),
+            }
+        }
+        notes.len()
+    }
+}
+
+/// Holds the room's wakes while it lives (see [`Room::hold_wakes`]); sends them when dropped.
+pub(crate) struct HeldWakes<'a>(&'a Room);
+
+impl Drop for HeldWakes<'_> {
+    fn drop(&mut self) {
+        if self.0.held.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let wakes = self.0.inner.lock().wakes();
+            if let Some(w) = wakes {
+                w.send();
+            }
+        }
+    }
+}
+
+/// A fresh token, made before the room's lock is taken (it reads the OS random source).
+fn new_token() -> Result<Token, ChatError> {
+    Token::generate().map_err(|e| ChatError::Random(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests;

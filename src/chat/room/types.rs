@@ -1,0 +1,117 @@
+//! What the room's calls take and give back: the encoded events, the results of attaching
+//! and taking, the room's refusals, and the rule for a message's text.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use crate::stream::CloseReason;
+
+/// Largest message, in bytes of UTF-8.
+pub(crate) const MAX_TEXT: usize = 4096;
+
+/// One encoded SSE event, as kept in the history.
+pub(crate) type Encoded = Arc<[u8]>;
+
+/// Most bytes [`super::Room::take`] copies for one write (at least one event is always taken).
+pub(crate) const TAKE_BYTES: usize = 64 * 1024;
+
+/// Why a room operation was refused. The HTTP layer turns each into a status code.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ChatError {
+    /// The name breaks the rules (400).
+    InvalidName,
+    /// Another session holds the name, compared case-insensitively (409).
+    NameTaken,
+    /// No session holds this token (401).
+    Unauthorized,
+    /// The session posts too fast; retry after this long (429).
+    RateLimited(Duration),
+    /// The message text is empty, too long or holds NUL (400).
+    InvalidText(&'static str),
+    /// The room holds `--max-members` sessions already (503).
+    RoomFull,
+    /// The OS random source failed (503).
+    Random(String),
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatError::InvalidName => f.write_str(
+                "invalid name: use 1-32 characters, no white space or control characters",
+            ),
+            ChatError::NameTaken => f.write_str("name taken"),
+            ChatError::Unauthorized => f.write_str("unknown or missing token"),
+            ChatError::RateLimited(_) => f.write_str("too many messages: slow down"),
+            ChatError::InvalidText(why) => write!(f, "invalid message: {why}"),
+            ChatError::RoomFull => f.write_str("the room is full: try again later"),
+            ChatError::Random(e) => write!(f, "cannot make a token: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChatError {}
+
+/// A session made by `POST /chat/join`.
+#[derive(Debug, Clone)]
+pub(crate) struct Joined {
+    /// The name as given.
+    pub(crate) name: String,
+    /// The session's token (hex).
+    pub(crate) token: String,
+}
+
+/// A stream's place in the room: what to send first, then where live events arrive.
+pub(crate) struct Attached {
+    /// The session's name now.
+    pub(crate) name: String,
+    /// The session's key (token selector), for [`super::Room::detach`].
+    pub(crate) key: u64,
+    /// This attachment's serial, for [`super::Room::detach`].
+    pub(crate) serial: u64,
+    /// `welcome`, then `reset` if events were lost, then the kept events after `Last-Event-ID`,
+    /// each encoded; write these before anything from [`super::Room::take`].
+    pub(crate) backlog: Vec<Encoded>,
+    /// Ready (holds one message) when live events may be waiting: then call [`super::Room::take`].
+    /// Many events may arrive for one wake.
+    pub(crate) wake: Receiver<()>,
+    /// Why the room closed this stream (replaced, left, slow).
+    pub(crate) kick: Receiver<Kick>,
+}
+
+/// The room closing a stream: why, and the session's name at that moment (for the close line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Kick {
+    /// `replaced`, `left` or `slow`.
+    pub(crate) reason: CloseReason,
+    /// The session's name when it was closed.
+    pub(crate) name: String,
+}
+
+/// What [`super::Room::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Copied this many events; the stream is caught up.
+    Done(usize),
+    /// Copied this many events; more are waiting (the byte cap was reached).
+    More(usize),
+    /// The stream is no longer the session's (kicked, replaced, or the session is gone): its
+    /// kick channel says why.
+    Closed,
+}
+
+/// Checks a message: 1–[`MAX_TEXT`] bytes, no NUL.
+pub(crate) fn check_text(text: &str) -> Result<(), ChatError> {
+    if text.is_empty() {
+        Err(ChatError::InvalidText("empty"))
+    } else if text.len() > MAX_TEXT {
+        Err(ChatError::InvalidText("longer than 4096 bytes"))
+    } else if text.contains('\0') {
+        Err(ChatError::InvalidText("contains NUL"))
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The socket under a streaming tiny_http request, found by its peer address, and how a stream
+//! tunes it.
+//!
+//! tiny_http 0.12 does not expose a request's socket. A streaming request needs it for three
+//! things tiny_http cannot do:
+//! - **free the pool thread**: after handing a request over, tiny_http's pool thread blocks
+//!   reading the *next* request on the same socket (src/client.rs, `impl Iterator for
+//!   ClientConnection`). `shutdown(SHUT_RD)` makes that read return EOF, so the pool thread lets go
+//!   of the connection while our writer keeps working. Without this a stream costs two threads and
+//!   a burst of streams can starve the pool (see ../shared/TINY_HTTP.md, "Measured").
+//! - **see a vanished client at once**: after the peer's FIN the socket is in `CLOSE_WAIT`, seen
+//!   through `TCP_INFO` without writing anything.
+//! - **bound a blocked write**: `SO_SNDTIMEO`, so a client that never reads cannot pin a thread.
+//!
+//! The descriptors are found by [`crate::sys::fd::find_connection`]. The read one of
+//! tiny_http's two is closed by its pool thread once it sees EOF, so a [`StreamSocket`]
+//! re-checks the addresses of its descriptor before every use and never acts on a reused number.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crate::sys::fd::{self, FdSet};
+
+/// One TCP connection's socket, identified by descriptor number and verified by its addresses.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSocket {
+    fds: Vec<RawFd>,
+    local: SocketAddr,
+    peer: SocketAddr,
+}
+
+/// Is the peer still there, as far as the kernel knows without a write?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// Established.
+    Open,
+    /// The peer closed its side (FIN or RST seen) or the socket is gone.
+    Gone,
+    /// Could not tell (descriptor not found); rely on write errors.
+    Unknown,
+}
+
+impl StreamSocket {
+    /// Finds the socket of the connection `local` ⇄ `peer` among this process's descriptors.
+    #[cfg(test)]
+    pub(crate) fn find(local: SocketAddr, peer: SocketAddr) -> Option<StreamSocket> {
+        StreamSocket::find_skipping(local, peer, &FdSet::default())
+    }
+
+    /// Like [`StreamSocket::find`], but cheap with thousands of streams open: numbers in `skip`
+    /// (descriptors of running streams) cost no system call (see
+    /// [`crate::sys::fd::find_connection`]).
+    pub(crate) fn find_skipping(
+        local: SocketAddr,
+        peer: SocketAddr,
+        skip: &FdSet,
+    ) -> Option<StreamSocket> {
+        let fds = fd::find_connection(local, peer, skip);
+        if fds.is_empty() {
+            None
+        } else {
+            Some(StreamSocket { fds, local, peer })
+        }
+    }
+
+    /// The descriptors that still belong to this connection (normally one once
+    /// [`StreamSocket::release_reader`] has run).
+    pub(crate) fn fds(&mut self) -> Vec<RawFd> {
+        self.fd();
+        self.fds.clone()
+    }
+
+    /// The first descriptor that still belongs to this connection.
+    fn fd(&mut self) -> Option<RawFd> {
+        let (local, peer) = (self.local, self.peer);
+        self.fds.retain(|&fd| fd::addrs_match(fd, local, peer));
+        self.fds.first().copied()
+    }
+
+    /// Shuts the read half so tiny_http's pool thread, parked reading the next request on this
+    /// connection, sees EOF and is freed; then waits (briefly, bounded) until that thread has
+    /// closed its duplicate descriptor, so one verified descriptor remains.
+    pub(crate) fn release_reader(&mut self) {
+        if let Some(fd) = self.fd() {
+            fd::shut_read(fd);
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while self.fds.len() > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+            self.fd();
+        }
+    }
+
+    /// Sets `SO_SNDTIMEO`: a write blocked longer than `timeout` fails with `WouldBlock`.
+    pub(crate) fn set_write_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        let Some(fd) = self.fd() else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "socket gone"));
+        };
+        fd::set_send_timeout(fd, timeout)
+    }
+
+    /// Sets `SO_SNDBUF` (best effort: the kernel clamps it).
+    pub(crate) fn set_send_buffer(&mut self, bytes: usize) {
+        let Some(fd) = self.fd() else { return };
+        let value = bytes.min(i32::MAX as usize) as libc::c_int;
+        fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, value);
+    }
+
+    /// Makes the kernel find a peer that vanished without a FIN or RST, so the socket leaves
+    /// `ESTABLISHED` (seen by the sweep's `TCP_INFO` check) and its writes fail:
+    /// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
+    ///   connection. This is the one that matters for a stream: it writes a heartbeat at least
+    ///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes
+    ///   a socket with nothing in flight. Measured before this was set (server in a network
+    ///   namespace, the client's ACKs black-holed, 15 s heartbeat): the socket stayed
+    ///   `ESTABLISHED` with the retransmission timer backing off to its 120 s cap, never a
+    ///   keepalive probe, and the stream closed only after 935 s (`tcp_retries2` = 15).
+    /// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
+    ///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
+    pub(crate) fn set_keepalive(&mut self, user_timeout: Duration) {
+        let Some(fd) = self.fd() else { return };
+        fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+        let ms = user_timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
+    }
+
+    /// Checks the TCP state: anything but `ESTABLISHED` means the client is gone.
+    pub(crate) fn liveness(&mut self) -> Liveness {
+        let Some(fd) = self.fd() else {
+            return Liveness::Gone;
+        };
+        match fd::established(fd) {
+            None => Liveness::Unknown,
+            Some(true) => Liveness::Open,
+            Some(false) => Liveness::Gone,
+        }
+    }
+}
+
+/// Liveness of an optional socket (no socket: unknown).
+pub(crate) fn liveness_of(socket: &mut Option<StreamSocket>) -> Liveness {
+    socket
+        .as_mut()
+        .map_or(Liveness::Unknown, StreamSocket::liveness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fd::fd_layout;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn finds_an_accepted_socket_and_sees_its_peer_leave() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let client = TcpStream::connect(local).unwrap();
+        let (_server_side, peer) = listener.accept().unwrap();
+        let mut sock = StreamSocket::find(local, peer).expect("socket found");
+        assert_eq!(sock.liveness(), Liveness::Open);
+        sock.set_write_timeout(Duration::from_secs(1)).unwrap();
+        drop(client);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sock.liveness() == Liveness::Open && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sock.liveness(), Liveness::Gone);
+    }
+
+    #[test]
+    fn the_probing_find_skips_stream_fds_and_still_finds_the_new_socket() {
+        let _layout = fd_layout();
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let _a = TcpStream::connect(local).unwrap();
+        let (a_side, a_peer) = listener.accept().unwrap();
+        let _b = TcpStream::connect(local).unwrap();
+        let (b_side, b_peer) = listener.accept().unwrap();
+        let b_dup = b_side.try_clone().unwrap();
+        let mut skip = FdSet::default();
+        skip.insert(a_side.as_raw_fd());
+        let mut found = StreamSocket::find_skipping(local, b_peer, &skip).expect("found");
+        let mut want = vec![b_side.as_raw_fd(), b_dup.as_raw_fd()];
+        want.sort();
+        let mut got = found.fds();
+        got.sort();
+        assert_eq!(
+            got, want,
+            "both descriptors of the connection, like tiny_http's two"
+        );
+        // A skipped descriptor is not probed, but the full scan still finds it as a fallback.
+        assert!(StreamSocket::find_skipping(local, a_peer, &skip).is_some());
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_matches_by_port() {
+        // A server told to listen on 0.0.0.0 sees its accepted sockets as 127.0.0.1:port (or
+        // any other address of the host); this test's listener stays on 127.0.0.1.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(local).unwrap();
+        let (_side, peer) = listener.accept().unwrap();
+        let any4 = SocketAddr::from(([0, 0, 0, 0], local.port()));
+        let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, local.port()));
+        assert!(StreamSocket::find(any4, peer).is_some());
+        assert!(StreamSocket::find(any6, peer).is_some());
+        let other_port = SocketAddr::from(([0, 0, 0, 0], local.port().wrapping_add(1)));
+        assert!(StreamSocket::find(other_port, peer).is_none());
+        let other_ip = SocketAddr::from(([127, 0, 0, 2], local.port()));
+        assert!(StreamSocket::find(other_ip, peer).is_none());
+    }
+
+    #[test]
+    fn an_unknown_peer_is_not_found() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let nobody = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(StreamSocket::find(local, nobody).is_none());
+    }
+}

@@ -1,0 +1,353 @@
+//! The sweep table: what the server knows of its accepted connections, for the once-a-second
+//! sweep that gives tiny_http the header deadline, idle time-out and pending-connection cap it
+//! lacks (it reads a request line and headers for as long as a client cares to send them, on a
+//! thread of its own), and the descriptors of running streams, checked in batches for a peer
+//! that left.
+//!
+//! The descriptor scans and socket calls it relies on live in [`crate::sys::fd`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::sys::fd::{self, FdSet};
+
+/// Every this many sweeps, [`ConnTable::sweep`] lists `/proc/self/fd` instead of probing, so a
+/// connection a probe cannot reach (above a gap of closed numbers) is still shut in bounded time.
+pub(crate) const FULL_SCAN_EVERY: u32 = 5;
+
+/// What the server knows of its accepted connections, for the sweep that gives tiny_http the
+/// header deadline, idle time-out and pending-connection cap it lacks (it reads a request line
+/// and headers for as long as a client cares to send them, on a thread of its own).
+pub(crate) struct ConnTable {
+    local: SocketAddr,
+    inner: parking_lot::Mutex<ConnInner>,
+    streams: parking_lot::Mutex<StreamFds>,
+}
+
+/// The descriptors of running streams: skipped by [`fd::find_connection`] and by the
+/// sweep's scan (no system call per stream), and checked in batches for a vanished peer.
+#[derive(Default)]
+struct StreamFds {
+    set: FdSet,
+    /// Each stream descriptor and the channel that tells its thread the peer may be gone.
+    wake: HashMap<RawFd, Sender<()>>,
+    /// The descriptor number where the next liveness batch starts (0: a new pass).
+    cursor: RawFd,
+    /// Sockets checked per sweep during this pass.
+    batch: usize,
+}
+
+#[derive(Default)]
+struct ConnInner {
+    /// Last time a request arrived from each peer (keep-alive connections).
+    last_request: HashMap<SocketAddr, Instant>,
+    /// When the sweep first saw a connection that has sent no request yet.
+    first_seen: HashMap<SocketAddr, Instant>,
+    /// Peers whose connection is a running stream: never swept.
+    streaming: HashSet<SocketAddr>,
+    /// Sweeps so far (every [`FULL_SCAN_EVERY`]th lists `/proc/self/fd`).
+    sweeps: u32,
+    /// The highest descriptor number of a non-stream connection the last sweep found (-1 or 0:
+    /// none, or no sweep yet): the next probing sweep goes at least this far, so a known connection is not lost
+    /// when a gap of closed numbers opens below it.
+    ceiling: RawFd,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sweep {
+    /// Connections that had sent no complete request within the deadline.
+    pub(crate) header_timeouts: usize,
+    /// Keep-alive connections idle past the deadline.
+    pub(crate) idle: usize,
+    /// Connections shut because more than the cap were waiting for headers.
+    pub(crate) over_cap: usize,
+    /// Connections waiting for headers after the sweep.
+    pub(crate) pending: usize,
+    /// Streams told their peer left (found by the batched `TCP_INFO` check).
+    pub(crate) streams_gone: usize,
+}
+
+impl ConnTable {
+    /// A table for the server listening on `local`.
+    pub(crate) fn new(local: SocketAddr) -> ConnTable {
+        ConnTable {
+            local,
+            inner: parking_lot::Mutex::new(ConnInner::default()),
+            streams: parking_lot::Mutex::new(StreamFds::default()),
+        }
+    }
+
+    /// The descriptors of running streams now (a copy: callers probe without the lock).
+    pub(crate) fn stream_fds(&self) -> FdSet {
+        self.streams.lock().set.clone()
+    }
+
+    /// `fds` are the socket of a running stream; `gone` is told (`try_send`) when a sweep sees
+    /// the connection leave `ESTABLISHED`, so the stream's thread can end without waiting for
+    /// its next keepalive. Undone by [`ConnTable::stream_fds_closed`], which must run before
+    /// the descriptors are closed.
+    pub(crate) fn stream_fds_opened(&self, fds: &[RawFd], gone: Sender<()>) {
+        let mut st = self.streams.lock();
+        for &fd in fds {
+            st.set.insert(fd);
+            st.wake.insert(fd, gone.clone());
+        }
+    }
+
+    /// The stream owning `fds` is about to close them.
+    pub(crate) fn stream_fds_closed(&self, fds: &[RawFd]) {
+        let mut st = self.streams.lock();
+        for &fd in fds {
+            st.set.remove(fd);
+            st.wake.remove(&fd);
+        }
+    }
+
+    /// Checks `TCP_INFO` of a quarter of the stream sockets (round robin, so each is checked
+    /// every four sweeps) and wakes the streams whose peer left. One `getsockopt` per socket:
+    /// far cheaper than waking every stream thread to check its own socket. Returns how many
+    /// it woke.
+    fn check_streams(&self) -> usize {
+        let batch: Vec<(RawFd, Sender<()>)> = {
+            let mut guard = self.streams.lock();
+            let st = &mut *guard;
+            if st.wake.is_empty() {
+                return 0;
+            }
+            // The batch size is fixed for a whole pass over the descriptors (in number order),
+            // so a pass ends within four sweeps even while streams are leaving.
+            if st.cursor == 0 {
+                st.batch = st.wake.len().div_ceil(4);
+            }
+            let end = st.set.bits();
+            let mut fd = st.cursor;
+            let mut batch = Vec::with_capacity(st.batch);
+            while batch.len() < st.batch && fd < end {
+                if st.set.contains(fd) {
+                    if let Some(tx) = st.wake.get(&fd) {
+                        batch.push((fd, tx.clone()));
+                    }
+                }
+                fd += 1;
+            }
+            st.cursor = if fd >= end { 0 } else { fd };
+            batch
+        };
+        let mut woken = 0;
+        for (fd, tx) in batch {
+            // A stale number (stream just closed) at worst wakes a stream that re-checks its
+            // own, verified socket and carries on.
+            if fd::established(fd) == Some(false) && tx.try_send(()).is_ok() {
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// The accepted connections of this server that are not running streams, as (peer,
+    /// descriptor); see [`crate::sys::fd::connections`].
+    fn connections(&self, streams: &FdSet, full: bool, ceiling: RawFd) -> Vec<(SocketAddr, RawFd)> {
+        fd::connections(self.local, streams, full, ceiling)
+    }
+
+    /// The server's listening address.
+    pub(crate) fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A complete request arrived from `peer`.
+    pub(crate) fn request_seen(&self, peer: SocketAddr) {
+        let mut inner = self.inner.lock();
+        inner.first_seen.remove(&peer);
+        inner.last_request.insert(peer, Instant::now());
+    }
+
+    /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
+    pub(crate) fn stream_started(&self, peer: SocketAddr) {
+        self.inner.lock().streaming.insert(peer);
+    }
+
+    /// `peer`'s stream ended.
+    pub(crate) fn stream_ended(&self, peer: SocketAddr) {
+        let mut inner = self.inner.lock();
+        inner.streaming.remove(&peer);
+        inner.last_request.remove(&peer);
+    }
+
+    /// Shuts every connection that has not completed a request within `deadline` of being
+    /// seen or of its previous request, and the oldest waiting ones beyond `max_pending`.
+    /// Shutting (not closing) the socket makes tiny_http's blocked read end, so its thread is
+    /// freed; the descriptor stays tiny_http's to close.
+    pub(crate) fn sweep(&self, deadline: Duration, max_pending: usize) -> Sweep {
+        let now = Instant::now();
+        // Group descriptors by peer first (tiny_http holds two per connection).
+        let mut conns: HashMap<SocketAddr, Vec<RawFd>> = Default::default();
+        let woken = self.check_streams();
+        {
+            let stream_fds = self.stream_fds();
+            let (full, ceiling) = {
+                let mut inner = self.inner.lock();
+                inner.sweeps = inner.sweeps.wrapping_add(1);
+                (inner.sweeps.is_multiple_of(FULL_SCAN_EVERY), inner.ceiling)
+            };
+            let found = self.connections(&stream_fds, full, ceiling);
+            let mut inner = self.inner.lock();
+            inner.ceiling = found.iter().map(|&(_, fd)| fd).max().unwrap_or(-1);
+            for (peer, fd) in found {
+                if !inner.streaming.contains(&peer) {
+                    conns.entry(peer).or_default().push(fd);
+                }
+            }
+        }
+        let mut result = Sweep {
+            streams_gone: woken,
+            ..Sweep::default()
+        };
+        let mut pending: Vec<(Instant, SocketAddr)> = Vec::new();
+        let mut shut: Vec<(SocketAddr, &'static str)> = Vec::new();
+        {
+            let mut inner = self.inner.lock();
+            inner.first_seen.retain(|p, _| conns.contains_key(p));
+            inner.last_request.retain(|p, _| conns.contains_key(p));
+            for peer in conns.keys() {
+                if inner.streaming.contains(peer) {
+                    continue;
+                }
+                if let Some(&t) = inner.last_request.get(peer) {
+                    if now.duration_since(t) > deadline {
+                        shut.push((*peer, "idle"));
+                    }
+                    continue;
+                }
+                let t = *inner.first_seen.entry(*peer).or_insert(now);
+                if now.duration_since(t) > deadline {
+                    shut.push((*peer, "header-timeout"));
+                } else {
+                    pending.push((t, *peer));
+                }
+            }
+        }
+        if pending.len() > max_pending {
+            pending.sort();
+            let excess = pending.len() - max_pending;
+            for (_, peer) in pending.drain(..excess) {
+                shut.push((peer, "over-cap"));
+            }
+        }
+        result.pending = pending.len();
+        for (peer, reason) in shut {
+            // Re-check each descriptor's addresses right before acting on it.
+            for &fd in &conns[&peer] {
+                if fd::addrs_match(fd, self.local, peer) {
+                    fd::shut_both(fd);
+                }
+            }
+            log::info!("connection closed peer={peer} reason={reason}");
+            match reason {
+                "idle" => result.idle += 1,
+                "header-timeout" => result.header_timeouts += 1,
+                _ => result.over_cap += 1,
+            }
+            let mut inner = self.inner.lock();
+            inner.first_seen.remove(&peer);
+            inner.last_request.remove(&peer);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::fd::fd_layout;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_known_connection_above_a_gap_is_probed_and_an_unknown_one_found_by_the_full_scan() {
+        let _layout = fd_layout();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        // 200 descriptors (more than PROBE_SLACK) below the connection, closed once it is open:
+        // numbers the kernel will not hand out again until something else opens.
+        let fillers: Vec<std::fs::File> = (0..200)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let _client = TcpStream::connect(local).unwrap();
+        let (side, _) = listener.accept().unwrap();
+        drop(fillers);
+        let table = ConnTable::new(local);
+        let none = FdSet::default();
+        let has =
+            |found: Vec<(SocketAddr, RawFd)>| found.iter().any(|&(_, fd)| fd == side.as_raw_fd());
+        assert!(
+            has(table.connections(&none, true, -1)),
+            "the listing sees it"
+        );
+        assert!(
+            has(table.connections(&none, false, side.as_raw_fd())),
+            "a probe reaches a connection an earlier sweep saw, whatever the gap below it"
+        );
+        // A table that never saw it: found by the first full scan at the latest.
+        let pending: Vec<usize> = (0..FULL_SCAN_EVERY)
+            .map(|_| table.sweep(Duration::from_secs(60), 100).pending)
+            .collect();
+        assert_eq!(pending.last(), Some(&1), "pending per sweep: {pending:?}");
+    }
+
+    #[test]
+    fn a_sweep_never_takes_a_stream_or_a_foreign_descriptor_for_a_connection() {
+        let _layout = fd_layout();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let table = ConnTable::new(local);
+        // A running stream, both of its descriptors known.
+        let _stream_client = TcpStream::connect(local).unwrap();
+        let (stream_side, _) = listener.accept().unwrap();
+        let stream_dup = stream_side.try_clone().unwrap();
+        let (gone, _gone_rx) = crossbeam_channel::bounded(1);
+        table.stream_fds_opened(&[stream_side.as_raw_fd(), stream_dup.as_raw_fd()], gone);
+        // Other descriptors: a file, an accepted socket of another listener, the listener itself
+        // and our own client sockets (their local address is not the server's).
+        let _file = std::fs::File::open("/dev/null").unwrap();
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _other_client = TcpStream::connect(other.local_addr().unwrap()).unwrap();
+        let _other_side = other.accept().unwrap();
+        let streams = table.stream_fds();
+        for full in [false, true] {
+            assert!(
+                table.connections(&streams, full, -1).is_empty(),
+                "full={full}"
+            );
+        }
+        // One connection waiting for headers: the only one a zero cap shuts, in a probing
+        // sweep (the first) and in the full scan (the FULL_SCAN_EVERY-th).
+        let mut waiting = TcpStream::connect(local).unwrap();
+        let (waiting_side, _) = listener.accept().unwrap();
+        let first = table.sweep(Duration::from_secs(60), 0);
+        assert_eq!((first.over_cap, first.pending), (1, 0));
+        let mut buf = [0u8; 1];
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            std::io::Read::read(&mut waiting, &mut buf).unwrap(),
+            0,
+            "shut"
+        );
+        drop(waiting_side);
+        for _ in 1..FULL_SCAN_EVERY {
+            assert_eq!(table.sweep(Duration::ZERO, 0), Sweep::default());
+        }
+        let mut stream_side = stream_side;
+        assert!(
+            std::io::Write::write_all(&mut stream_side, b"still open").is_ok(),
+            "the stream's socket was never shut"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The operator's endpoints: `GET /healthz`, `GET /metrics` and `GET /debug/threads`, answered
+//! on the dispatcher from memory (and `/proc`).
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::admit::Admission;
+use crate::alarm::hub::AlarmHub;
+use crate::alarm::refresher::Health;
+use crate::http::response::{self, Reply};
+use crate::metrics::{Gauges, Metrics};
+use crate::sys::proc::{self, Proc};
+use crate::threads::Threads;
+
+/// What the ops endpoints read.
+pub(crate) struct Ops {
+    /// Counters.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Every thread the server spawned.
+    pub(crate) threads: Threads,
+    /// The store's health (`None`: fine).
+    pub(crate) health: Health,
+    /// Connected alarm ids.
+    pub(crate) hub: Arc<AlarmHub>,
+    /// Streaming clients.
+    pub(crate) admit: Arc<Admission>,
+}
+
+/// `GET /healthz`: 200, or 503 with the reason while the store fails.
+pub(crate) fn healthz(ops: &Ops) -> Reply {
+    match ops.health.read().clone() {
+        None => response::json(200, &json!({ "status": "ok" })),
+        Some(reason) => response::json(503, &json!({ "status": "degraded", "reason": reason })),
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) fn metrics(ops: &Ops) -> Reply {
+    let gauges = Gauges {
+        alarm_ids: ops.hub.len(),
+        streaming_clients: ops.admit.stream_count(),
+        threads_live: ops.threads.live(),
+        thread_panics: ops.threads.panics(),
+        threads_by_role: ops
+            .threads
+            .count_by_role()
+            .into_iter()
+            .map(|(role, n)| (role.as_str(), n))
+            .collect(),
+    };
+    response::with_type(
+        200,
+        ops.metrics.render_all(&gauges).into_bytes(),
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+/// `GET /debug/threads`: the live threads this server spawned, by role, as JSON.
+pub(crate) fn debug_threads(ops: &Ops) -> Reply {
+    let status = proc::status(Proc::This);
+    let by_role: serde_json::Map<String, serde_json::Value> = ops
+        .threads
+        .count_by_role()
+        .into_iter()
+        .map(|(r, n)| (r.as_str().to_string(), json!(n)))
+        .collect();
+    let list: Vec<serde_json::Value> = ops
+        .threads
+        .list()
+        .into_iter()
+        .map(|t| json!({ "name": t.name, "role": t.role.as_str(), "age_ms": t.started.elapsed().as_millis() as u64 }))
+        .collect();
+    response::json(
+        200,
+        &json!({
+            "process_threads": status.threads,
+            "process_rss_bytes": status.rss_bytes,
+            "spawned_live": list.len(),
+            "by_role": by_role,
+            "threads": list,
+        }),
+    )
+}

@@ -1,0 +1,118 @@
+//! What every stream shares, alarm or chat: how it takes over its request's socket
+//! ([`Streams::open`]), how it answers when it cannot start, and why it ended ([`CloseReason`]).
+
+use std::io;
+use std::sync::Arc;
+
+use tiny_http::Request;
+
+use crate::config::Config;
+use crate::http::response::{Cors, Reply};
+use crate::http::sse::{SseWriter, WriteLimits};
+use crate::http::sweep::ConnTable;
+
+/// What opening a stream needs: the connection table (the stream's socket is registered there
+/// until it ends), the write limits of its socket, and the CORS headers of its head.
+pub(crate) struct Streams {
+    conns: Arc<ConnTable>,
+    limits: WriteLimits,
+    cors: Cors,
+}
+
+impl Streams {
+    /// Streams registered in `conns`, under `config`'s write limits and CORS origin.
+    pub(crate) fn new(conns: Arc<ConnTable>, config: &Config) -> Streams {
+        Streams {
+            conns,
+            limits: WriteLimits::of(config),
+            cors: Cors::new(config.cors_origin.clone()),
+        }
+    }
+
+    /// Takes over `request` as an SSE response (see [`SseWriter::start`]).
+    pub(crate) fn open(&self, request: Request) -> io::Result<SseWriter> {
+        SseWriter::start(request, &self.conns, &self.cors.sse_headers(), self.limits)
+    }
+
+    /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
+    /// refused) with a buffered reply.
+    pub(crate) fn refuse(&self, request: Request, reply: Reply) {
+        self.cors.respond(request, reply);
+    }
+}
+
+/// Why a stream ended: the `reason=` of its close log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client went away (FIN/RST seen, or a write failed).
+    ClientGone,
+    /// A write stayed blocked past the write time-out: the client stopped reading.
+    Stalled,
+    /// The server is shutting down.
+    Shutdown,
+    /// Chat: the member's queue was full.
+    Slow,
+    /// Chat: a newer stream attached to the same session.
+    Replaced,
+    /// Chat: the session left.
+    Left,
+    /// Chat: the session expired.
+    Expired,
+}
+
+impl CloseReason {
+    /// The stable word used in logs and metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientGone => "client-gone",
+            CloseReason::Stalled => "stalled",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Slow => "slow",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Left => "left",
+            CloseReason::Expired => "expired",
+        }
+    }
+
+    /// The reason a failed write stands for.
+    ///
+    /// `ETIMEDOUT` from the kernel means it dropped the connection (`TCP_USER_TIMEOUT`,
+    /// keepalive or the retransmission limit): the peer is gone, whereas a write that blocked
+    /// past `SO_SNDTIMEO` (`WouldBlock`) or an event slower than the write time-out (our own
+    /// `TimedOut`, no OS error) is a client that stopped reading.
+    pub(crate) fn from_write_error(err: &io::Error) -> CloseReason {
+        if err.raw_os_error() == Some(libc::ETIMEDOUT) {
+            return CloseReason::ClientGone;
+        }
+        match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CloseReason::Stalled,
+            _ => CloseReason::ClientGone,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_time_out_is_a_gone_client_and_a_blocked_write_a_stalled_one() {
+        let kernel = io::Error::from_raw_os_error(libc::ETIMEDOUT);
+        assert_eq!(
+            CloseReason::from_write_error(&kernel),
+            CloseReason::ClientGone
+        );
+        let blocked = io::Error::from_raw_os_error(libc::EAGAIN);
+        assert_eq!(
+            CloseReason::from_write_error(&blocked),
+            CloseReason::Stalled
+        );
+        let slow = io::Error::new(io::ErrorKind::TimedOut, "event took longer");
+        assert_eq!(CloseReason::from_write_error(&slow), CloseReason::Stalled);
+        let reset = io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(
+            CloseReason::from_write_error(&reset),
+            CloseReason::ClientGone
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! The integration tests that need no process of their own, in one test binary (as ripgrep's
+//! `tests/tests.rs`), so a change links the harness once instead of once per file. Each module
+//! starts real servers on port 0 in this process through `common`.
+//!
+//! The tests that count the process's threads, set its limits or run the binary under
+//! namespaces, cgroups or descriptor starvation are separate binaries beside this folder
+//! (`binary.rs`, `emfile.rs`, `no_fin.rs`, `stress.rs`, `thread_limit.rs`, `threads.rs`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod alarm;
+mod chat;
+mod docs;
+mod hostile;
+mod web;
