@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test check lint fmt unit root-tests test-deps e2e stress bench clean
+.PHONY: run build release test check lint fmt unit root-tests test-deps deb package e2e stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -42,11 +42,23 @@ root-tests:
 test-deps:
 	./scripts/test-deps.sh
 
-# Every test: fmt and clippy, unit and integration tests, and the page in a real browser.
-test: lint unit e2e
+# Every test: fmt and clippy, unit and integration tests, the package, and the page in a real
+# browser.
+test: lint unit package e2e
 
 # The quick loop without the browser.
 check: lint unit
+
+# The Debian package (scripts/deb.sh: release build, cargo-deb, which it installs under CI=true);
+# prints the .deb's path.
+deb:
+	@CARGO=$(CARGO) ./scripts/deb.sh
+
+# `deb`, then, as root or under CI=true, tests/package.rs's root-only test: dpkg -i, the installed
+# binary run as its unit would, dpkg --purge. (Its other tests run in `unit`.)
+package:
+	@deb=$$(CARGO=$(CARGO) ./scripts/deb.sh) && echo "package: $$deb" && \
+	$(call root_only,the package install test,SYNCAST_DEB="$$deb" $(CARGO) test --test package -- --ignored --nocapture)
 
 # The page at / in Debian's headless Chromium (scripts/e2e.sh); screenshots in target/e2e/.
 e2e:
