@@ -174,24 +174,28 @@ fn dpkg(args: &[&str]) -> Result<String, String> {
 }
 
 /// `dpkg-query`'s `${db:Status-Status}` of syncast: `not-installed` if dpkg does not know it.
-fn package_status() -> String {
+fn try_package_status() -> Result<String, String> {
     let out = run_bounded(
         "dpkg-query",
         &["-W", "-f=${db:Status-Status}", "syncast"],
         Duration::from_secs(30),
-    )
-    .expect("dpkg-query");
-    match out.code {
+    )?;
+    Ok(match out.code {
         Some(0) => out.text.trim().to_string(),
         _ => "not-installed".to_string(),
-    }
+    })
+}
+
+fn package_status() -> String {
+    try_package_status().unwrap()
 }
 
 const STORE: &str = "/var/lib/syncast";
 
 /// Every path under these folders whose name has "syncast" in it: what the package, its
 /// maintainer scripts (deb-systemd-helper's links and state), dpkg's own records and this test
-/// may create. Other changes to the machine meanwhile (other work on it) do not count.
+/// may create. Other changes to the machine meanwhile (other work on it) do not count; nor does
+/// /run, where other tests make network namespaces named syncast-….
 fn syncast_paths() -> Vec<PathBuf> {
     fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -222,7 +226,6 @@ fn syncast_paths() -> Vec<PathBuf> {
         ("/usr/share/doc", 0),
         ("/var/lib", 4),
         ("/var/log", 1),
-        ("/run", 2),
     ] {
         walk(Path::new(dir), depth, &mut found);
     }
@@ -241,7 +244,7 @@ fn preconditions() -> Result<PathBuf, String> {
     }
     run_bounded("dpkg", &["--version"], Duration::from_secs(30))
         .map_err(|e| format!("{e}: not a Debian system?"))?;
-    let status = package_status();
+    let status = try_package_status()?;
     if status != "not-installed" {
         return Err(format!(
             "dpkg has syncast as {status:?}: this test installs and purges its own package, \
@@ -263,7 +266,7 @@ struct Installed;
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        if package_status() != "not-installed" {
+        if try_package_status().is_ok_and(|s| s != "not-installed") {
             if let Err(e) = dpkg(&["--purge", "syncast"]) {
                 eprintln!("cleanup: {e}");
             }
