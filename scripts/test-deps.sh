@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# What the root-only fault tests need from the system (tests/no_fin.rs: `ip` from iproute2 for
-# network namespaces; tests/thread_limit.rs: the cgroup v1 pids controller, which is the
-# kernel's). Never downloads anything but Debian's packages. Under CI=true it installs a missing
-# package with apt-get (as scripts/e2e.sh does for chromium); elsewhere it says what is missing
-# and carries on: those tests then skip themselves loudly when they cannot run.
+# What the tests need from the system beyond Rust: `ip` from iproute2 (tests/no_fin.rs, root:
+# network namespaces) and `systemd-analyze` from systemd (tests/package.rs checks
+# contrib/syncast.service with it). tests/thread_limit.rs needs only the kernel (a pids cgroup,
+# or RLIMIT_NPROC). Never downloads anything but Debian's packages. Under CI=true it installs
+# what is missing with apt-get (as scripts/e2e.sh does for chromium); elsewhere it says what is
+# missing and carries on: the tests that need it then fail, saying so.
 set -euo pipefail
 . "$(dirname "$0")/apt.sh"
 
-if ! command -v ip >/dev/null; then
-    if [ "${CI:-}" = "true" ]; then
-        echo "test-deps: ip missing"
-        apt_install test-deps iproute2
-        command -v ip >/dev/null || { echo "test-deps: iproute2 installed but ip is still missing" >&2; exit 2; }
-    else
-        echo "test-deps: no \`ip\` (iproute2): tests/no_fin.rs will be skipped." >&2
-        echo "test-deps: install it with:  sudo apt-get install -y iproute2" >&2
-    fi
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "${CI:-}" = "true" ]; then
+    echo "test-deps: missing ${missing[*]}"
+    apt_install test-deps "${missing[@]}"
+    for cmd in ip systemd-analyze; do
+        command -v "$cmd" >/dev/null || { echo "test-deps: $cmd still missing after the install" >&2; exit 2; }
+    done
+else
+    echo "test-deps: missing Debian packages: ${missing[*]} (the tests that need them will fail)." >&2
+    echo "test-deps: install them with:  sudo apt-get install -y ${missing[*]}" >&2
 fi

@@ -9,8 +9,9 @@
 //! acknowledged, exactly as if the client had vanished. Both namespaces (and with them the veth
 //! pair) are deleted when the test ends, also when it fails.
 //!
-//! Needs root and iproute2 (`make test` installs it under CI). Without them the test is skipped
-//! loudly, and fails under `CI=true` (see `common::unavailable`).
+//! Needs root and iproute2 (`make test` installs it under CI): `#[ignore]`d, so `cargo test` lists
+//! it as ignored, and `make test` runs it as root; run then without them, it fails
+//! (`common::root`).
 
 mod common;
 
@@ -20,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use common::{
-    listen_addr, metric_in, raw_get, run_cmd, syncast_bin, unavailable, wait_for_within, KillOnDrop,
+    listen_addr, metric_in, raw_get, root, run_cmd, syncast_bin, wait_for_within, KillOnDrop,
 };
 
 /// Inside the private namespaces only, so the same addresses in parallel runs never meet.
@@ -35,10 +36,7 @@ struct Namespaces {
 
 impl Namespaces {
     fn create() -> Result<Namespaces, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root".into());
-        }
+        root::need_root()?;
         let tag = common::unique("").replace('x', "n");
         let ns = Namespaces {
             server: format!("syncast-nofin-{tag}-s"),
@@ -110,11 +108,12 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (iproute2); `make test` runs it as root"]
 fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     let test = "a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout";
     let ns = match Namespaces::create() {
         Ok(ns) => ns,
-        Err(why) => return unavailable(test, &why),
+        Err(why) => root::cannot_run(test, &why),
     };
     let run = common::RunDir::new("syncast-nofin-");
     let mut cmd = std::process::Command::new("ip");

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
+pub mod root;
+
 /// A generous upper bound used only as a time-out, never as an expected duration.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -453,23 +455,6 @@ pub fn raw_get(addr: SocketAddr, path: &str, patience: Duration) -> Option<Strin
     let mut text = String::new();
     sock.read_to_string(&mut text).ok()?;
     Some(text)
-}
-
-/// A test that needs something only root on Linux has (a network namespace, a cgroup) calls
-/// this when it cannot get it. Under CI (`CI=true`, set by `.ci/run`), where the machine is
-/// root and `make test` installs what such tests need, that is a failure: the test must not
-/// pass without having run. Elsewhere (a developer without root) the test is skipped, loudly.
-pub fn unavailable(test: &str, why: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: cannot run under CI: {why}");
-    }
-    // Straight to the stderr descriptor: libtest captures `eprintln!` of a passing test, which
-    // would make this skip silent.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!!!!! SKIPPED {test}: {why}\n!!!!!!!! (it needs root on Linux; under CI=true this \
-         is a failure)\n"
-    );
 }
 
 /// Runs `cmd` (a privileged helper such as `ip`), returning its stderr as the error.
