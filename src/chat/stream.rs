@@ -2,7 +2,8 @@
 //!
 //! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
 //! (welcome, reset, replayed history) and then loops over keepalive tick, its wake channel (live
-//! events waiting in the room), its kick channel (replaced, left, slow) and its shutdown channel.
+//! events waiting in the room; closed when the room closes the stream: replaced, left, slow),
+//! the sweep's poke and its shutdown channel.
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
@@ -11,11 +12,11 @@ use std::time::Duration;
 use crossbeam_channel::{select, tick};
 
 use super::reply::error_reply;
-use super::room::{Attached, Kick, Room, Take};
+use super::room::{Attached, Encoded, Kick, Room, Take};
 use super::session::Token;
 use crate::admit::StreamSlot;
 use crate::http::socket::Liveness;
-use crate::http::sse;
+use crate::http::sse::{self, SseWriter};
 use crate::metrics::Metrics;
 use crate::stream::{CloseReason, Streams};
 
@@ -55,6 +56,7 @@ struct Lifecycle<'a> {
 }
 
 impl<'a> Lifecycle<'a> {
+    #[inline(never)]
     fn new(metrics: &'a Metrics, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
         metrics.chat_streams.inc();
         log::info!("chat stream opened name={} conn={conn}", att.name);
@@ -72,6 +74,7 @@ impl<'a> Lifecycle<'a> {
 }
 
 impl Drop for Lifecycle<'_> {
+    #[inline(never)]
     fn drop(&mut self) {
         let name = self.room.detach(self.key, self.serial);
         self.metrics.chat_streams.dec();
@@ -106,6 +109,13 @@ impl Drop for Detach<'_> {
 
 /// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
 /// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
+///
+/// Memory: an idle member must cost what an idle alarm stream costs (two stack pages and no
+/// buffer sized for a past write), so setting up ([`start`], [`send_backlog`]) runs in frames
+/// of its own that are gone before the loop ([`run`]) starts, the stack pages they touched are
+/// given back, and nothing the backlog needed (the welcome, replayed events, their buffer) is
+/// kept.
+#[inline(never)]
 pub(crate) fn serve(
     cx: Arc<ChatStreams>,
     request: tiny_http::Request,
@@ -114,7 +124,21 @@ pub(crate) fn serve(
     conn: u64,
     slot: StreamSlot,
 ) {
-    let room = cx.room.clone();
+    if let Some((att, out)) = start(&cx, request, member, last_event_id, conn) {
+        run(cx, att, out, conn, slot);
+    }
+}
+
+/// Joins or attaches, and takes over the request's socket (never inlined: see [`serve`]).
+#[inline(never)]
+fn start(
+    cx: &ChatStreams,
+    request: tiny_http::Request,
+    member: Member,
+    last_event_id: Option<u64>,
+    conn: u64,
+) -> Option<(Attached, SseWriter)> {
+    let room = &cx.room;
     let attached = match &member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
         Member::Resume(token) => room.attach(token, last_event_id),
@@ -124,38 +148,61 @@ pub(crate) fn serve(
         Err(e) => {
             let reply = error_reply(&cx.metrics, &e);
             cx.streams.refuse(request, reply);
-            return;
+            return None;
         }
     };
     let mut detach = Detach {
-        room: &room,
+        room,
         key: att.key,
         serial: att.serial,
         armed: true,
     };
-    let mut out = match cx.streams.open(request) {
-        Ok(out) => out,
+    match cx.streams.open(request) {
+        Ok(out) => {
+            detach.armed = false;
+            Some((att, out))
+        }
         Err(e) => {
             log::info!(
                 "chat stream failed to start name={} conn={conn} error={e}",
                 att.name
             );
-            return;
+            None
         }
-    };
-    detach.armed = false;
-    let mut life = Lifecycle::new(&cx.metrics, &room, &att, conn);
+    }
+}
+
+/// `retry:`, then the backlog (welcome, reset, replayed events) in one write; the buffer and
+/// the events are let go of when it returns.
+#[inline(never)]
+fn send_backlog(out: &mut SseWriter, backlog: Vec<Encoded>) -> std::io::Result<()> {
+    let mut batch = sse::retry(std::time::Duration::from_secs(2));
+    batch.reserve(backlog.iter().map(|e| e.len()).sum());
+    for event in &backlog {
+        batch.extend_from_slice(event);
+    }
+    drop(backlog);
+    out.send(&batch)
+}
+
+#[inline(never)]
+fn opened<'a>(cx: &'a ChatStreams, att: &Attached, conn: u64) -> Lifecycle<'a> {
+    Lifecycle::new(&cx.metrics, &cx.room, att, conn)
+}
+
+/// The stream's loop, from the backlog to close (never inlined, like [`start`]).
+#[inline(never)]
+fn run(cx: Arc<ChatStreams>, mut att: Attached, mut out: SseWriter, conn: u64, slot: StreamSlot) {
+    let room = cx.room.clone();
+    let mut life = opened(&cx, &att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
-    let mut batch: Vec<u8> = Vec::new();
-    let result = (|| {
-        // The backlog goes out with as few writes as possible, like live events below.
-        batch = sse::retry(std::time::Duration::from_secs(2));
-        for event in &att.backlog {
-            batch.extend_from_slice(event);
-        }
-        out.send(&batch)?;
+    let backlog = std::mem::take(&mut att.backlog);
+    let result = send_backlog(&mut out, backlog).and_then(|()| {
+        // Setting up went deeper than the loop below goes: give those pages back.
+        crate::sys::thread::release_unused_stack();
+        let mut batch: Vec<u8> = Vec::new();
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -166,29 +213,14 @@ pub(crate) fn serve(
                     cx.metrics.keepalives_sent.inc();
                 }
                 recv(att.wake) -> woke => {
-                    // The room dropped our wake channel: it kicked us first.
+                    // The room dropped our wake channel: it closed the stream.
                     if woke.is_err() {
-                        return Ok(kicked(&mut life.name, att.kick.try_recv().ok()));
+                        return Ok(kicked(&mut life.name, room.kick_of(att.serial)));
                     }
-                    // Everything that arrived since the last wake goes out in one write: under
-                    // fan-out load one wake-up and one syscall carry many events.
-                    loop {
-                        batch.clear();
-                        match room.take(att.key, att.serial, &mut batch) {
-                            Take::Closed => {
-                                return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
-                            }
-                            Take::Done(_) => {
-                                if !batch.is_empty() {
-                                    out.send(&batch)?;
-                                }
-                                break;
-                            }
-                            Take::More(_) => out.send(&batch)?,
-                        }
+                    if let Some(reason) = deliver(&room, &att, &mut out, &mut batch)? {
+                        return Ok(kicked(&mut life.name, reason));
                     }
                 }
-                recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
                 // The connection sweep saw the client's socket leave ESTABLISHED: confirm on our
                 // own socket (a reused descriptor number cannot fool it) and end.
                 recv(out.gone()) -> _ => {
@@ -202,16 +234,47 @@ pub(crate) fn serve(
                 }
             }
         }
-    })();
+    });
     life.reason = match result {
         Ok(reason) => reason,
         // A write that failed because the client stopped reading, after the room already cut
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
-        Err(e) => match att.kick.try_recv() {
-            Ok(kick) => kicked(&mut life.name, Some(kick)),
-            Err(_) => CloseReason::from_write_error(&e),
+        Err(e) => match room.kick_of(att.serial) {
+            Some(kick) => kicked(&mut life.name, Some(kick)),
+            None => CloseReason::from_write_error(&e),
         },
     };
+}
+
+/// Bytes of the take buffer a stream keeps between wakes; a bigger one (a catch-up) is let go
+/// of after its write instead of staying with the stream for good.
+const KEEP_BYTES: usize = 4096;
+
+/// Everything that arrived since the last wake goes out in one write: under fan-out load one
+/// wake-up and one syscall carry many events. `Some(kick)` when the room closed the stream.
+fn deliver(
+    room: &Room,
+    att: &Attached,
+    out: &mut SseWriter,
+    batch: &mut Vec<u8>,
+) -> std::io::Result<Option<Option<Kick>>> {
+    let result = loop {
+        batch.clear();
+        match room.take(att.key, att.serial, batch) {
+            Take::Closed => break Ok(Some(room.kick_of(att.serial))),
+            Take::Done(_) => {
+                if !batch.is_empty() {
+                    out.send(batch)?;
+                }
+                break Ok(None);
+            }
+            Take::More(_) => out.send(batch)?,
+        }
+    };
+    if batch.capacity() > KEEP_BYTES {
+        *batch = Vec::new();
+    }
+    result
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

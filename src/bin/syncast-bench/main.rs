@@ -2,8 +2,8 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint]
-//! [--idle-sizes 1000,5000,10000] [--out PATH]`
+//! Usage: `syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,floor,refresh,footprint]
+//! [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH]`
 
 mod epoll;
 mod floor;
@@ -211,6 +211,13 @@ impl Bench {
                 if n == 10_000 { "<= 16" } else { "" },
                 (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
             );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                if n == 10_000 { "<= 8" } else { "" },
+                (after.rss as f64 - before.rss as f64) / MIB,
+            );
             r.add(&sc, "threads before", "", "", before.threads as f64);
             r.add(&sc, "threads at N", "", "", at.threads as f64);
             r.add(
@@ -243,6 +250,104 @@ impl Bench {
                 "% core",
                 if n == 10_000 { "<= 2" } else { "" },
                 cpu / hold.as_secs_f64() * 100.0,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    /// Idle chat members (issue 13): `n` members join with `GET /chat/stream?name=` at
+    /// [`CHAT_RAMP_RATE`] connections a second, then sit idle; memory and threads per member,
+    /// the time until the last one has its `welcome`, and what is left 10 s after they close.
+    fn chat_idle(&mut self, n: usize) -> Result<(), String> {
+        let sc = format!("idle chat members N={n}");
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = srv.sample();
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| get(srv.addr, &format!("/chat/stream?name=i{run}x{i}")))
+                .collect();
+            let (welcomed, ramp) = c
+                .open_paced(rqs, CHAT_RAMP_RATE, Duration::from_secs(60), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            if welcomed < n {
+                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                for conn in c.conns.iter().filter(|c| c.events == 0) {
+                    *statuses.entry(conn.status).or_default() += 1;
+                }
+                self.results.notes.push(format!(
+                    "{sc} run {run}: only {welcomed} of {n} members welcomed in {:.1} s \
+                     (the others by status, 0 = no answer: {statuses:?})",
+                    ramp.as_secs_f64()
+                ));
+            }
+            let ramp_events = c.events();
+            // As for alarm streams: tiny_http's surplus pool threads go first (5 s).
+            c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
+            let at = srv.sample();
+            let still = c.streaming();
+            c.close_all();
+            let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
+            std::thread::sleep(
+                Duration::from_secs(10).saturating_sub(back.unwrap_or(Duration::from_secs(10))),
+            );
+            let after = srv.sample();
+            let open = welcomed.min(still);
+            let r = &mut self.results;
+            r.add(&sc, "members welcomed", "", &n.to_string(), open as f64);
+            r.add(
+                &sc,
+                "ramp: first connect to last welcome",
+                "s",
+                if n == 10_000 { "<= 12" } else { "" },
+                ramp.as_secs_f64(),
+            );
+            r.add(
+                &sc,
+                "events received during the ramp",
+                "",
+                "",
+                ramp_events as f64,
+            );
+            r.add(&sc, "RSS before", "MiB", "", before.rss as f64 / MIB);
+            r.add(&sc, "RSS at N", "MiB", "", at.rss as f64 / MIB);
+            r.add(
+                &sc,
+                "RSS per member",
+                "KiB",
+                "<= 16",
+                (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads per member",
+                "",
+                "1",
+                (at.threads as f64 - before.threads as f64) / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads 10 s after close",
+                "",
+                &format!("<= {}", before.threads),
+                after.threads as f64,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close",
+                "MiB",
+                "",
+                after.rss as f64 / MIB,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                "<= 8",
+                (after.rss as f64 - before.rss as f64) / MIB,
             );
             drop(c);
             srv.stop();
@@ -774,6 +879,9 @@ struct Sent {
     answered: Instant,
 }
 
+/// Members joining a second in the idle chat scenario (issue 13: 10,000 at 1,000/s).
+const CHAT_RAMP_RATE: u32 = 1000;
+
 /// How long the tick scenario counts events and CPU (60,000 events at 5,000 streams).
 const TICK_WINDOW: Duration = Duration::from_secs(6);
 
@@ -840,6 +948,7 @@ fn main() -> std::process::ExitCode {
     let mut runs = 3;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
+    let mut chat_sizes: Vec<usize> = vec![5000, 10_000];
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut out = dir.join("../bench/results.json");
@@ -853,6 +962,12 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--chat-sizes" => {
+                chat_sizes = args
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or(chat_sizes)
+            }
             "--idle-sizes" => {
                 sizes = args
                     .next()
@@ -860,7 +975,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -884,6 +999,11 @@ fn main() -> std::process::ExitCode {
     if want("idle") {
         for n in sizes {
             steps.push(("idle", Box::new(move |b| b.idle(n))));
+        }
+    }
+    if want("chat-idle") {
+        for n in chat_sizes {
+            steps.push(("chat-idle", Box::new(move |b| b.chat_idle(n))));
         }
     }
     if want("tick") {

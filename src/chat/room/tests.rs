@@ -42,6 +42,15 @@ fn events(bytes: Vec<u8>) -> Vec<(String, Option<u64>, serde_json::Value)> {
         .collect()
 }
 
+/// Announces the joins and leaves waiting (as the dispatcher's housekeeping does) and lets each
+/// stream take what is waiting for it.
+fn settle(r: &Room, atts: &[&Attached]) {
+    r.flush_presence();
+    for att in atts {
+        let _ = drain(r, att);
+    }
+}
+
 fn token(j: &Joined) -> Token {
     Token::parse(&j.token).unwrap()
 }
@@ -53,19 +62,33 @@ fn welcome_comes_first_and_a_message_reaches_others_only() {
     let (ev, id, data) = parse(&a.backlog[0]);
     assert_eq!((ev.as_str(), id), ("welcome", None));
     assert_eq!(data["name"], "alice");
-    assert_eq!(data["last_id"], 1);
-    assert_eq!(data["online"], json!(["alice"]));
+    // Alice's own join is not announced yet: the welcome is the room as of last_id.
+    assert_eq!(data["last_id"], 0);
+    assert_eq!(data["online"], json!([]));
+    assert_eq!(data["online_count"], 0);
     let bob = r.join("bob").unwrap();
     let b = r.attach(&token(&bob), None).unwrap();
+    let (_, _, data) = parse(&b.backlog[0]);
+    assert_eq!(
+        (data["online"].clone(), data["last_id"].clone()),
+        (json!([]), json!(0))
+    );
     let id = r.post(&token(&bob), "hi").unwrap();
     let got = drain(&r, &a);
-    assert_eq!(got[0].0, "join");
+    // The joins waiting went out first, in one event with its own id.
+    assert_eq!(got[0].0, "presence");
+    assert_eq!(got[0].1, Some(id - 1));
+    assert_eq!(got[0].2, json!({ "joined": ["alice", "bob"], "left": [] }));
     assert_eq!(got[1].0, "message");
     assert_eq!(got[1].1, Some(id));
     assert_eq!(got[1].2["from"], "bob");
     assert_eq!(got[1].2["text"], "hi");
     assert_eq!(got[1].2["id"], id);
-    assert!(drain(&r, &b).is_empty(), "no echo of one's own message");
+    assert_eq!(
+        drain(&r, &b).into_iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec!["presence"],
+        "no echo of one's own message"
+    );
 }
 
 #[test]
@@ -118,7 +141,8 @@ fn a_resume_older_than_the_history_gets_reset_first() {
     let a = r.attach(&token(&w), Some(1)).unwrap();
     let (ev, _, data) = parse(&a.backlog[1]);
     assert_eq!(ev, "reset");
-    assert_eq!(data["oldest"], 10);
+    // Ids 1 (the presence of w and p) to 11; the last three kept.
+    assert_eq!(data["oldest"], 9);
     assert_eq!(a.backlog.len(), 2 + 3);
 }
 
@@ -152,7 +176,7 @@ fn a_first_attach_after_post_join_gets_what_came_since_joining() {
     // A later attach without Last-Event-ID is live only.
     let again = r.attach(&token(&a), None).unwrap();
     assert_eq!(again.backlog.len(), 1);
-    assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Replaced);
+    assert_eq!(r.kick_of(att.serial).unwrap().reason, CloseReason::Replaced);
 }
 
 #[test]
@@ -168,14 +192,14 @@ fn a_full_queue_cuts_the_member_off_as_slow_and_others_go_on() {
     let p = r.join("p").unwrap();
     let s = r.attach(&token(&slow), None).unwrap();
     let f = r.attach(&token(&fast), None).unwrap();
-    let _ = drain(&r, &s);
+    settle(&r, &[&s, &f]);
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
         assert_eq!(drain(&r, &f).len(), 1);
     }
     // Cut off at the third event, the first more than `queue` behind.
-    assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
+    assert_eq!(r.kick_of(s.serial).unwrap().reason, CloseReason::Slow);
     assert_eq!(metrics.chat_slow.get(), 1);
     assert_eq!(r.take(s.key, s.serial, &mut Vec::new()), Take::Closed);
     assert!(s.wake.try_recv().is_ok(), "the pending wake is still there");
@@ -195,15 +219,16 @@ fn a_stream_whose_next_event_leaves_the_history_is_cut_off() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     for i in 0..3 {
         r.post(&token(&p), &format!("m{i}")).unwrap();
     }
     assert!(
-        att.kick.try_recv().is_err(),
+        r.kick_of(att.serial).is_none(),
         "three behind still fit the history"
     );
     r.post(&token(&p), "m3").unwrap();
-    assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Slow);
+    assert_eq!(r.kick_of(att.serial).unwrap().reason, CloseReason::Slow);
 }
 
 #[test]
@@ -212,6 +237,7 @@ fn many_events_wait_behind_one_wake_and_go_out_in_one_take() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let ids: Vec<u64> = (0..10)
         .map(|i| r.post(&token(&p), &format!("m{i}")).unwrap())
         .collect();
@@ -233,10 +259,11 @@ fn a_member_that_only_posts_is_not_cut_off() {
     });
     let a = r.join("a").unwrap();
     let att = r.attach(&token(&a), None).unwrap();
+    settle(&r, &[&att]);
     for i in 0..10 {
         r.post(&token(&a), &format!("m{i}")).unwrap();
     }
-    assert!(att.kick.try_recv().is_err());
+    assert!(r.kick_of(att.serial).is_none());
     assert!(
         att.wake.try_recv().is_err(),
         "not woken for its own messages"
@@ -250,6 +277,7 @@ fn held_wakes_go_out_once_when_the_guard_drops() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let held = r.hold_wakes();
     r.post(&token(&p), "one").unwrap();
     r.post(&token(&p), "two").unwrap();
@@ -268,6 +296,7 @@ fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let big = "x".repeat(MAX_TEXT);
     let n = 2 * TAKE_BYTES / MAX_TEXT;
     for _ in 0..n {
@@ -316,11 +345,23 @@ fn sessions_expire_after_the_grace_period_without_a_stream() {
     assert_eq!(r.expire(detached + Duration::from_secs(29)), 0);
     assert_eq!(r.expire(detached + Duration::from_secs(31)), 1);
     assert_eq!(r.online(), vec!["w"]);
-    let leave = drain(&r, &watcher)
+    r.flush_presence();
+    let presence: Vec<_> = drain(&r, &watcher)
         .into_iter()
-        .find(|e| e.0 == "leave")
-        .unwrap();
-    assert_eq!(leave.2, json!({ "name": "gone", "reason": "timeout" }));
+        .filter(|e| e.0 == "presence")
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(
+        presence,
+        vec![
+            json!({ "joined": ["w", "gone", "stays"], "left": [] }),
+            // Both expiries since the last announcement, in one event.
+            json!({ "joined": [], "left": [
+                { "name": "gone", "reason": "timeout" },
+                { "name": "stays", "reason": "timeout" },
+            ] }),
+        ]
+    );
     assert_eq!(
         r.post(&token(&gone), "x").unwrap_err(),
         ChatError::Unauthorized
@@ -360,9 +401,15 @@ fn leaving_closes_the_stream_and_frees_the_name() {
     let a = r.join("a").unwrap();
     let s = r.attach(&token(&a), None).unwrap();
     assert_eq!(r.leave(&token(&a)).unwrap(), "a");
-    assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
-    let leave = drain(&r, &w).pop().unwrap();
-    assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
+    assert_eq!(r.kick_of(s.serial).unwrap().reason, CloseReason::Left);
+    r.flush_presence();
+    let presence = drain(&r, &w).pop().unwrap();
+    // a joined and left before anything was announced: both are in one event each, in order.
+    assert_eq!(presence.0, "presence");
+    assert_eq!(
+        presence.2,
+        json!({ "joined": [], "left": [{ "name": "a", "reason": "left" }] })
+    );
     assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
     r.join("A").unwrap();
 }
@@ -399,4 +446,123 @@ fn texts_are_checked() {
     assert!(check_text("").is_err());
     assert!(check_text(&"x".repeat(4097)).is_err());
     assert!(check_text("a\0b").is_err());
+}
+
+#[test]
+fn joins_and_leaves_go_out_together_in_one_presence_event_per_flush() {
+    let r = room(|_| {});
+    let w = r.join_and_attach("w", None).unwrap();
+    settle(&r, &[&w]);
+    let joined: Vec<Joined> = (0..5).map(|i| r.join(&format!("n{i}")).unwrap()).collect();
+    assert!(
+        w.wake.try_recv().is_err(),
+        "nothing is broadcast before the flush"
+    );
+    r.leave(&token(&joined[0])).unwrap();
+    assert!(r.flush_presence());
+    assert!(!r.flush_presence(), "nothing left to announce");
+    let got = drain(&r, &w);
+    assert_eq!(got.len(), 2, "{got:?}");
+    // n0 joined and left before the flush: two events, so each names it once, in order.
+    assert_eq!(
+        got[0].2,
+        json!({ "joined": ["n0", "n1", "n2", "n3", "n4"], "left": [] })
+    );
+    assert_eq!(
+        got[1].2,
+        json!({ "joined": [], "left": [{ "name": "n0", "reason": "left" }] })
+    );
+    assert_eq!(got[1].1, Some(got[0].1.unwrap() + 1));
+    // A name that leaves and comes back in one interval: the leave, then the join.
+    r.leave(&token(&joined[1])).unwrap();
+    r.join("n1").unwrap();
+    r.flush_presence();
+    let got: Vec<_> = drain(&r, &w).into_iter().map(|e| e.2).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({ "joined": [], "left": [{ "name": "n1", "reason": "left" }] }),
+            json!({ "joined": ["n1"], "left": [] }),
+        ]
+    );
+}
+
+#[test]
+fn a_full_presence_batch_goes_out_at_once_and_other_events_wait_behind_it() {
+    let r = room(|c| c.max_members = 2 * PRESENCE_MAX);
+    let w = r.join_and_attach("w", None).unwrap();
+    settle(&r, &[&w]);
+    for i in 0..PRESENCE_MAX {
+        r.join(&format!("m{i}")).unwrap();
+    }
+    let got = drain(&r, &w);
+    assert_eq!(got.len(), 1, "the full batch was broadcast without a flush");
+    assert_eq!(got[0].2["joined"].as_array().unwrap().len(), PRESENCE_MAX);
+    // A join waiting when someone renames is announced before the rename.
+    let late = r.join("late").unwrap();
+    r.rename(&token(&late), "later").unwrap();
+    let got: Vec<_> = drain(&r, &w).into_iter().map(|e| (e.0, e.2)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("presence".into(), json!({ "joined": ["late"], "left": [] })),
+            ("rename".into(), json!({ "from": "late", "to": "later" })),
+        ]
+    );
+}
+
+#[test]
+fn the_welcome_lists_the_first_names_and_the_count_and_users_pages_through_all() {
+    let r = room(|_| {});
+    let n = WELCOME_NAMES + 50;
+    for i in 0..n {
+        r.join(&format!("u{i:04}")).unwrap();
+    }
+    r.flush_presence();
+    let a = r.join_and_attach("zz-last", None).unwrap();
+    let (_, _, welcome) = parse(&a.backlog[0]);
+    assert_eq!(welcome["online_count"], n);
+    let first = welcome["online"].as_array().unwrap();
+    assert_eq!(first.len(), WELCOME_NAMES);
+    assert_eq!(first[0], "u0000");
+    assert_eq!(
+        first[WELCOME_NAMES - 1],
+        format!("u{:04}", WELCOME_NAMES - 1)
+    );
+    // GET /chat/users is exact now: zz-last's join is not announced yet but it is online.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.users(after.as_deref(), 64);
+        assert_eq!(page.count, n + 1);
+        assert!(page.names.len() <= 64);
+        all.extend(page.names.iter().cloned());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(all, r.online());
+    assert_eq!(all.len(), n + 1);
+    assert_eq!(all.last().unwrap(), "zz-last");
+    assert!(r.users(Some("zz-last"), 10).names.is_empty());
+}
+
+#[test]
+fn presence_events_are_replayed_on_resume_like_any_other() {
+    let r = room(|_| {});
+    let w = r.join("w").unwrap();
+    let att = r.attach(&token(&w), None).unwrap();
+    r.flush_presence();
+    let seen = drain(&r, &att);
+    let last = seen.last().unwrap().1.unwrap();
+    drop(att);
+    r.join("x").unwrap();
+    r.flush_presence();
+    let again = r.attach(&token(&w), Some(last)).unwrap();
+    let replayed: Vec<_> = again.backlog[1..].iter().map(|b| parse(b)).collect();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].0, "presence");
+    assert_eq!(replayed[0].1, Some(last + 1));
+    assert_eq!(replayed[0].2, json!({ "joined": ["x"], "left": [] }));
 }

@@ -16,7 +16,8 @@ pub(crate) const MAX_TEXT: usize = 4096;
 pub(crate) type Encoded = Arc<[u8]>;
 
 /// Most bytes [`super::Room::take`] copies for one write (at least one event is always taken).
-pub(crate) const TAKE_BYTES: usize = 64 * 1024;
+/// The stream's buffer grows to this at most, and is let go of after a write this big.
+pub(crate) const TAKE_BYTES: usize = 16 * 1024;
 
 /// Why a room operation was refused. The HTTP layer turns each into a status code.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,10 +77,9 @@ pub(crate) struct Attached {
     /// each encoded; write these before anything from [`super::Room::take`].
     pub(crate) backlog: Vec<Encoded>,
     /// Ready (holds one message) when live events may be waiting: then call [`super::Room::take`].
-    /// Many events may arrive for one wake.
+    /// Many events may arrive for one wake. Disconnected once the room closed the stream:
+    /// [`super::Room::kick_of`] says why.
     pub(crate) wake: Receiver<()>,
-    /// Why the room closed this stream (replaced, left, slow).
-    pub(crate) kick: Receiver<Kick>,
 }
 
 /// The room closing a stream: why, and the session's name at that moment (for the close line).
