@@ -49,10 +49,13 @@ pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<
     match stream_request(&request, params.query) {
         Ok((member, last)) => {
             let cx = chat.streams.clone();
-            chat.admit
-                .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
-                    stream::serve(cx, rq, member, last, conn, slot)
-                });
+            // The room's work runs here, on the dispatcher (see `spawn_stream_prepared`).
+            chat.admit.spawn_stream_prepared(
+                Role::ChatStream,
+                request,
+                |_| stream::prepare(&chat.streams, &member, last),
+                move |rq, prepared, slot, conn| stream::serve(cx, rq, prepared, conn, slot),
+            );
         }
         Err(e) => {
             let reply = refusal(&chat.metrics, e);

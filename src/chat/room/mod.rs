@@ -45,7 +45,7 @@ pub(crate) use state::UsersPage;
 use state::{Inner, Limits};
 #[cfg(test)]
 pub(crate) use state::{PRESENCE_MAX, WELCOME_NAMES};
-pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take};
+pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take, TAKE_EVENTS};
 
 /// The chat room: sessions are data here, not threads.
 pub(crate) struct Room {
@@ -162,10 +162,10 @@ impl Room {
     }
 
     /// Takes the live events waiting for the stream `serial` of session `key` (the
-    /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
-    /// again on [`Take::More`]) and counts them as delivered. Call after each message on
-    /// [`Attached::wake`]; the copy is made under the room's lock, the write after it.
-    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+    /// [`Attached`] fields): hands them out, encoded, in `out` (as many as fit; call again on
+    /// [`Take::More`]) and counts them as delivered. Call after each message on
+    /// [`Attached::wake`]; the events are taken under the room's lock, written after it.
+    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut [Option<Encoded>]) -> Take {
         let took = self.inner.lock().take(key, serial, out);
         if let Take::Done(n) | Take::More(n) = took {
             self.metrics.chat_deliveries.add(n as u64);

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::bounded;
 use serde_json::json;
 
-use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, TAKE_BYTES};
+use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
@@ -316,10 +316,11 @@ impl Inner {
         })
     }
 
-    /// Appends to `out` the events after the cursor of stream `serial` of session `key` (not
-    /// the session's own messages), up to about [`TAKE_BYTES`] of them, and moves the cursor
-    /// past them.
-    pub(crate) fn take(&mut self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+    /// Hands out, in `out` from its start, the events after the cursor of stream `serial` of
+    /// session `key` (not the session's own messages), as many as fit, and moves the cursor past
+    /// them. They are the history's own buffers (a reference count each): nothing is copied
+    /// under the lock, and no stream keeps a buffer sized for the largest write it ever made.
+    pub(crate) fn take(&mut self, key: u64, serial: u64, out: &mut [Option<Encoded>]) -> Take {
         let Some(att) = self
             .sessions
             .get_mut(&key)
@@ -335,16 +336,17 @@ impl Inner {
         // event leaves the history, so `att.cursor + 1 >= oldest` here.
         let start = (att.cursor + 1).saturating_sub(oldest) as usize;
         let mut taken = 0;
-        let before = out.len();
         for kept in self.history.range(start.min(self.history.len())..) {
-            if out.len() - before >= TAKE_BYTES {
+            if kept.from == Some(key) {
+                att.cursor = kept.id;
+                continue;
+            }
+            let Some(slot) = out.get_mut(taken) else {
                 return Take::More(taken);
-            }
+            };
+            *slot = Some(kept.bytes.clone());
             att.cursor = kept.id;
-            if kept.from != Some(key) {
-                out.extend_from_slice(&kept.bytes);
-                taken += 1;
-            }
+            taken += 1;
         }
         Take::Done(taken)
     }

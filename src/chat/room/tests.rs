@@ -1,6 +1,6 @@
 //! The room's behaviour, driven through its calls as the streams and handlers use them.
 
-use super::types::{check_text, MAX_TEXT, TAKE_BYTES};
+use super::types::{check_text, MAX_TEXT, TAKE_EVENTS};
 use super::*;
 use crate::kit::sse::{Item, Parser};
 use serde_json::json;
@@ -22,8 +22,27 @@ fn parse(bytes: &[u8]) -> (String, Option<u64>, serde_json::Value) {
 fn drain(r: &Room, att: &Attached) -> Vec<(String, Option<u64>, serde_json::Value)> {
     let mut out = Vec::new();
     while att.wake.try_recv().is_ok() {}
-    while let Take::More(_) = r.take(att.key, att.serial, &mut out) {}
+    while let (Take::More(_), _) = take_bytes(r, att, &mut out) {}
     events(out)
+}
+
+/// One take for `att`, as its stream makes it: the events it hands out, appended to `out` as
+/// they would be written.
+fn take_bytes(r: &Room, att: &Attached, out: &mut Vec<u8>) -> (Take, usize) {
+    let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
+    let took = r.take(att.key, att.serial, &mut events);
+    let n = match took {
+        Take::Done(n) | Take::More(n) => n,
+        Take::Closed => 0,
+    };
+    assert!(
+        events[n..].iter().all(Option::is_none),
+        "handed out from the start"
+    );
+    for e in events[..n].iter().flatten() {
+        out.extend_from_slice(e);
+    }
+    (took, n)
 }
 
 /// The events in `bytes`, each parsed (with the kit's parser, as a client would).
@@ -201,7 +220,7 @@ fn a_full_queue_cuts_the_member_off_as_slow_and_others_go_on() {
     // Cut off at the third event, the first more than `queue` behind.
     assert_eq!(r.kick_of(s.serial).unwrap().reason, CloseReason::Slow);
     assert_eq!(metrics.chat_slow.get(), 1);
-    assert_eq!(r.take(s.key, s.serial, &mut Vec::new()), Take::Closed);
+    assert_eq!(take_bytes(&r, &s, &mut Vec::new()).0, Take::Closed);
     assert!(s.wake.try_recv().is_ok(), "the pending wake is still there");
     assert!(s.wake.try_recv().is_err(), "and then the channel is closed");
     // Reattaching after the last event it got gives it the rest.
@@ -244,10 +263,10 @@ fn many_events_wait_behind_one_wake_and_go_out_in_one_take() {
     assert!(att.wake.try_recv().is_ok());
     assert!(att.wake.try_recv().is_err(), "one wake for ten events");
     let mut out = Vec::new();
-    assert_eq!(r.take(att.key, att.serial, &mut out), Take::Done(10));
+    assert_eq!(take_bytes(&r, &att, &mut out).0, Take::Done(10));
     let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
     assert_eq!(got, ids);
-    assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
+    assert_eq!(take_bytes(&r, &att, &mut Vec::new()).0, Take::Done(0));
 }
 
 #[test]
@@ -288,7 +307,7 @@ fn held_wakes_go_out_once_when_the_guard_drops() {
 }
 
 #[test]
-fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
+fn a_take_stops_when_its_array_is_full_and_the_next_goes_on_from_there() {
     let r = room(|c| {
         c.rate = 1000.0;
         c.burst = 1000.0;
@@ -298,27 +317,22 @@ fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
     let att = r.attach(&token(&w), None).unwrap();
     settle(&r, &[&att]);
     let big = "x".repeat(MAX_TEXT);
-    let n = 2 * TAKE_BYTES / MAX_TEXT;
-    for _ in 0..n {
-        r.post(&token(&p), &big).unwrap();
-    }
-    let mut taken = 0;
-    let mut takes = 0;
+    let n = 2 * TAKE_EVENTS + 3;
+    let ids: Vec<u64> = (0..n).map(|_| r.post(&token(&p), &big).unwrap()).collect();
+    let mut out = Vec::new();
+    let mut takes = Vec::new();
     loop {
-        let mut out = Vec::new();
-        takes += 1;
-        match r.take(att.key, att.serial, &mut out) {
-            Take::More(k) => taken += k,
-            Take::Done(k) => {
-                taken += k;
-                break;
-            }
+        let (took, k) = take_bytes(&r, &att, &mut out);
+        takes.push(k);
+        match took {
+            Take::More(_) => assert_eq!(k, TAKE_EVENTS),
+            Take::Done(_) => break,
             Take::Closed => panic!("closed"),
         }
-        assert!(out.len() < TAKE_BYTES + MAX_TEXT + 100);
     }
-    assert_eq!(taken, n);
-    assert!(takes >= 2);
+    assert_eq!(takes, vec![TAKE_EVENTS, TAKE_EVENTS, 3]);
+    let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
+    assert_eq!(got, ids, "every event once, in order");
 }
 
 #[test]
