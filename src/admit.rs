@@ -166,6 +166,11 @@ impl Admission {
         })
     }
 
+    /// Lets go of the close channels' table after a peak (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        crate::sys::mem::shrink_map(&mut self.closers.lock().open);
+    }
+
     /// Streaming clients now.
     pub(crate) fn stream_count(&self) -> usize {
         self.streams.load(Ordering::Acquire)

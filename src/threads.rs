@@ -143,6 +143,10 @@ impl Threads {
                     registry.panicked(&*cause);
                 }
                 registry.finish(id);
+                // The stack goes to glibc's cache of stacks for reuse (up to 40 MiB of them)
+                // with the pages it touched still resident: give back those below this frame
+                // first (glibc's own release at exit keeps the 16 KiB below its last frame).
+                crate::sys::thread::release_unused_stack();
             });
         let mut inner = self.inner.lock();
         match spawned {
@@ -181,6 +185,14 @@ impl Threads {
                 inner.finished.push(handle);
             }
         }
+    }
+
+    /// Lets go of the registry's table if it is far larger than the threads now live (after a
+    /// peak: see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        let mut inner = self.inner.lock();
+        crate::sys::mem::shrink_map(&mut inner.live);
+        inner.finished.shrink_to_fit();
     }
 
     /// Joins the threads that have already ended; returns how many. Called periodically so
@@ -229,6 +241,16 @@ impl Threads {
                 thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    /// Live stream threads (alarm and chat), counted without copying anything.
+    pub(crate) fn streams_live(&self) -> usize {
+        let inner = self.inner.lock();
+        inner
+            .live
+            .values()
+            .filter(|e| matches!(e.info.role, Role::AlarmStream | Role::ChatStream))
+            .count()
     }
 
     /// Live threads of each role.

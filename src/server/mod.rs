@@ -103,6 +103,7 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
+        crate::sys::mem::tune_malloc();
         let store = Backend::of(&config);
         store.create().map_err(StartError::Store)?;
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;

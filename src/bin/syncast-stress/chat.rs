@@ -360,7 +360,7 @@ enum Note {
     Shutdown,
     /// An event that does not parse.
     Bad,
-    /// Anything else (join, leave, rename, a message from someone outside this run).
+    /// Anything else (presence, rename, a message from someone outside this run).
     Other,
 }
 
@@ -536,8 +536,8 @@ mod tests {
         twice: Option<u64>,
     ) -> Vec<u8> {
         let mut w = String::from("retry: 2000\n\n");
-        w += "event: welcome\ndata: {\"name\":\"t-0\",\"token\":\"x\",\"online\":[],\"last_id\":0}\n\n";
-        w += "event: join\nid: 1\ndata: {\"name\":\"t-9\"}\n\n: keepalive\n\n";
+        w += "event: welcome\ndata: {\"name\":\"t-0\",\"token\":\"x\",\"online\":[],\"online_count\":0,\"last_id\":0}\n\n";
+        w += "event: presence\nid: 1\ndata: {\"joined\":[\"t-9\"],\"left\":[]}\n\n: keepalive\n\n";
         for &(id, from, seq) in room {
             if from == me || Some(id) == skip {
                 continue;

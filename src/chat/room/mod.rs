@@ -214,6 +214,11 @@ impl Room {
         self.inner.lock().users(after, limit)
     }
 
+    /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        self.inner.lock().shrink();
+    }
+
     /// Periodic work, called by the dispatcher (every 250 ms): expires sessions that have had
     /// no stream for the grace period, and announces the joins and leaves since the last
     /// `presence` event.

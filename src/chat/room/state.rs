@@ -285,6 +285,14 @@ impl Inner {
         self.unwake(att.slot);
     }
 
+    /// Shrinks the tables sized for a past peak of sessions.
+    pub(crate) fn shrink(&mut self) {
+        crate::sys::mem::shrink_map(&mut self.sessions);
+        crate::sys::mem::shrink_map(&mut self.names);
+        crate::sys::mem::shrink_map(&mut self.kicks);
+        self.wakers.shrink();
+    }
+
     /// The kick of attachment `serial`, if the room closed it (taken: asked once).
     pub(crate) fn kick_of(&mut self, serial: u64) -> Option<Kick> {
         self.kicks.remove(&serial)

@@ -77,6 +77,11 @@ impl Wakers {
         self.chunks.iter().map(|c| c.len()).sum()
     }
 
+    /// Lets go of room kept for a past peak.
+    pub(crate) fn shrink(&mut self) {
+        self.chunks.shrink_to_fit();
+    }
+
     /// The list as it is now, for a wake round outside the lock.
     pub(crate) fn snapshot(&self) -> Vec<Arc<Vec<Waker>>> {
         self.chunks.clone()
