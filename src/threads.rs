@@ -143,10 +143,6 @@ impl Threads {
                     registry.panicked(&*cause);
                 }
                 registry.finish(id);
-                // The stack goes to glibc's cache of stacks for reuse (up to 40 MiB of them)
-                // with the pages it touched still resident: give back those below this frame
-                // first (glibc's own release at exit keeps the 16 KiB below its last frame).
-                crate::sys::thread::release_unused_stack();
             });
         let mut inner = self.inner.lock();
         match spawned {
