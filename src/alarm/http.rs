@@ -87,9 +87,18 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         Ok(s) => s,
         Err(e) => return response::error(503, &format!("store unavailable: {e}")),
     };
+    // A write is applied to the hub before it is acknowledged, so every stream shows it from
+    // the 204 on (read your own writes: see hub.rs for how it is ordered against the refresher).
+    let hub = &alarms.streams.hub;
+    let write = |alarm: Option<bool>| {
+        store.write(id, alarm, &|| hub.next_order()).map(|order| {
+            hub.write_through(id, alarm.unwrap_or(false), order);
+            response::no_content()
+        })
+    };
     let result = match (method, body) {
-        (Method::Put, Some(v)) => store.set(id, v).map(|()| response::no_content()),
-        (Method::Delete, _) => store.delete(id).map(|()| response::no_content()),
+        (Method::Put, Some(v)) => write(Some(v)),
+        (Method::Delete, _) => write(None),
         _ => store
             .get(id)
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),

@@ -84,6 +84,10 @@ thread_local! {
     /// Test-only: runs right after a full query, before the tick ends (tests commit there).
     static AFTER_QUERY: std::cell::RefCell<Option<Box<dyn Fn()>>> =
         std::cell::RefCell::new(None);
+    /// Test-only: runs between a successful query and storing its values in the hub (tests
+    /// write through there).
+    static BEFORE_STORE: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        std::cell::RefCell::new(None);
 }
 
 impl Refresher {
@@ -144,9 +148,11 @@ impl Refresher {
         // Read before the query: anything committed from here on moves the next stamp.
         let stamp = opened.as_ref().and_then(|o| self.stamp(o));
         let fresh = skip.at.is_some_and(|at| at.elapsed() < FULL_AT_LEAST_EVERY);
-        // A new id whose immediate load could not be queued is loaded by this query.
+        // A new id whose immediate load could not be queued is loaded by this query; so is a
+        // value written through that an outside commit may have overtaken (hub.rs).
         let missed = self.hub.take_missed_load();
-        if fresh && !missed && stamp.is_some() && stamp == skip.last {
+        let written = self.hub.take_written();
+        if fresh && !missed && !written && stamp.is_some() && stamp == skip.last {
             self.metrics.refresh_skipped.inc();
             return false;
         }
@@ -197,9 +203,18 @@ impl Refresher {
             }
         }
         let started = full.unwrap_or_else(Instant::now);
+        // Read before the query: a value written through after this may be newer than what the
+        // query reads, and is kept (hub.rs).
+        let read_at = self.hub.epoch();
         match self.query(opened, ids) {
             Ok(values) => {
-                let held = self.hub.store(ids.ids(), &values);
+                #[cfg(test)]
+                BEFORE_STORE.with(|f| {
+                    if let Some(f) = f.borrow().as_ref() {
+                        f()
+                    }
+                });
+                let held = self.hub.store(ids.ids(), &values, read_at);
                 let us = started.elapsed().as_micros() as u64;
                 self.metrics.refresh_total.inc();
                 self.metrics.refresh_last_us.set(us);
@@ -408,5 +423,49 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
             .unwrap();
         assert!(t.tick(&r));
+    }
+
+    #[test]
+    fn a_put_committed_during_a_refresh_is_not_undone_by_it() {
+        let (r, db, _reg) = setup("ryow");
+        let mut t = Ticks::default();
+        t.settle(&r);
+        assert_eq!(r.hub.get("x"), Some(false));
+        // Force a query, and make a PUT (commit, then write through) land between that query
+        // and the storing of its result: the query read `false`, the hub has `true`.
+        t.skip = Skip::default();
+        let (path, hub) = (db.clone(), r.hub.clone());
+        BEFORE_STORE.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move || {
+                let put = Store::open(&path, Duration::from_millis(100), false).unwrap();
+                let n = put.write("x", Some(true), &|| hub.next_order()).unwrap();
+                hub.write_through("x", true, n);
+            }))
+        });
+        assert!(t.tick(&r));
+        BEFORE_STORE.with(|f| *f.borrow_mut() = None);
+        assert_eq!(r.hub.get("x"), Some(true), "the stale read did not win");
+        // The next tick queries (the commit moved the stamp, and a write went through) and
+        // agrees.
+        assert!(t.tick(&r));
+        assert_eq!(r.hub.get("x"), Some(true));
+    }
+
+    #[test]
+    fn a_write_through_makes_the_next_tick_query_even_with_an_unmoved_stamp() {
+        let (r, _db, _reg) = setup("wrote");
+        let mut t = Ticks::default();
+        t.settle(&r);
+        // A value written through that no commit of another connection announced (the stamp
+        // holds still): an outside commit may have overtaken it, so the next tick checks.
+        let n = r.hub.next_order();
+        r.hub.write_through("x", true, n);
+        assert!(t.tick(&r), "queries");
+        assert_eq!(
+            r.hub.get("x"),
+            Some(false),
+            "the store's value, read after the write"
+        );
+        assert!(!t.tick(&r), "then skips again");
     }
 }

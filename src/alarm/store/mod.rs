@@ -67,10 +67,28 @@ pub(crate) trait AlarmStore: Send {
     fn load(&self, ids: &IdList) -> Result<Vec<bool>, StoreError>;
     /// Reads one id's alarm (`false` if the store does not hold it).
     fn get(&self, id: &str) -> Result<bool, StoreError>;
-    /// Sets one id's alarm.
-    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError>;
+    /// Writes one id's alarm: `Some(alarm)` sets it, `None` forgets the id (it reads as `false`
+    /// afterwards). `order` is called exactly once, while the write holds the store's write lock
+    /// and before it commits, and its number is returned once the write has committed: numbers
+    /// taken this way follow the order in which the writes committed, which is what lets the
+    /// hub apply acknowledged writes in commit order ([`crate::alarm::hub::AlarmHub::write_through`]).
+    fn write(
+        &self,
+        id: &str,
+        alarm: Option<bool>,
+        order: &dyn Fn() -> u64,
+    ) -> Result<u64, StoreError>;
+    /// Sets one id's alarm (a [`AlarmStore::write`] nobody orders; tests stand in for outside
+    /// writers with it).
+    #[cfg(test)]
+    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
+        self.write(id, Some(alarm), &|| 0).map(drop)
+    }
     /// Forgets one id (it reads as `false` afterwards).
-    fn delete(&self, id: &str) -> Result<(), StoreError>;
+    #[cfg(test)]
+    fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.write(id, None, &|| 0).map(drop)
+    }
     /// A value that stays the same between two reads only if nothing was committed to the
     /// store in between; `None` when it cannot be read (the caller then queries anyway). The
     /// refresher reads it before each full query and skips the next one while it holds still.
