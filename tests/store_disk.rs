@@ -136,6 +136,7 @@ fn a_full_or_read_only_disk_refuses_puts_with_503_degrades_healthz_and_recovers(
     // 1. Full.
     let filler = disk.fill();
     let error = put_until_refused(&s, &unique("full"));
+    eprintln!("full disk: PUT 503 {error:?}");
     assert!(error.contains("disk full"), "{error}");
     let (status, reason) = health(&s);
     assert_eq!(status, 503, "degraded while writes fail");
@@ -162,6 +163,7 @@ fn a_full_or_read_only_disk_refuses_puts_with_503_degrades_healthz_and_recovers(
     // 2. Read-only.
     disk.read_only().unwrap_or_else(|e| panic!("{test}: {e}"));
     let error = put_until_refused(&s, &unique("ro"));
+    eprintln!("read-only: PUT 503 {error:?}");
     assert!(error.contains("read-only"), "{error}");
     let (status, reason) = health(&s);
     assert_eq!(status, 503);

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::store::Backend;
+use super::refresher::Health;
+use super::store::{Backend, StoreError};
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::Admission;
 use crate::http::request::{read_body, Params};
@@ -23,6 +24,8 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
+    /// The store's health: a write that fails for a fault of the store degrades it.
+    pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
@@ -83,9 +86,20 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         },
         _ => None,
     };
+    let writes = matches!(method, Method::Put | Method::Delete);
+    // A write that fails for a fault of the store (disk full, read-only) says so first, and
+    // degrades /healthz until a write succeeds again.
+    let unavailable = |e: StoreError| {
+        let why = if writes {
+            alarms.health.write_failed(&e)
+        } else {
+            e.to_string()
+        };
+        response::error(503, &format!("store unavailable: {why}"))
+    };
     let store = match alarms.store.open() {
         Ok(s) => s,
-        Err(e) => return response::error(503, &format!("store unavailable: {e}")),
+        Err(e) => return unavailable(e),
     };
     // A write is applied to the hub before it is acknowledged, so every stream shows it from
     // the 204 on (read your own writes: see hub.rs for how it is ordered against the refresher).
@@ -93,6 +107,7 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
     let write = |alarm: Option<bool>| {
         store.write(id, alarm, &|| hub.next_order()).map(|order| {
             hub.write_through(id, alarm.unwrap_or(false), order);
+            alarms.health.write_ok();
             response::no_content()
         })
     };
@@ -103,7 +118,7 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
             .get(id)
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
     };
-    result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+    result.unwrap_or_else(unavailable)
 }
 
 #[cfg(test)]
@@ -141,6 +156,7 @@ mod tests {
                 fault_panic_id: None,
             }),
             store,
+            health: Default::default(),
             admit: Admission::new(&config, metrics.clone(), Threads::new()),
             metrics,
         }

@@ -16,15 +16,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver};
-use parking_lot::RwLock;
-
+use super::health::StoreHealth;
 use super::hub::AlarmHub;
 use super::store::{AlarmStore, Backend, IdList, StoreError, Version};
 use crate::metrics::Metrics;
+use crossbeam_channel::{select, tick, Receiver};
 
-/// The store's health as `/healthz` reports it: `None` when the last refresh succeeded.
-pub(crate) type Health = Arc<RwLock<Option<String>>>;
+/// The store's health as `/healthz` reports it (shared with the alarm handlers).
+pub(crate) type Health = Arc<StoreHealth>;
 
 /// What the refresher needs.
 pub(crate) struct Refresher {
@@ -115,11 +114,14 @@ impl Refresher {
         loop {
             select! {
                 recv(ticker) -> _ => {
+                    if self.health.write_failing() {
+                        self.probe_write();
+                    }
                     if self.hub.is_empty() {
                         // Nobody connected: let the kept id list (up to ~0.5 MiB after 10,000
                         // streams) go.
                         skip.ids = None;
-                        if opened.is_none() || self.health.read().is_some() {
+                        if opened.is_none() || self.health.read_failing() {
                             // Nothing to query, but keep /healthz honest about the store.
                             if !self.refresh(&mut opened, &IdList::default(), None) {
                                 skip = Skip::default();
@@ -226,22 +228,27 @@ impl Refresher {
                 if full.is_some() {
                     self.metrics.record_full_refresh(us, held_us);
                 }
-                if self.health.write().take().is_some() {
-                    log::info!("store recovered");
-                }
+                self.health.read_ok();
                 true
             }
             Err(e) => {
                 self.metrics.refresh_errors.inc();
                 // Drop the connection: the next tick reopens, which also picks up a new file.
                 *opened = None;
-                let error = e.to_string();
-                let mut health = self.health.write();
-                if health.as_deref() != Some(error.as_str()) {
-                    log::error!("refresh failed error={error:?}");
-                }
-                *health = Some(error);
+                self.health.read_failed(e.to_string());
                 false
+            }
+        }
+    }
+
+    /// While writes fail: tries one that changes nothing, on a connection of its own as a `PUT`
+    /// has (this thread's connection may predate a disk turned read-only); its success clears
+    /// the degraded health, so a node nobody writes to recovers too.
+    fn probe_write(&self) {
+        match self.store.probe_write() {
+            Ok(()) => self.health.write_ok(),
+            Err(e) => {
+                self.health.write_failed(&e);
             }
         }
     }

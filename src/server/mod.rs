@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::admit::Admission;
 use crate::alarm::http::AlarmService;
@@ -118,7 +118,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
-        let health: Health = Arc::new(RwLock::new(None));
+        let health: Health = Arc::default();
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
         let admit = Admission::new(&config, metrics.clone(), threads.clone());
@@ -132,6 +132,7 @@ impl Server {
                 fault_panic_id: config.fault_panic_id.clone(),
             }),
             store: store.clone(),
+            health: health.clone(),
             admit: admit.clone(),
             metrics: metrics.clone(),
         });

@@ -19,7 +19,7 @@ pub(crate) struct Ops {
     pub(crate) metrics: Arc<Metrics>,
     /// Every thread the server spawned.
     pub(crate) threads: Threads,
-    /// The store's health (`None`: fine).
+    /// The store's health.
     pub(crate) health: Health,
     /// Connected alarm ids.
     pub(crate) hub: Arc<AlarmHub>,
@@ -29,7 +29,7 @@ pub(crate) struct Ops {
 
 /// `GET /healthz`: 200, or 503 with the reason while the store fails.
 pub(crate) fn healthz(ops: &Ops) -> Reply {
-    match ops.health.read().clone() {
+    match ops.health.degraded() {
         None => response::json(200, &json!({ "status": "ok" })),
         Some(reason) => response::json(503, &json!({ "status": "degraded", "reason": reason })),
     }

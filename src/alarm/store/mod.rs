@@ -131,6 +131,16 @@ impl Backend {
         }
     }
 
+    /// Tries a write that changes nothing, on a new connection: whether a `PUT` could commit
+    /// now (the refresher's probe while writes fail; see `alarm::health`).
+    pub(crate) fn probe_write(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite { path, busy } => {
+                sqlite::Sqlite::open(path, *busy, false)?.probe_write()
+            }
+        }
+    }
+
     /// A new connection to the store, which must exist (a store deleted under a running server
     /// is a fault to report, not an empty store to recreate).
     pub(crate) fn open(&self) -> Result<Box<dyn AlarmStore>, StoreError> {

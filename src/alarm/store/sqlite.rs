@@ -76,6 +76,27 @@ impl Sqlite {
         })
     }
 
+    /// A write that changes nothing but must reach the disk: `user_version` (a number in the
+    /// file's header that syncast does not use) set to the value it has, in one `BEGIN
+    /// IMMEDIATE` transaction so no other writer can change it in between. SQLite writes the
+    /// header page to its log at the commit, so this fails exactly when a `PUT` would (disk
+    /// full, read-only, I/O error; tried on a full tmpfs: `database or disk is full`).
+    pub(crate) fn probe_write(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let probed = (|| {
+            let v: i64 = self
+                .conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            self.conn.pragma_update(None, "user_version", v)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        if probed.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        probed
+    }
+
     /// SQLite's `PRAGMA data_version`: changes whenever another connection (a PUT, an outside
     /// writer) commits to the file, and only then.
     fn data_version(&self) -> Result<i64, StoreError> {
