@@ -311,9 +311,9 @@ fn server_for_stalls(run: &common::RunDir) -> (KillOnDrop, std::net::SocketAddr)
 }
 
 /// Chat members that joined with a small receive buffer and never read, and a member posting
-/// 4 KB messages until the server thread of every stalled member is blocked in its write
-/// (seen in `/proc`: the thread sleeps in the kernel waiting for send-buffer room). The
-/// sockets are returned, to be kept open.
+/// 4 KB messages until the server thread of every stalled member is blocked in its write (seen
+/// in `/proc`: the thread sleeps inside `write`, `writev` or `sendto`; a stream thread waiting
+/// for work sleeps in a futex). The sockets are returned, to be kept open.
 fn stall_chat_streams(pid: u32, addr: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
     use std::io::Write as _;
     use std::os::fd::AsRawFd;
@@ -357,8 +357,9 @@ fn stall_chat_streams(pid: u32, addr: std::net::SocketAddr, n: usize) -> Vec<std
             .iter()
             .filter(|t| {
                 let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                let wchan = std::fs::read_to_string(t.path().join("wchan")).unwrap_or_default();
-                comm.starts_with("chat-") && wchan == "sk_stream_wait_memory"
+                let call = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+                let number = call.split(' ').next().unwrap_or_default();
+                comm.starts_with("chat-") && ["1", "20", "44"].contains(&number)
             })
             .count()
     };
