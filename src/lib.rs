@@ -23,6 +23,7 @@ mod config;
 mod http;
 pub mod kit;
 mod metrics;
+mod reload;
 mod server;
 mod stream;
 mod sys;
@@ -33,7 +34,8 @@ mod web;
 
 pub use alarm::store::StoreError;
 pub use config::{Config, ConfigError, ValidConfig};
-pub use server::{Server, StartError};
+pub use reload::{ReloadHook, Reloaded};
+pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —
 /// plus the CORS preflight (`OPTIONS /{path}`). For the documentation check in `tests/`, which

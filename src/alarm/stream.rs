@@ -218,6 +218,7 @@ fn run(
     });
     life.reason = match result {
         Ok(reason) => reason,
+        Err(_) if slot.is_closed() => CloseReason::Shutdown,
         Err(e) => CloseReason::from_write_error(&e),
     };
 }

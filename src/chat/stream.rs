@@ -209,6 +209,8 @@ pub(crate) fn serve(
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
         Err(e) => match att.kick.try_recv() {
             Ok(kick) => kicked(&mut life.name, Some(kick)),
+            // Shutdown shut the socket of a stream blocked in a write.
+            Err(_) if slot.is_closed() => CloseReason::Shutdown,
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
