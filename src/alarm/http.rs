@@ -91,6 +91,9 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
     // degrades /healthz until a write succeeds again.
     let unavailable = |e: StoreError| {
         let why = if writes {
+            if super::health::write_fault(&e).is_some() {
+                alarms.metrics.store_write_errors.inc();
+            }
             alarms.health.write_failed(&e)
         } else {
             e.to_string()
@@ -149,7 +152,7 @@ mod tests {
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, &config),
+                streams: Streams::new(conns, &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -187,7 +190,7 @@ mod tests {
         assert!(
             alarms
                 .metrics
-                .render(&[])
+                .render(Default::default(), crate::metrics::Format::Prometheus)
                 .contains("syncast_rejected_total{reason=\"bad-request\"} 1\n"),
             "counted as a bad request"
         );

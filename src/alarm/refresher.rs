@@ -220,7 +220,7 @@ impl Refresher {
                 let us = started.elapsed().as_micros() as u64;
                 self.metrics.refresh_total.inc();
                 self.metrics.refresh_last_us.set(us);
-                self.metrics.refresh_sum_us.add(us);
+                self.metrics.refresh_duration.observe(started.elapsed());
                 let held_us = held.as_micros() as u64;
                 if held_us > self.metrics.refresh_lock_max_us.get() {
                     self.metrics.refresh_lock_max_us.set(held_us);
@@ -248,6 +248,9 @@ impl Refresher {
         match self.store.probe_write() {
             Ok(()) => self.health.write_ok(),
             Err(e) => {
+                if crate::alarm::health::write_fault(&e).is_some() {
+                    self.metrics.store_write_errors.inc();
+                }
                 self.health.write_failed(&e);
             }
         }

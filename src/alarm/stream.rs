@@ -244,9 +244,11 @@ fn send_counted(
     bytes: &[u8],
     is_event: bool,
 ) -> std::io::Result<()> {
-    out.send(bytes)?;
     if is_event {
+        out.send_event(bytes)?;
         cx.metrics.events_sent.inc();
+    } else {
+        out.send(bytes)?;
     }
     Ok(())
 }

@@ -149,13 +149,15 @@ pub(crate) fn serve(
     let ticker = tick(cx.heartbeat);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
+    // When each event of `batch` was broadcast, for the delivery latency once it is written.
+    let mut accepted: Vec<std::time::Instant> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
         batch = sse::retry(std::time::Duration::from_secs(2));
         for event in &att.backlog {
             batch.extend_from_slice(event);
         }
-        out.send(&batch)?;
+        out.send_event(&batch)?;
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -174,17 +176,22 @@ pub(crate) fn serve(
                     // fan-out load one wake-up and one syscall carry many events.
                     loop {
                         batch.clear();
-                        match room.take(att.key, att.serial, &mut batch) {
+                        accepted.clear();
+                        match room.take(att.key, att.serial, &mut batch, &mut accepted) {
                             Take::Closed => {
                                 return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
                             }
                             Take::Done(_) => {
                                 if !batch.is_empty() {
-                                    out.send(&batch)?;
+                                    out.send_event(&batch)?;
+                                    delivered(&cx.metrics, &accepted);
                                 }
                                 break;
                             }
-                            Take::More(_) => out.send(&batch)?,
+                            Take::More(_) => {
+                                out.send_event(&batch)?;
+                                delivered(&cx.metrics, &accepted);
+                            }
                         }
                     }
                 }
@@ -214,6 +221,15 @@ pub(crate) fn serve(
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
+}
+
+/// Records the delivery latency of the events just written (`accepted`: when each was
+/// broadcast). Out of line, like the histogram's own recording: the loop's frame stays small.
+#[inline(never)]
+fn delivered(metrics: &Metrics, accepted: &[std::time::Instant]) {
+    metrics
+        .chat_delivery
+        .observe_since(accepted, std::time::Instant::now());
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 
 use super::socket::{self, Liveness, StreamSocket};
 use super::sweep::ConnTable;
+use crate::metrics::Metrics;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
@@ -121,6 +122,8 @@ pub(crate) struct SseWriter {
     /// by another stream replaces the entry): a disconnected channel would be always ready.
     _gone_tx: Option<crossbeam_channel::Sender<()>>,
     write_timeout: Duration,
+    /// Where event writes are timed (`syncast_event_write_seconds`).
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for SseWriter {
@@ -142,6 +145,7 @@ impl SseWriter {
         conns: &Arc<ConnTable>,
         extra: &[String],
         limits: WriteLimits,
+        metrics: &Arc<Metrics>,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
         let local = conns.local();
@@ -158,6 +162,7 @@ impl SseWriter {
             gone: crossbeam_channel::never(),
             _gone_tx: None,
             write_timeout: limits.timeout,
+            metrics: metrics.clone(),
         };
         writer.out = request.into_writer();
         let out = &mut writer.out;
@@ -205,16 +210,35 @@ impl SseWriter {
         Ok(writer)
     }
 
-    /// Writes one encoded event (or comment) and flushes it to the socket.
+    /// Writes one encoded comment (a keepalive, the farewell) and flushes it to the socket.
     ///
     /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
-    /// time (zero-window probes) would restart that clock on every call. So the whole event has
+    /// time (zero-window probes) would restart that clock on every call. So the whole write has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let took = self.write(bytes)?;
+        self.within_deadline(took)
+    }
+
+    /// Like [`SseWriter::send`], for events (one, or a batch): the time the write took is
+    /// recorded in the event-write histogram (a write that ran past the deadline too).
+    pub(crate) fn send_event(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let took = self.write(bytes)?;
+        self.metrics.event_write.observe(took);
+        self.within_deadline(took)
+    }
+
+    /// Writes and flushes `bytes`; how long that took.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<Duration> {
         let started = std::time::Instant::now();
         self.out.write_all(bytes)?;
         self.out.flush()?;
-        if started.elapsed() > self.write_timeout {
+        Ok(started.elapsed())
+    }
+
+    /// `Err(TimedOut)` if a write that took `took` ran past the write time-out.
+    fn within_deadline(&self, took: Duration) -> io::Result<()> {
+        if took > self.write_timeout {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event took longer than the write time-out",

@@ -152,7 +152,7 @@ impl Server {
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -167,7 +167,7 @@ impl Server {
             room: room.clone(),
             streams: Arc::new(ChatStreams {
                 room: room.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
             }),

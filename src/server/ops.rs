@@ -9,7 +9,7 @@ use crate::admit::Admission;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
 use crate::http::response::{self, Reply};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Format, Gauges, Metrics};
 use crate::sys::proc::{self, Proc};
 use crate::threads::Threads;
 
@@ -35,8 +35,9 @@ pub(crate) fn healthz(ops: &Ops) -> Reply {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
-pub(crate) fn metrics(ops: &Ops) -> Reply {
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics if `accept` (the request's
+/// `Accept` header) asks for it.
+pub(crate) fn metrics(ops: &Ops, accept: Option<&str>) -> Reply {
     let gauges = Gauges {
         alarm_ids: ops.hub.len(),
         streaming_clients: ops.admit.stream_count(),
@@ -46,13 +47,15 @@ pub(crate) fn metrics(ops: &Ops) -> Reply {
             .threads
             .count_by_role()
             .into_iter()
-            .map(|(role, n)| (role.as_str(), n))
+            .map(|(role, n)| (role.as_str(), n as u64))
             .collect(),
+        store_writable: !ops.health.write_failing(),
     };
+    let format = Format::of_accept(accept);
     response::with_type(
         200,
-        ops.metrics.render_all(&gauges).into_bytes(),
-        "text/plain; version=0.0.4; charset=utf-8",
+        ops.metrics.render(gauges, format).into_bytes(),
+        format.content_type(),
     )
 }
 
