@@ -150,7 +150,7 @@ pub(crate) fn serve(
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     // When each event of `batch` was broadcast, for the delivery latency once it is written.
-    let mut accepted: Vec<std::time::Instant> = Vec::new();
+    let mut accepted: Vec<u64> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
         batch = sse::retry(std::time::Duration::from_secs(2));
@@ -183,14 +183,14 @@ pub(crate) fn serve(
                             }
                             Take::Done(_) => {
                                 if !batch.is_empty() {
-                                    out.send_event(&batch)?;
-                                    delivered(&cx.metrics, &accepted);
+                                    let written = out.send_event(&batch)?;
+                                    delivered(&cx.metrics, &accepted, written);
                                 }
                                 break;
                             }
                             Take::More(_) => {
-                                out.send_event(&batch)?;
-                                delivered(&cx.metrics, &accepted);
+                                let written = out.send_event(&batch)?;
+                                delivered(&cx.metrics, &accepted, written);
                             }
                         }
                     }
@@ -223,13 +223,10 @@ pub(crate) fn serve(
     };
 }
 
-/// Records the delivery latency of the events just written (`accepted`: when each was
-/// broadcast). Out of line, like the histogram's own recording: the loop's frame stays small.
-#[inline(never)]
-fn delivered(metrics: &Metrics, accepted: &[std::time::Instant]) {
-    metrics
-        .chat_delivery
-        .observe_since(accepted, std::time::Instant::now());
+/// Records the delivery latency of the events just written at `written` (`accepted`: when
+/// each was broadcast; both [`crate::metrics::now_ns`]).
+fn delivered(metrics: &Metrics, accepted: &[u64], written: u64) {
+    metrics.chat_delivery.observe_since(accepted, written);
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

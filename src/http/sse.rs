@@ -216,29 +216,33 @@ impl SseWriter {
     /// time (zero-window probes) would restart that clock on every call. So the whole write has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let took = self.write(bytes)?;
-        self.within_deadline(took)
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        self.within_deadline(crate::metrics::now_ns().saturating_sub(started))
     }
 
     /// Like [`SseWriter::send`], for events (one, or a batch): the time the write took is
-    /// recorded in the event-write histogram (a write that ran past the deadline too).
-    pub(crate) fn send_event(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let took = self.write(bytes)?;
-        self.metrics.event_write.observe(took);
-        self.within_deadline(took)
+    /// recorded in the event-write histogram (a write that ran past the deadline too). Returns
+    /// when the write ended ([`crate::metrics::now_ns`]), for the caller's own latency.
+    pub(crate) fn send_event(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        let ended = crate::metrics::now_ns();
+        let took = ended.saturating_sub(started);
+        self.metrics.event_write.observe_ns(took);
+        self.within_deadline(took)?;
+        Ok(ended)
     }
 
-    /// Writes and flushes `bytes`; how long that took.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<Duration> {
-        let started = std::time::Instant::now();
+    /// Writes and flushes `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
-        self.out.flush()?;
-        Ok(started.elapsed())
+        self.out.flush()
     }
 
-    /// `Err(TimedOut)` if a write that took `took` ran past the write time-out.
-    fn within_deadline(&self, took: Duration) -> io::Result<()> {
-        if took > self.write_timeout {
+    /// `Err(TimedOut)` if a write that took `took_ns` ran past the write time-out.
+    fn within_deadline(&self, took_ns: u64) -> io::Result<()> {
+        if Duration::from_nanos(took_ns) > self.write_timeout {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event took longer than the write time-out",

@@ -174,7 +174,7 @@ impl Room {
         key: u64,
         serial: u64,
         out: &mut Vec<u8>,
-        accepted: &mut Vec<std::time::Instant>,
+        accepted: &mut Vec<u64>,
     ) -> Take {
         let took = self.inner.lock().take(key, serial, out, accepted);
         if let Take::Done(n) | Take::More(n) = took {

@@ -68,8 +68,9 @@ struct Kept {
     /// The session whose message this is (its own messages are not sent back to it).
     from: Option<u64>,
     bytes: Encoded,
-    /// When it was broadcast (the post accepted): the start of its delivery latency.
-    at: Instant,
+    /// When it was broadcast (the post accepted), [`crate::metrics::now_ns`]: the start of its
+    /// delivery latency.
+    at: u64,
 }
 
 pub(crate) struct Inner {
@@ -138,7 +139,7 @@ impl Inner {
             id,
             from,
             bytes,
-            at: Instant::now(),
+            at: crate::metrics::now_ns(),
         });
         while self.history.len() > self.limits.history {
             self.history.pop_front();
@@ -201,7 +202,7 @@ impl Inner {
         key: u64,
         serial: u64,
         out: &mut Vec<u8>,
-        accepted: &mut Vec<Instant>,
+        accepted: &mut Vec<u64>,
     ) -> Take {
         let Some(att) = self
             .sessions
