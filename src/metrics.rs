@@ -325,7 +325,7 @@ fn bucket_of(ns: u64) -> usize {
 
 /// The monotonic clock (`CLOCK_MONOTONIC`, the clock of [`Instant`]) in nanoseconds: what the
 /// hot paths stamp and subtract, in plain integers (an `Instant` difference goes through
-/// `Duration` and 128-bit arithmetic; measured 118 instructions a batch against ~40).
+/// `Duration` and 128-bit arithmetic; measured 161 instructions a chat batch against 42).
 pub(crate) fn now_ns() -> u64 {
     // SAFETY: timespec is plain data, filled in by clock_gettime; CLOCK_MONOTONIC always exists.
     let mut t: libc::timespec = unsafe { std::mem::zeroed() };
