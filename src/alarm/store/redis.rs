@@ -16,11 +16,14 @@ use parking_lot::Mutex;
 use super::{AlarmStore, IdList, StoreError, Version};
 use crate::redis::{Link, Retry};
 
-/// Fields per `HMGET` in a refresh's pipeline. Measured with 10,000 connected ids on the test
-/// machine (one pipeline, loopback, Redis 7.0; docs/performance.md): 500 was as fast as one
-/// command of 10,000 while never making Redis run one command over more than 500 fields, so
-/// other clients (the chat's posts) wait at most that long between two of them.
-pub(crate) const BATCH: usize = 500;
+/// Fields per `HMGET` in a refresh's pipeline. Measured with 10,000 connected ids of a hash of
+/// 100,000 fields (`make bench`, `--only redis-refresh`: loopback, Redis 7.0, a loaded 2-core
+/// machine, so provisional): the whole pipeline took about the same (5-8 ms median) for
+/// batches of 100 to 10,000, within the noise, while the time Redis spends on one command,
+/// during which it serves nobody else, grew with the batch: ~15 µs for 100 fields, ~170 µs for
+/// 1,000, ~1.1 ms for 10,000. 1,000 keeps that wait for the other clients (the other nodes'
+/// chat posts) under ~0.2 ms in 10 round-trip-free commands.
+pub(crate) const BATCH: usize = 1000;
 
 /// Ids whose unreadable value was logged and is still unreadable, at most this many (beyond
 /// it, more such ids are read as `false` without a line).
