@@ -38,7 +38,7 @@ root_only = if [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; then $(2); \
 # The tests that start their own redis-server are #[ignore = "needs redis-server: ..."] the same
 # way: `unit` runs exactly them where redis-server is installed or under CI=true (test-deps
 # installs it there; one that then finds none fails), otherwise it says they did not run.
-REDIS_TESTS = --test nodes
+REDIS_TESTS = --lib --test nodes
 redis_only = if command -v redis-server >/dev/null || [ -n "$${REDIS_SERVER:-}" ] || [ "$${CI:-}" = true ]; \
 	then $(1); else echo "make: no redis-server: the Redis tests (listed as ignored above) did not run (docs/testing.md\#what-needs-redis)"; fi
 

@@ -203,3 +203,52 @@ impl AlarmStore for RedisAlarms {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kit::redis_server::RedisServer;
+    use std::time::Duration;
+
+    fn store(redis: &RedisServer) -> RedisAlarms {
+        let link = Link::new(&redis.url(), "u:", Duration::from_secs(2)).unwrap();
+        RedisAlarms::new(Arc::new(Shared::new(Arc::new(link))))
+    }
+
+    #[test]
+    #[ignore = "needs redis-server: make unit runs it where installed (docs/testing.md)"]
+    fn a_load_of_more_ids_than_a_batch_keeps_every_value_in_order() {
+        let redis = RedisServer::start().unwrap_or_else(|e| panic!("cannot run: {e}"));
+        let s = store(&redis);
+        let n = BATCH * 2 + 321;
+        // Every third id on, every fifth written `true`, every seventh missing.
+        let ids: Vec<Arc<str>> = (0..n).map(|i| Arc::from(format!("id{i:05}"))).collect();
+        let mut want = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let on = i % 3 == 0;
+            if i % 7 != 0 {
+                s.set(id, on).unwrap();
+            }
+            want.push(on && i % 7 != 0);
+        }
+        s.shared
+            .link
+            .run(Retry::Idempotent, |c| {
+                ::redis::cmd("HSET")
+                    .arg("u:alarms")
+                    .arg("id00005")
+                    .arg("true")
+                    .query::<i64>(c)
+            })
+            .unwrap();
+        want[5] = true;
+        let list = IdList::new(ids.clone());
+        assert_eq!(s.load(&list).unwrap(), want);
+        assert!(s.get("id00005").unwrap());
+        s.delete("id00005").unwrap();
+        assert!(!s.get("id00005").unwrap());
+        s.check().unwrap();
+        assert_eq!(s.version(), None);
+        assert!(s.load(&IdList::default()).unwrap().is_empty());
+    }
+}
