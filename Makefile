@@ -20,7 +20,8 @@ ASYNC_RUNTIMES = tokio|async-std|async-io|smol|futures-executor|async-executor
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	@if $(CARGO) tree -e normal --prefix none | grep -Ew '^($(ASYNC_RUNTIMES))'; then \
+	$(CARGO) clippy --all-targets --features redis-tls -- -D warnings
+	@if $(CARGO) tree -e normal --prefix none --features redis-tls | grep -Ew '^($(ASYNC_RUNTIMES))'; then \
 		echo "lint: an async runtime is in the dependency tree (above)"; exit 1; fi
 
 fmt:
@@ -39,6 +40,8 @@ root_only = if [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; then $(2); \
 # way: `unit` runs exactly them where redis-server is installed or under CI=true (test-deps
 # installs it there; one that then finds none fails), otherwise it says they did not run.
 REDIS_TESTS = --lib --test nodes
+# The same tests built with the redis-tls feature add the one against a TLS-only redis-server.
+REDIS_TLS_TESTS = --features redis-tls --test nodes -- --ignored tls
 redis_only = if command -v redis-server >/dev/null || [ -n "$${REDIS_SERVER:-}" ] || [ "$${CI:-}" = true ]; \
 	then $(1); else echo "make: no redis-server: the Redis tests (listed as ignored above) did not run (docs/testing.md\#what-needs-redis)"; fi
 
@@ -46,11 +49,12 @@ redis_only = if command -v redis-server >/dev/null || [ -n "$${REDIS_SERVER:-}" 
 unit: test-deps
 	$(CARGO) test --all-targets
 	@$(call root_only,the root-only tests (listed as ignored above),$(CARGO) test $(ROOT_TESTS) -- --ignored)
-	@$(call redis_only,$(CARGO) test $(REDIS_TESTS) -- --ignored)
+	@$(call redis_only,$(CARGO) test $(REDIS_TESTS) -- --ignored && $(CARGO) test $(REDIS_TLS_TESTS))
 
 # The Redis tests alone; without redis-server they fail.
 redis-tests:
 	$(CARGO) test $(REDIS_TESTS) -- --ignored
+	$(CARGO) test $(REDIS_TLS_TESTS)
 
 # The root-only tests alone; without root they fail.
 root-tests:

@@ -71,8 +71,8 @@ pub struct Config {
     /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
     pub cors_origin: Option<String>,
     /// The Redis (or Valkey) server several nodes share, as `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
-    /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) is refused: see
-    /// docs/operations.md.
+    /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) only in a build with
+    /// the `redis-tls` feature (docs/operations.md#tls).
     pub redis: Option<String>,
     /// What every Redis key syncast reads or writes starts with. Default `syncast:`.
     pub redis_prefix: String,
@@ -152,18 +152,19 @@ impl std::str::FromStr for AlarmStoreKind {
     }
 }
 
-/// Why a `--redis` URL is refused, or `None` if syncast can use it: `redis://` only, and a URL
-/// the client library parses (host, port, database number, password).
+/// Why a `--redis` URL is refused, or `None` if syncast can use it: `redis://` (and `rediss://`
+/// in a build with the `redis-tls` feature), and a URL the client library parses (host, port,
+/// database number, password).
 pub(crate) fn redis_url_problem(url: &str) -> Option<&'static str> {
-    if url.starts_with("rediss://") {
-        // The redis crate's TLS (rustls) needs no async runtime, but this build does not carry
-        // it: it would add rustls and a crypto provider to the binary (docs/operations.md).
+    if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+        // The redis crate's TLS (rustls) needs no async runtime, but it is a build feature:
+        // it would grow every binary past the idle-memory target (docs/operations.md#tls).
         return Some(
-            "redis://HOST[:PORT][/DB]: rediss:// (TLS) is not built in; reach a TLS-only Redis \
-             through a local TLS tunnel (docs/operations.md#several-nodes)",
+            "redis://HOST[:PORT][/DB]: rediss:// (TLS) needs a build with `--features \
+             redis-tls` (docs/operations.md#tls)",
         );
     }
-    if !url.starts_with("redis://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Some("redis://HOST[:PORT][/DB] (e.g. redis://127.0.0.1:6379/0)");
     }
     match ::redis::Client::open(url) {

@@ -108,6 +108,12 @@ impl Link {
     /// The link to `url` (checked by `Config::validate`), with `timeout` on every connection
     /// and `prefix` before every key. Connects nothing yet.
     pub(crate) fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Link, RedisError> {
+        #[cfg(feature = "redis-tls")]
+        {
+            // rustls needs a process-wide crypto provider before its first configuration; ring is
+            // the only one built in. Err means one is installed already: fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = Client::open(url).map_err(|e| RedisError::Reply(e.to_string()))?;
         let info = client.get_connection_info();
         let shown = format!("{}/{}", info.addr(), info.redis_settings().db());

@@ -291,3 +291,38 @@ fn two_real_nodes_share_alarms_through_one_redis_server() {
         );
     }
 }
+
+#[test]
+#[cfg(feature = "redis-tls")]
+#[ignore = "needs redis-server: make unit runs it where installed (docs/testing.md)"]
+fn a_node_built_with_redis_tls_reaches_a_tls_only_redis_by_rediss() {
+    let redis = RedisServer::start_tls()
+        .unwrap_or_else(|e| panic!("a_node_built_with_redis_tls: cannot run: {e}"));
+    let run = common::RunDir::new("syncast-redis-tls-");
+    let mut cmd = common::syncast_bin();
+    run.server_args(&mut cmd)
+        .args(["--listen", "127.0.0.1:0", "--refresh", "50ms"])
+        .args(["--redis", &redis.tls_url(), "--alarm-store", "redis"])
+        // The test's own CA, for rustls's native roots (rustls-native-certs reads it).
+        .env("SSL_CERT_FILE", redis.ca_file());
+    let mut child = cmd.spawn().expect("syncast starts");
+    let addr = common::listen_addr(&mut child);
+    let _child = common::KillOnDrop(child);
+    let id = unique("tls");
+    let mut sse = Sse::open(addr, &format!("/sse/call/{id}?mode=change"), &[]);
+    assert_eq!(sse.next_data(), F);
+    let target = syncast::kit::http::Target::of(addr);
+    let path = format!("/alarms/{id}");
+    let put = wait_for("a PUT through TLS", || {
+        let r = syncast::kit::http::request(&target, "PUT", &path, &[], b"true", PATIENCE).ok()?;
+        (r.status == 204).then_some(r)
+    });
+    assert_eq!(put.status, 204);
+    assert_eq!(sse.next_data(), T);
+    assert!(
+        run.log_text()
+            .contains(&format!("redis connected addr={}/0", redis.addr())),
+        "{}",
+        run.log_text()
+    );
+}

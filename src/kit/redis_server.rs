@@ -64,8 +64,22 @@ impl RedisServer {
         Err(last)
     }
 
+    /// Starts one that speaks only TLS, on a free port of 127.0.0.1, with a certificate for
+    /// `127.0.0.1` signed by a CA made for it (`openssl`, which must be installed): clients
+    /// trust [`RedisServer::ca_file`] (`SSL_CERT_FILE` for syncast). Its URL is
+    /// [`RedisServer::tls_url`].
+    pub fn start_tls() -> Result<RedisServer, String> {
+        let program = program().ok_or("redis-server not found")?;
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        RedisServer::launch(&program, port, true)
+    }
+
     /// Starts one on `port` of 127.0.0.1 (for a test that restarts Redis at the same address).
     pub fn start_on(program: &Path, port: u16) -> Result<RedisServer, String> {
+        RedisServer::launch(program, port, false)
+    }
+
+    fn launch(program: &Path, port: u16, tls: bool) -> Result<RedisServer, String> {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "syncast-redis-{}-{}-{port}",
@@ -83,8 +97,19 @@ impl RedisServer {
                 Ok(())
             });
         }
+        if tls {
+            make_certificates(&dir)?;
+            let file = |name: &str| dir.join(name).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &file("server.crt")])
+                .args(["--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.crt")])
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
         let child = cmd
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .arg("--dir")
@@ -105,7 +130,13 @@ impl RedisServer {
         };
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            if server.ping() {
+            // A TLS server cannot be pinged in plain text: it is ready once it listens.
+            let ready = if tls {
+                TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_ok()
+            } else {
+                server.ping()
+            };
+            if ready {
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
@@ -125,6 +156,16 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/0`.
     pub fn url(&self) -> String {
         format!("redis://{}/0", self.addr)
+    }
+
+    /// `rediss://127.0.0.1:PORT/0`, for one started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://{}/0", self.addr)
+    }
+
+    /// The CA certificate that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
     }
 
     /// Its address.
@@ -200,4 +241,62 @@ impl Drop for RedisServer {
 /// A port of 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir` (`ca.crt`, `server.crt`,
+/// `server.key`), made with `openssl`; P-256 keys, valid two days.
+fn make_certificates(dir: &Path) -> Result<(), String> {
+    let openssl = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n")
+        .map_err(|e| e.to_string())?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]);
+    ca.extend(["-subj", "/CN=syncast test CA"]);
+    openssl(&ca)?;
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    csr.extend(["-subj", "/CN=127.0.0.1"]);
+    openssl(&csr)?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])
 }
