@@ -9,6 +9,7 @@
 //! [`RedisAlarms::version`]), so every tick with ids connected reads them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -35,6 +36,9 @@ pub(crate) struct Shared {
     link: Arc<Link>,
     key: String,
     warned: Mutex<HashSet<String>>,
+    /// `warned.len()`, read without the lock: a refresh of 10,000 readable values then takes
+    /// no lock at all.
+    warned_count: AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -51,6 +55,7 @@ impl Shared {
             link,
             key,
             warned: Mutex::new(HashSet::new()),
+            warned_count: AtomicUsize::new(0),
         }
     }
 
@@ -69,6 +74,7 @@ impl Shared {
             Some(other) => {
                 let mut warned = self.warned.lock();
                 if warned.len() < WARNED_MAX && warned.insert(id.to_string()) {
+                    self.warned_count.store(warned.len(), Ordering::Relaxed);
                     drop(warned);
                     let shown = String::from_utf8_lossy(&other[..other.len().min(64)]);
                     log::warn!(
@@ -83,9 +89,12 @@ impl Shared {
 
     /// `id` reads well again: a later bad value is logged again.
     fn readable(&self, id: &str) {
+        if self.warned_count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut warned = self.warned.lock();
-        if !warned.is_empty() {
-            warned.remove(id);
+        if warned.remove(id) {
+            self.warned_count.store(warned.len(), Ordering::Relaxed);
         }
     }
 }
