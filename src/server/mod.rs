@@ -170,6 +170,7 @@ impl Server {
                 hub: hub.clone(),
                 admit: admit.clone(),
                 redis: link.clone(),
+                redis_in_health: store.shared(),
             },
             admit: admit.clone(),
             conns: conns.clone(),
