@@ -23,6 +23,7 @@ mod config;
 mod http;
 pub mod kit;
 mod metrics;
+mod redis;
 mod reload;
 mod server;
 mod stream;
@@ -33,7 +34,7 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
-pub use config::{Config, ConfigError, ValidConfig};
+pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
 pub use reload::{ReloadHook, Reloaded};
 pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 

@@ -411,6 +411,8 @@ pub(crate) struct Gauges {
     pub(crate) threads_by_role: Vec<(&'static str, u64)>,
     /// Whether the store takes writes (no write fault since the last successful write).
     pub(crate) store_writable: bool,
+    /// The shared Redis's figures, with `--redis` (none shown without it).
+    pub(crate) redis: Option<crate::redis::Figures>,
 }
 
 /// How one scrape reads the server's numbers: the library asks it to encode them.
@@ -519,6 +521,30 @@ impl Collector for Scrape {
         ];
         for (name, kind, help, value) in rows {
             encode_value(series(&mut enc, name, help, kind)?, kind, value)?;
+        }
+        if let Some(r) = g.redis {
+            for (name, kind, help, value) in [
+                (
+                    "syncast_redis_up",
+                    G,
+                    "1 while the last call to Redis reached it.",
+                    r.up,
+                ),
+                (
+                    "syncast_redis_errors_total",
+                    C,
+                    "Calls to Redis that failed (unavailable, timed out, or an error reply).",
+                    r.errors,
+                ),
+                (
+                    "syncast_redis_reconnects_total",
+                    C,
+                    "Connections to Redis opened after a failure.",
+                    r.reconnects,
+                ),
+            ] {
+                encode_value(series(&mut enc, name, help, kind)?, kind, Count(value))?;
+            }
         }
         for (name, help, h) in [
             ("syncast_refresh_duration_seconds", "Duration of the refresher's successful queries.", &m.refresh_duration),

@@ -87,10 +87,26 @@ impl StoreHealth {
 }
 
 /// What is wrong with the store when a write fails for a reason of its own, in a few words
-/// (`disk full`, `read-only`, `I/O error`, `cannot open`); `None` when the write only lost a
-/// race for a lock (`database is locked`: another writer held it past the busy time-out).
+/// (`disk full`, `read-only`, `I/O error`, `cannot open`; Redis: `read-only`, `out of memory`,
+/// `cannot persist`); `None` when the write only lost a race for a lock (`database is locked`:
+/// another writer held it past the busy time-out) or Redis could not be reached.
 pub(crate) fn write_fault(error: &StoreError) -> Option<&'static str> {
     use rusqlite::ErrorCode;
+    if let StoreError::Redis(e) = error {
+        // Redis says why it refuses a write in the first word of its error reply. A Redis that
+        // cannot be reached is not a write fault: the link reports it (`redis unavailable`,
+        // `/healthz` with `redis: …`), and the message stays as it is.
+        let text = e.to_string();
+        return if text.contains("READONLY") {
+            Some("read-only")
+        } else if text.contains("OOM") {
+            Some("out of memory")
+        } else if text.contains("MISCONF") {
+            Some("cannot persist")
+        } else {
+            None
+        };
+    }
     let source = std::error::Error::source(error)?;
     let code = match source.downcast_ref::<rusqlite::Error>() {
         Some(rusqlite::Error::SqliteFailure(e, _)) => e.code,
