@@ -14,9 +14,13 @@ build:
 release:
 	$(CARGO) build --release --bins
 
+# The preamble's rule: no async runtime among the dependencies (JWT and Redis crates have
+# async features; they stay off).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	@if $(CARGO) tree -e normal --prefix none | grep -E '^(tokio|async-std|smol|async-executor|async-io|futures-executor) '; then \
+		echo "lint: an async runtime is in the dependency tree (cargo tree -e normal)"; exit 1; fi
 
 fmt:
 	$(CARGO) fmt --all

@@ -17,6 +17,7 @@
 
 mod admit;
 mod alarm;
+mod auth;
 mod chat;
 pub mod cli;
 mod config;
@@ -32,6 +33,8 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
+pub use auth::keys::{KeyError, KeyFile};
+pub use auth::KeyReload;
 pub use config::{Config, ConfigError, ValidConfig};
 pub use server::{Server, StartError};
 
