@@ -309,6 +309,10 @@ impl Auth {
     fn rules(&self, alg: Algorithm) -> Validation {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway.as_secs();
+        // RFC 7519, 4.1.4: valid only *before* exp. jsonwebtoken alone also accepts the second of
+        // exp itself (`exp < now - leeway` is its test); with this it refuses `exp <= now -
+        // leeway`, so a token is refused from the instant its stream is ended.
+        v.reject_tokens_expiring_in_less_than = 1;
         v.validate_exp = true;
         v.validate_nbf = true;
         let mut required = vec!["exp"];
