@@ -151,12 +151,7 @@ fn a_valid_token_that_does_not_grant_the_id_is_403() {
             "forbidden: the token does not grant publish on this id"
         );
     }
-    let body = stream(
-        &s,
-        &format!("/sse/call/{bob}"),
-        &[bearer(&token).into_ref()],
-    )
-    .body();
+    let body = stream(&s, &format!("/sse/call/{bob}"), &[bearer(&token).as_pair()]).body();
     assert!(
         body.contains("forbidden: the token does not grant subscribe on this id"),
         "{body}"
@@ -167,19 +162,19 @@ fn a_valid_token_that_does_not_grant_the_id_is_403() {
     let mut own = stream(
         &s,
         &format!("/sse/call/{alice}?mode=change"),
-        &[bearer(&token).into_ref()],
+        &[bearer(&token).as_pair()],
     );
     assert_eq!(own.status, 200);
     assert_eq!(own.next_item(), Some(Item::Retry(2000)));
 }
 
 /// `(&'static str, String)` as the `(&str, &str)` the harness takes.
-trait IntoRef {
-    fn into_ref(&self) -> (&str, &str);
+trait AsPair {
+    fn as_pair(&self) -> (&str, &str);
 }
 
-impl IntoRef for (&'static str, String) {
-    fn into_ref(&self) -> (&str, &str) {
+impl AsPair for (&'static str, String) {
+    fn as_pair(&self) -> (&str, &str) {
         (self.0, self.1.as_str())
     }
 }
@@ -299,7 +294,7 @@ fn refusals_are_decided_before_admission_and_spend_no_stream_slot_or_thread() {
     let mut held = stream(
         &s,
         &format!("/sse/call/{id}?mode=change"),
-        &[bearer(&token).into_ref()],
+        &[bearer(&token).as_pair()],
     );
     assert_eq!(held.status, 200);
     assert_eq!(held.next_item(), Some(Item::Retry(2000)));
@@ -334,7 +329,7 @@ fn an_alarm_stream_ends_with_event_expired_when_its_token_does() {
     let mut sse = stream(
         &s,
         &format!("/sse/call/{id}?mode=change"),
-        &[bearer(&token).into_ref()],
+        &[bearer(&token).as_pair()],
     );
     assert_eq!(sse.status, 200);
     let mut events = Vec::new();
@@ -552,7 +547,7 @@ fn the_chat_under_auth_takes_the_name_from_the_token_and_nobody_speaks_as_anothe
         "POST",
         "/chat/join",
         Some(&alice),
-        &[bearer(&m_token).into_ref()],
+        &[bearer(&m_token).as_pair()],
     );
     assert_eq!(r.status, 403, "{}", r.body);
     let r = s.request_with("POST", "/chat/join", Some(""), &[(k, &v)]);
@@ -579,7 +574,7 @@ fn the_chat_under_auth_takes_the_name_from_the_token_and_nobody_speaks_as_anothe
     let sse = stream(
         &s,
         &format!("/chat/stream?name={alice}"),
-        &[bearer(&m_token).into_ref()],
+        &[bearer(&m_token).as_pair()],
     );
     assert_eq!(sse.status, 403);
     // Attaching to her session needs a token too, and hers: mallory holding alice's session
@@ -590,7 +585,7 @@ fn the_chat_under_auth_takes_the_name_from_the_token_and_nobody_speaks_as_anothe
     let sse = stream(
         &s,
         &format!("/chat/stream?token={session}"),
-        &[bearer(&m_token).into_ref()],
+        &[bearer(&m_token).as_pair()],
     );
     assert_eq!(sse.status, 403);
     let mut own = stream(&s, &format!("/chat/stream?token={session}"), &[(k, &v)]);
@@ -602,7 +597,7 @@ fn the_chat_under_auth_takes_the_name_from_the_token_and_nobody_speaks_as_anothe
     let mut m = stream(
         &s,
         &format!("/chat/stream?name={mallory}"),
-        &[bearer(&m_token).into_ref()],
+        &[bearer(&m_token).as_pair()],
     );
     assert_eq!(m.status, 200);
     assert_eq!(m.next_event().unwrap().0, "welcome");
@@ -614,7 +609,7 @@ fn the_chat_under_auth_takes_the_name_from_the_token_and_nobody_speaks_as_anothe
         "POST",
         "/chat/join",
         Some(""),
-        &[bearer(&nameless).into_ref()],
+        &[bearer(&nameless).as_pair()],
     );
     assert_eq!(r.status, 403);
 }
@@ -630,7 +625,7 @@ fn a_chat_stream_ends_with_event_expired_and_the_session_survives_for_a_fresh_to
     let mut sse = stream(
         &s,
         &format!("/chat/stream?name={name}"),
-        &[bearer(&short).into_ref()],
+        &[bearer(&short).as_pair()],
     );
     assert_eq!(sse.status, 200);
     let (event, _, data) = sse.next_event().unwrap();
@@ -652,7 +647,7 @@ fn a_chat_stream_ends_with_event_expired_and_the_session_survives_for_a_fresh_to
     let mut again = stream(
         &s,
         &format!("/chat/stream?token={session}"),
-        &[bearer(&fresh).into_ref()],
+        &[bearer(&fresh).as_pair()],
     );
     assert_eq!(again.status, 200);
     assert_eq!(again.next_event().unwrap().0, "welcome");
