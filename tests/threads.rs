@@ -20,8 +20,12 @@ fn process_threads() -> u64 {
     status(Proc::This).threads
 }
 
+/// Both tests count the whole process's threads: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn thread_count_falls_back_after_clients_leave_and_after_shutdown() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let baseline = process_threads();
     let mut s = start(|_| {});
     // The server's own idle threads: tiny_http's accept thread and its 4 pool threads, the
@@ -47,6 +51,30 @@ fn thread_count_falls_back_after_clients_leave_and_after_shutdown() {
     drop(streams);
     // tiny_http's pool threads above its minimum of 4 exit after 5 s idle (src/util/task_pool.rs).
     wait_for("threads back to idle after clients left", || {
+        (process_threads() <= idle).then_some(())
+    });
+    s.shutdown();
+    wait_for("threads back to baseline after shutdown", || {
+        (process_threads() <= baseline).then_some(())
+    });
+}
+
+#[test]
+fn an_admin_listener_costs_tiny_https_five_threads_and_they_end_at_shutdown() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let baseline = process_threads();
+    let mut s = start(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()));
+    // The 7 of a server without it, plus the admin server's accept thread and 4 pool threads;
+    // syncast spends none of its own on it (the dispatcher serves it).
+    let idle = baseline + 7 + 5;
+    wait_for("server idle", || (process_threads() <= idle).then_some(()));
+    let admin = s.server.as_ref().unwrap().admin_addr().unwrap();
+    for _ in 0..20 {
+        let text = common::raw_get(admin, "/debug/threads", SLOW).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    assert_eq!(s.threads_of("dispatcher"), 1);
+    wait_for("threads back to idle", || {
         (process_threads() <= idle).then_some(())
     });
     s.shutdown();

@@ -476,6 +476,23 @@ pub fn listen_addr(child: &mut std::process::Child) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in {first:?}"))
 }
 
+/// The addresses in the first `n` lines a freshly spawned binary prints (`syncast listening on
+/// http://ADDR`, then `syncast admin listening on http://ADDR` with `--admin-listen`).
+pub fn listen_addrs(child: &mut std::process::Child, n: usize) -> Vec<SocketAddr> {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .rsplit("http://")
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        })
+        .collect()
+}
+
 /// `GET path` on a fresh connection (`Connection: close`), the whole response as text, reading
 /// for at most `patience`; `None` if anything fails (for servers that may be down or recovering).
 pub fn raw_get(addr: SocketAddr, path: &str, patience: Duration) -> Option<String> {
