@@ -228,7 +228,10 @@ fn insecure_starts_and_says_so_in_a_warning() {
     let mut child = KillOnDrop(run.server_args(&mut cmd).spawn().unwrap());
     let addr = common::listen_addr(&mut child.0);
     let reply = common::raw_get(addr, "/sse/call/1?mode=x", PATIENCE).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 400"), "open, no token asked: {reply}");
+    assert!(
+        reply.starts_with("HTTP/1.1 400"),
+        "open, no token asked: {reply}"
+    );
     common::sigterm(&child.0);
     let exit = wait_for("exit", || child.0.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));
@@ -285,12 +288,13 @@ fn sighup_rereads_the_key_file_and_a_bad_one_keeps_the_old_key() {
     std::fs::write(&secret, "short\n").unwrap();
     hup(&child.0);
     wait_for("the failed reload logged", || {
-        run.log_text()
-            .contains("key reload failed")
-            .then_some(())
+        run.log_text().contains("key reload failed").then_some(())
     });
     assert_eq!(status_with(&new), "200", "a bad file keeps the key in use");
-    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP does not stop it");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop it"
+    );
     common::sigterm(&child.0);
     let exit = wait_for("exit", || child.0.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));

@@ -438,7 +438,7 @@ test("with auth on the page asks for a token on a 401, keeps it in a cookie, and
     await page.locator("#alarm-id").press("Enter");
     await waitFor("the token panel", async () => await page.locator("#token-panel").isVisible());
     await waitFor("the reason in words", async () => /needs a token/.test(await text(page, "#alarm-error")));
-    assert.match(await text(page, "#token-why"), /missing token/);
+    assert.match(await text(page, "#token-why"), /asks for a token/);
     await page.screenshot({ path: path.join(OUT, "auth-asks-for-token.png"), fullPage: true });
 
     // Not a token at all: refused in words, nothing stored.
