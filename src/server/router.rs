@@ -234,17 +234,6 @@ impl Router {
                 self.conns.request_seen(*peer);
             }
         }
-        if log::log_enabled!(log::Level::Debug) {
-            // Never the token: credentials in the query are redacted.
-            log::debug!(
-                "request method={} target={} peer={}",
-                request.method(),
-                auth::carrier::redact_target(request.url()),
-                request
-                    .remote_addr()
-                    .map_or_else(|| "-".to_string(), |p| p.to_string())
-            );
-        }
         // tiny_http reads request lines and headers without a limit; refuse oversized ones here.
         if request.url().len() > MAX_URL {
             self.metrics.reject("too-large");
@@ -263,6 +252,18 @@ impl Router {
                 "request headers too large (max 16384 bytes, 100 lines)",
             );
             return self.admit.respond(request, reply);
+        }
+        // After the size checks: an oversized target is not logged whole.
+        if log::log_enabled!(log::Level::Debug) {
+            // Never the token: credentials in the query are redacted.
+            log::debug!(
+                "request method={} target={} peer={}",
+                request.method(),
+                auth::carrier::redact_target(request.url()),
+                request
+                    .remote_addr()
+                    .map_or_else(|| "-".to_string(), |p| p.to_string())
+            );
         }
         if *request.method() == Method::Options {
             let reply = if self.cors {
@@ -369,6 +370,18 @@ mod tests {
         );
         // Leading slashes are dropped, as tiny_http's targets arrive.
         assert_eq!(served(Method::Get, "//healthz"), Some(("/healthz", "")));
+    }
+
+    #[test]
+    fn healthz_is_open_the_ops_endpoints_are_ops_and_everything_else_is_a_feature() {
+        for route in ROUTES {
+            let want = match route.path {
+                "/healthz" => Access::Open,
+                "/metrics" | "/debug/threads" => Access::Ops,
+                _ => Access::Feature,
+            };
+            assert_eq!(route.access, want, "{route:?}");
+        }
     }
 
     #[test]
