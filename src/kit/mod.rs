@@ -7,6 +7,7 @@
 //! - [`prom`]: reading a sample from Prometheus text.
 //! - [`stats`]: quantiles of measured values.
 //! - [`proc`]: a process's threads, memory and CPU time from `/proc`.
+//! - [`redis_server`]: a `redis-server` of one's own on a free loopback port.
 //!
 //! The server uses none of this, except what server and kit share: the `/proc` readers and the
 //! duration syntax of the flags are one implementation each, in the server's modules.
@@ -14,6 +15,7 @@
 pub mod http;
 pub mod jwt;
 pub mod prom;
+pub mod redis_server;
 pub mod sse;
 
 use std::net::SocketAddr;

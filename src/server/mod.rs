@@ -41,6 +41,7 @@ use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
+use crate::redis::Link;
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 use dispatch::{AdminHttp, CurrentHttp, Dispatcher};
@@ -115,8 +116,21 @@ impl Server {
         let config = config.into_inner();
         accept::install_panic_watch();
         let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
-        let store = Backend::of(&config);
+        let link = match &config.redis {
+            Some(url) => {
+                let link = Link::new(url, &config.redis_prefix, config.redis_timeout)
+                    .map_err(|e| StartError::Store(e.into()))?;
+                Some(Arc::new(link))
+            }
+            None => None,
+        };
+        let store = Backend::of(&config, link.as_ref());
         store.create().map_err(StartError::Store)?;
+        if let Some(link) = &link {
+            // Says at once whether Redis answers (`redis connected` or `redis unavailable`);
+            // unavailable is no start error: the node runs degraded until it answers.
+            let _ = link.ping();
+        }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
         let admin = match config.admin_listen {
@@ -174,6 +188,8 @@ impl Server {
                 health: health.clone(),
                 hub: hub.clone(),
                 admit: admit.clone(),
+                redis: link.clone(),
+                redis_in_health: store.shared(),
             },
             admit: admit.clone(),
             conns: conns.clone(),

@@ -14,6 +14,7 @@ use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
 pub mod auth;
+pub mod redis;
 pub mod root;
 
 /// A generous upper bound used only as a time-out, never as an expected duration.

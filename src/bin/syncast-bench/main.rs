@@ -2,7 +2,7 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint]
+//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint]
 //! [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]`
 //!
 //! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
@@ -11,6 +11,7 @@
 mod epoll;
 mod floor;
 mod proc;
+mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -911,7 +912,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -950,6 +951,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("refresh") {
         steps.push(("refresh", Box::new(|b| b.refresh())));
+    }
+    if want("redis-refresh") {
+        steps.push(("redis-refresh", Box::new(|b| b.redis_refresh())));
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
