@@ -467,6 +467,9 @@ test("with auth on the page asks for a token on a 401, keeps it in a cookie, and
     await page.locator("#chat-join").click();
     await waitText(page, "#chat-conn", "live");
     await waitText(page, "#chat-me", name);
+    // The name is the token's: renaming is not offered (the server refuses it), leaving is.
+    assert.equal(await page.locator("#chat-rename").isVisible(), false);
+    assert.equal(await page.locator("#chat-leave").isVisible(), true);
     await send(page, "hello under auth");
     await page.locator("#chat-leave").click();
     await waitFor("join form back", async () => await page.locator("#join-form").isVisible());
