@@ -1,7 +1,7 @@
 //! `syncast`: parses the flags into a validated configuration (`syncast::cli`), sets up
 //! logging, starts the server and waits for signals on the main thread: SIGHUP reopens the log
-//! file and runs the server's reload hooks, SIGINT/SIGTERM shut down, joining every thread; a
-//! second SIGINT/SIGTERM during that shutdown exits at once.
+//! file and runs the server's reload hooks (the key files are re-read there), SIGINT/SIGTERM
+//! shut down, joining every thread; a second SIGINT/SIGTERM during that shutdown exits at once.
 
 use std::fs::{File, OpenOptions};
 use std::io::LineWriter;
@@ -112,12 +112,20 @@ fn main() -> ExitCode {
     };
     let server = match syncast::Server::start_valid(run.config) {
         Ok(s) => s,
+        // A key file that cannot be used is a bad flag value.
+        Err(e @ syncast::StartError::Key(_)) => {
+            eprintln!("syncast: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("syncast: {e}");
             return ExitCode::FAILURE;
         }
     };
     println!("syncast listening on http://{}", server.addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("syncast admin listening on http://{admin}");
+    }
     // The main thread waits here; no extra thread is spent on signals.
     for sig in signals.forever() {
         log::info!("signal received signal={sig}");

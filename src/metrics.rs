@@ -51,12 +51,13 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 9] = [
+pub(crate) const REJECT_REASONS: [&str; 10] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
     "bad-request",
     "unauthorized",
+    "forbidden",
     "name-taken",
     "rate-limited",
     "too-large",
