@@ -14,4 +14,5 @@ mod auth;
 mod chat;
 mod docs;
 mod hostile;
+mod metrics;
 mod web;
