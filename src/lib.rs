@@ -17,12 +17,15 @@
 
 mod admit;
 mod alarm;
+mod auth;
 mod chat;
 pub mod cli;
 mod config;
 mod http;
 pub mod kit;
 mod metrics;
+mod redis;
+mod reload;
 mod server;
 mod stream;
 mod sys;
@@ -32,8 +35,11 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
-pub use config::{Config, ConfigError, ValidConfig};
-pub use server::{Server, StartError};
+pub use auth::keys::{KeyError, KeyFile};
+pub use auth::KeyReload;
+pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
+pub use reload::{ReloadHook, Reloaded};
+pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —
 /// plus the CORS preflight (`OPTIONS /{path}`). For the documentation check in `tests/`, which

@@ -7,9 +7,9 @@
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick};
+use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
 use super::room::{Attached, Encoded, Kick, Room, Take, TAKE_EVENTS};
@@ -129,8 +129,9 @@ pub(crate) fn prepare(
     }
 }
 
-/// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
-/// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
+/// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
+/// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's
+/// own thread; `slot` is its place under `--max-clients`.
 ///
 /// Memory: an idle member must cost what an idle alarm stream costs (two stack pages and no
 /// buffer sized for a past write), so the room's work was done before the thread started
@@ -144,9 +145,10 @@ pub(crate) fn serve(
     prepared: Prepared,
     conn: u64,
     slot: StreamSlot,
+    expires: Option<Instant>,
 ) {
     if let Some((att, out)) = start(&cx, request, prepared, conn) {
-        run(cx, att, out, conn, slot);
+        run(cx, att, out, conn, slot, expires);
     }
 }
 
@@ -178,7 +180,7 @@ fn send_backlog(out: &mut SseWriter, backlog: Vec<Encoded>) -> std::io::Result<(
         batch.extend_from_slice(event);
     }
     drop(backlog);
-    out.send(&batch)
+    out.send_event(&batch).map(|_| ())
 }
 
 #[inline(never)]
@@ -188,11 +190,19 @@ fn opened<'a>(cx: &'a ChatStreams, att: &Attached, conn: u64) -> Lifecycle<'a> {
 
 /// The stream's loop, from the backlog to close (never inlined, like [`start`]).
 #[inline(never)]
-fn run(cx: Arc<ChatStreams>, mut att: Attached, mut out: SseWriter, conn: u64, slot: StreamSlot) {
+fn run(
+    cx: Arc<ChatStreams>,
+    mut att: Attached,
+    mut out: SseWriter,
+    conn: u64,
+    slot: StreamSlot,
+    expires: Option<Instant>,
+) {
     let room = cx.room.clone();
     let mut life = opened(&cx, &att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
+    let expiry = expires.map_or_else(never, at);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let backlog = std::mem::take(&mut att.backlog);
     let result = send_backlog(&mut out, backlog).and_then(|()| {
@@ -216,7 +226,7 @@ fn run(cx: Arc<ChatStreams>, mut att: Attached, mut out: SseWriter, conn: u64, s
                     if woke.is_err() {
                         return Ok(kicked(&mut life.name, room.kick_of(att.serial)));
                     }
-                    if let Some(reason) = deliver(&room, &att, &mut out)? {
+                    if let Some(reason) = deliver(&cx.metrics, &room, &att, &mut out)? {
                         return Ok(kicked(&mut life.name, reason));
                     }
                     settle = SETTLE;
@@ -232,6 +242,12 @@ fn run(cx: Arc<ChatStreams>, mut att: Attached, mut out: SseWriter, conn: u64, s
                     let _ = out.send(sse::SHUTDOWN);
                     return Ok(CloseReason::Shutdown);
                 }
+                // The token expired: the session stays for its grace period, and the client
+                // attaches again with a fresh token.
+                recv(expiry) -> _ => {
+                    let _ = out.send(sse::EXPIRED);
+                    return Ok(CloseReason::TokenExpired);
+                }
                 default(settle) => {
                     crate::sys::thread::release_unused_stack();
                     settle = Duration::MAX;
@@ -245,6 +261,8 @@ fn run(cx: Arc<ChatStreams>, mut att: Attached, mut out: SseWriter, conn: u64, s
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
         Err(e) => match room.kick_of(att.serial) {
             Some(kick) => kicked(&mut life.name, Some(kick)),
+            // Shutdown shut the socket of a stream blocked in a write.
+            None if slot.is_closed() => CloseReason::Shutdown,
             None => CloseReason::from_write_error(&e),
         },
     };
@@ -268,34 +286,44 @@ const GATHER_BYTES: usize = 4096;
 /// `Some(kick)` when the room closed the stream.
 #[inline(never)]
 fn deliver(
+    metrics: &Metrics,
     room: &Room,
     att: &Attached,
     out: &mut SseWriter,
 ) -> std::io::Result<Option<Option<Kick>>> {
     let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
+    // When each was broadcast, for the delivery latency once it is written.
+    let mut accepted = [0u64; TAKE_EVENTS];
     let mut gather = [0u8; GATHER_BYTES];
     loop {
-        let took = room.take(att.key, att.serial, &mut events);
+        let took = room.take(att.key, att.serial, &mut events, &mut accepted);
         let n = match took {
             Take::Closed => return Ok(Some(room.kick_of(att.serial))),
             Take::Done(n) | Take::More(n) => n,
         };
-        let mut len = 0;
-        for slot in &mut events[..n] {
-            let Some(event) = slot.take() else { continue };
+        // `gather` holds events [from, i); one too big for it is written on its own.
+        let (mut len, mut from) = (0, 0);
+        for i in 0..n {
+            let Some(event) = events[i].take() else {
+                continue;
+            };
             if len + event.len() > GATHER_BYTES && len > 0 {
-                out.send(&gather[..len])?;
-                len = 0;
+                let written = out.send_event(&gather[..len])?;
+                metrics.chat_delivery.observe_since(&accepted[from..i], written);
+                (len, from) = (0, i);
             }
             if event.len() > GATHER_BYTES {
-                out.send(&event)?;
+                let written = out.send_event(&event)?;
+                metrics.chat_delivery.observe_since(&accepted[i..=i], written);
+                from = i + 1;
             } else {
                 gather[len..len + event.len()].copy_from_slice(&event);
                 len += event.len();
             }
         }
         if len > 0 {
-            out.send(&gather[..len])?;
+            let written = out.send_event(&gather[..len])?;
+            metrics.chat_delivery.observe_since(&accepted[from..n], written);
         }
         if let Take::Done(_) = took {
             return Ok(None);

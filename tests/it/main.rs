@@ -10,7 +10,9 @@
 mod common;
 
 mod alarm;
+mod auth;
 mod chat;
 mod docs;
 mod hostile;
+mod metrics;
 mod web;

@@ -2,12 +2,17 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,floor,refresh,footprint]
-//! [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH]`
+//! Usage: `syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,fanout,floor,refresh,
+//! redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH] [--auth]`
+//!
+//! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
+//! carry a token (each such stream then also waits on its token's expiry in its `select!`).
 
 mod epoll;
+mod fanout;
 mod floor;
 mod proc;
+mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -52,6 +57,20 @@ impl Results {
     }
 }
 
+/// For `--auth`: a fresh HS256 secret file and a day-long token that may stream every id.
+fn bench_token() -> Result<(PathBuf, String), String> {
+    let (dir, _) = temp_db();
+    let secret = dir.join("jwt-secret");
+    let bytes: Vec<u8> = (0..48u8)
+        .map(|i| b'a' + (i.wrapping_mul(7) ^ std::process::id() as u8) % 26)
+        .collect();
+    std::fs::write(&secret, &bytes).map_err(|e| e.to_string())?;
+    let minter = syncast::kit::jwt::Minter::hs256(&bytes)?;
+    let mut claims = syncast::kit::jwt::claims("bench", Duration::from_secs(86_400));
+    claims["syncast"] = json!({ "subscribe": ["*"] });
+    Ok((secret, minter.mint(&claims)?))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -82,6 +101,8 @@ struct Bench {
     bin: PathBuf,
     runs: usize,
     results: Results,
+    /// With `--auth`: the secret file the server is given, and a token for every stream.
+    auth: Option<(PathBuf, String)>,
 }
 
 const KIB: f64 = 1024.0;
@@ -92,7 +113,28 @@ fn no_events(_: epoll::Event<'_>) {}
 impl Bench {
     fn server(&self, extra: &[&str]) -> Result<ServerProc, String> {
         let (dir, db) = temp_db();
-        ServerProc::start(&self.bin, dir, db, extra)
+        let mut args: Vec<&str> = extra.to_vec();
+        if let Some((secret, _)) = &self.auth {
+            args.extend(["--jwt-secret-file", secret.to_str().unwrap_or_default()]);
+        }
+        ServerProc::start(&self.bin, dir, db, &args)
+    }
+
+    /// `GET path` as a stream request, with the token when `--auth` is on.
+    fn stream_request(&self, addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+        match &self.auth {
+            Some((_, token)) => syncast::kit::http::request_bytes(
+                &addr.to_string(),
+                "GET",
+                path,
+                &[
+                    ("Accept", "text/event-stream"),
+                    ("Authorization", &format!("Bearer {token}")),
+                ],
+                b"",
+            ),
+            None => get(addr, path),
+        }
     }
 
     /// Waits until the server's thread count is at most `idle` (or `limit` passes); returns
@@ -149,14 +191,23 @@ impl Bench {
     }
 
     fn idle(&mut self, n: usize) -> Result<(), String> {
-        let sc = format!("idle change streams N={n}");
+        let sc = format!(
+            "idle change streams N={n}{}",
+            if self.auth.is_some() {
+                " (auth on)"
+            } else {
+                ""
+            }
+        );
         for run in 0..self.runs {
             let srv = self.server(&[])?;
             std::thread::sleep(Duration::from_millis(500));
             let before = srv.sample();
             let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
             let rqs: Vec<Vec<u8>> = (0..n)
-                .map(|i| get(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change")))
+                .map(|i| {
+                    self.stream_request(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change"))
+                })
                 .collect();
             let t0 = Instant::now();
             let open = c
@@ -817,6 +868,76 @@ impl Bench {
 }
 
 impl Bench {
+    /// Chat fan-out beside the naive thread-per-member server, same client, same run (issue 13,
+    /// item 5; see fanout.rs). The naive server is this binary's `--naive-server chat` (issue 13
+    /// part A); a build without it measures syncast alone and says so.
+    fn fanout(&mut self) -> Result<(), String> {
+        let sc = "chat fan-out beside naive threads: 1,000 members";
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            let ours = fanout::measure(&srv, &format!("s{run}"));
+            srv.stop();
+            let ours = ours?;
+            let (dir, _) = temp_db();
+            let naive = match ServerProc::start_command(
+                &exe,
+                &["--naive-server", "chat", "--listen", "127.0.0.1:0"],
+                dir,
+            ) {
+                Ok(n) => {
+                    let got = fanout::measure(&n, &format!("n{run}"));
+                    n.stop();
+                    Some(got?)
+                }
+                Err(e) => {
+                    self.results
+                        .notes
+                        .push(format!("{sc}: no naive server in this build ({e})"));
+                    None
+                }
+            };
+            let r = &mut self.results;
+            let paced = format!("paced {}/s", fanout::PACED_RATE);
+            let burst = format!("burst of {}", fanout::BURST);
+            r.add(sc, "members streaming", "", "1000", ours.members as f64);
+            r.add(
+                sc,
+                &format!("syncast: {paced}: CPU per delivery"),
+                "µs",
+                "",
+                ours.paced_cpu_us,
+            );
+            r.add(sc, &format!("syncast: {paced}: latency p50"), "ms", "", ours.paced_p50);
+            r.add(sc, &format!("syncast: {paced}: latency p99"), "ms", "", ours.paced_p99);
+            r.add(
+                sc,
+                &format!("syncast: {burst}: CPU per delivery"),
+                "µs",
+                "",
+                ours.burst_cpu_us,
+            );
+            r.add(sc, &format!("syncast: {burst}: latency p50"), "ms", "", ours.burst_p50);
+            r.add(sc, &format!("syncast: {burst}: latency p99"), "ms", "<= 25", ours.burst_p99);
+            r.add(sc, "syncast: lost", "", "0", ours.lost as f64);
+            if let Some(n) = naive {
+                r.add(sc, &format!("naive: {paced}: CPU per delivery"), "µs", "", n.paced_cpu_us);
+                r.add(sc, &format!("naive: {paced}: latency p99"), "ms", "", n.paced_p99);
+                r.add(sc, &format!("naive: {burst}: CPU per delivery"), "µs", "", n.burst_cpu_us);
+                r.add(sc, &format!("naive: {burst}: latency p99"), "ms", "", n.burst_p99);
+                r.add(sc, "naive: lost", "", "", n.lost as f64);
+                r.add(
+                    sc,
+                    &format!("{paced}: CPU per delivery, syncast / naive"),
+                    "",
+                    "<= 1.0",
+                    ours.paced_cpu_us / n.paced_cpu_us,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The machine's floor for thread-per-member fan-out (see floor.rs).
     fn floor(&mut self) -> Result<(), String> {
         let sc = "floor: 1,000 threads wake and write (no server)";
@@ -946,6 +1067,7 @@ fn machine() -> String {
 
 fn main() -> std::process::ExitCode {
     let mut runs = 3;
+    let mut auth = false;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
     let mut chat_sizes: Vec<usize> = vec![5000, 10_000];
@@ -968,6 +1090,7 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
                     .unwrap_or(chat_sizes)
             }
+            "--auth" => auth = true,
             "--idle-sizes" => {
                 sizes = args
                     .next()
@@ -975,16 +1098,24 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,fanout,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH] [--auth]");
                 return std::process::ExitCode::from(2);
             }
         }
     }
     let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let auth = match auth.then(bench_token).transpose() {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("syncast-bench: --auth: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut b = Bench {
         bin: dir.join("syncast"),
         runs,
         results: Results::default(),
+        auth,
     };
     let machine = machine();
     let started = Instant::now();
@@ -1012,8 +1143,14 @@ fn main() -> std::process::ExitCode {
     if want("refresh") {
         steps.push(("refresh", Box::new(|b| b.refresh())));
     }
+    if want("redis-refresh") {
+        steps.push(("redis-refresh", Box::new(|b| b.redis_refresh())));
+    }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
+    }
+    if want("fanout") {
+        steps.push(("fanout", Box::new(|b| b.fanout())));
     }
     if want("floor") {
         steps.push(("floor", Box::new(|b| b.floor())));

@@ -163,10 +163,17 @@ impl Room {
 
     /// Takes the live events waiting for the stream `serial` of session `key` (the
     /// [`Attached`] fields): hands them out, encoded, in `out` (as many as fit; call again on
-    /// [`Take::More`]) and counts them as delivered. Call after each message on
-    /// [`Attached::wake`]; the events are taken under the room's lock, written after it.
-    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut [Option<Encoded>]) -> Take {
-        let took = self.inner.lock().take(key, serial, out);
+    /// [`Take::More`]), with when each was broadcast in `accepted` at the same index (for the
+    /// delivery latency, once written), and counts them as delivered. Call after each message
+    /// on [`Attached::wake`]; the events are taken under the room's lock, written after it.
+    pub(crate) fn take(
+        &self,
+        key: u64,
+        serial: u64,
+        out: &mut [Option<Encoded>],
+        accepted: &mut [u64],
+    ) -> Take {
+        let took = self.inner.lock().take(key, serial, out, accepted);
         if let Take::Done(n) | Take::More(n) = took {
             self.metrics.chat_deliveries.add(n as u64);
         }
@@ -201,6 +208,15 @@ impl Room {
         })?;
         log::info!("chat left name={name}");
         Ok(name)
+    }
+
+    /// The name of the session holding `token`, if there is one.
+    pub(crate) fn name_of(&self, token: &Token) -> Option<String> {
+        self.inner
+            .lock()
+            .session(token)
+            .ok()
+            .map(|s| s.name.clone())
     }
 
     /// Names of every session, sorted.

@@ -59,6 +59,9 @@ struct Kept {
     /// The session whose message this is (its own messages are not sent back to it).
     from: Option<u64>,
     bytes: Encoded,
+    /// When it was broadcast (the post accepted), [`crate::metrics::now_ns`]: the start of its
+    /// delivery latency.
+    at: u64,
 }
 
 /// Joins and leaves not yet announced: they go out together as one `presence` event (see
@@ -214,7 +217,12 @@ impl Inner {
             }
         }
         let bytes: Encoded = encode_event(Some(kind), Some(id), &data.to_string()).into();
-        self.history.push_back(Kept { id, from, bytes });
+        self.history.push_back(Kept {
+            id,
+            from,
+            bytes,
+            at: crate::metrics::now_ns(),
+        });
         while self.history.len() > self.limits.history {
             self.history.pop_front();
         }
@@ -326,9 +334,16 @@ impl Inner {
 
     /// Hands out, in `out` from its start, the events after the cursor of stream `serial` of
     /// session `key` (not the session's own messages), as many as fit, and moves the cursor past
-    /// them. They are the history's own buffers (a reference count each): nothing is copied
-    /// under the lock, and no stream keeps a buffer sized for the largest write it ever made.
-    pub(crate) fn take(&mut self, key: u64, serial: u64, out: &mut [Option<Encoded>]) -> Take {
+    /// them; `accepted` gets when each was broadcast, at the same index. They are the history's
+    /// own buffers (a reference count each): nothing is copied under the lock, and no stream
+    /// keeps a buffer sized for the largest write it ever made.
+    pub(crate) fn take(
+        &mut self,
+        key: u64,
+        serial: u64,
+        out: &mut [Option<Encoded>],
+        accepted: &mut [u64],
+    ) -> Take {
         let Some(att) = self
             .sessions
             .get_mut(&key)
@@ -354,6 +369,9 @@ impl Inner {
             };
             *slot = Some(kept.bytes.clone());
             att.cursor = kept.id;
+            if let Some(at) = accepted.get_mut(taken) {
+                *at = kept.at;
+            }
             taken += 1;
         }
         Take::Done(taken)

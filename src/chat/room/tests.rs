@@ -30,7 +30,8 @@ fn drain(r: &Room, att: &Attached) -> Vec<(String, Option<u64>, serde_json::Valu
 /// they would be written.
 fn take_bytes(r: &Room, att: &Attached, out: &mut Vec<u8>) -> (Take, usize) {
     let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
-    let took = r.take(att.key, att.serial, &mut events);
+    let mut accepted = [0u64; TAKE_EVENTS];
+    let took = r.take(att.key, att.serial, &mut events, &mut accepted);
     let n = match took {
         Take::Done(n) | Take::More(n) => n,
         Take::Closed => 0,
