@@ -309,12 +309,16 @@ fn deliver(
             };
             if len + event.len() > GATHER_BYTES && len > 0 {
                 let written = out.send_event(&gather[..len])?;
-                metrics.chat_delivery.observe_since(&accepted[from..i], written);
+                metrics
+                    .chat_delivery
+                    .observe_since(&accepted[from..i], written);
                 (len, from) = (0, i);
             }
             if event.len() > GATHER_BYTES {
                 let written = out.send_event(&event)?;
-                metrics.chat_delivery.observe_since(&accepted[i..=i], written);
+                metrics
+                    .chat_delivery
+                    .observe_since(&accepted[i..=i], written);
                 from = i + 1;
             } else {
                 gather[len..len + event.len()].copy_from_slice(&event);
@@ -323,7 +327,9 @@ fn deliver(
         }
         if len > 0 {
             let written = out.send_event(&gather[..len])?;
-            metrics.chat_delivery.observe_since(&accepted[from..n], written);
+            metrics
+                .chat_delivery
+                .observe_since(&accepted[from..n], written);
         }
         if let Take::Done(_) = took {
             return Ok(None);

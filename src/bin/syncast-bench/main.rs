@@ -908,8 +908,20 @@ impl Bench {
                 "",
                 ours.paced_cpu_us,
             );
-            r.add(sc, &format!("syncast: {paced}: latency p50"), "ms", "", ours.paced_p50);
-            r.add(sc, &format!("syncast: {paced}: latency p99"), "ms", "", ours.paced_p99);
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p50"),
+                "ms",
+                "",
+                ours.paced_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p99"),
+                "ms",
+                "",
+                ours.paced_p99,
+            );
             r.add(
                 sc,
                 &format!("syncast: {burst}: CPU per delivery"),
@@ -917,14 +929,50 @@ impl Bench {
                 "",
                 ours.burst_cpu_us,
             );
-            r.add(sc, &format!("syncast: {burst}: latency p50"), "ms", "", ours.burst_p50);
-            r.add(sc, &format!("syncast: {burst}: latency p99"), "ms", "<= 25", ours.burst_p99);
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p50"),
+                "ms",
+                "",
+                ours.burst_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p99"),
+                "ms",
+                "<= 25",
+                ours.burst_p99,
+            );
             r.add(sc, "syncast: lost", "", "0", ours.lost as f64);
             if let Some(n) = naive {
-                r.add(sc, &format!("naive: {paced}: CPU per delivery"), "µs", "", n.paced_cpu_us);
-                r.add(sc, &format!("naive: {paced}: latency p99"), "ms", "", n.paced_p99);
-                r.add(sc, &format!("naive: {burst}: CPU per delivery"), "µs", "", n.burst_cpu_us);
-                r.add(sc, &format!("naive: {burst}: latency p99"), "ms", "", n.burst_p99);
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.paced_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: latency p99"),
+                    "ms",
+                    "",
+                    n.paced_p99,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.burst_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: latency p99"),
+                    "ms",
+                    "",
+                    n.burst_p99,
+                );
                 r.add(sc, "naive: lost", "", "", n.lost as f64);
                 r.add(
                     sc,
