@@ -58,7 +58,8 @@ struct Lifecycle<'a> {
 
 impl<'a> Lifecycle<'a> {
     #[inline(never)]
-    fn new(metrics: &'a Metrics, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
+    /// Takes the attachment's name (no second copy of it lives as long as the stream).
+    fn new(metrics: &'a Metrics, room: &'a Room, att: &mut Attached, conn: u64) -> Lifecycle<'a> {
         metrics.chat_streams.inc();
         log::info!("chat stream opened name={} conn={conn}", att.name);
         Lifecycle {
@@ -66,7 +67,7 @@ impl<'a> Lifecycle<'a> {
             room,
             key: att.key,
             serial: att.serial,
-            name: att.name.clone(),
+            name: std::mem::take(&mut att.name),
             conn,
             // Until the loop says otherwise, an unwinding thread closed because of a fault.
             reason: CloseReason::ClientGone,
@@ -184,7 +185,7 @@ fn send_backlog(out: &mut SseWriter, backlog: Vec<Encoded>) -> std::io::Result<(
 }
 
 #[inline(never)]
-fn opened<'a>(cx: &'a ChatStreams, att: &Attached, conn: u64) -> Lifecycle<'a> {
+fn opened<'a>(cx: &'a ChatStreams, att: &mut Attached, conn: u64) -> Lifecycle<'a> {
     Lifecycle::new(&cx.metrics, &cx.room, att, conn)
 }
 
@@ -199,7 +200,7 @@ fn run(
     expires: Option<Instant>,
 ) {
     let room = cx.room.clone();
-    let mut life = opened(&cx, &att, conn);
+    let mut life = opened(&cx, &mut att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
     let expiry = expires.map_or_else(never, at);

@@ -581,3 +581,32 @@ fn presence_events_are_replayed_on_resume_like_any_other() {
     assert_eq!(replayed[0].1, Some(last + 1));
     assert_eq!(replayed[0].2, json!({ "joined": ["x"], "left": [] }));
 }
+
+#[test]
+fn a_welcome_is_the_room_as_of_its_last_id_with_waiting_joins_and_leaves_undone() {
+    let r = room(|_| {});
+    r.join("a").unwrap();
+    r.join("b").unwrap();
+    let c = r.join("c").unwrap();
+    r.flush_presence();
+    r.leave(&token(&c)).unwrap();
+    r.join("aa").unwrap();
+    // Waiting: aa joined, c left. A new member's welcome shows the room before both.
+    let d = r.join_and_attach("d", None).unwrap();
+    let (_, _, welcome) = parse(&d.backlog[0]);
+    assert_eq!(welcome["online"], json!(["a", "b", "c"]));
+    assert_eq!(welcome["online_count"], 3);
+    assert_eq!(
+        r.users(None, 10).names,
+        vec!["a", "aa", "b", "d"],
+        "users is now"
+    );
+    r.flush_presence();
+    let got = drain(&r, &d);
+    let last = got.last().unwrap();
+    assert_eq!(
+        last.2,
+        json!({ "joined": ["aa", "d"], "left": [{ "name": "c", "reason": "left" }] })
+    );
+    assert_eq!(Some(welcome["last_id"].as_u64().unwrap() + 1), last.1);
+}
