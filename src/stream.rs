@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tiny_http::Request;
 
 use crate::config::Config;
-use crate::http::response::{Cors, Reply};
+use crate::http::response::Cors;
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
@@ -42,12 +42,6 @@ impl Streams {
             self.limits,
             &self.metrics,
         )
-    }
-
-    /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
-    /// refused) with a buffered reply.
-    pub(crate) fn refuse(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
     }
 }
 

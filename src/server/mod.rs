@@ -140,6 +140,7 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
+        crate::sys::mem::tune_malloc();
         let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
         let link = match &config.redis {
             Some(url) => {

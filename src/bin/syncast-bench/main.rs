@@ -2,13 +2,14 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint]
-//! [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]`
+//! Usage: `syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,fanout,floor,refresh,
+//! redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH] [--auth]`
 //!
 //! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
 //! carry a token (each such stream then also waits on its token's expiry in its `select!`).
 
 mod epoll;
+mod fanout;
 mod floor;
 mod proc;
 mod redis;
@@ -261,6 +262,13 @@ impl Bench {
                 if n == 10_000 { "<= 16" } else { "" },
                 (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
             );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                if n == 10_000 { "<= 8" } else { "" },
+                (after.rss as f64 - before.rss as f64) / MIB,
+            );
             r.add(&sc, "threads before", "", "", before.threads as f64);
             r.add(&sc, "threads at N", "", "", at.threads as f64);
             r.add(
@@ -293,6 +301,104 @@ impl Bench {
                 "% core",
                 if n == 10_000 { "<= 2" } else { "" },
                 cpu / hold.as_secs_f64() * 100.0,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    /// Idle chat members (issue 13): `n` members join with `GET /chat/stream?name=` at
+    /// [`CHAT_RAMP_RATE`] connections a second, then sit idle; memory and threads per member,
+    /// the time until the last one has its `welcome`, and what is left 10 s after they close.
+    fn chat_idle(&mut self, n: usize) -> Result<(), String> {
+        let sc = format!("idle chat members N={n}");
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = srv.sample();
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| get(srv.addr, &format!("/chat/stream?name=i{run}x{i}")))
+                .collect();
+            let (welcomed, ramp) = c
+                .open_paced(rqs, CHAT_RAMP_RATE, Duration::from_secs(60), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            if welcomed < n {
+                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                for conn in c.conns.iter().filter(|c| c.events == 0) {
+                    *statuses.entry(conn.status).or_default() += 1;
+                }
+                self.results.notes.push(format!(
+                    "{sc} run {run}: only {welcomed} of {n} members welcomed in {:.1} s \
+                     (the others by status, 0 = no answer: {statuses:?})",
+                    ramp.as_secs_f64()
+                ));
+            }
+            let ramp_events = c.events();
+            // As for alarm streams: tiny_http's surplus pool threads go first (5 s).
+            c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
+            let at = srv.sample();
+            let still = c.streaming();
+            c.close_all();
+            let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
+            std::thread::sleep(
+                Duration::from_secs(10).saturating_sub(back.unwrap_or(Duration::from_secs(10))),
+            );
+            let after = srv.sample();
+            let open = welcomed.min(still);
+            let r = &mut self.results;
+            r.add(&sc, "members welcomed", "", &n.to_string(), open as f64);
+            r.add(
+                &sc,
+                "ramp: first connect to last welcome",
+                "s",
+                if n == 10_000 { "<= 12" } else { "" },
+                ramp.as_secs_f64(),
+            );
+            r.add(
+                &sc,
+                "events received during the ramp",
+                "",
+                "",
+                ramp_events as f64,
+            );
+            r.add(&sc, "RSS before", "MiB", "", before.rss as f64 / MIB);
+            r.add(&sc, "RSS at N", "MiB", "", at.rss as f64 / MIB);
+            r.add(
+                &sc,
+                "RSS per member",
+                "KiB",
+                "<= 16",
+                (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads per member",
+                "",
+                "1",
+                (at.threads as f64 - before.threads as f64) / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads 10 s after close",
+                "",
+                &format!("<= {}", before.threads),
+                after.threads as f64,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close",
+                "MiB",
+                "",
+                after.rss as f64 / MIB,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                "<= 8",
+                (after.rss as f64 - before.rss as f64) / MIB,
             );
             drop(c);
             srv.stop();
@@ -762,6 +868,124 @@ impl Bench {
 }
 
 impl Bench {
+    /// Chat fan-out beside the naive thread-per-member server, same client, same run (issue 13,
+    /// item 5; see fanout.rs). The naive server is this binary's `--naive-server chat` (issue 13
+    /// part A); a build without it measures syncast alone and says so.
+    fn fanout(&mut self) -> Result<(), String> {
+        let sc = "chat fan-out beside naive threads: 1,000 members";
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            let ours = fanout::measure(&srv, &format!("s{run}"));
+            srv.stop();
+            let ours = ours?;
+            let (dir, _) = temp_db();
+            let naive = match ServerProc::start_command(
+                &exe,
+                &["--naive-server", "chat", "--listen", "127.0.0.1:0"],
+                dir,
+            ) {
+                Ok(n) => {
+                    let got = fanout::measure(&n, &format!("n{run}"));
+                    n.stop();
+                    Some(got?)
+                }
+                Err(e) => {
+                    self.results
+                        .notes
+                        .push(format!("{sc}: no naive server in this build ({e})"));
+                    None
+                }
+            };
+            let r = &mut self.results;
+            let paced = format!("paced {}/s", fanout::PACED_RATE);
+            let burst = format!("burst of {}", fanout::BURST);
+            r.add(sc, "members streaming", "", "1000", ours.members as f64);
+            r.add(
+                sc,
+                &format!("syncast: {paced}: CPU per delivery"),
+                "µs",
+                "",
+                ours.paced_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p50"),
+                "ms",
+                "",
+                ours.paced_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p99"),
+                "ms",
+                "",
+                ours.paced_p99,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: CPU per delivery"),
+                "µs",
+                "",
+                ours.burst_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p50"),
+                "ms",
+                "",
+                ours.burst_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p99"),
+                "ms",
+                "<= 25",
+                ours.burst_p99,
+            );
+            r.add(sc, "syncast: lost", "", "0", ours.lost as f64);
+            if let Some(n) = naive {
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.paced_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: latency p99"),
+                    "ms",
+                    "",
+                    n.paced_p99,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.burst_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: latency p99"),
+                    "ms",
+                    "",
+                    n.burst_p99,
+                );
+                r.add(sc, "naive: lost", "", "", n.lost as f64);
+                r.add(
+                    sc,
+                    &format!("{paced}: CPU per delivery, syncast / naive"),
+                    "",
+                    "<= 1.0",
+                    ours.paced_cpu_us / n.paced_cpu_us,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The machine's floor for thread-per-member fan-out (see floor.rs).
     fn floor(&mut self) -> Result<(), String> {
         let sc = "floor: 1,000 threads wake and write (no server)";
@@ -823,6 +1047,9 @@ struct Sent {
     sent: Instant,
     answered: Instant,
 }
+
+/// Members joining a second in the idle chat scenario (issue 13: 10,000 at 1,000/s).
+const CHAT_RAMP_RATE: u32 = 1000;
 
 /// How long the tick scenario counts events and CPU (60,000 events at 5,000 streams).
 const TICK_WINDOW: Duration = Duration::from_secs(6);
@@ -891,6 +1118,7 @@ fn main() -> std::process::ExitCode {
     let mut auth = false;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
+    let mut chat_sizes: Vec<usize> = vec![5000, 10_000];
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut out = dir.join("../bench/results.json");
@@ -904,6 +1132,12 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--chat-sizes" => {
+                chat_sizes = args
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or(chat_sizes)
+            }
             "--auth" => auth = true,
             "--idle-sizes" => {
                 sizes = args
@@ -912,7 +1146,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,chat-idle,tick,chat,fanout,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--out PATH] [--auth]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -946,6 +1180,11 @@ fn main() -> std::process::ExitCode {
             steps.push(("idle", Box::new(move |b| b.idle(n))));
         }
     }
+    if want("chat-idle") {
+        for n in chat_sizes {
+            steps.push(("chat-idle", Box::new(move |b| b.chat_idle(n))));
+        }
+    }
     if want("tick") {
         steps.push(("tick", Box::new(|b| b.tick(5000))));
     }
@@ -957,6 +1196,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
+    }
+    if want("fanout") {
+        steps.push(("fanout", Box::new(|b| b.fanout())));
     }
     if want("floor") {
         steps.push(("floor", Box::new(|b| b.floor())));

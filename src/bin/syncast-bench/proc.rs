@@ -99,6 +99,55 @@ impl ServerProc {
         })
     }
 
+    /// Starts `program` with `args`, a server that prints `... http://ADDR` as its first line and
+    /// answers `GET /healthz` (the naive server of `syncast-bench --naive-server`); waits until
+    /// it answers. `dir` is removed when it stops.
+    pub fn start_command(
+        program: &std::path::Path,
+        args: &[&str],
+        dir: PathBuf,
+    ) -> Result<ServerProc, String> {
+        let t0 = Instant::now();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let Some(addr) = line
+            .trim()
+            .rsplit_once("http://")
+            .and_then(|(_, a)| a.parse::<SocketAddr>().ok())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} {args:?} printed {line:?}", program.display()));
+        };
+        let ready_after = loop {
+            if let Ok((200, _)) = http(addr, "GET", "/healthz", None, None) {
+                break t0.elapsed();
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("server did not answer within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        Ok(ServerProc {
+            child,
+            addr,
+            dir,
+            ready_after,
+        })
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
