@@ -74,6 +74,11 @@ pub struct Config {
     /// can show panics are caught, counted and survived. Never set by the binary.
     #[doc(hidden)]
     pub fault_panic_id: Option<String>,
+    /// Test-only: the watcher finds closed clients by reading `TCP_INFO` of each socket in turn,
+    /// as where `sock_diag` (netlink) is unavailable, so tests can show that path works. Never
+    /// set by the binary.
+    #[doc(hidden)]
+    pub force_tcp_info_watch: bool,
 }
 
 impl Default for Config {
@@ -101,6 +106,7 @@ impl Default for Config {
             max_pending: 2048,
             cors_origin: None,
             fault_panic_id: None,
+            force_tcp_info_watch: false,
         }
     }
 }

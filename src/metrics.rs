@@ -45,6 +45,31 @@ pub(crate) const REJECT_REASONS: [&str; 9] = [
     "room-full",
 ];
 
+/// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of `syncast_streams_gone_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// Its socket was in `CLOSE_WAIT` in a `sock_diag` dump: the client closed (FIN).
+    Fin,
+    /// Epoll reported `EPOLLHUP`/`EPOLLERR`: reset, or dropped by the kernel (`TCP_USER_TIMEOUT`).
+    Hangup,
+    /// The fallback's `TCP_INFO` read saw it leave `ESTABLISHED`.
+    TcpInfo,
+}
+
+impl Gone {
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Gone::Fin => "fin",
+            Gone::Hangup => "hangup",
+            Gone::TcpInfo => "tcp-info",
+        }
+    }
+
+    /// Every value, in the order `/metrics` shows them.
+    pub(crate) const ALL: [Gone; 3] = [Gone::Fin, Gone::Hangup, Gone::TcpInfo];
+}
+
 /// Every number `/metrics` shows that the server counts itself.
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
@@ -93,6 +118,14 @@ pub(crate) struct Metrics {
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
     pub(crate) pending_connections: Counter,
+    /// Stream sockets the watcher watches now.
+    pub(crate) streams_watched: Counter,
+    /// 1 while the watcher finds closed clients with `sock_diag`, 0 on the `TCP_INFO` fallback.
+    pub(crate) watcher_sock_diag: Counter,
+    /// Duration of the watcher's last pass, microseconds.
+    pub(crate) watcher_pass_us: Counter,
+    /// Streams the watcher found gone, by how (`How::ALL` order).
+    streams_gone: [Counter; 3],
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
@@ -121,6 +154,17 @@ impl Metrics {
         w.push_back((us, lock_us));
     }
 
+    /// Counts `n` streams the watcher found gone, `how`.
+    pub(crate) fn stream_gone(&self, how: Gone, n: u64) {
+        self.streams_gone[how as usize].add(n);
+    }
+
+    /// Streams the watcher found gone `how`, so far.
+    #[cfg(test)]
+    pub(crate) fn gone(&self, how: Gone) -> u64 {
+        self.streams_gone[how as usize].get()
+    }
+
     /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
     pub(crate) fn reject(&self, reason: &'static str) {
         let mut r = self.rejected.lock();
@@ -142,7 +186,7 @@ impl Metrics {
         let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
         let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, &str, &str, String); 24] = [
+        let rows: [(&str, &str, &str, String); 27] = [
             (
                 "syncast_process_threads",
                 "gauge",
@@ -287,6 +331,24 @@ impl Metrics {
                 "Connections waiting for headers at the last sweep.",
                 self.pending_connections.get().to_string(),
             ),
+            (
+                "syncast_streams_watched",
+                "gauge",
+                "Stream sockets the watcher watches for a client that left.",
+                self.streams_watched.get().to_string(),
+            ),
+            (
+                "syncast_watcher_sock_diag",
+                "gauge",
+                "1 while the watcher finds closed clients with sock_diag, 0 on the TCP_INFO fallback.",
+                self.watcher_sock_diag.get().to_string(),
+            ),
+            (
+                "syncast_watcher_last_pass_seconds",
+                "gauge",
+                "Duration of the watcher's last pass (dump or TCP_INFO batch, and telling).",
+                secs(self.watcher_pass_us.get()),
+            ),
         ];
         for (name, kind, help, value) in rows {
             one(name, kind, help, value);
@@ -318,6 +380,20 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", secs(x));
             }
             let _ = writeln!(out, "{name}_count {}", v.len());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP syncast_streams_gone_total Streams the watcher found gone, by how: fin \
+             (sock_diag saw CLOSE_WAIT), hangup (epoll: reset or dropped by the kernel), tcp-info \
+             (the fallback's TCP_INFO read).\n# TYPE syncast_streams_gone_total counter"
+        );
+        for how in Gone::ALL {
+            let _ = writeln!(
+                out,
+                "syncast_streams_gone_total{{how=\"{}\"}} {}",
+                how.as_str(),
+                self.streams_gone[how as usize].get()
+            );
         }
         let _ = writeln!(out, "# HELP syncast_rejected_total Requests refused, by reason.\n# TYPE syncast_rejected_total counter");
         let rejected = self.rejected.lock().clone();

@@ -10,20 +10,25 @@ use crate::config::Config;
 use crate::http::response::{Cors, Reply};
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
+use crate::http::watch::Watcher;
 
-/// What opening a stream needs: the connection table (the stream's socket is registered there
-/// until it ends), the write limits of its socket, and the CORS headers of its head.
+/// What opening a stream needs: the connection table and the watcher (the stream's socket is
+/// registered with both until it ends), the write limits of its socket, and the CORS headers of
+/// its head.
 pub(crate) struct Streams {
     conns: Arc<ConnTable>,
+    watcher: Arc<Watcher>,
     limits: WriteLimits,
     cors: Cors,
 }
 
 impl Streams {
-    /// Streams registered in `conns`, under `config`'s write limits and CORS origin.
-    pub(crate) fn new(conns: Arc<ConnTable>, config: &Config) -> Streams {
+    /// Streams registered in `conns` and watched by `watcher`, under `config`'s write limits and
+    /// CORS origin.
+    pub(crate) fn new(conns: Arc<ConnTable>, watcher: Arc<Watcher>, config: &Config) -> Streams {
         Streams {
             conns,
+            watcher,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
         }
@@ -31,7 +36,13 @@ impl Streams {
 
     /// Takes over `request` as an SSE response (see [`SseWriter::start`]).
     pub(crate) fn open(&self, request: Request) -> io::Result<SseWriter> {
-        SseWriter::start(request, &self.conns, &self.cors.sse_headers(), self.limits)
+        SseWriter::start(
+            request,
+            &self.conns,
+            &self.watcher,
+            &self.cors.sse_headers(),
+            self.limits,
+        )
     }
 
     /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room

@@ -172,19 +172,16 @@ fn run(
                 if cx.fault_panic_id.as_deref() == Some(id.as_str()) {
                     injected_fault(&id);
                 }
+                // No socket check first (three system calls per tick): the watcher tells
+                // `gone` within a pass (250 ms) of the peer's FIN or reset, and the write
+                // itself fails on a reset or dead peer.
                 match mode {
                     Mode::Tick => {
-                        if out.liveness() == Liveness::Gone {
-                            break Ok(CloseReason::ClientGone);
-                        }
                         if let Some(v) = cx.hub.get(&id) {
                             last = Some(v);
                             send_counted(&cx, &mut out, event(v), true)?;
                         }
                     }
-                    // No socket check first (three system calls, ~10% of a keepalive): the
-                    // server's sweep already tells `gone` within seconds of the peer's FIN,
-                    // and the write itself fails on a reset or dead peer.
                     Mode::Change => {
                         out.send(sse::KEEPALIVE)?;
                         cx.metrics.keepalives_sent.inc();
@@ -204,8 +201,8 @@ fn run(
                 }
             }
             recv(out.gone()) -> _ => {
-                // The server's batched socket check saw the peer leave: end now instead of
-                // at the next keepalive (up to --heartbeat away).
+                // The watcher saw the peer leave: end now instead of at the next write (up
+                // to --heartbeat away), once our own socket confirms it.
                 if out.liveness() == Liveness::Gone {
                     break Ok(CloseReason::ClientGone);
                 }

@@ -38,6 +38,7 @@ use crate::chat::stream::ChatStreams;
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::sweep::ConnTable;
+use crate::http::watch::Watcher;
 use crate::metrics::Metrics;
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
@@ -56,6 +57,8 @@ pub enum StartError {
     Store(StoreError),
     /// A thread could not be spawned.
     Spawn(std::io::Error),
+    /// The watcher's epoll set or eventfd could not be made (out of descriptors).
+    Watch(std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -65,6 +68,7 @@ impl std::fmt::Display for StartError {
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
+            StartError::Watch(e) => write!(f, "cannot watch stream sockets: {e}"),
         }
     }
 }
@@ -73,7 +77,7 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(e) => Some(e),
-            StartError::Bind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Bind(e) | StartError::Spawn(e) | StartError::Watch(e) => Some(e),
             StartError::Store(e) => Some(e),
         }
     }
@@ -84,6 +88,7 @@ pub struct Server {
     local: SocketAddr,
     threads: Threads,
     admit: Arc<Admission>,
+    watcher: Arc<Watcher>,
     http: CurrentHttp,
     shutdown_tx: Option<Sender<()>>,
 }
@@ -121,11 +126,18 @@ impl Server {
         let health: Health = Arc::new(RwLock::new(None));
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
+        let watcher = Watcher::new(
+            local,
+            threads.clone(),
+            metrics.clone(),
+            config.force_tcp_info_watch,
+        )
+        .map_err(StartError::Watch)?;
         let admit = Admission::new(&config, metrics.clone(), threads.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), watcher.clone(), &config),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -139,7 +151,7 @@ impl Server {
             room: room.clone(),
             streams: Arc::new(ChatStreams {
                 room: room.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), watcher.clone(), &config),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
             }),
@@ -210,6 +222,7 @@ impl Server {
             local,
             threads,
             admit,
+            watcher,
             http,
             shutdown_tx: Some(shutdown_tx),
         })
@@ -236,6 +249,7 @@ impl Server {
         let joined_before = self.threads.joined_total();
         drop(tx);
         self.admit.close_streams();
+        self.watcher.shutdown();
         if let Some(http) = self.http.lock().as_ref() {
             http.unblock();
         }

@@ -1,0 +1,135 @@
+//! Clients leaving: the watcher (src/http/watch.rs) sees a FIN or a reset on every stream
+//! socket and ends the stream, however many leave at once, with or without `sock_diag`.
+//!
+//! The servers here write nothing after a stream's first event (an hour's heartbeat, a minute's
+//! tick), so no keepalive or tick write can be what ends a stream: only the watcher can, and
+//! `syncast_streams_gone_total{how=…}` says which of its ways did.
+
+use std::time::Duration;
+
+use crate::common::{log_lines, start, unique, wait_for, Sse, TestServer};
+
+/// Streams of each kind in the mass close (three kinds: ~3 × this many threads at once).
+const EACH: usize = 150;
+
+fn quiet(force_tcp_info: bool) -> TestServer {
+    start(|c| {
+        c.heartbeat = Duration::from_secs(3600);
+        c.tick = Duration::from_secs(60);
+        c.force_tcp_info_watch = force_tcp_info;
+    })
+}
+
+fn gone(s: &TestServer, how: &str) -> f64 {
+    s.metric(&format!("syncast_streams_gone_total{{how=\"{how}\"}}"))
+}
+
+/// Opens `EACH` change-mode and `EACH` tick-mode alarm streams and `EACH` chat members joining
+/// by `?name=`, each read up to its first event: the ramp.
+fn ramp(s: &TestServer, tag: &str) -> Vec<Sse> {
+    let mut streams = Vec::with_capacity(EACH * 3);
+    for i in 0..EACH {
+        let mut change = s.sse(&format!("/sse/call/{tag}c{i}?mode=change"));
+        assert_eq!(change.status, 200);
+        change.next_data();
+        let mut tick = s.sse(&format!("/sse/call/{tag}t{i}"));
+        assert_eq!(tick.status, 200);
+        tick.next_data();
+        let mut chat = s.sse(&format!("/chat/stream?name={tag}m{i}"));
+        assert_eq!(chat.status, 200);
+        assert_eq!(chat.next_event().expect("welcome").0, "welcome");
+        streams.extend([change, tick, chat]);
+    }
+    streams
+}
+
+/// Every stream thread ended, the watcher's too: this server's threads are its baseline.
+fn back_to_baseline(s: &TestServer) {
+    wait_for("every stream ended and the watcher stopped", || {
+        let t = s.json("/debug/threads");
+        let by = &t["by_role"];
+        let left: u64 = ["alarm-stream", "chat-stream", "watcher"]
+            .iter()
+            .map(|r| by[*r].as_u64().unwrap_or(u64::MAX))
+            .sum();
+        (left == 0).then_some(())
+    });
+    assert_eq!(s.metric("syncast_streaming_clients"), 0.0);
+    assert_eq!(s.metric("syncast_streams_watched"), 0.0);
+    assert_eq!(
+        s.metric("syncast_threads_spawned_live"),
+        2.0,
+        "the dispatcher and the refresher"
+    );
+}
+
+fn mass_close(force_tcp_info: bool, how: &str) {
+    let s = quiet(force_tcp_info);
+    let tag = unique("mc");
+    let streams = ramp(&s, &tag);
+    assert_eq!(s.metric("syncast_streaming_clients"), (EACH * 3) as f64);
+    assert_eq!(s.threads_of("watcher"), 1);
+    assert_eq!(
+        s.metric("syncast_watcher_sock_diag"),
+        if force_tcp_info { 0.0 } else { 1.0 }
+    );
+    // Right after the ramp, every client sends its FIN at once.
+    for sse in &streams {
+        sse.fin();
+    }
+    back_to_baseline(&s);
+    assert_eq!(
+        gone(&s, how),
+        (EACH * 3) as f64,
+        "every stream was found by the watcher ({how}), none by a write"
+    );
+    let closed = log_lines(&["stream closed", &tag, "reason=client-gone"]).len();
+    assert_eq!(closed, EACH * 3, "each closed once, as client-gone");
+    drop(streams);
+}
+
+#[test]
+fn streams_of_every_kind_whose_clients_all_close_at_once_after_a_ramp_all_end() {
+    mass_close(false, "fin");
+}
+
+#[test]
+fn without_sock_diag_a_mass_close_is_still_seen_by_reading_tcp_info() {
+    mass_close(true, "tcp-info");
+}
+
+#[test]
+fn a_reset_ends_the_stream_through_epoll() {
+    let s = quiet(false);
+    let id = unique("rst");
+    let mut a = s.sse(&format!("/sse/call/{id}?mode=change"));
+    a.next_data();
+    let name = unique("rstm");
+    let mut b = s.sse(&format!("/chat/stream?name={name}"));
+    b.next_event();
+    a.reset();
+    b.reset();
+    back_to_baseline(&s);
+    assert_eq!(gone(&s, "hangup"), 2.0);
+    assert_eq!(gone(&s, "fin"), 0.0);
+    let line = crate::common::wait_log(&["sse stream closed", &format!("id={id} ")]);
+    assert!(line.contains("reason=client-gone"), "{line}");
+}
+
+#[test]
+fn the_watcher_runs_only_while_streams_do_and_is_joined_at_shutdown() {
+    let mut s = quiet(false);
+    assert_eq!(s.threads_of("watcher"), 0, "an idle server has no watcher");
+    let streams: Vec<Sse> = (0..3)
+        .map(|_| {
+            let mut sse = s.sse(&format!("/sse/call/{}?mode=change", unique("w")));
+            sse.next_data();
+            sse
+        })
+        .collect();
+    assert_eq!(s.threads_of("watcher"), 1, "one, however many streams");
+    assert_eq!(s.metric("syncast_streams_watched"), 3.0);
+    // Three streams, the dispatcher, the refresher and the watcher.
+    assert_eq!(s.shutdown(), 6);
+    drop(streams);
+}
