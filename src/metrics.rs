@@ -48,12 +48,13 @@ pub(crate) const REJECT_REASONS: [&str; 9] = [
 /// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of `syncast_streams_gone_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Gone {
-    /// Its socket was in `CLOSE_WAIT` in a `sock_diag` dump: the client closed (FIN).
+    /// Epoll reported a state change and the socket had left `ESTABLISHED`: the client closed
+    /// (FIN).
     Fin,
     /// Epoll reported `EPOLLHUP`/`EPOLLERR`: reset, or dropped by the kernel (`TCP_USER_TIMEOUT`).
     Hangup,
-    /// The fallback's `TCP_INFO` read saw it leave `ESTABLISHED`.
-    TcpInfo,
+    /// The once-a-second sweep found it (epoll had not reported it).
+    Sweep,
 }
 
 impl Gone {
@@ -62,12 +63,12 @@ impl Gone {
         match self {
             Gone::Fin => "fin",
             Gone::Hangup => "hangup",
-            Gone::TcpInfo => "tcp-info",
+            Gone::Sweep => "sweep",
         }
     }
 
     /// Every value, in the order `/metrics` shows them.
-    pub(crate) const ALL: [Gone; 3] = [Gone::Fin, Gone::Hangup, Gone::TcpInfo];
+    pub(crate) const ALL: [Gone; 3] = [Gone::Fin, Gone::Hangup, Gone::Sweep];
 }
 
 /// Every number `/metrics` shows that the server counts itself.
@@ -120,10 +121,10 @@ pub(crate) struct Metrics {
     pub(crate) pending_connections: Counter,
     /// Stream sockets the watcher watches now.
     pub(crate) streams_watched: Counter,
-    /// 1 while the watcher finds closed clients with `sock_diag`, 0 on the `TCP_INFO` fallback.
+    /// 1 while the watcher's sweep uses `sock_diag`, 0 while it reads `TCP_INFO`.
     pub(crate) watcher_sock_diag: Counter,
-    /// Duration of the watcher's last pass, microseconds.
-    pub(crate) watcher_pass_us: Counter,
+    /// Duration of the watcher's last sweep, microseconds.
+    pub(crate) watcher_sweep_us: Counter,
     /// Streams the watcher found gone, by how (`How::ALL` order).
     streams_gone: [Counter; 3],
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
@@ -340,14 +341,14 @@ impl Metrics {
             (
                 "syncast_watcher_sock_diag",
                 "gauge",
-                "1 while the watcher finds closed clients with sock_diag, 0 on the TCP_INFO fallback.",
+                "1 while the watcher's sweep uses sock_diag, 0 while it reads TCP_INFO.",
                 self.watcher_sock_diag.get().to_string(),
             ),
             (
-                "syncast_watcher_last_pass_seconds",
+                "syncast_watcher_last_sweep_seconds",
                 "gauge",
-                "Duration of the watcher's last pass (dump or TCP_INFO batch, and telling).",
-                secs(self.watcher_pass_us.get()),
+                "Duration of the watcher's last sweep (a sock_diag dump or a TCP_INFO batch).",
+                secs(self.watcher_sweep_us.get()),
             ),
         ];
         for (name, kind, help, value) in rows {
@@ -384,8 +385,8 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP syncast_streams_gone_total Streams the watcher found gone, by how: fin \
-             (sock_diag saw CLOSE_WAIT), hangup (epoll: reset or dropped by the kernel), tcp-info \
-             (the fallback's TCP_INFO read).\n# TYPE syncast_streams_gone_total counter"
+             (epoll saw the state change), hangup (epoll: reset or dropped by the kernel), sweep \
+             (the once-a-second check).\n# TYPE syncast_streams_gone_total counter"
         );
         for how in Gone::ALL {
             let _ = writeln!(

@@ -38,7 +38,7 @@ use crate::chat::stream::ChatStreams;
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::sweep::ConnTable;
-use crate::http::watch::Watcher;
+use crate::http::watch::{Paths, Watcher};
 use crate::metrics::Metrics;
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
@@ -126,13 +126,8 @@ impl Server {
         let health: Health = Arc::new(RwLock::new(None));
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
-        let watcher = Watcher::new(
-            local,
-            threads.clone(),
-            metrics.clone(),
-            config.force_tcp_info_watch,
-        )
-        .map_err(StartError::Watch)?;
+        let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
+            .map_err(StartError::Watch)?;
         let admit = Admission::new(&config, metrics.clone(), threads.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {

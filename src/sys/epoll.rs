@@ -17,9 +17,14 @@ pub(crate) struct Epoll {
 /// What a registration reports (besides `EPOLLHUP` and `EPOLLERR`, which epoll always reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interest {
-    /// Only `EPOLLHUP`/`EPOLLERR` (the connection was reset or dropped by the kernel), once
-    /// (`EPOLLONESHOT`: after one report the registration stays, disabled, until removed).
-    HangupOnce,
+    /// A TCP socket's state changes: `EPOLLOUT`, edge-triggered. Reported once when added
+    /// (writable), then once per wake-up of the socket's wait queue that leaves it writable or
+    /// hung up: a change of TCP state such as the peer's FIN (`tcp_fin` → `sk_state_change`,
+    /// a wake-up with no event mask, so epoll polls the socket again), a reset or error, and a
+    /// full send buffer draining. Not when data arrives (that wake-up carries `EPOLLIN`, which
+    /// this does not ask for) nor when we write. Works on a socket whose read half is shut,
+    /// where `EPOLLRDHUP` cannot tell a FIN (it is set from our own `SHUT_RD` on).
+    StateChanges,
     /// Readable, level-triggered (the watcher's own wake-up descriptor).
     Readable,
 }
@@ -51,11 +56,10 @@ impl Epoll {
     /// Adds `fd`, reported under `token`.
     pub(crate) fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
         let events = match interest {
-            // An empty mask with EPOLLONESHOT: epoll_ctl adds EPOLLHUP | EPOLLERR to every
-            // registration (fs/eventpoll.c, do_epoll_ctl), and a one-shot one is disabled after
-            // its first report, so a socket that stays hung up is reported once, not on every
-            // wait.
-            Interest::HangupOnce => libc::EPOLLONESHOT as u32,
+            // Edge-triggered: a socket that stays writable (or hung up) is reported once per
+            // wake-up, not on every wait. (epoll_ctl adds EPOLLHUP | EPOLLERR itself:
+            // fs/eventpoll.c, do_epoll_ctl.)
+            Interest::StateChanges => (libc::EPOLLOUT | libc::EPOLLET) as u32,
             Interest::Readable => libc::EPOLLIN as u32,
         };
         let mut ev = libc::epoll_event { events, u64: token };
@@ -86,8 +90,8 @@ impl Epoll {
         }
     }
 
-    /// Waits up to `timeout` for events and appends them to `out` (at most its spare capacity,
-    /// at least one slot). Returns how many arrived; an interrupted wait returns 0.
+    /// Waits up to `timeout` for events and appends them to `out` (at most 256 per call).
+    /// Returns how many arrived; an interrupted wait returns 0.
     pub(crate) fn wait(&self, out: &mut Vec<Ready>, timeout: Duration) -> io::Result<usize> {
         const MAX: usize = 256;
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; MAX];
@@ -176,56 +180,76 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
-    #[test]
-    fn a_reset_is_reported_once_and_a_fin_after_shut_rd_not_at_all() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let ep = Epoll::new().unwrap();
+    fn wait_for(ep: &Epoll, what: &str) -> Vec<Ready> {
         let mut out = Vec::new();
-        // A FIN on a socket whose read half we shut (as every stream's is): not reported.
-        let fin = TcpStream::connect(addr).unwrap();
-        let (fin_side, _) = listener.accept().unwrap();
-        crate::sys::fd::shut_read(fin_side.as_raw_fd());
-        ep.add(fin_side.as_raw_fd(), 1, Interest::HangupOnce)
-            .unwrap();
-        drop(fin);
-        // A reset (SO_LINGER 0 then close sends RST): reported, once.
-        let rst = TcpStream::connect(addr).unwrap();
-        let (rst_side, _) = listener.accept().unwrap();
-        ep.add(rst_side.as_raw_fd(), 2, Interest::HangupOnce)
-            .unwrap();
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: linger is a valid struct of the size passed.
-        unsafe {
-            libc::setsockopt(
-                rst.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                &linger as *const libc::linger as *const libc::c_void,
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        drop(rst);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while out.is_empty() {
             ep.wait(&mut out, Duration::from_millis(100)).unwrap();
-            assert!(std::time::Instant::now() < deadline, "no hang-up reported");
+            assert!(std::time::Instant::now() < deadline, "no report of {what}");
         }
+        out
+    }
+
+    fn quiet(ep: &Epoll) -> Vec<Ready> {
+        let mut out = Vec::new();
+        ep.wait(&mut out, Duration::from_millis(100)).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_shut_rd_socket_reports_a_fin_and_a_reset_but_not_data_or_writes() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ep = Epoll::new().unwrap();
+        let mut pairs = Vec::new();
+        for token in 1..=3 {
+            let client = TcpStream::connect(addr).unwrap();
+            let (side, _) = listener.accept().unwrap();
+            // As every stream's socket: the read half shut.
+            crate::sys::fd::shut_read(side.as_raw_fd());
+            ep.add(side.as_raw_fd(), token, Interest::StateChanges)
+                .unwrap();
+            pairs.push((client, side));
+        }
+        let mut first = wait_for(&ep, "the sockets being added");
+        first.extend(quiet(&ep));
+        first.sort_by_key(|r| r.token);
+        let writable = |token| Ready {
+            token,
+            hangup: false,
+        };
         assert_eq!(
-            out,
+            first,
+            vec![writable(1), writable(2), writable(3)],
+            "once each"
+        );
+        // Our writes and the client's data wake nothing.
+        for _ in 0..20 {
+            (&pairs[0].1).write_all(b"data: {}\n\n").unwrap();
+        }
+        (&pairs[1].0).write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(quiet(&ep), vec![]);
+        // A FIN: reported (writable), the socket in CLOSE_WAIT.
+        pairs[2].0.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(wait_for(&ep, "a FIN"), vec![writable(3)]);
+        assert_eq!(
+            crate::sys::fd::established(pairs[2].1.as_raw_fd()),
+            Some(false)
+        );
+        assert_eq!(quiet(&ep), vec![], "edge-triggered: once");
+        // A client that closes with data unread (ours) sends a reset: a hang-up.
+        let reset = pairs.remove(0);
+        drop(reset.0);
+        let got = wait_for(&ep, "a reset");
+        assert_eq!(
+            got,
             vec![Ready {
-                token: 2,
+                token: 1,
                 hangup: true
             }]
         );
-        out.clear();
-        ep.wait(&mut out, Duration::from_millis(50)).unwrap();
-        assert!(out.is_empty(), "one-shot: reported once, then {out:?}");
-        ep.delete(rst_side.as_raw_fd()).unwrap();
-        ep.delete(fin_side.as_raw_fd()).unwrap();
+        ep.delete(reset.1.as_raw_fd()).unwrap();
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Clients leaving: the watcher (src/http/watch.rs) sees a FIN or a reset on every stream
-//! socket and ends the stream, however many leave at once, with or without `sock_diag`.
+//! socket and ends the stream, however many leave at once; its sweep alone does too, with or
+//! without `sock_diag`.
 //!
 //! The servers here write nothing after a stream's first event (an hour's heartbeat, a minute's
 //! tick), so no keepalive or tick write can be what ends a stream: only the watcher can, and
@@ -12,11 +13,23 @@ use crate::common::{log_lines, start, unique, wait_for, Sse, TestServer};
 /// Streams of each kind in the mass close (three kinds: ~3 × this many threads at once).
 const EACH: usize = 150;
 
-fn quiet(force_tcp_info: bool) -> TestServer {
+/// Which of the watcher's ways a server uses.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    /// All of them, as always outside tests.
+    All,
+    /// The sweep alone, by `sock_diag`.
+    SweepDiag,
+    /// The sweep alone, by `TCP_INFO`, as where `sock_diag` is unavailable.
+    SweepTcpInfo,
+}
+
+fn quiet(way: Way) -> TestServer {
     start(|c| {
         c.heartbeat = Duration::from_secs(3600);
         c.tick = Duration::from_secs(60);
-        c.force_tcp_info_watch = force_tcp_info;
+        c.watch_sweep_only = way != Way::All;
+        c.force_tcp_info_watch = way == Way::SweepTcpInfo;
     })
 }
 
@@ -63,25 +76,34 @@ fn back_to_baseline(s: &TestServer) {
     );
 }
 
-fn mass_close(force_tcp_info: bool, how: &str) {
-    let s = quiet(force_tcp_info);
+fn mass_close(way: Way) {
+    let s = quiet(way);
     let tag = unique("mc");
     let streams = ramp(&s, &tag);
-    assert_eq!(s.metric("syncast_streaming_clients"), (EACH * 3) as f64);
+    let n = (EACH * 3) as f64;
+    assert_eq!(s.metric("syncast_streaming_clients"), n);
     assert_eq!(s.threads_of("watcher"), 1);
-    assert_eq!(
-        s.metric("syncast_watcher_sock_diag"),
-        if force_tcp_info { 0.0 } else { 1.0 }
-    );
     // Right after the ramp, every client sends its FIN at once.
     for sse in &streams {
         sse.fin();
     }
     back_to_baseline(&s);
+    let (fin, hangup, sweep) = (gone(&s, "fin"), gone(&s, "hangup"), gone(&s, "sweep"));
+    assert_eq!(hangup, 0.0, "FINs only");
     assert_eq!(
-        gone(&s, how),
-        (EACH * 3) as f64,
-        "every stream was found by the watcher ({how}), none by a write"
+        fin + sweep,
+        n,
+        "every stream was found by the watcher, none by a write"
+    );
+    if way == Way::All {
+        // A FIN that lands while a sweep runs can be the sweep's; epoll sees the others.
+        assert!(fin > 0.0, "epoll saw them: fin {fin}, sweep {sweep}");
+    } else {
+        assert_eq!(sweep, n, "the sweep alone");
+    }
+    assert_eq!(
+        s.metric("syncast_watcher_sock_diag"),
+        if way == Way::SweepTcpInfo { 0.0 } else { 1.0 }
     );
     let closed = log_lines(&["stream closed", &tag, "reason=client-gone"]).len();
     assert_eq!(closed, EACH * 3, "each closed once, as client-gone");
@@ -90,17 +112,22 @@ fn mass_close(force_tcp_info: bool, how: &str) {
 
 #[test]
 fn streams_of_every_kind_whose_clients_all_close_at_once_after_a_ramp_all_end() {
-    mass_close(false, "fin");
+    mass_close(Way::All);
 }
 
 #[test]
-fn without_sock_diag_a_mass_close_is_still_seen_by_reading_tcp_info() {
-    mass_close(true, "tcp-info");
+fn the_sweep_alone_ends_a_mass_close_with_sock_diag() {
+    mass_close(Way::SweepDiag);
+}
+
+#[test]
+fn without_sock_diag_the_sweep_ends_a_mass_close_by_reading_tcp_info() {
+    mass_close(Way::SweepTcpInfo);
 }
 
 #[test]
 fn a_reset_ends_the_stream_through_epoll() {
-    let s = quiet(false);
+    let s = quiet(Way::All);
     let id = unique("rst");
     let mut a = s.sse(&format!("/sse/call/{id}?mode=change"));
     a.next_data();
@@ -118,7 +145,7 @@ fn a_reset_ends_the_stream_through_epoll() {
 
 #[test]
 fn the_watcher_runs_only_while_streams_do_and_is_joined_at_shutdown() {
-    let mut s = quiet(false);
+    let mut s = quiet(Way::All);
     assert_eq!(s.threads_of("watcher"), 0, "an idle server has no watcher");
     let streams: Vec<Sse> = (0..3)
         .map(|_| {
