@@ -72,6 +72,11 @@ impl StreamSocket {
         self.fds.clone()
     }
 
+    /// The descriptors as last verified (no system call).
+    pub(crate) fn known_fds(&self) -> &[RawFd] {
+        &self.fds
+    }
+
     /// The first descriptor that still belongs to this connection.
     fn fd(&mut self) -> Option<RawFd> {
         let (local, peer) = (self.local, self.peer);
@@ -80,16 +85,21 @@ impl StreamSocket {
     }
 
     /// Shuts the read half so tiny_http's pool thread, parked reading the next request on this
-    /// connection, sees EOF and is freed; then waits (briefly, bounded) until that thread has
-    /// closed its duplicate descriptor, so one verified descriptor remains.
+    /// connection, sees EOF and is freed; then waits (bounded) until that thread has closed its
+    /// duplicate descriptor, so one verified descriptor remains: ours, the one every later call
+    /// uses and the watcher watches. (On a loaded machine the pool thread can take a while to
+    /// run: at 200 ms some streams kept both, and later the reader's number, reused.)
     pub(crate) fn release_reader(&mut self) {
         if let Some(fd) = self.fd() {
             fd::shut_read(fd);
         }
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + Duration::from_secs(2);
         while self.fds.len() > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
             self.fd();
+        }
+        if self.fds.len() > 1 {
+            log::debug!("sse socket reader not released peer={}", self.peer);
         }
     }
 

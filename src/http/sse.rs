@@ -245,11 +245,38 @@ impl SseWriter {
         &self.gone
     }
 
+    /// Has the watcher tell `tx` instead of [`SseWriter::gone`] (which is then never ready)
+    /// when it sees the client leave: a stream that already waits on a channel of its own
+    /// (an alarm stream's wake-up) saves one channel in its `select!`. Whoever receives on it
+    /// then checks [`SseWriter::liveness`].
+    pub(crate) fn tell_gone_through(&mut self, tx: crossbeam_channel::Sender<()>) {
+        if let Some(w) = &self.watched {
+            w.tell_through(tx);
+            self.gone = crossbeam_channel::never();
+            self._gone_tx = None;
+        }
+    }
+
     /// Whether the client is still connected, checked without writing on this stream's own
     /// socket (verified by its addresses). Open after a poke means the watcher was misled (a
     /// reused descriptor number): it is told to stop.
     pub(crate) fn liveness(&mut self) -> Liveness {
         let now = socket::liveness_of(&mut self.socket);
+        // A descriptor the socket no longer has (tiny_http's, closed after the release gave
+        // up waiting for it) leaves the connection table now: its number may be reused.
+        if let Some(s) = self.socket.as_ref() {
+            let kept = s.known_fds();
+            if kept.len() < self.fds.len() {
+                let dropped: Vec<RawFd> = self
+                    .fds
+                    .iter()
+                    .copied()
+                    .filter(|fd| !kept.contains(fd))
+                    .collect();
+                self.conns.stream_fds_closed(&dropped);
+                self.fds.retain(|fd| kept.contains(fd));
+            }
+        }
         if now == Liveness::Open {
             if let Some(w) = &self.watched {
                 w.still_open();

@@ -255,6 +255,14 @@ impl Watcher {
 }
 
 impl Watched {
+    /// From now on the client's leaving is told to `tx` (and the sender given to
+    /// [`Watcher::watch`] is dropped).
+    pub(crate) fn tell_through(&self, tx: Sender<()>) {
+        if let Some(e) = self.inner.state.lock().entries.get_mut(&self.token) {
+            e.tell = tx;
+        }
+    }
+
     /// The stream checked its socket after a poke and found it still open (a false alarm: a
     /// descriptor number read after it was reused): stop telling it.
     pub(crate) fn still_open(&self) {

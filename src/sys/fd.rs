@@ -57,8 +57,9 @@ impl FdSet {
 /// system call, and the probe stops once two descriptors of the connection are found or
 /// [`PROBE_SLACK`] numbers past the highest open one. The kernel hands out the lowest free
 /// number (POSIX `open`/`accept`/`dup`), so a new connection sits in a hole left by a closed
-/// one or just above the highest open descriptor. If the probe finds nothing (a hole opened
-/// after the accept), the full `/proc/self/fd` scan, which skips nothing, decides. Before this,
+/// one or just above the highest open descriptor. If the probe finds fewer than two (a hole
+/// opened after the accept, or a number in `skip` that is no longer a stream's), the full
+/// `/proc/self/fd` scan, which skips nothing, decides. Before this,
 /// every new stream scanned every descriptor with two system calls each: O(N) per stream,
 /// O(N²) over a ramp (10,000 streams took 99 s to open on the 2-core machine).
 pub(crate) fn find_connection(local: SocketAddr, peer: SocketAddr, skip: &FdSet) -> Vec<RawFd> {
@@ -82,8 +83,16 @@ pub(crate) fn find_connection(local: SocketAddr, peer: SocketAddr, skip: &FdSet)
         }
         fd += 1;
     }
-    if fds.is_empty() {
-        fds = socket_fds(local, peer);
+    if fds.len() < 2 {
+        // tiny_http holds two descriptors of a connection it hands over; finding fewer means
+        // the probe skipped one or stopped short: a number still in `skip` after tiny_http
+        // closed it under a running stream (whose reader it was) and the kernel gave it to
+        // this connection, or a hole opened after the accept. Taking the one found could be
+        // taking tiny_http's reader, which closes once released: the full listing decides.
+        let all = socket_fds(local, peer);
+        if !all.is_empty() {
+            fds = all;
+        }
     }
     fds
 }

@@ -41,13 +41,20 @@ fn gone(s: &TestServer, how: &str) -> f64 {
 /// by `?name=`, each read up to its first event: the ramp.
 fn ramp(s: &TestServer, tag: &str) -> Vec<Sse> {
     let mut streams = Vec::with_capacity(EACH * 3);
+    // A stream that ended before its first event says why in its close line.
+    let first = |sse: &mut Sse, id: &str| {
+        assert_eq!(sse.status, 200);
+        if sse.next_event().is_none() {
+            panic!("{id} ended: {:?}", log_lines(&[&format!("id={id} ")]));
+        }
+    };
     for i in 0..EACH {
-        let mut change = s.sse(&format!("/sse/call/{tag}c{i}?mode=change"));
-        assert_eq!(change.status, 200);
-        change.next_data();
-        let mut tick = s.sse(&format!("/sse/call/{tag}t{i}"));
-        assert_eq!(tick.status, 200);
-        tick.next_data();
+        let id = format!("{tag}c{i}");
+        let mut change = s.sse(&format!("/sse/call/{id}?mode=change"));
+        first(&mut change, &id);
+        let id = format!("{tag}t{i}");
+        let mut tick = s.sse(&format!("/sse/call/{id}"));
+        first(&mut tick, &id);
         let mut chat = s.sse(&format!("/chat/stream?name={tag}m{i}"));
         assert_eq!(chat.status, 200);
         assert_eq!(chat.next_event().expect("welcome").0, "welcome");
