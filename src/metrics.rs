@@ -53,7 +53,7 @@ pub(crate) enum Gone {
     Fin,
     /// Epoll reported `EPOLLHUP`/`EPOLLERR`: reset, or dropped by the kernel (`TCP_USER_TIMEOUT`).
     Hangup,
-    /// The once-a-second sweep found it (epoll had not reported it).
+    /// The watcher's sweep (every 2 s) found it (epoll had not reported it).
     Sweep,
 }
 
@@ -386,7 +386,7 @@ impl Metrics {
             out,
             "# HELP syncast_streams_gone_total Streams the watcher found gone, by how: fin \
              (epoll saw the state change), hangup (epoll: reset or dropped by the kernel), sweep \
-             (the once-a-second check).\n# TYPE syncast_streams_gone_total counter"
+             (the check every 2 s).\n# TYPE syncast_streams_gone_total counter"
         );
         for how in Gone::ALL {
             let _ = writeln!(

@@ -15,12 +15,14 @@
 //! | --- | --- | --- | --- |
 //! | closes (FIN: a browser tab, `curl` ended) | `CLOSE_WAIT` | an `EPOLLOUT` report, then `TCP_INFO` | `fin` |
 //! | resets (RST), or the kernel gives up on it (`TCP_USER_TIMEOUT`, keepalive) | `CLOSE`, error set | `EPOLLHUP`/`EPOLLERR`, reported whatever the mask | `hangup` |
-//! | anything epoll did not report (a FIN that came while our send buffer was full) | not `ESTABLISHED` | the once-a-second sweep | `sweep` |
+//! | anything epoll did not report (a FIN that came while our send buffer was full) | not `ESTABLISHED` | the sweep, every 2 s | `sweep` |
 //!
-//! Nothing runs while nobody leaves: idle streams cost the watcher no wake-up at all. The
-//! sweep, every [`SWEEP`], is the safety net: one `sock_diag` dump of the host's sockets in
-//! `CLOSE_WAIT` on the server's port ([`crate::sys::diag`], well under a millisecond at 10,000
-//! streams), matched by inode; where `sock_diag` is unavailable (netlink refused by a sandbox,
+//! While nobody leaves, idle streams cost the watcher nothing but its sweep. The sweep, every
+//! [`SWEEP`], is the safety net: one `sock_diag` dump of the host's sockets in
+//! `CLOSE_WAIT` on the server's port ([`crate::sys::diag`]: the kernel walks its whole table
+//! of connections, every process's, about 70 ns each, so ~1.4 ms with 10,000 streams and their
+//! 10,000 clients on one host; `TCP_INFO` of each of those streams would cost ~5 ms), matched
+//! by inode; where `sock_diag` is unavailable (netlink refused by a sandbox,
 //! such as the shipped systemd unit's `RestrictAddressFamilies`) it reads `TCP_INFO` of
 //! `1/`[`TCP_INFO_ROUND`] of the sockets watched now, so each is checked every 4 s.
 //!
@@ -65,12 +67,15 @@ use crate::sys::epoll::{Epoll, EventFd, Interest, Ready};
 use crate::sys::fd;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 
-/// How often the sweep looks for clients that left without epoll reporting it. Its cost at
-/// 10,000 streams is in docs/performance.md (a dump: under a millisecond).
-pub(crate) const SWEEP: Duration = Duration::from_secs(1);
+/// How often the sweep looks for clients that left without epoll reporting it (a safety net:
+/// normally it finds nothing). A dump walks the kernel's whole table of connections, every
+/// process's and `TIME_WAIT` ones too: ~1.4 ms with 10,000 streams and their clients on one
+/// host, more on a host crowded with other sockets (docs/performance.md).
+pub(crate) const SWEEP: Duration = Duration::from_secs(2);
 
-/// Without `sock_diag`: sweeps per round of `TCP_INFO` reads, each socket once a round.
-pub(crate) const TCP_INFO_ROUND: usize = 4;
+/// Without `sock_diag`: sweeps per round of `TCP_INFO` reads, each socket once a round (every
+/// 4 s).
+pub(crate) const TCP_INFO_ROUND: usize = 2;
 
 /// How often a stream found gone is told again until it unregisters (a poke is lost if the
 /// stream was not waiting in `select!`).
