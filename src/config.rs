@@ -70,6 +70,37 @@ pub struct Config {
     pub max_pending: usize,
     /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
     pub cors_origin: Option<String>,
+    /// HS256 secret for tokens (`--jwt-secret-file`): the file's bytes, a trailing line break
+    /// removed, at least 32 bytes. With this or [`Config::jwt_public_key_file`], auth is on.
+    /// Default: none.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// RS256 or ES256 public key in PEM for tokens (`--jwt-public-key-file`). Default: none.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a token's `aud` must include this (`--jwt-audience`). Default: not checked.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be this (`--jwt-issuer`). Default: not checked.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (`--jwt-leeway`); a stream ends this long after its
+    /// token's `exp`. Default 5 s.
+    pub jwt_leeway: Duration,
+    /// A second listener for `/metrics`, `/debug/threads` (and `/healthz`), which the public one
+    /// then no longer serves (`--admin-listen`). Default: none.
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve on a non-loopback address without any key (`--insecure`). Default false: such a
+    /// start is refused.
+    pub insecure: bool,
+    /// The Redis (or Valkey) server several nodes share, as `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+    /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) only in a build with
+    /// the `redis-tls` feature (docs/operations.md#tls).
+    pub redis: Option<String>,
+    /// What every Redis key syncast reads or writes starts with. Default `syncast:`.
+    pub redis_prefix: String,
+    /// Where alarms are read and written. Default [`AlarmStoreKind::Sqlite`] (`db`);
+    /// [`AlarmStoreKind::Redis`] needs `redis`.
+    pub alarm_store: AlarmStoreKind,
+    /// The connect, read and write time-out of every Redis connection: a Redis that is down,
+    /// frozen or slow costs a request at most about this long. Default 2 s.
+    pub redis_timeout: Duration,
     /// Test-only fault injection: a stream or refresh that meets this alarm id panics, so tests
     /// can show panics are caught, counted and survived. Never set by the binary.
     #[doc(hidden)]
@@ -109,10 +140,73 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             max_pending: 2048,
             cors_origin: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(5),
+            admin_listen: None,
+            insecure: false,
+            redis: None,
+            redis_prefix: "syncast:".to_string(),
+            alarm_store: AlarmStoreKind::Sqlite,
+            redis_timeout: Duration::from_secs(2),
             fault_panic_id: None,
             force_tcp_info_watch: false,
             watch_sweep_only: false,
         }
+    }
+}
+
+/// Where the alarms live (`--alarm-store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmStoreKind {
+    /// The SQLite file of [`Config::db`].
+    Sqlite,
+    /// The hash `<prefix>alarms` on [`Config::redis`].
+    Redis,
+}
+
+impl AlarmStoreKind {
+    /// The flag's word for it: `sqlite` or `redis`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmStoreKind::Sqlite => "sqlite",
+            AlarmStoreKind::Redis => "redis",
+        }
+    }
+}
+
+impl std::str::FromStr for AlarmStoreKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<AlarmStoreKind, ()> {
+        match s {
+            "sqlite" => Ok(AlarmStoreKind::Sqlite),
+            "redis" => Ok(AlarmStoreKind::Redis),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Why a `--redis` URL is refused, or `None` if syncast can use it: `redis://` (and `rediss://`
+/// in a build with the `redis-tls` feature), and a URL the client library parses (host, port,
+/// database number, password).
+pub(crate) fn redis_url_problem(url: &str) -> Option<&'static str> {
+    if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+        // The redis crate's TLS (rustls) needs no async runtime, but it is a build feature:
+        // it would grow every binary past the idle-memory target (docs/operations.md#tls).
+        return Some(
+            "redis://HOST[:PORT][/DB]: rediss:// (TLS) needs a build with `--features \
+             redis-tls` (docs/operations.md#tls)",
+        );
+    }
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Some("redis://HOST[:PORT][/DB] (e.g. redis://127.0.0.1:6379/0)");
+    }
+    match ::redis::Client::open(url) {
+        Ok(_) => None,
+        Err(_) => Some("a valid redis://HOST[:PORT][/DB] URL (e.g. redis://127.0.0.1:6379/0)"),
     }
 }
 
@@ -128,6 +222,13 @@ pub enum ConfigError {
         /// What it must be.
         must_be: &'static str,
     },
+    /// A listener reachable from other hosts with no key configured and no `--insecure`.
+    Exposed {
+        /// The flag of that listener (`--listen` or `--admin-listen`).
+        flag: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// A duration that does not parse; `source` is the number's parse error when that is what
     /// failed (not a unit or a range).
     Duration {
@@ -142,6 +243,12 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Invalid { setting, must_be } => write!(f, "{setting} must be {must_be}"),
+            ConfigError::Exposed { flag, addr } => write!(
+                f,
+                "{flag} {addr} is reachable from other hosts but no key is configured: give \
+                 --jwt-secret-file FILE (HS256) or --jwt-public-key-file PEM (RS256/ES256), \
+                 or --insecure to serve everyone without authentication"
+            ),
             ConfigError::Duration { text, .. } => {
                 write!(f, "invalid duration {text:?} (use e.g. 500ms, 2s, 1m)")
             }
@@ -253,11 +360,58 @@ impl Config {
             "--cors-origin",
             "an origin like https://example.com or *",
         )?;
+        if let Some(problem) = self.redis.as_deref().and_then(redis_url_problem) {
+            return Err(ConfigError::Invalid {
+                setting: "--redis",
+                must_be: problem,
+            });
+        }
+        check(
+            self.redis_prefix.len() <= 64
+                && self.redis_prefix.bytes().all(|b| b.is_ascii_graphic()),
+            "--redis-prefix",
+            "at most 64 printable ASCII characters, no spaces",
+        )?;
+        check(
+            self.alarm_store != AlarmStoreKind::Redis || self.redis.is_some(),
+            "--alarm-store redis",
+            "given with --redis URL",
+        )?;
+        check(
+            (10..=60_000).contains(&ms(self.redis_timeout)),
+            "--redis-timeout",
+            "10ms..60s",
+        )?;
         check(
             self.stream_stack >= 16 * 1024,
             "stream stack",
             "at least 16 KiB",
         )?;
+        check(
+            self.jwt_leeway <= Duration::from_secs(300),
+            "--jwt-leeway",
+            "0s..5m",
+        )?;
+        let text_ok = |t: &Option<String>| t.as_deref().is_none_or(|t| !t.is_empty());
+        check(text_ok(&self.jwt_audience), "--jwt-audience", "not empty")?;
+        check(text_ok(&self.jwt_issuer), "--jwt-issuer", "not empty")?;
+        check(
+            self.admin_listen
+                .is_none_or(|a| a != self.listen || a.port() == 0),
+            "--admin-listen",
+            "another address than --listen",
+        )?;
+        if !self.auth_on() && !self.insecure {
+            let exposed = [
+                ("--listen", Some(self.listen)),
+                ("--admin-listen", self.admin_listen),
+            ]
+            .into_iter()
+            .find_map(|(flag, a)| a.filter(|a| !a.ip().is_loopback()).map(|a| (flag, a)));
+            if let Some((flag, addr)) = exposed {
+                return Err(ConfigError::Exposed { flag, addr });
+            }
+        }
         Ok(())
     }
 }
@@ -283,6 +437,11 @@ impl std::ops::Deref for ValidConfig {
 }
 
 impl Config {
+    /// Whether tokens are required: a key file is configured.
+    pub fn auth_on(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwt_public_key_file.is_some()
+    }
+
     /// Checks every value (see [`Config::validate`]) and returns the configuration as valid.
     pub fn validated(self) -> Result<ValidConfig, ConfigError> {
         self.validate()?;
@@ -354,6 +513,53 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_listener_other_hosts_can_reach_needs_a_key_or_insecure() {
+        let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let c = Config {
+            listen: open,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Exposed {
+                flag: "--listen",
+                addr: open
+            }
+        );
+        assert!(e.to_string().contains("--jwt-secret-file"), "{e}");
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        let insecure = Config {
+            insecure: true,
+            ..c.clone()
+        };
+        assert!(insecure.validate().is_ok());
+        let keyed = Config {
+            jwt_secret_file: Some("s".into()),
+            ..c
+        };
+        assert!(keyed.validate().is_ok());
+        let admin = Config {
+            admin_listen: Some("[::]:9090".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(matches!(
+            admin.validate(),
+            Err(ConfigError::Exposed {
+                flag: "--admin-listen",
+                ..
+            })
+        ));
+        for loopback in ["127.0.0.1:8080", "[::1]:8080", "127.1.2.3:0"] {
+            let c = Config {
+                listen: loopback.parse().unwrap(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{loopback}");
+        }
     }
 
     #[test]

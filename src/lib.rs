@@ -17,12 +17,14 @@
 
 mod admit;
 mod alarm;
+mod auth;
 mod chat;
 pub mod cli;
 mod config;
 mod http;
 pub mod kit;
 mod metrics;
+mod redis;
 mod server;
 mod stream;
 mod sys;
@@ -32,7 +34,9 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
-pub use config::{Config, ConfigError, ValidConfig};
+pub use auth::keys::{KeyError, KeyFile};
+pub use auth::KeyReload;
+pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
 pub use server::{Server, StartError};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —

@@ -69,6 +69,8 @@ pub(crate) enum CloseReason {
     Left,
     /// Chat: the session expired.
     Expired,
+    /// The token the stream was opened with expired (`event: expired` was sent).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -82,6 +84,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Left => "left",
             CloseReason::Expired => "expired",
+            CloseReason::TokenExpired => "token-expired",
         }
     }
 

@@ -9,6 +9,7 @@ use tiny_http::{Method, Request};
 use super::store::Backend;
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::Admission;
+use crate::auth::{self, Auth, Need};
 use crate::http::request::{read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{parse_alarm_body, percent_decode, query_get, valid_id};
@@ -27,6 +28,8 @@ pub(crate) struct AlarmService {
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// Who may stream (subscribe) and read or write (publish) an id.
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// The `{id}` of a route, decoded and checked; `None` if it is not a valid alarm id.
@@ -45,11 +48,22 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
         let reply = bad_request(&alarms.metrics, "invalid mode: use tick or change");
         return alarms.admit.respond(request, reply);
     };
+    // Decided before admission: a refused request spends no stream slot and no thread.
+    let expires = match alarms
+        .auth
+        .check(&request, params.query, Need::Subscribe(&id))
+    {
+        Ok(grant) => grant.map(|g| g.expires),
+        Err(denied) => {
+            let reply = auth::refusal(&alarms.metrics, &request, &denied);
+            return alarms.admit.respond(request, reply);
+        }
+    };
     let cx = alarms.streams.clone();
     alarms
         .admit
         .spawn_stream(Role::AlarmStream, request, move |rq, slot, conn| {
-            stream::serve(cx, rq, id, mode, conn, slot)
+            stream::serve(cx, rq, id, mode, conn, slot, expires)
         });
 }
 
@@ -59,6 +73,14 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
         let reply = bad_request(&alarms.metrics, BAD_ID);
         return alarms.admit.respond(request, reply);
     };
+    // Reading an id from the store is publishing's right too: a subscriber has the stream.
+    if let Err(denied) = alarms
+        .auth
+        .check(&request, params.query, Need::Publish(&id))
+    {
+        let reply = auth::refusal(&alarms.metrics, &request, &denied);
+        return alarms.admit.respond(request, reply);
+    }
     let method = request.method().clone();
     let service = alarms.clone();
     alarms
@@ -118,7 +140,7 @@ mod tests {
             db: dir.join("a.db"),
             ..Config::default()
         };
-        let store = Backend::of(&config);
+        let store = Backend::of(&config, None);
         store.create().unwrap();
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
@@ -137,6 +159,7 @@ mod tests {
             store,
             admit: Admission::new(&config, metrics.clone(), Threads::new()),
             metrics,
+            auth: Arc::new(Auth::new(&config).unwrap()),
         }
     }
 

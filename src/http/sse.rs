@@ -80,6 +80,9 @@ pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
 /// The last event of every stream when the server shuts down.
 pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
 
+/// The last event of a stream whose token expired: the client must come back with a new one.
+pub(crate) const EXPIRED: &[u8] = b"event: expired\ndata: {}\n\n";
+
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
 pub(crate) fn retry(after: Duration) -> Vec<u8> {
     format!("retry: {}\n\n", after.as_millis()).into_bytes()
@@ -172,8 +175,11 @@ impl SseWriter {
         // system call, and no temporary string freed into this thread's malloc cache.
         out.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
-              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
+              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\
+              Server: ",
         )?;
+        out.write_all(super::response::SERVER.as_bytes())?;
+        out.write_all(b"\r\n")?;
         for line in extra {
             out.write_all(line.as_bytes())?;
             out.write_all(b"\r\n")?;

@@ -2,16 +2,20 @@
 //! integration tests need to talk to a syncast server and read its figures, written once.
 //!
 //! - [`http`]: a blocking HTTP/1.1 client (one request per connection, event streams).
+//! - [`jwt`]: minting tokens for a server with auth on.
 //! - [`sse`]: the WHATWG event-stream parser, whole or incremental.
 //! - [`prom`]: reading a sample from Prometheus text.
 //! - [`stats`]: quantiles of measured values.
 //! - [`proc`]: a process's threads, memory and CPU time from `/proc`.
+//! - [`redis_server`]: a `redis-server` of one's own on a free loopback port.
 //!
 //! The server uses none of this, except what server and kit share: the `/proc` readers and the
 //! duration syntax of the flags are one implementation each, in the server's modules.
 
 pub mod http;
+pub mod jwt;
 pub mod prom;
+pub mod redis_server;
 pub mod sse;
 
 use std::net::SocketAddr;

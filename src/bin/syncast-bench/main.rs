@@ -2,8 +2,12 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only footprint,idle,close,tick,refresh,chat,floor]
-//! [--idle-sizes 1000,5000,10000] [--close-size 10000] [--out PATH]`
+//! Usage: `syncast-bench [--runs N]
+//! [--only footprint,idle,close,tick,refresh,redis-refresh,chat,floor]
+//! [--idle-sizes 1000,5000,10000] [--close-size 10000] [--out PATH] [--auth]`
+//!
+//! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
+//! carry a token (each such stream then also waits on its token's expiry in its `select!`).
 //!
 //! `syncast-bench --naive-server tick|chat [--listen ADDR]` runs the naive thread-per-connection
 //! server the bench compares syncast with (naive.rs); scenarios start it as a child with
@@ -13,6 +17,7 @@ mod epoll;
 mod floor;
 mod naive;
 mod proc;
+mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -57,6 +62,20 @@ impl Results {
     }
 }
 
+/// For `--auth`: a fresh HS256 secret file and a day-long token that may stream every id.
+fn bench_token() -> Result<(PathBuf, String), String> {
+    let (dir, _) = temp_db();
+    let secret = dir.join("jwt-secret");
+    let bytes: Vec<u8> = (0..48u8)
+        .map(|i| b'a' + (i.wrapping_mul(7) ^ std::process::id() as u8) % 26)
+        .collect();
+    std::fs::write(&secret, &bytes).map_err(|e| e.to_string())?;
+    let minter = syncast::kit::jwt::Minter::hs256(&bytes)?;
+    let mut claims = syncast::kit::jwt::claims("bench", Duration::from_secs(86_400));
+    claims["syncast"] = json!({ "subscribe": ["*"] });
+    Ok((secret, minter.mint(&claims)?))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -87,6 +106,8 @@ struct Bench {
     bin: PathBuf,
     runs: usize,
     results: Results,
+    /// With `--auth`: the secret file the server is given, and a token for every stream.
+    auth: Option<(PathBuf, String)>,
 }
 
 const KIB: f64 = 1024.0;
@@ -97,7 +118,28 @@ fn no_events(_: epoll::Event<'_>) {}
 impl Bench {
     fn server(&self, extra: &[&str]) -> Result<ServerProc, String> {
         let (dir, db) = temp_db();
-        ServerProc::start(&self.bin, dir, db, extra)
+        let mut args: Vec<&str> = extra.to_vec();
+        if let Some((secret, _)) = &self.auth {
+            args.extend(["--jwt-secret-file", secret.to_str().unwrap_or_default()]);
+        }
+        ServerProc::start(&self.bin, dir, db, &args)
+    }
+
+    /// `GET path` as a stream request, with the token when `--auth` is on.
+    fn stream_request(&self, addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+        match &self.auth {
+            Some((_, token)) => syncast::kit::http::request_bytes(
+                &addr.to_string(),
+                "GET",
+                path,
+                &[
+                    ("Accept", "text/event-stream"),
+                    ("Authorization", &format!("Bearer {token}")),
+                ],
+                b"",
+            ),
+            None => get(addr, path),
+        }
     }
 
     /// Waits until the server's thread count is at most `idle` (or `limit` passes); returns
@@ -154,14 +196,23 @@ impl Bench {
     }
 
     fn idle(&mut self, n: usize) -> Result<(), String> {
-        let sc = format!("idle change streams N={n}");
+        let sc = format!(
+            "idle change streams N={n}{}",
+            if self.auth.is_some() {
+                " (auth on)"
+            } else {
+                ""
+            }
+        );
         for run in 0..self.runs {
             let srv = self.server(&[])?;
             std::thread::sleep(Duration::from_millis(500));
             let before = srv.sample();
             let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
             let rqs: Vec<Vec<u8>> = (0..n)
-                .map(|i| get(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change")))
+                .map(|i| {
+                    self.stream_request(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change"))
+                })
                 .collect();
             let t0 = Instant::now();
             let open = c
@@ -1035,6 +1086,7 @@ fn machine() -> String {
 
 fn main() -> std::process::ExitCode {
     let mut runs = 3;
+    let mut auth = false;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
     let mut close_size = 10_000;
@@ -1077,6 +1129,7 @@ fn main() -> std::process::ExitCode {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(close_size)
             }
+            "--auth" => auth = true,
             "--idle-sizes" => {
                 sizes = args
                     .next()
@@ -1084,16 +1137,24 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only footprint,idle,close,tick,refresh,chat,floor] [--idle-sizes 1000,5000,10000] [--close-size 10000] [--out PATH]\n       syncast-bench --naive-server tick|chat [--listen ADDR]");
+                eprintln!("usage: syncast-bench [--runs N] [--only footprint,idle,close,tick,refresh,redis-refresh,chat,floor] [--idle-sizes 1000,5000,10000] [--close-size 10000] [--out PATH] [--auth]\n       syncast-bench --naive-server tick|chat [--listen ADDR]");
                 return std::process::ExitCode::from(2);
             }
         }
     }
     let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let auth = match auth.then(bench_token).transpose() {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("syncast-bench: --auth: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut b = Bench {
         bin: dir.join("syncast"),
         runs,
         results: Results::default(),
+        auth,
     };
     let machine = machine();
     let started = Instant::now();
@@ -1120,6 +1181,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("refresh") {
         steps.push(("refresh", Box::new(|b| b.refresh())));
+    }
+    if want("redis-refresh") {
+        steps.push(("redis-refresh", Box::new(|b| b.redis_refresh())));
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
