@@ -101,7 +101,10 @@ fn broadcast(room: &Room, posts: Receiver<(u64, String)>) {
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let data = serde_json::json!({"from": "naive", "text": text, "ts": ts, "id": id});
+        let data = format!(
+            r#"{{"from":"naive","text":"{}","ts":{ts},"id":{id}}}"#,
+            json_escape(&text)
+        );
         let event: Arc<[u8]> = format!("event: message\nid: {id}\ndata: {data}\n\n")
             .into_bytes()
             .into();
@@ -214,4 +217,20 @@ fn read_head(conn: &mut TcpStream) -> Option<(String, String, usize, Vec<u8>)> {
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0);
     Some((method, path, body_len, buf[end + 4..].to_vec()))
+}
+
+/// `text` as the inside of a JSON string (std only, as the rest of this server).
+fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
