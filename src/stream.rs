@@ -11,6 +11,7 @@ use crate::http::response::{Cors, Reply};
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
 use crate::http::watch::Watcher;
+use crate::metrics::Metrics;
 
 /// What opening a stream needs: the connection table and the watcher (the stream's socket is
 /// registered with both until it ends), the write limits of its socket, and the CORS headers of
@@ -20,17 +21,24 @@ pub(crate) struct Streams {
     watcher: Arc<Watcher>,
     limits: WriteLimits,
     cors: Cors,
+    metrics: Arc<Metrics>,
 }
 
 impl Streams {
     /// Streams registered in `conns` and watched by `watcher`, under `config`'s write limits and
-    /// CORS origin.
-    pub(crate) fn new(conns: Arc<ConnTable>, watcher: Arc<Watcher>, config: &Config) -> Streams {
+    /// CORS origin, their event writes timed in `metrics`.
+    pub(crate) fn new(
+        conns: Arc<ConnTable>,
+        watcher: Arc<Watcher>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Streams {
         Streams {
             conns,
             watcher,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
+            metrics,
         }
     }
 
@@ -42,6 +50,7 @@ impl Streams {
             &self.watcher,
             &self.cors.sse_headers(),
             self.limits,
+            &self.metrics,
         )
     }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::store::Backend;
+use super::refresher::Health;
+use super::store::{Backend, StoreError};
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::Admission;
 use crate::auth::{self, Auth, Need};
@@ -24,6 +25,8 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
+    /// The store's health: a write that fails for a fault of the store degrades it.
+    pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
@@ -105,18 +108,42 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         },
         _ => None,
     };
+    let writes = matches!(method, Method::Put | Method::Delete);
+    // A write that fails for a fault of the store (disk full, read-only) says so first, and
+    // degrades /healthz until a write succeeds again.
+    let unavailable = |e: StoreError| {
+        let why = if writes {
+            if super::health::write_fault(&e).is_some() {
+                alarms.metrics.store_write_errors.inc();
+            }
+            alarms.health.write_failed(&e)
+        } else {
+            e.to_string()
+        };
+        response::error(503, &format!("store unavailable: {why}"))
+    };
     let store = match alarms.store.open() {
         Ok(s) => s,
-        Err(e) => return response::error(503, &format!("store unavailable: {e}")),
+        Err(e) => return unavailable(e),
+    };
+    // A write is applied to the hub before it is acknowledged, so every stream shows it from
+    // the 204 on (read your own writes: see hub.rs for how it is ordered against the refresher).
+    let hub = &alarms.streams.hub;
+    let write = |alarm: Option<bool>| {
+        store.write(id, alarm, &|| hub.next_order()).map(|order| {
+            hub.write_through(id, alarm.unwrap_or(false), order);
+            alarms.health.write_ok();
+            response::no_content()
+        })
     };
     let result = match (method, body) {
-        (Method::Put, Some(v)) => store.set(id, v).map(|()| response::no_content()),
-        (Method::Delete, _) => store.delete(id).map(|()| response::no_content()),
+        (Method::Put, Some(v)) => write(Some(v)),
+        (Method::Delete, _) => write(None),
         _ => store
             .get(id)
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
     };
-    result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+    result.unwrap_or_else(unavailable)
 }
 
 #[cfg(test)]
@@ -150,13 +177,14 @@ mod tests {
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, watcher, &config),
+                streams: Streams::new(conns, watcher, &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
             store,
+            health: Default::default(),
             admit: Admission::new(&config, metrics.clone(), Threads::new()),
             metrics,
             auth: Arc::new(Auth::new(&config).unwrap()),
@@ -188,7 +216,7 @@ mod tests {
         assert!(
             alarms
                 .metrics
-                .render(&[])
+                .render(Default::default(), crate::metrics::Format::Prometheus)
                 .contains("syncast_rejected_total{reason=\"bad-request\"} 1\n"),
             "counted as a bad request"
         );
