@@ -8,8 +8,8 @@
 //!   ClientConnection`). `shutdown(SHUT_RD)` makes that read return EOF, so the pool thread lets go
 //!   of the connection while our writer keeps working. Without this a stream costs two threads and
 //!   a burst of streams can starve the pool (see ../shared/TINY_HTTP.md, "Measured").
-//! - **see a vanished client at once**: after the peer's FIN the socket is in `CLOSE_WAIT`, seen
-//!   through `TCP_INFO` without writing anything.
+//! - **see a vanished client at once**: the watcher ([`crate::http::watch`]) watches the socket,
+//!   and after the peer's FIN it is in `CLOSE_WAIT`, seen through `TCP_INFO` without writing.
 //! - **bound a blocked write**: `SO_SNDTIMEO`, so a client that never reads cannot pin a thread.
 //!
 //! The descriptors are found by [`crate::sys::fd::find_connection`]. The read one of
@@ -118,8 +118,8 @@ impl StreamSocket {
         fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, value);
     }
 
-    /// Makes the kernel find a peer that vanished without a FIN or RST, so the socket leaves
-    /// `ESTABLISHED` (seen by the sweep's `TCP_INFO` check) and its writes fail:
+    /// Makes the kernel find a peer that vanished without a FIN or RST, so the connection is
+    /// dropped (the watcher sees `EPOLLERR`/`EPOLLHUP`) and its writes fail:
     /// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
     ///   connection. This is the one that matters for a stream: it writes a heartbeat at least
     ///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes

@@ -200,9 +200,9 @@ impl SseWriter {
                 s.set_send_buffer(limits.send_buffer);
                 s.set_keepalive(limits.user_timeout);
                 // Zero capacity: a poke reaches the stream only while it waits in `select!`;
-                // one sent while it is busy writing is lost, and the watcher sends it again at
-                // its next pass (250 ms). A one-slot channel costs 580 bytes per stream
-                // (cache-padded head and tail), this one 130.
+                // one sent while it is busy writing is lost, and the watcher sends it again
+                // every 250 ms until the stream leaves. A one-slot channel costs 580 bytes per
+                // stream (cache-padded head and tail), this one 130.
                 let (tx, rx) = crossbeam_channel::bounded(0);
                 writer.fds = s.fds();
                 conns.stream_fds_opened(&writer.fds);
