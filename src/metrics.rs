@@ -73,7 +73,7 @@ pub(crate) enum Gone {
     Fin,
     /// Epoll reported `EPOLLHUP`/`EPOLLERR`: reset, or dropped by the kernel (`TCP_USER_TIMEOUT`).
     Hangup,
-    /// The watcher's sweep (every 2 s) found it (epoll had not reported it).
+    /// The watcher's sweep (every 5 s) found it (epoll had not reported it).
     Sweep,
 }
 
@@ -622,7 +622,7 @@ impl Collector for Scrape {
         family(
             "syncast_streams_gone_total",
             "Streams the watcher found gone, by how: fin (epoll saw the state change), hangup \
-             (epoll: reset or dropped by the kernel), sweep (the check every 2 s).",
+             (epoll: reset or dropped by the kernel), sweep (the check every 5 s).",
             C,
             "how",
             Gone::ALL

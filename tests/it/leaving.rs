@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::common::{log_lines, start, unique, wait_for, Sse, TestServer};
+use crate::common::{log_lines, start, unique, wait_for_within, Sse, TestServer};
 
 /// Streams of each kind in the mass close (three kinds: ~3 × this many threads at once).
 const EACH: usize = 150;
@@ -65,15 +65,20 @@ fn ramp(s: &TestServer, tag: &str) -> Vec<Sse> {
 
 /// Every stream thread ended, the watcher's too: this server's threads are its baseline.
 fn back_to_baseline(s: &TestServer) {
-    wait_for("every stream ended and the watcher stopped", || {
-        let t = s.json("/debug/threads");
-        let by = &t["by_role"];
-        let left: u64 = ["alarm-stream", "chat-stream", "watcher"]
-            .iter()
-            .map(|r| by[*r].as_u64().unwrap_or(u64::MAX))
-            .sum();
-        (left == 0).then_some(())
-    });
+    // The `TCP_INFO` sweep reaches each socket within 10 s: a generous bound above that.
+    wait_for_within(
+        Duration::from_secs(60),
+        "every stream ended and the watcher stopped",
+        || {
+            let t = s.json("/debug/threads");
+            let by = &t["by_role"];
+            let left: u64 = ["alarm-stream", "chat-stream", "watcher"]
+                .iter()
+                .map(|r| by[*r].as_u64().unwrap_or(u64::MAX))
+                .sum();
+            (left == 0).then_some(())
+        },
+    );
     assert_eq!(s.metric("syncast_streaming_clients"), 0.0);
     assert_eq!(s.metric("syncast_streams_watched"), 0.0);
     assert_eq!(
