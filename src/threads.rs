@@ -32,6 +32,8 @@ pub(crate) enum Role {
     ChatStream,
     /// Serves one short request that reads a body or touches the store.
     Request,
+    /// Sees streams' clients leave (one, while any stream runs).
+    Watcher,
 }
 
 impl Role {
@@ -43,6 +45,7 @@ impl Role {
             Role::AlarmStream => "alarm-stream",
             Role::ChatStream => "chat-stream",
             Role::Request => "request",
+            Role::Watcher => "watcher",
         }
     }
 
@@ -55,12 +58,13 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 5] = [
+    pub(crate) const ALL: [Role; 6] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
         Role::ChatStream,
         Role::Request,
+        Role::Watcher,
     ];
 }
 

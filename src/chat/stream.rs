@@ -3,7 +3,7 @@
 //! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
 //! (welcome, reset, replayed history) and then loops over keepalive tick, its wake channel (live
 //! events waiting in the room; closed when the room closes the stream: replaced, left, slow),
-//! the sweep's poke and its shutdown channel.
+//! the watcher's poke (the peer left) and its shutdown channel.
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
@@ -232,7 +232,7 @@ fn run(
                     }
                     settle = SETTLE;
                 }
-                // The connection sweep saw the client's socket leave ESTABLISHED: confirm on our
+                // The watcher saw the client's socket leave ESTABLISHED: confirm on our
                 // own socket (a reused descriptor number cannot fool it) and end.
                 recv(out.gone()) -> _ => {
                     if out.liveness() == Liveness::Gone {

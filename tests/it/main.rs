@@ -14,5 +14,6 @@ mod auth;
 mod chat;
 mod docs;
 mod hostile;
+mod leaving;
 mod metrics;
 mod web;

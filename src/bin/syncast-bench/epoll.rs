@@ -406,6 +406,18 @@ impl Clients {
         }
     }
 
+    /// Sends FIN on every open connection (`shutdown(SHUT_WR)`), as a closing browser tab does,
+    /// whatever is still unread (closing a socket with unread data sends RST instead). Each is
+    /// closed once the server closes its side (read returns 0 in [`Clients::poll`]).
+    pub fn fin_all(&mut self) {
+        for c in &self.conns {
+            if c.state != State::Closed {
+                // SAFETY: fd is ours and open (state not Closed).
+                unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
+            }
+        }
+    }
+
     /// Closes every connection (FIN, as a browser tab closing).
     pub fn close_all(&mut self) {
         let ep = self.ep;
