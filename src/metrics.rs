@@ -153,6 +153,16 @@ pub(crate) struct Metrics {
     pub(crate) watcher_sock_diag: Counter,
     /// Duration of the watcher's last sweep, microseconds.
     pub(crate) watcher_sweep_us: Counter,
+    /// Chat over TCP: connections open now (each one a thread), named or not.
+    pub(crate) chat_tcp_connections: Counter,
+    /// Chat over TCP: members named now (a subset of `chat_members`).
+    pub(crate) chat_tcp_members: Counter,
+    /// Chat over TCP: lines the watcher read from clients and handed to their threads.
+    pub(crate) chat_tcp_lines: Counter,
+    /// Chat over TCP: times the watcher stopped reading a client whose line queue was full.
+    pub(crate) chat_tcp_paused: Counter,
+    /// Chat over TCP: lines answered with `! ` for what they were: too long, not UTF-8, NUL.
+    pub(crate) chat_tcp_bad_lines: [Counter; 3],
     /// Streams the watcher found gone, by how (`Gone::ALL` order).
     streams_gone: [Counter; 3],
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.

@@ -174,6 +174,44 @@ pub(crate) fn shutdown_accepted(local: SocketAddr) -> usize {
     n
 }
 
+/// `recv(fd, buf, MSG_DONTWAIT)`: what is waiting, at most `buf.len()` bytes, without blocking
+/// (`WouldBlock` when nothing is); 0 at EOF.
+pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for buf.len() bytes; a bad fd just fails.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send(fd, bytes, MSG_DONTWAIT | MSG_NOSIGNAL)`: as much of `bytes` as the send buffer takes
+/// now, without blocking (`WouldBlock` when it takes nothing).
+pub(crate) fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: bytes is readable for bytes.len() bytes; a bad fd just fails.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr() as *const libc::c_void,
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `shutdown(fd, SHUT_RD)`: a read blocked on the socket (in this process or not) sees EOF;
 /// writes go on.
 pub(crate) fn shut_read(fd: RawFd) {
