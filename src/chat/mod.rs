@@ -6,6 +6,7 @@
 //! - [`stream`]: one chat stream on its own thread, a `select!` loop.
 //! - [`http`]: the `/chat/...` routes.
 //! - [`line`]: the room's events as text lines, for TCP members.
+//! - [`tcp`]: the room over plain TCP (`--chat-tcp`): the listener and the members' threads.
 //! - [`reply`]: the room's refusals as status codes and replies.
 
 pub(crate) mod http;
@@ -14,3 +15,4 @@ mod reply;
 pub(crate) mod room;
 pub(crate) mod session;
 pub(crate) mod stream;
+pub(crate) mod tcp;

@@ -144,7 +144,10 @@ impl Room {
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token.clone())?;
-            Ok(inner.attach(key, None, true))
+            let mut att = inner.attach(key, None, true);
+            // Exact, and counting the new member: what its greeting says.
+            att.online_count = inner.sessions.len();
+            Ok(att)
         })?;
         log::info!("chat joined name={name}");
         Ok((token, attached))
