@@ -16,4 +16,5 @@ mod docs;
 mod hostile;
 mod leaving;
 mod metrics;
+mod tcp;
 mod web;
