@@ -7,8 +7,10 @@
 //! and answered here, from [`Refusal`], so what a refused client sees is decided in one place.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
@@ -16,10 +18,15 @@ use tiny_http::Request;
 
 use crate::config::Config;
 use crate::http::response::{self, Cors, Reply};
+use crate::http::socket;
+use crate::http::sse;
+use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 
-/// Why a request was refused before it got a thread of its own.
+/// Why a request was refused before it got a thread of its own (or, for a stream, before it
+/// could start). Every one of these is worth retrying: a refusal the user must act on (a bad
+/// id, an unknown token, a taken name) is a 4xx from its handler instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// `--max-clients` streams run already.
@@ -28,27 +35,70 @@ pub(crate) enum Refusal {
     MaxRequests,
     /// The OS refused the thread.
     ThreadSpawn,
+    /// The server is shutting down (a stream opened during shutdown).
+    ShuttingDown,
+    /// The store fails and the stream has nothing to show (an alarm id nobody watches).
+    StoreUnavailable,
+    /// `--max-members` chat sessions already (a join by `GET /chat/stream?name=`).
+    RoomFull,
 }
 
 impl Refusal {
-    /// The `reason` label of `syncast_rejected_total`.
-    fn reason(self) -> &'static str {
+    /// The `reason` label of `syncast_rejected_total`, and the `reason` of a `refused` event.
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refusal::MaxClients => "max-clients",
             Refusal::MaxRequests => "max-requests",
             Refusal::ThreadSpawn => "thread-spawn",
+            Refusal::ShuttingDown => "shutting-down",
+            Refusal::StoreUnavailable => "store-unavailable",
+            Refusal::RoomFull => "room-full",
         }
     }
 
-    /// What the client gets: a 503 it may retry after a second.
+    /// The base delay before a refused stream should come back; each refusal sends this
+    /// jittered by ±50 % ([`Admission::retry_ms`]). A full server or a thread the OS refused
+    /// frees up as streams end: soon. A store that fails, a full room (sessions expire after
+    /// `--grace`) and a restart take longer.
+    pub(crate) fn base_retry(self) -> Duration {
+        match self {
+            Refusal::MaxClients | Refusal::MaxRequests | Refusal::ThreadSpawn => {
+                Duration::from_secs(2)
+            }
+            Refusal::ShuttingDown => Duration::from_secs(3),
+            Refusal::StoreUnavailable | Refusal::RoomFull => Duration::from_secs(5),
+        }
+    }
+
+    /// What a client that is not a stream gets: a 503 it may retry after a second.
     fn reply(self) -> Reply {
         let message = match self {
             Refusal::MaxClients => "too many clients",
             Refusal::MaxRequests => "server busy",
             Refusal::ThreadSpawn => "cannot start a thread",
+            Refusal::ShuttingDown => "shutting down",
+            Refusal::StoreUnavailable => "store unavailable",
+            Refusal::RoomFull => "the room is full: try again later",
         };
         response::retry_later(503, 1, message)
     }
+}
+
+/// A delay of `base` ± 50 %, picked by `random` (any 64 bits): uniform over
+/// `[base / 2, base * 3 / 2]`, in whole milliseconds.
+pub(crate) fn jittered_ms(base: Duration, random: u64) -> u64 {
+    let base = base.as_millis().min(u64::MAX as u128 / 4) as u64;
+    base / 2 + random % (base + 1)
+}
+
+/// splitmix64: a fast, well-mixed sequence for jitter (not for secrets).
+fn splitmix64(state: &AtomicU64) -> u64 {
+    let mut z = state
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Who gets a thread, and the replies of those who do not.
@@ -59,6 +109,10 @@ pub(crate) struct Admission {
     cors: Cors,
     metrics: Arc<Metrics>,
     threads: Threads,
+    /// The connections: a stream refusal finds its socket here.
+    conns: Arc<ConnTable>,
+    /// State of the jitter sequence of refusals' retry delays.
+    jitter: AtomicU64,
     next_conn: AtomicU64,
     streams: AtomicUsize,
     requests: AtomicUsize,
@@ -129,7 +183,18 @@ impl Drop for RequestSlot {
 
 impl Admission {
     /// Admission under `config`'s caps; threads are spawned in `threads`.
-    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>, threads: Threads) -> Arc<Admission> {
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        threads: Threads,
+        conns: Arc<ConnTable>,
+    ) -> Arc<Admission> {
+        // Seeded apart per process and start, so two servers restarted together do not send
+        // their crowds back in step.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
         Arc::new(Admission {
             max_clients: config.max_clients,
             max_requests: config.max_requests,
@@ -137,6 +202,8 @@ impl Admission {
             cors: Cors::new(config.cors_origin.clone()),
             metrics,
             threads,
+            conns,
+            jitter: AtomicU64::new(seed),
             next_conn: AtomicU64::new(0),
             streams: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
@@ -187,22 +254,60 @@ impl Admission {
     }
 
     /// Spawns a stream thread for `request`, named after its role and a new connection number
-    /// (`sse-17`, `chat-18`), which `body` gets too; on refusal (slot or OS) answers 503 itself.
+    /// (`sse-17`, `chat-18`), which `body` gets too. A refusal (no slot, the server shutting
+    /// down, the OS refusing the thread) is answered here with [`Admission::refuse_stream`],
+    /// without a thread.
     pub(crate) fn spawn_stream<F>(self: &Arc<Self>, role: Role, request: Request, body: F)
     where
         F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
+        if self.closers.lock().shut {
+            log::warn!("stream refused reason=shutting-down");
+            return self.refuse_stream(request, Refusal::ShuttingDown);
+        }
         let Some(slot) = self.stream_slot() else {
-            self.count(Refusal::MaxClients);
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            self.respond(request, Refusal::MaxClients.reply());
-            return;
+            return self.refuse_stream(request, Refusal::MaxClients);
         };
-        self.spawn_with(role, name, self.stream_stack, request, move |rq| {
+        self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
             body(rq, slot, conn)
         });
+    }
+
+    /// A retry delay for `why`: its base ± 50 %, in milliseconds.
+    pub(crate) fn retry_ms(&self, why: Refusal) -> u64 {
+        jittered_ms(why.base_retry(), splitmix64(&self.jitter))
+    }
+
+    /// Counts a stream request refused for `why` and answers it so that `EventSource` comes
+    /// back by itself: `200 text/event-stream`, `retry:` with a jittered delay, one `event:
+    /// refused` with `{"reason","retry_ms"}`, then the connection is closed (a `503` would end
+    /// an `EventSource` for good: WHATWG HTML, "Server-sent events", and the web-platform test
+    /// `request-status-error`). No thread is spawned: the few hundred bytes are written on the
+    /// calling thread, never blocking ([`socket::answer_and_close`]).
+    pub(crate) fn refuse_stream(&self, request: Request, why: Refusal) {
+        self.count(why);
+        self.write_refusal(request, why);
+    }
+
+    /// The answer of [`Admission::refuse_stream`], not counted.
+    fn write_refusal(&self, request: Request, why: Refusal) {
+        let retry_ms = self.retry_ms(why);
+        let bytes = sse::refusal(&self.cors.sse_headers(), why.reason(), retry_ms);
+        let peer = request.remote_addr().copied();
+        let mut writer = request.into_writer();
+        match peer {
+            Some(peer) => {
+                let skip = self.conns.stream_fds();
+                let _ = socket::answer_and_close(self.conns.local(), peer, &skip, &bytes);
+            }
+            // Only a request without a socket (a test's) has no peer: nothing can block there.
+            None => {
+                let _ = writer.write_all(&bytes).and_then(|()| writer.flush());
+            }
+        }
     }
 
     /// Spawns a short request thread (store access, bodies); over `--max-requests` answers 503.
@@ -229,6 +334,7 @@ impl Admission {
             name,
             SERVICE_STACK,
             request,
+            false,
             move |mut rq| {
                 let slot = slot;
                 let reply = handler(&mut rq);
@@ -258,9 +364,17 @@ impl Admission {
         }
     }
 
-    /// Spawns `body` with `request`; if the OS refuses the thread, answers 503 and counts it.
-    fn spawn_with<F>(&self, role: Role, name: String, stack: usize, request: Request, body: F)
-    where
+    /// Spawns `body` with `request`; if the OS refuses the thread, counts it and answers it
+    /// (a stream with [`Admission::refuse_stream`], anything else 503).
+    fn spawn_with<F>(
+        &self,
+        role: Role,
+        name: String,
+        stack: usize,
+        request: Request,
+        stream: bool,
+        body: F,
+    ) where
         F: FnOnce(Request) + Send + 'static,
     {
         let handover = Handover {
@@ -275,11 +389,15 @@ impl Admission {
             }
         });
         if let Err(e) = spawned {
-            self.count(Refusal::ThreadSpawn);
             log::error!("thread spawn failed role={} error={e}", role.as_str());
+            self.count(Refusal::ThreadSpawn);
             // The refused closure was dropped, and its handover passed the request back.
             while let Ok(rq) = self.refused.1.try_recv() {
-                self.respond(*rq, Refusal::ThreadSpawn.reply());
+                if stream {
+                    self.write_refusal(*rq, Refusal::ThreadSpawn);
+                } else {
+                    self.respond(*rq, Refusal::ThreadSpawn.reply());
+                }
             }
         }
     }

@@ -33,7 +33,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 9] = [
+pub(crate) const REJECT_REASONS: [&str; 11] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -43,6 +43,8 @@ pub(crate) const REJECT_REASONS: [&str; 9] = [
     "rate-limited",
     "too-large",
     "room-full",
+    "shutting-down",
+    "store-unavailable",
 ];
 
 /// Every number `/metrics` shows that the server counts itself.

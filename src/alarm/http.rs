@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
+use super::refresher::Health;
 use super::store::Backend;
 use super::stream::{self, AlarmStreams, Mode};
-use crate::admit::Admission;
+use crate::admit::{Admission, Refusal};
 use crate::http::request::{read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{parse_alarm_body, percent_decode, query_get, valid_id};
@@ -23,6 +24,8 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
+    /// The refresher's view of the store: `Some(reason)` while it fails.
+    pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
@@ -45,6 +48,15 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
         let reply = bad_request(&alarms.metrics, "invalid mode: use tick or change");
         return alarms.admit.respond(request, reply);
     };
+    // While the store fails, a stream for an id nobody watches would have nothing to show
+    // (its first value comes from the store): it is refused, to come back later, instead of
+    // opening silent. An id already watched streams its last known value.
+    if alarms.health.read().is_some() && alarms.streams.hub.get(&id).is_none() {
+        log::warn!("stream refused reason=store-unavailable id={id}");
+        return alarms
+            .admit
+            .refuse_stream(request, Refusal::StoreUnavailable);
+    }
     let cx = alarms.streams.clone();
     alarms
         .admit
@@ -123,16 +135,17 @@ mod tests {
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
         AlarmService {
+            health: Arc::default(),
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, &config),
+                streams: Streams::new(conns.clone(), &config),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
             store,
-            admit: Admission::new(&config, metrics.clone(), Threads::new()),
+            admit: Admission::new(&config, metrics.clone(), Threads::new(), conns.clone()),
             metrics,
         }
     }

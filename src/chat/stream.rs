@@ -11,9 +11,9 @@ use std::time::Duration;
 use crossbeam_channel::{select, tick};
 
 use super::reply::error_reply;
-use super::room::{Attached, Kick, Room, Take};
+use super::room::{Attached, ChatError, Kick, Room, Take};
 use super::session::Token;
-use crate::admit::StreamSlot;
+use crate::admit::{Admission, Refusal, StreamSlot};
 use crate::http::socket::Liveness;
 use crate::http::sse;
 use crate::metrics::Metrics;
@@ -30,6 +30,8 @@ pub(crate) struct ChatStreams {
     pub(crate) metrics: Arc<Metrics>,
     /// Keepalive interval.
     pub(crate) heartbeat: Duration,
+    /// Refusals a client should retry (a full room) are answered through admission.
+    pub(crate) admit: Arc<Admission>,
 }
 
 /// Who the stream is for.
@@ -121,6 +123,14 @@ pub(crate) fn serve(
     };
     let att = match attached {
         Ok(att) => att,
+        // A full room frees up by itself: EventSource must come back, so it gets a `refused`
+        // event, not a 503 that ends it for good. A bad name, a taken name or an unknown token
+        // is for the user to act on: a 4xx.
+        Err(ChatError::RoomFull) => {
+            log::warn!("stream refused reason=room-full");
+            cx.admit.refuse_stream(request, Refusal::RoomFull);
+            return;
+        }
         Err(e) => {
             let reply = error_reply(&cx.metrics, &e);
             cx.streams.refuse(request, reply);

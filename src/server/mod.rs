@@ -121,7 +121,7 @@ impl Server {
         let health: Health = Arc::new(RwLock::new(None));
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
-        let admit = Admission::new(&config, metrics.clone(), threads.clone());
+        let admit = Admission::new(&config, metrics.clone(), threads.clone(), conns.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
@@ -132,6 +132,7 @@ impl Server {
                 fault_panic_id: config.fault_panic_id.clone(),
             }),
             store: store.clone(),
+            health: health.clone(),
             admit: admit.clone(),
             metrics: metrics.clone(),
         });
@@ -142,6 +143,7 @@ impl Server {
                 streams: Streams::new(conns.clone(), &config),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
+                admit: admit.clone(),
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),

@@ -803,17 +803,19 @@ fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
 }
 
 #[test]
-fn a_full_room_answers_503_with_retry_after_until_someone_leaves() {
+fn a_full_room_answers_503_to_a_join_and_refused_to_a_stream_until_someone_leaves() {
     let s = start(|c| c.max_members = 2);
     let a = join_only(&s, &unique("one"));
     join_only(&s, &unique("two"));
     let r = s.request("POST", "/chat/join", Some(&unique("three")));
     assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
-    assert_eq!(
-        s.sse(&format!("/chat/stream?name={}", unique("four")))
-            .status,
-        503
-    );
+    // A join by stream is an EventSource: it must come back by itself, so not a 503.
+    let mut es = s.sse(&format!("/chat/stream?name={}", unique("four")));
+    assert_eq!(es.status, 200);
+    let (event, _, data) = es.next_event().expect("an event");
+    assert_eq!(event, "refused");
+    assert!(data.contains(r#""reason":"room-full""#), "{data}");
+    assert_eq!(es.next_item(), None);
     let r = s.request_with(
         "POST",
         "/chat/leave",

@@ -125,19 +125,21 @@ fn a_client_that_never_reads_is_closed_as_stalled_and_its_thread_ends() {
 }
 
 #[test]
-fn a_flood_beyond_the_client_cap_gets_fast_503s_without_threads() {
+fn a_flood_beyond_the_client_cap_gets_fast_refusals_without_threads() {
     let s = start(|c| c.max_clients = 5);
     let mut kept = Vec::new();
     let mut refused = 0;
     for i in 0..60 {
-        let sse = s.sse(&format!("/sse/call/flood{i}"));
-        match sse.status {
-            200 => kept.push(sse),
-            503 => {
-                assert_eq!(sse.header("Retry-After").as_deref(), Some("1"));
+        let mut sse = s.sse(&format!("/sse/call/flood{i}"));
+        assert_eq!(sse.status, 200);
+        match sse.next_event() {
+            Some((event, _, _)) if event == "message" => kept.push(sse),
+            Some((event, _, data)) if event == "refused" => {
+                assert!(data.contains(r#""reason":"max-clients""#), "{data}");
+                assert_eq!(sse.next_item(), None, "closed after the refusal");
                 refused += 1;
             }
-            other => panic!("unexpected {other}"),
+            other => panic!("unexpected {other:?}"),
         }
         assert!(s.threads_of("alarm-stream") <= 5);
     }
