@@ -410,6 +410,53 @@ fn a_resume_older_than_the_history_starts_with_reset() {
     );
 }
 
+#[test]
+fn an_unusable_or_future_last_event_id_starts_with_reset_and_everything_kept() {
+    let s = start(|c| c.history = 4);
+    let poster = join_only(&s, &unique("p"));
+    let ids: Vec<u64> = (0..6).map(|i| say(&s, &poster, &format!("m{i}"))).collect();
+    let far = (ids[5] + 1000).to_string();
+    let hints: [(&str, Option<&str>, &str); 7] = [
+        ("an empty header", Some(""), ""),
+        ("a word", Some("abc"), ""),
+        ("a negative number", Some("-3"), ""),
+        (
+            "a number too large for 64 bits",
+            Some("99999999999999999999999"),
+            "",
+        ),
+        (
+            "an id beyond the newest (another run)",
+            Some(far.as_str()),
+            "",
+        ),
+        ("a word in the query", None, "&last_event_id=abc"),
+        ("an empty query", None, "&last_event_id="),
+    ];
+    for (what, header, query) in hints {
+        let token = join_only(&s, &unique("hint"));
+        let headers: Vec<(&str, &str)> = header.map(|h| ("Last-Event-ID", h)).into_iter().collect();
+        let mut sse = Sse::open(
+            s.addr,
+            &format!("/chat/stream?token={token}{query}"),
+            &headers,
+        );
+        assert_eq!(sse.status, 200, "{what}");
+        assert_eq!(next(&mut sse).unwrap().event, "welcome", "{what}");
+        let reset = next(&mut sse).unwrap();
+        assert_eq!(reset.event, "reset", "{what}");
+        // Every join is a room event too: the history's oldest moves with each member joined.
+        let oldest = reset.data["oldest"].as_u64().expect("oldest");
+        let replayed: Vec<Option<u64>> = (0..4).map(|_| next(&mut sse).unwrap().id).collect();
+        let kept: Vec<Option<u64>> = (oldest..oldest + 4).map(Some).collect();
+        assert_eq!(replayed, kept, "{what}: everything kept follows the reset");
+    }
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"bad-request\"}"),
+        0.0
+    );
+}
+
 /// Asks for `path` and never reads. The kernel buffers on both ends absorb a few MB first
 /// (loopback send buffers autotune), so callers post until the cut-off rather than a fixed count.
 /// (A tiny SO_RCVBUF does not help: reading back afterwards then crawls on zero-window probes.)
@@ -563,10 +610,12 @@ fn bad_names_bodies_tokens_and_floods_get_400_401_409_429() {
         401
     );
     assert_eq!(s.sse(&format!("/chat/stream?token={forged}")).status, 401);
+    // A resume hint that names no event is not the client's fault: a stream, never a 400
+    // (`an_unusable_or_future_last_event_id_starts_with_reset_and_everything_kept`).
     assert_eq!(
         s.sse(&format!("/chat/stream?token={token}&last_event_id=x"))
             .status,
-        400
+        200
     );
     assert_eq!(
         s.sse(&format!("/chat/stream?token={token}&name=x")).status,

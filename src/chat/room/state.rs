@@ -303,15 +303,19 @@ impl Inner {
         let mut backlog: Vec<Encoded> =
             vec![encode_event(Some("welcome"), None, &welcome.to_string()).into()];
         if let Some(k) = after {
-            // Events after k were dropped from the history (or k is from another run).
-            if k.saturating_add(1) < oldest || k > last_id {
+            // An id beyond the newest is from another run, or names no event at all (a hint
+            // that is not a number comes as u64::MAX): where the client stands is unknown, as
+            // for an id older than the history. Both get `reset`, then everything kept.
+            let unknown = k > last_id;
+            if unknown || k.saturating_add(1) < oldest {
                 let reset = json!({ "oldest": oldest });
                 backlog.push(encode_event(Some("reset"), None, &reset.to_string()).into());
             }
+            let after = if unknown { 0 } else { k };
             backlog.extend(
                 self.history
                     .iter()
-                    .filter(|e| e.id > k && e.from != Some(key))
+                    .filter(|e| e.id > after && e.from != Some(key))
                     .map(|e| e.bytes.clone()),
             );
         }
