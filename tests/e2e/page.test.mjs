@@ -52,18 +52,19 @@ async function waitFor(what, probe) {
   }
 }
 
-// Starts syncast; with `again`, on the same port and store as a server that has stopped.
-async function startServer(again) {
+// Starts syncast; with `again`, on the same port and store as a server that has stopped;
+// `extra`: more flags.
+async function startServer(again, extra = []) {
   const dir = again ? again.dir : fs.mkdtempSync(path.join(os.tmpdir(), "syncast-e2e-"));
   const port = again ? again.port : await freePort();
   const base = `http://127.0.0.1:${port}`;
   fs.mkdirSync(OUT, { recursive: true });
-  const log = path.join(OUT, "server.log");
+  const log = path.join(OUT, extra.length ? "server-extra.log" : "server.log");
   const out = fs.openSync(log, again ? "a" : "w");
   const proc = spawn(
     BIN,
     ["--listen", `127.0.0.1:${port}`, "--db", path.join(dir, "alarms.db"), "--refresh", "50ms",
-      "--heartbeat", "1s", "--log-level", "debug"],
+      "--heartbeat", "1s", "--log-level", "debug", ...extra],
     { stdio: ["ignore", out, out] },
   );
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
@@ -229,6 +230,30 @@ test("the alarm panel says it is reconnecting when its stream drops, then is liv
   await waitText(page, "#alarm-state", "ON");
   await page.context().close();
   r.close();
+});
+
+test("a page refused at --max-clients says the server is busy and comes back by itself", async () => {
+  const full = await startServer(undefined, ["--max-clients", "1"]);
+  const first = await newPage(full.base);
+  await first.locator("#alarm-id").fill(`e2e-first-${process.pid}`);
+  await first.locator("#alarm-id").press("Enter");
+  await waitText(first, "#alarm-conn", "live");
+  const second = await newPage(full.base);
+  await second.locator("#alarm-id").fill(`e2e-second-${process.pid}`);
+  await second.locator("#alarm-id").press("Enter");
+  const busy = await waitFor("the busy notice", async () => {
+    const t = await text(second, "#alarm-conn");
+    return /^server busy, retrying in \d+ s$/.test(t) && t;
+  });
+  assert.equal(await second.locator("#alarm-conn").getAttribute("data-state"), "busy", busy);
+  await second.locator("#alarm-panel").screenshot({ path: path.join(OUT, "alarm-busy.png") });
+  await first.context().close(); // frees the slot
+  await waitText(second, "#alarm-conn", "live");
+  await waitText(second, "#alarm-state", "OFF");
+  assert.deepEqual(second.errors, []);
+  await second.context().close();
+  await stopServer(full);
+  fs.rmSync(full.dir, { recursive: true, force: true });
 });
 
 test("two people chat; one drops off, comes back, and sees what it missed exactly once", async () => {
