@@ -457,6 +457,52 @@ fn an_unusable_or_future_last_event_id_starts_with_reset_and_everything_kept() {
     );
 }
 
+#[test]
+fn names_people_cannot_spoof_are_one_name_whatever_their_case_or_encoding() {
+    let s = start(|_| {});
+    let tag = unique("");
+    let join = |name: &str| s.request("POST", "/chat/join", Some(name));
+    let r = join(&format!("Stra\u{df}e{tag}"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Full case folding: ß is ss.
+    assert_eq!(join(&format!("STRASSE{tag}")).status, 409);
+    assert_eq!(join(&format!("strasse{tag}")).status, 409);
+    // The Kelvin sign is a K.
+    assert_eq!(join(&format!("kelvin{tag}")).status, 201);
+    assert_eq!(join(&format!("\u{212A}ELVIN{tag}")).status, 409);
+    // Kept in NFC: e + COMBINING DIAERESIS comes back as ë, and the composed form is taken.
+    let r = join(&format!("Zoe\u{308}{tag}"));
+    assert_eq!(r.json()["name"], format!("Zo\u{eb}{tag}"));
+    assert_eq!(join(&format!("ZO\u{cb}{tag}")).status, 409);
+    // Invisible and reordering characters are refused.
+    for c in [
+        '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{AD}', '\u{200D}',
+    ] {
+        let r = join(&format!("ann{c}{tag}"));
+        assert_eq!(r.status, 400, "U+{:04X}", c as u32);
+        assert!(r.error().starts_with("invalid name"), "{}", r.body);
+    }
+    // The length is what a person sees: 32 flags (64 code points) are 32 characters.
+    let flags = "\u{1F1EB}\u{1F1F7}".repeat(32);
+    assert_eq!(join(&flags).status, 201);
+    assert_eq!(join(&format!("{flags}\u{1F1EB}\u{1F1F7}")).status, 400);
+    // A rename follows the same rules.
+    let token = join_only(&s, &unique("mover"));
+    let rename = |to: &str| {
+        s.request_with(
+            "POST",
+            "/chat/name",
+            Some(to),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    };
+    assert_eq!(rename(&format!("KELVIN{tag}")).status, 409);
+    assert_eq!(rename("a\u{202E}b").status, 400);
+    let r = rename(&format!("Ame\u{301}lie{tag}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["to"], format!("Am\u{e9}lie{tag}"));
+}
+
 /// Asks for `path` and never reads. The kernel buffers on both ends absorb a few MB first
 /// (loopback send buffers autotune), so callers post until the cut-off rather than a fixed count.
 /// (A tiny SO_RCVBUF does not help: reading back afterwards then crawls on zero-window probes.)

@@ -14,7 +14,7 @@ use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, TAKE_BY
 use super::wakes::{Waker, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
-use crate::http::validate::valid_name;
+use crate::http::validate::{name_key, normalize_name};
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
 
@@ -92,8 +92,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What names are compared by (see [`name_key`]).
 fn fold(name: &str) -> String {
-    name.to_lowercase()
+    name_key(name)
 }
 
 impl Inner {
@@ -234,9 +235,7 @@ impl Inner {
 
     /// Creates a session named `name` holding `token` and broadcasts its `join`.
     pub(crate) fn join(&mut self, name: &str, token: Token) -> Result<u64, ChatError> {
-        if !valid_name(name) {
-            return Err(ChatError::InvalidName);
-        }
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let folded = fold(name);
         if self.names.contains_key(&folded) {
             return Err(ChatError::NameTaken);
@@ -367,13 +366,15 @@ impl Inner {
         Ok(id)
     }
 
-    /// [`super::Room::rename`] under the lock; returns the old name.
-    pub(crate) fn rename(&mut self, token: &Token, to: &str) -> Result<String, ChatError> {
+    /// [`super::Room::rename`] under the lock; returns the old name and the new one (in NFC).
+    pub(crate) fn rename(
+        &mut self,
+        token: &Token,
+        to: &str,
+    ) -> Result<(String, String), ChatError> {
         let session = self.session(token)?;
         let key = session.token.selector();
-        if !valid_name(to) {
-            return Err(ChatError::InvalidName);
-        }
+        let to = &normalize_name(to).ok_or(ChatError::InvalidName)?;
         // A rename is broadcast like a message, so it draws on the same bucket.
         session
             .limiter
@@ -385,13 +386,13 @@ impl Inner {
         }
         let session = self.sessions.get_mut(&key).expect("found above");
         let from = std::mem::replace(&mut session.name, to.to_string());
-        if from == to {
-            return Ok(from);
+        if from == *to {
+            return Ok((from, to.clone()));
         }
         self.names.remove(&fold(&from));
         self.names.insert(folded, key);
         let data = json!({ "from": from, "to": to });
         self.broadcast("rename", data, None);
-        Ok(from)
+        Ok((from, to.clone()))
     }
 }
