@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -17,6 +18,7 @@ use parking_lot::Mutex;
 use tiny_http::Request;
 
 use crate::config::Config;
+use crate::http::pipeline::{self, Pipelines, Serving};
 use crate::http::response::{self, Cors, Reply};
 use crate::http::socket;
 use crate::http::sse;
@@ -101,11 +103,19 @@ fn splitmix64(state: &AtomicU64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// What routes a request: the server's router, which a request thread calls for the requests
+/// its connection pipelined behind the one it served (see [`crate::http::pipeline`]).
+pub(crate) trait Route: Send + Sync {
+    /// Routes one request, as the dispatcher does.
+    fn route(&self, request: Request);
+}
+
 /// Who gets a thread, and the replies of those who do not.
 pub(crate) struct Admission {
     max_clients: usize,
     max_requests: usize,
     stream_stack: usize,
+    body_timeout: Duration,
     cors: Cors,
     metrics: Arc<Metrics>,
     threads: Threads,
@@ -113,6 +123,10 @@ pub(crate) struct Admission {
     conns: Arc<ConnTable>,
     /// State of the jitter sequence of refusals' retry delays.
     jitter: AtomicU64,
+    /// What is in flight on each connection, and the requests waiting behind it.
+    pipelines: Pipelines,
+    /// The router, for the requests a request thread serves after its first.
+    router: OnceLock<Weak<dyn Route>>,
     next_conn: AtomicU64,
     streams: AtomicUsize,
     requests: AtomicUsize,
@@ -128,6 +142,8 @@ pub(crate) struct StreamSlot {
     admit: Arc<Admission>,
     key: u64,
     closed: Receiver<()>,
+    /// The stream's connection (requests pipelined behind the stream are held until it ends).
+    peer: Option<SocketAddr>,
 }
 
 impl StreamSlot {
@@ -144,6 +160,7 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.admit.closers.lock().open.remove(&self.key);
         self.admit.streams.fetch_sub(1, Ordering::AcqRel);
+        self.admit.pipelines.end_stream(self.peer);
     }
 }
 
@@ -199,9 +216,12 @@ impl Admission {
             max_clients: config.max_clients,
             max_requests: config.max_requests,
             stream_stack: config.stream_stack,
+            body_timeout: config.body_timeout,
             cors: Cors::new(config.cors_origin.clone()),
             metrics,
             threads,
+            pipelines: Pipelines::new(conns.clone()),
+            router: OnceLock::new(),
             conns,
             jitter: AtomicU64::new(seed),
             next_conn: AtomicU64::new(0),
@@ -217,8 +237,36 @@ impl Admission {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The router, for the requests a connection pipelines behind one on a request thread.
+    pub(crate) fn set_router(&self, router: Weak<dyn Route>) {
+        let _ = self.router.set(router);
+    }
+
+    /// Whether `request` is served now (`Some`), or waits behind its connection's request in
+    /// flight or its stream (see [`crate::http::pipeline`]); the router asks first.
+    pub(crate) fn turn(&self, request: Request) -> Option<Request> {
+        match self.pipelines.turn(request) {
+            pipeline::Turn::Now(rq) => Some(rq),
+            pipeline::Turn::Later => None,
+        }
+    }
+
+    /// Periodic work on the dispatcher: drops requests that will never be answered.
+    pub(crate) fn housekeeping(&self) {
+        self.pipelines.reap();
+    }
+
+    /// Routes a request on the calling (request) thread.
+    fn route_here(&self, request: Request) {
+        match self.router.get().and_then(Weak::upgrade) {
+            Some(router) => router.route(request),
+            // The server is gone: the request's drop answers it (500).
+            None => drop(request),
+        }
+    }
+
     /// Takes a streaming slot, or `None` at `--max-clients`.
-    fn stream_slot(self: &Arc<Self>) -> Option<StreamSlot> {
+    fn stream_slot(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<StreamSlot> {
         let max = self.max_clients;
         self.streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -226,10 +274,12 @@ impl Admission {
             })
             .ok()?;
         let (key, closed) = self.closers.lock().open();
+        self.pipelines.begin_stream(peer);
         Some(StreamSlot {
             admit: self.clone(),
             key,
             closed,
+            peer,
         })
     }
 
@@ -263,11 +313,12 @@ impl Admission {
     {
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
+        let peer = request.remote_addr().copied();
         if self.closers.lock().shut {
             log::warn!("stream refused reason=shutting-down");
             return self.refuse_stream(request, Refusal::ShuttingDown);
         }
-        let Some(slot) = self.stream_slot() else {
+        let Some(slot) = self.stream_slot(peer) else {
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
             return self.refuse_stream(request, Refusal::MaxClients);
         };
@@ -315,6 +366,13 @@ impl Admission {
     where
         F: FnOnce(&mut Request) -> Reply + Send + 'static,
     {
+        let peer = request.remote_addr().copied();
+        if pipeline::serving(peer) {
+            // This thread serves the connection already (a request pipelined behind its first).
+            let mut rq = request;
+            let reply = self.serve(&mut rq, handler);
+            return self.respond(rq, reply);
+        }
         let max = self.max_requests;
         if self
             .requests
@@ -329,7 +387,8 @@ impl Admission {
         }
         let slot = RequestSlot(self.clone());
         let name = format!("req-{}", self.next_conn());
-        self.spawn_with(
+        self.pipelines.begin_requests(peer);
+        let spawned = self.spawn_with(
             Role::Request,
             name,
             SERVICE_STACK,
@@ -337,10 +396,21 @@ impl Admission {
             false,
             move |mut rq| {
                 let slot = slot;
-                let reply = handler(&mut rq);
-                slot.0.respond(rq, reply);
+                let admit = &slot.0;
+                let _serving = Serving::begin(peer);
+                // However this thread ends (a panic included), the connection's turn ends.
+                let _turn = EndTurn(admit, peer);
+                let reply = admit.serve(&mut rq, handler);
+                admit.respond(rq, reply);
+                // Then the requests its connection pipelined behind this one, in order.
+                while let Some(next) = admit.pipelines.next(peer) {
+                    admit.route_here(next);
+                }
             },
         );
+        if !spawned {
+            self.pipelines.end_requests(peer);
+        }
     }
 
     /// Runs `handler` for a request whose work is in memory (no store, no socket): inline on the
@@ -356,16 +426,46 @@ impl Admission {
     {
         let buffered = request.body_length().is_some_and(|n| n <= 1024)
             && !request.headers().iter().any(|h| h.field.equiv("Expect"));
-        if buffered {
-            let reply = handler(&mut request);
+        if buffered || pipeline::serving(request.remote_addr().copied()) {
+            let reply = self.serve(&mut request, handler);
             self.respond(request, reply);
         } else {
             self.spawn_request(request, handler);
         }
     }
 
+    /// Runs `handler` for `request` on the calling thread; a body still to come from the socket
+    /// must arrive within `--body-timeout` of now, or the sweep cuts it and the answer is 408
+    /// (whatever the handler made of the short body), the connection closed.
+    fn serve<F>(&self, request: &mut Request, handler: F) -> Reply
+    where
+        F: FnOnce(&mut Request) -> Reply,
+    {
+        let watch = match request.remote_addr() {
+            Some(peer) if body_on_socket(request) => Some(BodyWatch {
+                conns: &self.conns,
+                peer: *peer,
+                cut: self
+                    .conns
+                    .body_started(*peer, std::time::Instant::now() + self.body_timeout),
+            }),
+            _ => None,
+        };
+        let reply = handler(request);
+        match watch {
+            Some(w) if w.cut.load(Ordering::Acquire) => {
+                let message = format!(
+                    "request body not received within {} ms (--body-timeout)",
+                    self.body_timeout.as_millis()
+                );
+                response::add_header(response::error(408, &message), "Connection", "close")
+            }
+            _ => reply,
+        }
+    }
+
     /// Spawns `body` with `request`; if the OS refuses the thread, counts it and answers it
-    /// (a stream with [`Admission::refuse_stream`], anything else 503).
+    /// (a stream with [`Admission::refuse_stream`], anything else 503) and returns `false`.
     fn spawn_with<F>(
         &self,
         role: Role,
@@ -374,7 +474,8 @@ impl Admission {
         request: Request,
         stream: bool,
         body: F,
-    ) where
+    ) -> bool
+    where
         F: FnOnce(Request) + Send + 'static,
     {
         let handover = Handover {
@@ -399,7 +500,44 @@ impl Admission {
                     self.respond(*rq, Refusal::ThreadSpawn.reply());
                 }
             }
+            return false;
         }
+        true
+    }
+}
+
+/// Whether reading `request`'s body means reading the socket: more than the 1 KiB tiny_http
+/// reads itself, chunked, or held back by `Expect: 100-continue` (src/request.rs,
+/// `new_request`).
+fn body_on_socket(request: &Request) -> bool {
+    let header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
+    match request.body_length() {
+        Some(0) => false,
+        Some(n) => n > 1024 || header("Expect"),
+        None => header("Transfer-Encoding"),
+    }
+}
+
+/// A body being read under `--body-timeout`; unregistered from the sweep when dropped.
+struct BodyWatch<'a> {
+    conns: &'a ConnTable,
+    peer: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for BodyWatch<'_> {
+    fn drop(&mut self) {
+        self.conns.body_ended(self.peer);
+    }
+}
+
+/// Ends a request thread's turn on its connection when dropped (see
+/// [`Pipelines::end_requests`]).
+struct EndTurn<'a>(&'a Admission, Option<SocketAddr>);
+
+impl Drop for EndTurn<'_> {
+    fn drop(&mut self) {
+        self.0.pipelines.end_requests(self.1);
     }
 }
 

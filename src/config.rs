@@ -65,6 +65,10 @@ pub struct Config {
     /// A connection that has not sent a complete request line and headers this long after it
     /// was seen (or after its previous request, for keep-alive) is closed. Default 10 s.
     pub header_timeout: Duration,
+    /// A request body read on a request thread (more than tiny_http's 1 KiB, chunked, or after
+    /// `Expect: 100-continue`) that has not all arrived this long after its headers is cut:
+    /// `408`, and the connection closed. Default 2 s.
+    pub body_timeout: Duration,
     /// Connections waiting for their headers at once; the oldest beyond this are closed.
     /// Capped separately from streaming clients. Default 2048.
     pub max_pending: usize,
@@ -98,6 +102,7 @@ impl Default for Config {
             max_members: 10_000,
             stream_stack: 64 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(2),
             max_pending: 2048,
             cors_origin: None,
             fault_panic_id: None,
@@ -229,6 +234,11 @@ impl Config {
             (50..=3_600_000).contains(&ms(self.header_timeout)),
             "--header-timeout",
             "50ms..1h",
+        )?;
+        check(
+            (10..=3_600_000).contains(&ms(self.body_timeout)),
+            "--body-timeout",
+            "10ms..1h",
         )?;
         check(
             (1..=100_000).contains(&self.max_pending),

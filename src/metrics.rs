@@ -91,6 +91,8 @@ pub(crate) struct Metrics {
     pub(crate) header_timeouts: Counter,
     /// Keep-alive connections closed for idling.
     pub(crate) idle_closed: Counter,
+    /// Request bodies cut for not arriving within `--body-timeout`.
+    pub(crate) body_timeouts: Counter,
     /// Connections closed because too many were waiting for headers.
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
@@ -144,7 +146,7 @@ impl Metrics {
         let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
         let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, &str, &str, String); 24] = [
+        let rows: [(&str, &str, &str, String); 25] = [
             (
                 "syncast_process_threads",
                 "gauge",
@@ -270,6 +272,12 @@ impl Metrics {
                 "counter",
                 "Connections closed for not finishing their headers in time.",
                 self.header_timeouts.get().to_string(),
+            ),
+            (
+                "syncast_body_timeouts_total",
+                "counter",
+                "Request bodies cut for not arriving within --body-timeout.",
+                self.body_timeouts.get().to_string(),
             ),
             (
                 "syncast_idle_closed_total",

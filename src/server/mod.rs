@@ -148,7 +148,7 @@ impl Server {
             admit: admit.clone(),
             metrics: metrics.clone(),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             alarms,
             chat,
             ops: Ops {
@@ -162,7 +162,9 @@ impl Server {
             conns: conns.clone(),
             metrics: metrics.clone(),
             cors: config.cors_origin.is_some(),
-        };
+        });
+        let route: Arc<dyn crate::admit::Route> = router.clone();
+        admit.set_router(Arc::downgrade(&route));
         let refresher = Refresher {
             store,
             every: config.refresh,
@@ -184,6 +186,7 @@ impl Server {
             listener,
             shutdown: shutdown_rx,
             header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
             max_pending: config.max_pending,
         };
         threads

@@ -185,6 +185,11 @@ impl Router {
         if let Some(peer) = request.remote_addr() {
             self.conns.request_seen(*peer);
         }
+        // One request of a connection at a time, in order (src/http/pipeline.rs): a request
+        // pipelined behind one in flight waits for its turn, behind a stream for ever.
+        let Some(request) = self.admit.turn(request) else {
+            return;
+        };
         // tiny_http reads request lines and headers without a limit; refuse oversized ones here.
         if request.url().len() > MAX_URL {
             self.metrics.reject("too-large");
@@ -239,6 +244,12 @@ impl Router {
                 .admit
                 .respond(request, response::error(404, "not found")),
         }
+    }
+}
+
+impl crate::admit::Route for Router {
+    fn route(&self, request: Request) {
+        Router::route(self, request);
     }
 }
 

@@ -13,4 +13,5 @@ mod alarm;
 mod chat;
 mod docs;
 mod hostile;
+mod http;
 mod web;
