@@ -248,3 +248,80 @@ impl Pipelines {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiny_http::TestRequest;
+
+    fn request(peer: SocketAddr, path: &str) -> Request {
+        TestRequest::new()
+            .with_remote_addr(peer)
+            .with_path(path)
+            .into()
+    }
+
+    fn path(turn: Turn) -> Option<String> {
+        match turn {
+            Turn::Now(rq) => Some(rq.url().to_string()),
+            Turn::Later => None,
+        }
+    }
+
+    #[test]
+    fn a_connection_waits_its_turn_and_is_served_in_order() {
+        let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let p = Pipelines::new(std::sync::Arc::new(ConnTable::new(local)));
+        let (a, b): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:40001".parse().unwrap(),
+            "127.0.0.1:40002".parse().unwrap(),
+        );
+        assert_eq!(path(p.turn(request(a, "/1"))).as_deref(), Some("/1"));
+        p.begin_requests(Some(a));
+        assert_eq!(path(p.turn(request(a, "/2"))), None, "queued behind /1");
+        assert_eq!(path(p.turn(request(a, "/3"))), None);
+        assert_eq!(
+            path(p.turn(request(b, "/x"))).as_deref(),
+            Some("/x"),
+            "others go on"
+        );
+        // The thread serving `a` gets them in order; its own routing is never queued.
+        let _serving = Serving::begin(Some(a));
+        assert_eq!(path(p.turn(request(a, "/own"))).as_deref(), Some("/own"));
+        assert_eq!(
+            p.next(Some(a)).map(|r| r.url().to_string()).as_deref(),
+            Some("/2")
+        );
+        assert_eq!(
+            p.next(Some(a)).map(|r| r.url().to_string()).as_deref(),
+            Some("/3")
+        );
+        assert!(p.next(Some(a)).is_none());
+        assert_eq!(p.busy(), 0, "the turn ended with the queue");
+    }
+
+    #[test]
+    fn requests_behind_a_stream_are_held_then_dropped_after_it_ends() {
+        let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let p = Pipelines::new(std::sync::Arc::new(ConnTable::new(local)));
+        let a: SocketAddr = "127.0.0.1:40003".parse().unwrap();
+        p.begin_requests(Some(a));
+        assert!(path(p.turn(request(a, "/queued"))).is_none());
+        // The request thread routes a stream: what was queued is now held behind it.
+        p.begin_stream(Some(a));
+        assert!(
+            p.next(Some(a)).is_none(),
+            "the request thread's turn is over"
+        );
+        assert!(path(p.turn(request(a, "/behind"))).is_none());
+        p.end_requests(Some(a));
+        assert_eq!(p.busy(), 1, "the stream keeps the connection");
+        p.end_stream(Some(a));
+        assert_eq!(p.busy(), 0);
+        assert_eq!(p.inner.lock().orphans.len(), 2);
+        p.reap();
+        assert_eq!(p.inner.lock().orphans.len(), 2, "kept one round");
+        p.reap();
+        assert!(p.inner.lock().orphans.is_empty());
+    }
+}
