@@ -74,8 +74,10 @@ pub struct Config {
     pub max_pending: usize,
     /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
     pub cors_origin: Option<String>,
-    /// Test-only fault injection: a stream or refresh that meets this alarm id panics, so tests
-    /// can show panics are caught, counted and survived. Never set by the binary.
+    /// Test-only fault injection: an alarm stream, a refresh or a `GET /alarms/{id}` (on its
+    /// request thread) that meets this alarm id panics, and so does the chat stream of a member
+    /// of this name, so tests can show panics are caught, counted and survived. Never set by
+    /// the binary.
     #[doc(hidden)]
     pub fault_panic_id: Option<String>,
 }

@@ -80,6 +80,9 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
 
 /// The store's answer to `method` on `id` (on the request's own thread).
 fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &Method) -> Reply {
+    if *method == Method::Get && alarms.streams.fault_panic_id.as_deref() == Some(id) {
+        injected_fault(id);
+    }
     let body = match method {
         Method::Put => match read_body(&alarms.metrics, request) {
             Ok(body) => match parse_alarm_body(&body) {
@@ -107,6 +110,12 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
     };
     result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+}
+
+#[cold]
+#[inline(never)]
+fn injected_fault(id: &str) -> ! {
+    panic!("injected fault in request id={id}");
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ pub(crate) struct ChatStreams {
     pub(crate) heartbeat: Duration,
     /// Refusals a client should retry (a full room) are answered through admission.
     pub(crate) admit: Arc<Admission>,
+    /// Test-only: a stream of a member of this name panics once its backlog is written (see
+    /// `Config::fault_panic_id`).
+    pub(crate) fault_panic_id: Option<String>,
 }
 
 /// Who the stream is for.
@@ -166,6 +169,9 @@ pub(crate) fn serve(
             batch.extend_from_slice(event);
         }
         out.send(&batch)?;
+        if cx.fault_panic_id.as_deref() == Some(life.name.as_str()) {
+            injected_fault(&life.name);
+        }
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -222,6 +228,12 @@ pub(crate) fn serve(
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
+}
+
+#[cold]
+#[inline(never)]
+fn injected_fault(name: &str) -> ! {
+    panic!("injected fault in chat stream name={name}");
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

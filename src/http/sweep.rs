@@ -247,6 +247,8 @@ impl ConnTable {
                 .collect()
         };
         for (peer, cut) in overdue {
+            // Flagged first: the request thread reads the flag once its read has ended.
+            cut.store(true, Ordering::Release);
             let fds = match conns.get(&peer) {
                 Some(fds) => fds.clone(),
                 None => fd::find_connection(self.local, peer, &FdSet::default()),
@@ -256,7 +258,6 @@ impl ConnTable {
                     fd::shut_read(fd);
                 }
             }
-            cut.store(true, Ordering::Release);
             log::info!("connection closed peer={peer} reason=body-timeout");
             result.body_timeouts += 1;
         }

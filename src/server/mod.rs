@@ -144,6 +144,7 @@ impl Server {
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
                 admit: admit.clone(),
+                fault_panic_id: config.fault_panic_id.clone(),
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),

@@ -503,6 +503,39 @@ fn names_people_cannot_spoof_are_one_name_whatever_their_case_or_encoding() {
     assert_eq!(r.json()["to"], format!("Am\u{e9}lie{tag}"));
 }
 
+#[test]
+fn renames_count_against_the_rate_limit() {
+    // A burst of 3 and almost no refill: whatever takes a token shows in the fourth action.
+    let s = start(|c| {
+        c.rate = 0.01;
+        c.burst = 3.0;
+    });
+    let token = join_only(&s, &unique("renamer"));
+    let auth = format!("Bearer {token}");
+    let rename =
+        |to: &str| s.request_with("POST", "/chat/name", Some(to), &[("Authorization", &auth)]);
+    let post = |text: &str| {
+        s.request_with(
+            "POST",
+            "/chat/messages",
+            Some(text),
+            &[("Authorization", &auth)],
+        )
+    };
+    assert_eq!(rename(&unique("r1")).status, 200);
+    assert_eq!(rename(&unique("r2")).status, 200);
+    assert_eq!(post("one message").status, 202);
+    // Three tokens spent, two of them by renames: both a message and a rename are refused now.
+    let r = post("one too many");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("Retry-After").is_some());
+    assert_eq!(rename(&unique("r3")).status, 429);
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"rate-limited\"}"),
+        2.0
+    );
+}
+
 /// Asks for `path` and never reads. The kernel buffers on both ends absorb a few MB first
 /// (loopback send buffers autotune), so callers post until the cut-off rather than a fixed count.
 /// (A tiny SO_RCVBUF does not help: reading back afterwards then crawls on zero-window probes.)
