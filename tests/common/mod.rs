@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
+pub mod redis;
 pub mod root;
 
 /// A generous upper bound used only as a time-out, never as an expected duration.
