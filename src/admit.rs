@@ -26,6 +26,13 @@ use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 
+/// How long one write of a buffered answer may block (`SO_SNDTIMEO`, set on the listening
+/// socket and inherited by every accepted one: Linux copies it to the accepted socket, checked
+/// in `tests/it/http.rs`). Only a client that leaves its answers unread fills the socket's
+/// buffers so far that a write waits at all; the dispatcher writes most answers itself, and
+/// must not wait on such a client for longer than this. Streams set their own (`--write-timeout`).
+pub(crate) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Why a request was refused before it got a thread of its own (or, for a stream, before it
 /// could start). Every one of these is worth retrying: a refusal the user must act on (a bad
 /// id, an unknown token, a taken name) is a 4xx from its handler instead.
@@ -293,9 +300,24 @@ impl Admission {
         self.closers.lock().shut();
     }
 
-    /// Sends `reply` for `request` (with the CORS headers, when configured).
+    /// Sends `reply` for `request` (with the CORS headers, when configured). A write that
+    /// stays blocked past [`REPLY_WRITE_TIMEOUT`] (a client that sends requests and reads no
+    /// answer, so its socket buffers are full) fails, and the connection is shut: whatever else
+    /// it pipelined then fails at once instead of blocking the dispatcher again.
     pub(crate) fn respond(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
+        let peer = request.remote_addr().copied();
+        let Err(e) = self.cors.respond(request, reply) else {
+            return;
+        };
+        let blocked = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        if let (true, Some(peer)) = (blocked, peer) {
+            log::info!("connection closed peer={peer} reason=write-timeout");
+            self.metrics.write_timeouts.inc();
+            self.pipelines.shut(peer);
+        }
     }
 
     /// Counts a refusal (once per refusal, however many requests it turns away).

@@ -93,6 +93,8 @@ pub(crate) struct Metrics {
     pub(crate) idle_closed: Counter,
     /// Request bodies cut for not arriving within `--body-timeout`.
     pub(crate) body_timeouts: Counter,
+    /// Connections shut because a buffered answer's write stayed blocked.
+    pub(crate) write_timeouts: Counter,
     /// Connections closed because too many were waiting for headers.
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
@@ -146,7 +148,7 @@ impl Metrics {
         let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
         let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, &str, &str, String); 25] = [
+        let rows: [(&str, &str, &str, String); 26] = [
             (
                 "syncast_process_threads",
                 "gauge",
@@ -278,6 +280,12 @@ impl Metrics {
                 "counter",
                 "Request bodies cut for not arriving within --body-timeout.",
                 self.body_timeouts.get().to_string(),
+            ),
+            (
+                "syncast_write_timeouts_total",
+                "counter",
+                "Connections shut because an answer's write stayed blocked (answers left unread).",
+                self.write_timeouts.get().to_string(),
             ),
             (
                 "syncast_idle_closed_total",

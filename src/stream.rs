@@ -37,7 +37,8 @@ impl Streams {
     /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
     /// refused) with a buffered reply.
     pub(crate) fn refuse(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
+        // On the stream's own thread: a write that fails ends nothing else.
+        let _ = self.cors.respond(request, reply);
     }
 }
 

@@ -238,7 +238,7 @@ impl Pipelines {
     }
 
     /// Shuts both halves of `peer`'s connection: whatever is written to it fails at once.
-    fn shut(&self, peer: SocketAddr) {
+    pub(crate) fn shut(&self, peer: SocketAddr) {
         let local = self.conns.local();
         let skip = crate::sys::fd::FdSet::default();
         for fd in fd::find_connection(local, peer, &skip) {

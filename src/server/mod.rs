@@ -121,6 +121,13 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
+        // Every accepted socket inherits it: no buffered answer waits long on a client that
+        // does not read (see `REPLY_WRITE_TIMEOUT`).
+        crate::sys::fd::set_send_timeout(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            crate::admit::REPLY_WRITE_TIMEOUT,
+        )
+        .map_err(StartError::Bind)?;
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
         // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the

@@ -327,3 +327,104 @@ fn a_body_that_arrives_within_the_deadline_is_read_whole() {
     assert!(text.starts_with("HTTP/1.1 204 "), "{text}");
     assert_eq!(s.metric("syncast_body_timeouts_total"), 0.0);
 }
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_cannot_stop_the_server() {
+    let s = start(|_| {});
+    // Thousands of requests answered by the dispatcher itself, none of the answers read: the
+    // socket buffers fill, and a write of the dispatcher used to block there for good.
+    let sock = socket2_small_receive_buffer(s.addr);
+    let burst = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    sock.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    let deadline = Instant::now() + PATIENCE;
+    let mut sock = sock;
+    while sent < burst.len() && Instant::now() < deadline {
+        match sock.write(&burst.as_bytes()[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break,
+        }
+    }
+    wait_log(&["reason=write-timeout"]);
+    // Everyone else is served.
+    for _ in 0..3 {
+        assert_eq!(s.request("GET", "/healthz", None).status, 200);
+    }
+    assert!(s.metric("syncast_write_timeouts_total") >= 1.0);
+}
+
+/// A connection whose receive buffer is small (set before connecting, so the window stays
+/// small): the server's answers pile up in its send buffer sooner.
+fn socket2_small_receive_buffer(addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket, owned by the TcpStream made from it below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt(2) with a c_int of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    let SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 test server")
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect(2) with a sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: fd is ours alone.
+    unsafe { TcpStream::from_raw_fd(fd) }
+}
+
+#[test]
+fn accepted_sockets_inherit_the_reply_write_deadline() {
+    let s = start(|_| {});
+    let mut sock = connect(s.addr);
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(statuses(&read_responses(&mut sock, 1)), vec![200]);
+    // The server's side of this keep-alive connection, in this process.
+    let fds = syncast::kit::socket_fds(s.addr, sock.local_addr().unwrap());
+    assert!(!fds.is_empty());
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) into a timeval of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fds[0],
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &mut tv as *mut libc::timeval as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    let ms = tv.tv_sec * 1000 + tv.tv_usec / 1000;
+    // 500 ms, as the kernel rounds it to its clock ticks.
+    assert!((480..=520).contains(&ms), "SO_SNDTIMEO {ms} ms");
+}
