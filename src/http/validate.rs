@@ -239,7 +239,10 @@ mod tests {
         assert!(same("ﬁsh", "FISH"), "ligature");
         assert!(same("ａｌｉｃｅ", "Alice"), "fullwidth");
         assert!(!same("alice", "alicia"));
+        // Dotless ı is its own letter (Turkish): its upper case is I, but it does not fold to i.
+        // Found by `names_differing_in_case_or_encoding_have_one_key` (properties.rs).
         assert!(!same("ıi", "ii"), "dotless i is its own letter");
+        assert!(same("I", "i") && !same("\u{131}", "I"));
     }
 
     #[test]

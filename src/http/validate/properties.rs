@@ -268,7 +268,12 @@ proptest! {
         let key = name_key(&name);
         prop_assert_eq!(name_key(&name.nfd().collect::<String>()), key.clone(), "NFD");
         prop_assert_eq!(name_key(&name.to_lowercase()), key.clone(), "lower case");
-        prop_assert_eq!(name_key(&name.to_uppercase()), key.clone(), "upper case");
+        // Upper case maps dotless ı (U+0131) to I, which folds to i: the one character (checked
+        // over all of Unicode) whose upper case is another letter's. Found by this property;
+        // kept as `names_compare_by_full_case_folding_after_normalisation` in validate.rs.
+        if !name.contains('\u{131}') {
+            prop_assert_eq!(name_key(&name.to_uppercase()), key.clone(), "upper case");
+        }
         prop_assert_eq!(name_key(&key), key.clone(), "a key is its own key");
     }
 }
