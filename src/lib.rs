@@ -17,6 +17,7 @@
 
 mod admit;
 mod alarm;
+mod auth;
 mod chat;
 pub mod cli;
 mod config;
@@ -33,6 +34,8 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
+pub use auth::keys::{KeyError, KeyFile};
+pub use auth::KeyReload;
 pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
 pub use server::{Server, StartError};
 

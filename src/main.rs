@@ -1,11 +1,11 @@
 //! `syncast`: parses the flags into a validated configuration (`syncast::cli`), sets up
-//! logging, starts the server and waits for SIGINT/SIGTERM, then shuts down, joining every
-//! thread.
+//! logging, starts the server and waits for signals: SIGHUP re-reads the key files, SIGINT or
+//! SIGTERM shuts down, joining every thread.
 
 use std::fs::OpenOptions;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
 use syncast::cli::{self, Command};
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // Register for signals before starting, so none is lost between the two.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("syncast: cannot install signal handlers: {e}");
@@ -59,15 +59,34 @@ fn main() -> ExitCode {
     };
     let server = match syncast::Server::start_valid(run.config) {
         Ok(s) => s,
+        // A key file that cannot be used is a bad flag value.
+        Err(e @ syncast::StartError::Key(_)) => {
+            eprintln!("syncast: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("syncast: {e}");
             return ExitCode::FAILURE;
         }
     };
     println!("syncast listening on http://{}", server.addr());
+    if let Some(admin) = server.admin_addr() {
+        println!("syncast admin listening on http://{admin}");
+    }
     // The main thread waits here; no extra thread is spent on signals.
-    if let Some(sig) = signals.forever().next() {
+    for sig in signals.forever() {
         log::info!("signal received signal={sig}");
+        if sig == SIGHUP {
+            // Key rotation without a restart; each file's outcome is logged by the reload.
+            let r = server.reload_keys();
+            log::info!(
+                "keys reloaded={} failed={}",
+                r.reloaded.len(),
+                r.failed.len()
+            );
+            continue;
+        }
+        break;
     }
     server.shutdown();
     ExitCode::SUCCESS

@@ -33,12 +33,13 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 11] = [
+pub(crate) const REJECT_REASONS: [&str; 12] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
     "bad-request",
     "unauthorized",
+    "forbidden",
     "name-taken",
     "rate-limited",
     "too-large",

@@ -59,6 +59,8 @@ pub(crate) enum CloseReason {
     Left,
     /// Chat: the session expired.
     Expired,
+    /// The token the stream was opened with expired (`event: expired` was sent).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -72,6 +74,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Left => "left",
             CloseReason::Expired => "expired",
+            CloseReason::TokenExpired => "token-expired",
         }
     }
 

@@ -10,6 +10,7 @@ use super::refresher::Health;
 use super::store::Backend;
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::{Admission, Refusal};
+use crate::auth::{self, Auth, Need};
 use crate::http::request::{read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{parse_alarm_body, percent_decode, query_get, valid_id};
@@ -30,6 +31,8 @@ pub(crate) struct AlarmService {
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// Who may stream (subscribe) and read or write (publish) an id.
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// The `{id}` of a route, decoded and checked; `None` if it is not a valid alarm id.
@@ -48,6 +51,17 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
         let reply = bad_request(&alarms.metrics, "invalid mode: use tick or change");
         return alarms.admit.respond(request, reply);
     };
+    // Decided before admission: a refused request spends no stream slot and no thread.
+    let expires = match alarms
+        .auth
+        .check(&request, params.query, Need::Subscribe(&id))
+    {
+        Ok(grant) => grant.map(|g| g.expires),
+        Err(denied) => {
+            let reply = auth::refusal(&alarms.metrics, &request, &denied);
+            return alarms.admit.respond(request, reply);
+        }
+    };
     // While the store fails, a stream for an id nobody watches would have nothing to show
     // (its first value comes from the store): it is refused, to come back later, instead of
     // opening silent. An id already watched streams its last known value.
@@ -61,7 +75,7 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
     alarms
         .admit
         .spawn_stream(Role::AlarmStream, request, move |rq, slot, conn| {
-            stream::serve(cx, rq, id, mode, conn, slot)
+            stream::serve(cx, rq, id, mode, conn, slot, expires)
         });
 }
 
@@ -71,6 +85,14 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
         let reply = bad_request(&alarms.metrics, BAD_ID);
         return alarms.admit.respond(request, reply);
     };
+    // Reading an id from the store is publishing's right too: a subscriber has the stream.
+    if let Err(denied) = alarms
+        .auth
+        .check(&request, params.query, Need::Publish(&id))
+    {
+        let reply = auth::refusal(&alarms.metrics, &request, &denied);
+        return alarms.admit.respond(request, reply);
+    }
     let method = request.method().clone();
     let service = alarms.clone();
     alarms
@@ -156,6 +178,7 @@ mod tests {
             store,
             admit: Admission::new(&config, metrics.clone(), Threads::new(), conns.clone()),
             metrics,
+            auth: Arc::new(Auth::new(&config).unwrap()),
         }
     }
 

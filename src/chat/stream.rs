@@ -6,9 +6,9 @@
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick};
+use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
 use super::room::{Attached, ChatError, Kick, Room, Take};
@@ -109,8 +109,9 @@ impl Drop for Detach<'_> {
     }
 }
 
-/// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
-/// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
+/// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
+/// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's
+/// own thread; `slot` is its place under `--max-clients`.
 pub(crate) fn serve(
     cx: Arc<ChatStreams>,
     request: tiny_http::Request,
@@ -118,6 +119,7 @@ pub(crate) fn serve(
     last_event_id: Option<u64>,
     conn: u64,
     slot: StreamSlot,
+    expires: Option<Instant>,
 ) {
     let room = cx.room.clone();
     let attached = match &member {
@@ -160,6 +162,7 @@ pub(crate) fn serve(
     let mut life = Lifecycle::new(&cx.metrics, &room, &att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
+    let expiry = expires.map_or_else(never, at);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
     let result = (|| {
@@ -215,6 +218,12 @@ pub(crate) fn serve(
                 recv(slot.closed()) -> _ => {
                     let _ = out.send(sse::SHUTDOWN);
                     return Ok(CloseReason::Shutdown);
+                }
+                // The token expired: the session stays for its grace period, and the client
+                // attaches again with a fresh token.
+                recv(expiry) -> _ => {
+                    let _ = out.send(sse::EXPIRED);
+                    return Ok(CloseReason::TokenExpired);
                 }
             }
         }

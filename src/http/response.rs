@@ -61,6 +61,10 @@ pub(crate) fn method_not_allowed(allow: &str) -> Reply {
     add_header(error(405, "method not allowed"), "Allow", allow)
 }
 
+/// The `Server` header of every answer, buffered or streamed. tiny_http writes its own
+/// (`tiny-http (Rust)`) only when the response has none (src/response.rs, `raw_print`).
+pub(crate) const SERVER: &str = concat!("syncast/", env!("CARGO_PKG_VERSION"));
+
 /// The `Access-Control-Allow-Origin` the server sends, if configured (`--cors-origin`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Cors(Option<String>);
@@ -71,12 +75,13 @@ impl Cors {
         Cors(origin)
     }
 
-    /// Sends `reply` for `request`, adding the CORS headers when configured. Every buffered
-    /// reply of the server goes through here. The error is the write's (tiny_http already
-    /// ignores a peer that closed: src/request.rs, `ignore_client_closing_errors`); a write
-    /// past the reply write deadline fails with `WouldBlock`.
+    /// Sends `reply` for `request`, adding `Server` and, when configured, the CORS headers.
+    /// Every buffered reply of the server goes through here. The error is the write's
+    /// (tiny_http already ignores a peer that closed: src/request.rs,
+    /// `ignore_client_closing_errors`); a write past the reply write deadline fails with
+    /// `WouldBlock`.
     pub(crate) fn respond(&self, request: Request, reply: Reply) -> std::io::Result<()> {
-        let mut reply = reply;
+        let mut reply = add_header(reply, "Server", SERVER);
         if let Some(origin) = &self.0 {
             reply = add_header(reply, "Access-Control-Allow-Origin", origin);
             reply = add_header(reply, "Vary", "Origin");

@@ -93,6 +93,9 @@ pub(crate) fn refusal(extra: &[String], reason: &str, retry_ms: u64) -> Vec<u8> 
     debug_assert!(!reason.contains(['"', '\\', '\r', '\n']));
     let mut out = Vec::with_capacity(320);
     out.extend_from_slice(HEAD);
+    out.extend_from_slice(b"Server: ");
+    out.extend_from_slice(super::response::SERVER.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for line in extra {
         out.extend_from_slice(line.as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -103,6 +106,9 @@ pub(crate) fn refusal(extra: &[String], reason: &str, retry_ms: u64) -> Vec<u8> 
     out.extend_from_slice(&encode_event(Some("refused"), None, &data));
     out
 }
+
+/// The last event of a stream whose token expired: the client must come back with a new one.
+pub(crate) const EXPIRED: &[u8] = b"event: expired\ndata: {}\n\n";
 
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
 pub(crate) fn retry(after: Duration) -> Vec<u8> {
@@ -189,6 +195,9 @@ impl SseWriter {
         // Written in pieces into tiny_http's buffered writer (1 KiB) and flushed once: one
         // system call, and no temporary string freed into this thread's malloc cache.
         out.write_all(HEAD)?;
+        out.write_all(b"Server: ")?;
+        out.write_all(super::response::SERVER.as_bytes())?;
+        out.write_all(b"\r\n")?;
         for line in extra {
             out.write_all(line.as_bytes())?;
             out.write_all(b"\r\n")?;

@@ -32,6 +32,8 @@ use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::{Health, Refresher};
 use crate::alarm::store::{Backend, StoreError};
 use crate::alarm::stream::AlarmStreams;
+use crate::auth::keys::KeyError;
+use crate::auth::{Auth, KeyReload};
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
 use crate::chat::stream::ChatStreams;
@@ -42,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::redis::Link;
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
-use dispatch::{CurrentHttp, Dispatcher};
+use dispatch::{AdminHttp, CurrentHttp, Dispatcher};
 use ops::Ops;
 use router::Router;
 
@@ -53,6 +55,10 @@ pub enum StartError {
     Config(ConfigError),
     /// The listening socket could not be bound.
     Bind(std::io::Error),
+    /// The `--admin-listen` socket could not be bound.
+    AdminBind(std::io::Error),
+    /// A key file (`--jwt-secret-file`, `--jwt-public-key-file`) cannot be used.
+    Key(KeyError),
     /// The store could not be opened or created.
     Store(StoreError),
     /// A thread could not be spawned.
@@ -64,6 +70,8 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
+            StartError::AdminBind(e) => write!(f, "cannot listen on --admin-listen: {e}"),
+            StartError::Key(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
         }
@@ -74,7 +82,8 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(e) => Some(e),
-            StartError::Bind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Bind(e) | StartError::AdminBind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Key(e) => Some(e),
             StartError::Store(e) => Some(e),
         }
     }
@@ -83,6 +92,8 @@ impl std::error::Error for StartError {
 /// A running syncast server.
 pub struct Server {
     local: SocketAddr,
+    admin_local: Option<SocketAddr>,
+    auth: Arc<Auth>,
     threads: Threads,
     admit: Arc<Admission>,
     http: CurrentHttp,
@@ -104,6 +115,7 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
+        let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
         let link = match &config.redis {
             Some(url) => {
                 let link = Link::new(url, &config.redis_prefix, config.redis_timeout)
@@ -128,6 +140,11 @@ impl Server {
             crate::admit::REPLY_WRITE_TIMEOUT,
         )
         .map_err(StartError::Bind)?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(AdminHttp::start(addr).map_err(StartError::AdminBind)?),
+            None => None,
+        };
+        let admin_local = admin.as_ref().map(|a| a.local);
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
         // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
@@ -156,6 +173,7 @@ impl Server {
             health: health.clone(),
             admit: admit.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
         });
         let chat = Arc::new(ChatService {
             room: room.clone(),
@@ -169,6 +187,7 @@ impl Server {
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
         });
         let router = Arc::new(Router {
             alarms,
@@ -186,6 +205,8 @@ impl Server {
             conns: conns.clone(),
             metrics: metrics.clone(),
             cors: config.cors_origin.is_some(),
+            auth: auth.clone(),
+            admin_listener: admin_local.map(|a| a.ip().is_loopback()),
         });
         let route: Arc<dyn crate::admit::Route> = router.clone();
         admit.set_router(Arc::downgrade(&route));
@@ -208,6 +229,7 @@ impl Server {
             metrics,
             http: http.clone(),
             listener,
+            admin,
             shutdown: shutdown_rx,
             header_timeout: config.header_timeout,
             body_timeout: config.body_timeout,
@@ -235,8 +257,25 @@ impl Server {
             return Err(StartError::Spawn(e));
         }
         log::info!("server listening addr={local}");
+        if let Some(admin) = admin_local {
+            log::info!("admin listening addr={admin}");
+        }
+        if auth.on() {
+            log::info!(
+                "auth on hs256={} public_key={}",
+                config.jwt_secret_file.is_some(),
+                config.jwt_public_key_file.is_some()
+            );
+        } else if config.insecure {
+            log::warn!(
+                "auth off: --insecure serves every stream, alarm and chat without a token \
+                 addr={local}"
+            );
+        }
         Ok(Server {
             local,
+            admin_local,
+            auth,
             threads,
             admit,
             http,
@@ -247,6 +286,21 @@ impl Server {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The `--admin-listen` address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_local
+    }
+
+    /// Reads the key files again (what `SIGHUP` does): each one that reads and checks replaces
+    /// its key, each one that does not keeps the old key; both are logged. Tokens verified from
+    /// now on use the new keys; streams already open keep running until their token's `exp`.
+    pub fn reload_keys(&self) -> KeyReload {
+        if !self.auth.on() {
+            log::info!("key reload: no key files configured");
+        }
+        self.auth.reload()
     }
 
     /// Stops accepting, sends every stream `event: shutdown` and closes it, stops the
@@ -275,7 +329,11 @@ impl Server {
         // they see EOF and exit; its accept thread exits when the Server is dropped.
         // The dispatcher has ended: dropping the last tiny_http Server stops its accept thread.
         self.http.lock().take();
-        let shut = crate::sys::fd::shutdown_accepted(self.local);
+        let mut shut = crate::sys::fd::shutdown_accepted(self.local);
+        if let Some(admin) = self.admin_local {
+            // The admin tiny_http went with the dispatcher; its pool threads end the same way.
+            shut += crate::sys::fd::shutdown_accepted(admin);
+        }
         if left > 0 {
             log::error!("shutdown incomplete: joined {joined} threads, {left} still running");
         }

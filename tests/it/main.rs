@@ -10,6 +10,7 @@
 mod common;
 
 mod alarm;
+mod auth;
 mod chat;
 mod docs;
 mod hostile;

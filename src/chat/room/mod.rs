@@ -209,6 +209,15 @@ impl Room {
         Ok(name)
     }
 
+    /// The name of the session holding `token`, if there is one.
+    pub(crate) fn name_of(&self, token: &Token) -> Option<String> {
+        self.inner
+            .lock()
+            .session(token)
+            .ok()
+            .map(|s| s.name.clone())
+    }
+
     /// Names of every session, sorted.
     pub(crate) fn online(&self) -> Vec<String> {
         self.inner.lock().online()
