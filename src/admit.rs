@@ -161,6 +161,15 @@ impl StreamSlot {
     pub(crate) fn closed(&self) -> &Receiver<()> {
         &self.closed
     }
+
+    /// Whether the server is shutting down: a write that failed then failed because shutdown
+    /// shut the socket of a stream blocked in it (`reason=shutdown`, not the client's doing).
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(
+            self.closed.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
 }
 
 impl Drop for StreamSlot {
@@ -610,7 +619,7 @@ mod tests {
         assert!(!ran.load(Ordering::SeqCst));
         assert_eq!(admit.stream_count(), 0, "no slot taken");
         assert!(metrics
-            .render(&[])
+            .render(Default::default(), crate::metrics::Format::Prometheus)
             .contains("syncast_rejected_total{reason=\"shutting-down\"} 1\n"));
     }
 

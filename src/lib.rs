@@ -25,6 +25,7 @@ mod http;
 pub mod kit;
 mod metrics;
 mod redis;
+mod reload;
 mod server;
 mod stream;
 mod sys;
@@ -37,7 +38,8 @@ pub use alarm::store::StoreError;
 pub use auth::keys::{KeyError, KeyFile};
 pub use auth::KeyReload;
 pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
-pub use server::{Server, StartError};
+pub use reload::{ReloadHook, Reloaded};
+pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —
 /// plus the CORS preflight (`OPTIONS /{path}`). For the documentation check in `tests/`, which

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::http::response::{Cors, Reply};
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
+use crate::metrics::Metrics;
 
 /// What opening a stream needs: the connection table (the stream's socket is registered there
 /// until it ends), the write limits of its socket, and the CORS headers of its head.
@@ -17,21 +18,30 @@ pub(crate) struct Streams {
     conns: Arc<ConnTable>,
     limits: WriteLimits,
     cors: Cors,
+    metrics: Arc<Metrics>,
 }
 
 impl Streams {
-    /// Streams registered in `conns`, under `config`'s write limits and CORS origin.
-    pub(crate) fn new(conns: Arc<ConnTable>, config: &Config) -> Streams {
+    /// Streams registered in `conns`, under `config`'s write limits and CORS origin, their
+    /// event writes timed in `metrics`.
+    pub(crate) fn new(conns: Arc<ConnTable>, config: &Config, metrics: Arc<Metrics>) -> Streams {
         Streams {
             conns,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
+            metrics,
         }
     }
 
     /// Takes over `request` as an SSE response (see [`SseWriter::start`]).
     pub(crate) fn open(&self, request: Request) -> io::Result<SseWriter> {
-        SseWriter::start(request, &self.conns, &self.cors.sse_headers(), self.limits)
+        SseWriter::start(
+            request,
+            &self.conns,
+            &self.cors.sse_headers(),
+            self.limits,
+            &self.metrics,
+        )
     }
 
     /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room

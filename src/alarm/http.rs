@@ -7,7 +7,7 @@ use serde_json::json;
 use tiny_http::{Method, Request};
 
 use super::refresher::Health;
-use super::store::Backend;
+use super::store::{Backend, StoreError};
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::{Admission, Refusal};
 use crate::auth::{self, Auth, Need};
@@ -25,7 +25,8 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
-    /// The refresher's view of the store: `Some(reason)` while it fails.
+    /// The store's health: a write that fails for a fault of the store degrades it; a
+    /// stream for an id nobody watches is refused while reads fail.
     pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
@@ -65,7 +66,7 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
     // While the store fails, a stream for an id nobody watches would have nothing to show
     // (its first value comes from the store): it is refused, to come back later, instead of
     // opening silent. An id already watched streams its last known value.
-    if alarms.health.read().is_some() && alarms.streams.hub.get(&id).is_none() {
+    if alarms.health.read_failing() && alarms.streams.hub.get(&id).is_none() {
         log::warn!("stream refused reason=store-unavailable id={id}");
         return alarms
             .admit
@@ -120,18 +121,42 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         },
         _ => None,
     };
+    let writes = matches!(method, Method::Put | Method::Delete);
+    // A write that fails for a fault of the store (disk full, read-only) says so first, and
+    // degrades /healthz until a write succeeds again.
+    let unavailable = |e: StoreError| {
+        let why = if writes {
+            if super::health::write_fault(&e).is_some() {
+                alarms.metrics.store_write_errors.inc();
+            }
+            alarms.health.write_failed(&e)
+        } else {
+            e.to_string()
+        };
+        response::error(503, &format!("store unavailable: {why}"))
+    };
     let store = match alarms.store.open() {
         Ok(s) => s,
-        Err(e) => return response::error(503, &format!("store unavailable: {e}")),
+        Err(e) => return unavailable(e),
+    };
+    // A write is applied to the hub before it is acknowledged, so every stream shows it from
+    // the 204 on (read your own writes: see hub.rs for how it is ordered against the refresher).
+    let hub = &alarms.streams.hub;
+    let write = |alarm: Option<bool>| {
+        store.write(id, alarm, &|| hub.next_order()).map(|order| {
+            hub.write_through(id, alarm.unwrap_or(false), order);
+            alarms.health.write_ok();
+            response::no_content()
+        })
     };
     let result = match (method, body) {
-        (Method::Put, Some(v)) => store.set(id, v).map(|()| response::no_content()),
-        (Method::Delete, _) => store.delete(id).map(|()| response::no_content()),
+        (Method::Put, Some(v)) => write(Some(v)),
+        (Method::Delete, _) => write(None),
         _ => store
             .get(id)
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
     };
-    result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+    result.unwrap_or_else(unavailable)
 }
 
 #[cold]
@@ -166,16 +191,16 @@ mod tests {
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
         AlarmService {
-            health: Arc::default(),
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
             store,
+            health: Default::default(),
             admit: Admission::new(&config, metrics.clone(), Threads::new(), conns.clone()),
             metrics,
             auth: Arc::new(Auth::new(&config).unwrap()),
@@ -207,7 +232,7 @@ mod tests {
         assert!(
             alarms
                 .metrics
-                .render(&[])
+                .render(Default::default(), crate::metrics::Format::Prometheus)
                 .contains("syncast_rejected_total{reason=\"bad-request\"} 1\n"),
             "counted as a bad request"
         );

@@ -227,6 +227,7 @@ fn run(
     });
     life.reason = match result {
         Ok(reason) => reason,
+        Err(_) if slot.is_closed() => CloseReason::Shutdown,
         Err(e) => CloseReason::from_write_error(&e),
     };
 }
@@ -259,9 +260,11 @@ fn send_counted(
     bytes: &[u8],
     is_event: bool,
 ) -> std::io::Result<()> {
-    out.send(bytes)?;
     if is_event {
+        out.send_event(bytes)?;
         cx.metrics.events_sent.inc();
+    } else {
+        out.send(bytes)?;
     }
     Ok(())
 }

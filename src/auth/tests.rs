@@ -254,7 +254,8 @@ fn a_refusal_is_401_or_403_with_its_challenge_and_counted() {
     let reply = refusal(&metrics, &rq, &forbidden);
     assert_eq!(reply.status_code().0, 403);
     assert!(header(&reply).unwrap().contains("insufficient_scope"));
-    let text = metrics.render(&[]);
+    let text =
+        std::sync::Arc::new(metrics).render(Default::default(), crate::metrics::Format::Prometheus);
     assert!(text.contains("syncast_rejected_total{reason=\"unauthorized\"} 2\n"));
     assert!(text.contains("syncast_rejected_total{reason=\"forbidden\"} 1\n"));
 }

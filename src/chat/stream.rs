@@ -165,13 +165,15 @@ pub(crate) fn serve(
     let expiry = expires.map_or_else(never, at);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
+    // When each event of `batch` was broadcast, for the delivery latency once it is written.
+    let mut accepted: Vec<u64> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
         batch = sse::retry(std::time::Duration::from_secs(2));
         for event in &att.backlog {
             batch.extend_from_slice(event);
         }
-        out.send(&batch)?;
+        out.send_event(&batch)?;
         if cx.fault_panic_id.as_deref() == Some(life.name.as_str()) {
             injected_fault(&life.name);
         }
@@ -193,17 +195,22 @@ pub(crate) fn serve(
                     // fan-out load one wake-up and one syscall carry many events.
                     loop {
                         batch.clear();
-                        match room.take(att.key, att.serial, &mut batch) {
+                        accepted.clear();
+                        match room.take(att.key, att.serial, &mut batch, &mut accepted) {
                             Take::Closed => {
                                 return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
                             }
                             Take::Done(_) => {
                                 if !batch.is_empty() {
-                                    out.send(&batch)?;
+                                    let written = out.send_event(&batch)?;
+                                    delivered(&cx.metrics, &accepted, written);
                                 }
                                 break;
                             }
-                            Take::More(_) => out.send(&batch)?,
+                            Take::More(_) => {
+                                let written = out.send_event(&batch)?;
+                                delivered(&cx.metrics, &accepted, written);
+                            }
                         }
                     }
                 }
@@ -234,6 +241,8 @@ pub(crate) fn serve(
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
         Err(e) => match att.kick.try_recv() {
             Ok(kick) => kicked(&mut life.name, Some(kick)),
+            // Shutdown shut the socket of a stream blocked in a write.
+            Err(_) if slot.is_closed() => CloseReason::Shutdown,
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
@@ -243,6 +252,12 @@ pub(crate) fn serve(
 #[inline(never)]
 fn injected_fault(name: &str) -> ! {
     panic!("injected fault in chat stream name={name}");
+}
+
+/// Records the delivery latency of the events just written at `written` (`accepted`: when
+/// each was broadcast; both [`crate::metrics::now_ns`]).
+fn delivered(metrics: &Metrics, accepted: &[u64], written: u64) {
+    metrics.chat_delivery.observe_since(accepted, written);
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 
 use super::socket::{self, Liveness, StreamSocket};
 use super::sweep::ConnTable;
+use crate::metrics::Metrics;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
@@ -152,6 +153,8 @@ pub(crate) struct SseWriter {
     /// by another stream replaces the entry): a disconnected channel would be always ready.
     _gone_tx: Option<crossbeam_channel::Sender<()>>,
     write_timeout: Duration,
+    /// Where event writes are timed (`syncast_event_write_seconds`).
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for SseWriter {
@@ -173,6 +176,7 @@ impl SseWriter {
         conns: &Arc<ConnTable>,
         extra: &[String],
         limits: WriteLimits,
+        metrics: &Arc<Metrics>,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
         let local = conns.local();
@@ -189,6 +193,7 @@ impl SseWriter {
             gone: crossbeam_channel::never(),
             _gone_tx: None,
             write_timeout: limits.timeout,
+            metrics: metrics.clone(),
         };
         writer.out = request.into_writer();
         let out = &mut writer.out;
@@ -236,16 +241,39 @@ impl SseWriter {
         Ok(writer)
     }
 
-    /// Writes one encoded event (or comment) and flushes it to the socket.
+    /// Writes one encoded comment (a keepalive, the farewell) and flushes it to the socket.
     ///
     /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
-    /// time (zero-window probes) would restart that clock on every call. So the whole event has
+    /// time (zero-window probes) would restart that clock on every call. So the whole write has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let started = std::time::Instant::now();
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        self.within_deadline(crate::metrics::now_ns().saturating_sub(started))
+    }
+
+    /// Like [`SseWriter::send`], for events (one, or a batch): the time the write took is
+    /// recorded in the event-write histogram (a write that ran past the deadline too). Returns
+    /// when the write ended ([`crate::metrics::now_ns`]), for the caller's own latency.
+    pub(crate) fn send_event(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        let ended = crate::metrics::now_ns();
+        let took = ended.saturating_sub(started);
+        self.metrics.event_write.observe_ns(took);
+        self.within_deadline(took)?;
+        Ok(ended)
+    }
+
+    /// Writes and flushes `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
-        self.out.flush()?;
-        if started.elapsed() > self.write_timeout {
+        self.out.flush()
+    }
+
+    /// `Err(TimedOut)` if a write that took `took_ns` ran past the write time-out.
+    fn within_deadline(&self, took_ns: u64) -> io::Result<()> {
+        if Duration::from_nanos(took_ns) > self.write_timeout {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event took longer than the write time-out",

@@ -91,7 +91,14 @@ pub(crate) const ROUTES: &[Route] = &[
         method: Method::Get,
         path: "/metrics",
         access: Access::Ops,
-        handler: |r, rq, _| r.admit.respond(rq, ops::metrics(&r.ops)),
+        handler: |r, rq, _| {
+            let accept = rq
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Accept"))
+                .map(|h| h.value.as_str().to_string());
+            r.admit.respond(rq, ops::metrics(&r.ops, accept.as_deref()))
+        },
     },
     Route {
         method: Method::Get,

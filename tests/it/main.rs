@@ -15,4 +15,5 @@ mod chat;
 mod docs;
 mod hostile;
 mod http;
+mod metrics;
 mod web;
