@@ -309,6 +309,11 @@ impl Server {
                  addr={local}"
             );
         }
+        // What starting up touched all over the binary need not stay resident (see the function).
+        match crate::sys::mem::release_clean_file_pages() {
+            Ok(bytes) => log::debug!("start-up pages released mapped_kib={}", bytes / 1024),
+            Err(e) => log::debug!("start-up pages not released error={e}"),
+        }
         Ok(Server {
             local,
             admin_local,
