@@ -170,6 +170,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::http::sweep::ConnTable;
+    use crate::http::watch::{Paths, Watcher};
     use crate::stream::Streams;
     use crate::threads::Threads;
     use tiny_http::TestRequest;
@@ -190,10 +191,12 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
+        let watcher =
+            Watcher::new(config.listen, Threads::new(), metrics.clone(), Paths::ALL).unwrap();
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns.clone(), &config, metrics.clone()),
+                streams: Streams::new(conns.clone(), watcher, &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,

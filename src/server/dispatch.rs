@@ -212,7 +212,15 @@ impl Dispatcher {
                 self.threads.reap();
                 self.room.housekeeping();
                 self.admit.housekeeping();
-                trim.after_streams_left(self.admit.stream_count());
+                // Stream threads still live, not only slots taken: a thread frees its malloc
+                // caches when it exits, after giving back its slot.
+                let streams = self.admit.stream_count().max(self.threads.streams_live());
+                trim.after_streams_left(streams, || {
+                    self.threads.shrink();
+                    self.admit.shrink();
+                    self.room.shrink();
+                    self.router.alarms.streams.hub.shrink();
+                });
                 next_housekeeping = now + housekeeping;
             }
             if now >= next_sweep {

@@ -15,5 +15,6 @@ mod chat;
 mod docs;
 mod hostile;
 mod http;
+mod leaving;
 mod metrics;
 mod web;
