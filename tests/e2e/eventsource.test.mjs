@@ -97,7 +97,7 @@ function open(url, { headers = {}, events = [] } = {}) {
       return fetch(input, { ...init, headers: h });
     },
   });
-  for (const type of ["message", "refused", "welcome", "reset", "join", "shutdown", ...events]) {
+  for (const type of ["message", "refused", "welcome", "reset", "presence", "shutdown", ...events]) {
     es.addEventListener(type, (e) => seen.events.push({ type, data: JSON.parse(e.data), lastEventId: e.lastEventId }));
   }
   es.addEventListener("error", (e) => seen.errors.push({ readyState: es.readyState, status: e.code }));
@@ -161,7 +161,8 @@ test("a chat EventSource refused at --max-clients resumes its session by itself 
   assert.equal(chat.es.readyState, EventSource.OPEN);
   // Events sent meanwhile by another member arrive on it.
   const other = await join(s.base, `bea${process.pid}`);
-  await waitFor("bea's join on ann's stream", () => of(chat.seen, "join").some((e) => e.data.name === `bea${process.pid}`));
+  await waitFor("bea's join on ann's stream", () =>
+    of(chat.seen, "presence").some((e) => (e.data.joined || []).includes(`bea${process.pid}`)));
   await fetch(`${s.base}/chat/leave`, { method: "POST", headers: { Authorization: `Bearer ${other}` } });
   chat.es.close();
 });
