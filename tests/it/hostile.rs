@@ -114,8 +114,16 @@ fn a_client_that_never_reads_is_closed_as_stalled_and_its_thread_ends() {
     (&sock)
         .write_all(format!("GET /sse/call/{id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
-    // Never read. The server fills both buffers, its write blocks, the time-out ends it.
-    let line = wait_log(&["sse stream closed", &format!("id={id} ")]);
+    // Never read. The server fills both buffers, its write blocks, the time-out ends it. At
+    // ~2.4 KB/s of small events the kernel's buffers (which collapse small segments) take
+    // 15-20 s to fill on an idle machine, so this wait gets more than the usual patience.
+    let closed = format!("id={id} ");
+    let line =
+        crate::common::wait_for_within(3 * PATIENCE, "the stalled stream's close line", || {
+            crate::common::log_lines(&["sse stream closed", &closed])
+                .into_iter()
+                .next()
+        });
     assert!(line.contains("reason=stalled"), "{line}");
     assert!(s.metric("syncast_streams_stalled_total") >= 1.0);
     wait_for("the stalled thread gone", || {
