@@ -4,6 +4,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod lines;
+pub(crate) mod pipeline;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod socket;

@@ -193,10 +193,18 @@ pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// `send(fd, bytes, MSG_DONTWAIT | MSG_NOSIGNAL)`: as much of `bytes` as the send buffer takes
-/// now, without blocking (`WouldBlock` when it takes nothing).
+/// `shutdown(fd, SHUT_RD)`: a read blocked on the socket (in this process or not) sees EOF;
+/// writes go on.
+pub(crate) fn shut_read(fd: RawFd) {
+    // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
+/// Sends `bytes` on socket `fd` without ever blocking (`MSG_DONTWAIT`, and `MSG_NOSIGNAL` so a
+/// closed peer is an `EPIPE`, not a signal); returns how many the kernel took (fewer when the
+/// send buffer is full).
 pub(crate) fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
-    // SAFETY: bytes is readable for bytes.len() bytes; a bad fd just fails.
+    // SAFETY: bytes is a valid buffer of the length passed; a bad fd just fails.
     let n = unsafe {
         libc::send(
             fd,
@@ -210,13 +218,6 @@ pub(crate) fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-/// `shutdown(fd, SHUT_RD)`: a read blocked on the socket (in this process or not) sees EOF;
-/// writes go on.
-pub(crate) fn shut_read(fd: RawFd) {
-    // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.
-    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
 }
 
 /// `shutdown(fd, SHUT_RDWR)`: both directions end; the descriptor stays open.
