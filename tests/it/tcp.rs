@@ -191,13 +191,24 @@ fn names_are_unique_across_transports_case_insensitively_and_renames_reach_both(
     let to = unique("davey");
     t.send(&format!("/name {to}"));
     assert_eq!(t.answer("* you are"), format!("* you are now {to}"));
-    assert_eq!(t.answer(&format!("* {d}")), format!("* {d} is now {to}"));
+    t.until(|l| l == format!("* {d} is now {to}"));
     let ev = watcher.next_of("rename");
     assert_eq!(ev.data, json!({"from": d, "to": to}));
     t.send(&format!("/name {}", sse_name.to_uppercase()));
     assert_eq!(t.answer("!"), "! name taken");
     t.send("/name two words");
     assert!(t.answer("!").starts_with("! invalid name"));
+    // Names are kept as the HTTP chat keeps them (NFC): a decomposed name is shown composed,
+    // and taken in either form.
+    let base = unique("jose");
+    let mut u = Tcp::connect(&s);
+    u.send(&format!("/name {base}e\u{301}"));
+    assert_eq!(
+        u.answer("*"),
+        format!("* you are {base}\u{e9}: 4 online (/who lists them)")
+    );
+    let r = s.request("POST", "/chat/join", Some(&format!("{base}\u{e9}")));
+    assert_eq!(r.status, 409, "{}", r.body);
 }
 
 #[test]
@@ -217,9 +228,17 @@ fn quit_and_a_closed_socket_each_end_the_session_at_once_with_a_leave() {
     drop(closer);
     assert_eq!(watcher.left(&c), json!({"name": c, "reason": "left"}));
     wait_log(&["chat tcp closed", &format!("name={q} "), "reason=quit"]);
-    wait_log(&["chat tcp closed", &format!("name={c} "), "reason=client-gone"]);
+    wait_log(&[
+        "chat tcp closed",
+        &format!("name={c} "),
+        "reason=client-gone",
+    ]);
     let users = s.json("/chat/users")["online"].clone();
-    assert!(!users.as_array().unwrap().iter().any(|n| n == &json!(q) || n == &json!(c)));
+    assert!(!users
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == &json!(q) || n == &json!(c)));
     wait_for("the members' threads gone", || {
         (s.threads_of("chat-tcp") == 0).then_some(())
     });
@@ -235,7 +254,10 @@ fn every_bad_line_gets_its_answer_and_the_connection_stays() {
     t.send("hello");
     assert_eq!(t.line().unwrap(), "! set a name first: /name NAME");
     t.send("/who");
-    assert!(t.line().unwrap().starts_with("* online:"), "/who before a name");
+    assert!(
+        t.line().unwrap().starts_with("* online:"),
+        "/who before a name"
+    );
     t.send("/name");
     assert_eq!(t.line().unwrap(), "! usage: /name NAME");
     let n = unique("bad");
@@ -250,30 +272,36 @@ fn every_bad_line_gets_its_answer_and_the_connection_stays() {
     assert_eq!(t.answer("!"), "! NUL bytes are not allowed");
     t.send("/frobnicate now");
     assert!(t.answer("!").starts_with("! unknown command /frobnicate"));
-    // The flood: a burst of 2, then `! slow down`.
+    // The flood: a burst of 2 (a line that starts with `/` sent as `//…`, and a line of
+    // exactly 4096 bytes), then `! slow down`.
     let mut watcher = Member::join(&s, &unique("wb"));
     let exact = "y".repeat(4096);
+    t.send("//shrug");
     t.send(&exact);
     for i in 0..4 {
         t.send(&format!("flood {i}"));
     }
     assert_eq!(t.answer("!"), "! slow down");
     assert!(s.metric("syncast_rejected_total{reason=\"rate-limited\"}") >= 1.0);
-    // The connection is still there, and the lines at the cap and within the burst went out.
+    // The connection is still there, and the lines within the burst went out, in order.
     t.send("/who");
     assert!(t.answer("* online:").contains(&n));
     let got = watcher.next_of("message");
-    assert_eq!(got.data["text"], json!(exact), "a line of exactly 4096 bytes is sent");
+    assert_eq!(
+        got.data["text"],
+        json!("/shrug"),
+        "`//` sends a line that starts with `/`"
+    );
+    let got = watcher.next_of("message");
+    assert_eq!(
+        got.data["text"],
+        json!(exact),
+        "a line of exactly 4096 bytes is sent"
+    );
     for (why, n) in [("too-long", 1.0), ("not-utf8", 1.0), ("nul", 1.0)] {
         let name = format!("syncast_chat_tcp_bad_lines_total{{why=\"{why}\"}}");
         assert_eq!(s.metric(&name), n, "{why}");
     }
-    // `//` sends a line that starts with `/`.
-    t.send("//shrug");
-    wait_for("the escaped line", || {
-        let ev = watcher.next_of("message");
-        (ev.data["text"] == json!("/shrug")).then_some(())
-    });
 }
 
 #[test]
@@ -330,6 +358,11 @@ fn a_slow_tcp_reader_is_cut_off_without_affecting_the_others() {
             }
         }
     });
+    // The SSE member reads all the time too, else it would be cut off as slow as well.
+    let sse_reader = std::thread::spawn(move || {
+        let got = sse.messages_until("end");
+        (sse, got)
+    });
     let big = "x".repeat(4000);
     let mut posted = 0u64;
     wait_for("the slow member cut off", || {
@@ -342,8 +375,11 @@ fn a_slow_tcp_reader_is_cut_off_without_affecting_the_others() {
     poster.say("end");
     let fast_got = fast_reader.join().unwrap();
     let want: Vec<String> = (0..posted).map(|i| i.to_string()).collect();
-    assert_eq!(fast_got, want, "the fast TCP member got everything, in order");
-    let sse_got = sse.messages_until("end");
+    assert_eq!(
+        fast_got, want,
+        "the fast TCP member got everything, in order"
+    );
+    let (mut sse, sse_got) = sse_reader.join().unwrap();
     assert_eq!(sse_got.len() as u64, posted + 1, "so did the SSE member");
     // The slow one reads again: whole lines of what reached it, then the farewell, then EOF.
     let mut slow = slow;
@@ -354,7 +390,11 @@ fn a_slow_tcp_reader_is_cut_off_without_affecting_the_others() {
         "{:?}",
         &rest[rest.len().saturating_sub(3)..]
     );
-    wait_log(&["chat tcp closed", &format!("name={slow_name} "), "reason=slow"]);
+    wait_log(&[
+        "chat tcp closed",
+        &format!("name={slow_name} "),
+        "reason=slow",
+    ]);
     assert_eq!(sse.left(&slow_name)["reason"], json!("left"));
 }
 
@@ -447,7 +487,9 @@ fn with_auth_on_a_tcp_client_needs_a_token_first_and_its_name_comes_from_it() {
     t.send(&format!("/auth {}", auth::member(&n)));
     assert!(t.line().unwrap().starts_with(&format!("* you are {n}")));
     t.send("/name other");
-    assert!(t.answer("!").starts_with("! forbidden: names come from the token"));
+    assert!(t
+        .answer("!")
+        .starts_with("! forbidden: names come from the token"));
     t.send(&format!("/auth {}", auth::member(&unique("someone"))));
     assert!(t.answer("!").starts_with("! forbidden: the name must be"));
     // Its messages reach an SSE member (with its own token), under the token's name.
@@ -455,7 +497,10 @@ fn with_auth_on_a_tcp_client_needs_a_token_first_and_its_name_comes_from_it() {
     let mut sse = crate::common::Sse::open(
         s.addr,
         &format!("/chat/stream?name={sse_name}"),
-        &[("Authorization", &format!("Bearer {}", auth::member(&sse_name)))],
+        &[(
+            "Authorization",
+            &format!("Bearer {}", auth::member(&sse_name)),
+        )],
     );
     assert_eq!(sse.status, 200);
     t.until(|l| l == format!("* {sse_name} joined"));
@@ -466,19 +511,27 @@ fn with_auth_on_a_tcp_client_needs_a_token_first_and_its_name_comes_from_it() {
             break serde_json::from_str::<Value>(&data).unwrap();
         }
     };
-    assert_eq!((message["from"].clone(), message["text"].clone()), (json!(n), json!("signed in")));
+    assert_eq!(
+        (message["from"].clone(), message["text"].clone()),
+        (json!(n), json!("signed in"))
+    );
     // A token that runs out ends the connection (renewing it first would have kept it).
     let short = unique("short");
     let mut c = auth::claims(&short);
     c["name"] = json!(short);
-    c["exp"] = json!(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 2);
+    c["exp"] = json!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 2
+    );
     let mut brief = Tcp::connect(&s);
     brief.send(&format!("/auth {}", auth::hs256(&c)));
-    assert!(brief.line().unwrap().starts_with(&format!("* you are {short}")));
+    assert!(brief
+        .line()
+        .unwrap()
+        .starts_with(&format!("* you are {short}")));
     brief.send(&format!("/auth {}", auth::member(&short)));
     assert_eq!(brief.answer("* token"), "* token renewed");
     let mut c2 = c.clone();
@@ -487,12 +540,19 @@ fn with_auth_on_a_tcp_client_needs_a_token_first_and_its_name_comes_from_it() {
     let s2 = unique("s2");
     c2["name"] = json!(s2);
     briefer.send(&format!("/auth {}", auth::hs256(&c2)));
-    assert!(briefer.line().unwrap().starts_with(&format!("* you are {s2}")));
+    assert!(briefer
+        .line()
+        .unwrap()
+        .starts_with(&format!("* you are {s2}")));
     assert_eq!(
         briefer.rest().last().map(String::as_str),
         Some("! token expired: connect again with a new one")
     );
-    wait_log(&["chat tcp closed", &format!("name={s2} "), "reason=token-expired"]);
+    wait_log(&[
+        "chat tcp closed",
+        &format!("name={s2} "),
+        "reason=token-expired",
+    ]);
     // The renewed one is still there.
     brief.send("/who");
     assert!(brief.answer("* online:").contains(&short));

@@ -145,6 +145,7 @@ impl Room {
     /// text lines (no `welcome`), and acts through the returned token, which only its own
     /// thread ever holds (so nothing else can attach to it or act for it).
     pub(crate) fn join_lines(&self, name: &str) -> Result<(Token, Attached), ChatError> {
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token.clone())?;

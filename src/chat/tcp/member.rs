@@ -463,8 +463,9 @@ impl Member<'_> {
         if let Some(j) = &mut self.joined {
             match self.cx.room.rename(&j.token, name) {
                 Ok((_, to)) => {
+                    // As the room keeps it (NFC).
+                    let line = format!("* you are now {to}\n");
                     j.name = to;
-                    let line = format!("* you are now {name}\n");
                     self.out.send(line.as_bytes())?;
                 }
                 Err(ChatError::Unauthorized) => return Ok(Some(CloseReason::Left)),
@@ -483,15 +484,13 @@ impl Member<'_> {
                 if let Some(t) = expires {
                     self.expiry = at(t);
                 }
+                // As the room keeps it (NFC), not as typed.
+                let name = att.name.clone();
                 let line = format!(
                     "* you are {name}: {} online (/who lists them)\n",
                     att.online_count
                 );
-                self.joined = Some(Joined {
-                    token,
-                    att,
-                    name: name.to_string(),
-                });
+                self.joined = Some(Joined { token, att, name });
                 self.out.send(line.as_bytes())?;
             }
             Err(e) => self.refused(&e)?,
