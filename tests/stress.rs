@@ -95,6 +95,43 @@ fn a_hundred_and_fifty_chat_members_get_every_message_once_and_in_order() {
     assert_eq!(s["server"]["after"]["chat_members"], 0);
 }
 
+/// Issue 17: the Go original's scenario over its own transport, plain TCP lines.
+#[test]
+fn a_hundred_tcp_members_get_every_line_once_and_in_order_and_their_threads_end() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start(|c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let tcp = server.server.as_ref().unwrap().chat_tcp_addr().unwrap();
+    let tcp = tcp.to_string();
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "chat",
+            "--transport",
+            "tcp",
+            "--chat-tcp",
+            &tcp,
+            "--clients",
+            "100",
+            "--messages",
+            "5",
+            "--interval",
+            "20ms..100ms",
+            "--ramp",
+            "500",
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    let chat = &s["chat"];
+    assert_eq!(chat["sent"], 500);
+    // Every member gets every line of the 99 others: the join barrier makes it exact.
+    assert_eq!(chat["expected"], 100 * 99 * 5);
+    assert_eq!(chat["delivered"], 100 * 99 * 5);
+    assert_eq!(s["server"]["after"]["chat_members"], 0);
+    assert_eq!(server.metric("syncast_chat_tcp_connections"), 0.0);
+}
+
 #[test]
 fn an_unreachable_server_is_exit_2_with_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_syncast-stress"))

@@ -358,7 +358,10 @@ fn make_run_serves_chat_over_tcp_and_the_readme_shows_nc() {
         "make run's --chat-tcp is 127.0.0.1:7070 unless CHAT_TCP= says otherwise"
     );
     let readme = read(&repo().join("README.md"));
-    assert!(readme.contains("nc 127.0.0.1 7070"), "the README dials the chat with nc");
+    assert!(
+        readme.contains("nc 127.0.0.1 7070"),
+        "the README dials the chat with nc"
+    );
     assert!(
         readme.contains("/chat/stream?name="),
         "and has the SSE side of the same conversation"
