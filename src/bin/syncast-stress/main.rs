@@ -233,11 +233,6 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
         if o.scenario == Scenario::Alarm {
             return Err("--transport tcp is for the chat (scenario chat or mixed)".into());
         }
-        if o.jwt_secret_file.is_some() {
-            return Err(
-                "--transport tcp does not mint tokens for /auth yet: no --jwt-secret-file".into(),
-            );
-        }
         o.chat_tcp = Some(o.chat_tcp_addr);
     }
     if !(o.ramp > 0.0 && o.ramp.is_finite()) {

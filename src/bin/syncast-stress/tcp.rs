@@ -1,6 +1,7 @@
 //! Scenario `chat` over plain TCP (`--transport tcp`, the server's `--chat-tcp`): the Go
 //! original's own stress test. N members dial the port and set a name; once all are in (or
-//! `--idle` has passed), each sends M numbered lines (`seq=K`) at random intervals; once every
+//! `--idle` has passed; with auth on, `/auth TOKEN` with a token minted for the name), each
+//! sends M numbered lines (`seq=K`) at random intervals; once every
 //! member has sent all of its lines, each waits until it has read every line the others sent,
 //! then sends `/quit` and reads to EOF.
 //!
@@ -216,7 +217,12 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Room, addr: SocketAddr, i: usi
     };
     let name = format!("{}-{i}", plan.tag);
     let deadline = Instant::now() + plan.idle;
-    let named = out.write_all(format!("/name {name}\n").as_bytes()).is_ok()
+    // With auth on (`--jwt-secret-file`), the name comes from a token of its own.
+    let hello = match ctx.member_auth(&name) {
+        Some(bearer) => format!("/auth {}\n", bearer.trim_start_matches("Bearer ")),
+        None => format!("/name {name}\n"),
+    };
+    let named = out.write_all(hello.as_bytes()).is_ok()
         && seen.wait(deadline, |s| s.named.is_some() || s.ended)
         && seen.state.lock().named == Some(true);
     if !named {
