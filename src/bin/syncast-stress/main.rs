@@ -32,7 +32,8 @@ OPTIONS:
   --url URL            the server                          [default: http://127.0.0.1:8080]
   --scenario NAME      chat | alarm | mixed (both at once) [default: chat]
   --clients N          chat members / alarm streams        [default: 500]
-  --transport T        the chat members': sse | tcp (the server's --chat-tcp) [default: sse]
+  --transport T        the chat members': sse | tcp (the server's --chat-tcp) | mixed
+                       (half over each, in one room; also `mixed-transport`) [default: sse]
   --chat-tcp ADDR      the server's --chat-tcp address, for --transport tcp [default: 127.0.0.1:7070]
   --alarm-clients N    alarm streams in mixed              [default: --clients]
   --messages M         messages per chat member            [default: 11]
@@ -83,6 +84,8 @@ struct Opts {
     scenario: Scenario,
     /// Chat over TCP (`--transport tcp`) at this address; `None`: over SSE.
     chat_tcp: Option<std::net::SocketAddr>,
+    /// With `chat_tcp`: half the members over TCP, half over SSE (`--transport mixed`).
+    mixed_room: bool,
     chat_tcp_addr: std::net::SocketAddr,
     clients: usize,
     alarm_clients: Option<usize>,
@@ -110,6 +113,7 @@ impl Default for Opts {
             url: "http://127.0.0.1:8080".into(),
             scenario: Scenario::Chat,
             chat_tcp: None,
+            mixed_room: false,
             chat_tcp_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7070)),
             clients: 500,
             alarm_clients: None,
@@ -182,10 +186,11 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
             }
             Long("clients") => o.clients = num(&mut p, "--clients")?,
             Long("transport") => {
-                tcp = match text(&mut p, "--transport")?.as_str() {
-                    "sse" => false,
-                    "tcp" => true,
-                    v => return Err(format!("--transport: unknown {v:?} (sse or tcp)")),
+                (tcp, o.mixed_room) = match text(&mut p, "--transport")?.as_str() {
+                    "sse" => (false, false),
+                    "tcp" => (true, false),
+                    "mixed" | "mixed-transport" => (true, true),
+                    v => return Err(format!("--transport: unknown {v:?} (sse, tcp or mixed)")),
                 }
             }
             Long("chat-tcp") => {
@@ -405,7 +410,7 @@ fn run(o: Opts) -> Result<Summary, String> {
     // Each runner holds a sender of `done`; when both have returned it disconnects.
     let (done_tx, done_rx) = bounded::<()>(0);
     let (chat_done_tx, chat_done_rx) = bounded::<()>(0);
-    let tcp_addr = o.chat_tcp;
+    let (tcp_addr, mixed_room) = (o.chat_tcp, o.mixed_room);
     let chat_handle = chat_on.then(|| {
         let (ctx, plan, done, chat_done) = (
             ctx.clone(),
@@ -418,6 +423,7 @@ fn run(o: Opts) -> Result<Summary, String> {
             .spawn(move || {
                 let started = Instant::now();
                 let r = match tcp_addr {
+                    Some(addr) if mixed_room => tcp::run_mixed(&ctx, &plan, addr),
                     Some(addr) => tcp::run(&ctx, &plan, addr),
                     None => chat::run(&ctx, &plan),
                 };
@@ -512,6 +518,7 @@ fn run(o: Opts) -> Result<Summary, String> {
     let reasons = check::verdict(&outcome);
     Ok(Summary {
         scenario: match o.chat_tcp {
+            Some(_) if o.mixed_room => format!("{} (chat over tcp and sse)", o.scenario.as_str()),
             Some(_) => format!("{} (chat over tcp)", o.scenario.as_str()),
             None => o.scenario.as_str().into(),
         },

@@ -24,10 +24,10 @@ use crate::chat::{ChatPlan, ChatRun};
 use crate::check::{ChatLog, Receipt, Sent, Window};
 use crate::shared::{spawn, Ctx, Rng};
 
-/// What every member shares.
-struct Room {
+/// What every member of a TCP or mixed room shares: the two barriers and the lines sent.
+pub(crate) struct Barriers {
     /// Members that have a name.
-    joined: AtomicUsize,
+    pub(crate) joined: AtomicUsize,
     /// Members that have sent all their lines, or given up.
     finished: AtomicUsize,
     /// Lines sent by each member.
@@ -38,15 +38,50 @@ struct Room {
     changed: Condvar,
 }
 
-impl Room {
-    fn bump(&self, counter: &AtomicUsize) {
+impl Barriers {
+    fn new(clients: usize) -> Barriers {
+        Barriers {
+            joined: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            sent: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+            next_id: AtomicU64::new(0),
+            lock: Mutex::new(()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Member `i` sent a line: its id in the room-wide order.
+    pub(crate) fn sent_one(&self, i: usize) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel) + 1;
+        self.sent[i].fetch_add(1, Ordering::AcqRel);
+        id
+    }
+
+    /// Waits until every member has sent all its lines (or given up), then returns how many
+    /// lines the members other than `i` sent: what `i` must receive (`u64::MAX` if the wait
+    /// timed out).
+    pub(crate) fn others_sent(&self, i: usize, plan: &ChatPlan) -> u64 {
+        // Generous: the slowest member's whole script (M pauses of at most B) and then some.
+        let longest = plan.interval.1 * plan.messages + plan.drain + plan.idle;
+        if !self.wait(&self.finished, plan.clients, Instant::now() + longest) {
+            return u64::MAX;
+        }
+        self.sent
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.load(Ordering::Acquire))
+            .sum()
+    }
+
+    pub(crate) fn bump(&self, counter: &AtomicUsize) {
         counter.fetch_add(1, Ordering::AcqRel);
         let _g = self.lock.lock();
         self.changed.notify_all();
     }
 
     /// Waits until `counter` reaches `n` or `deadline`; returns whether it did.
-    fn wait(&self, counter: &AtomicUsize, n: usize, deadline: Instant) -> bool {
+    pub(crate) fn wait(&self, counter: &AtomicUsize, n: usize, deadline: Instant) -> bool {
         let mut g = self.lock.lock();
         while counter.load(Ordering::Acquire) < n {
             if self.changed.wait_until(&mut g, deadline).timed_out() {
@@ -54,6 +89,35 @@ impl Room {
             }
         }
         true
+    }
+}
+
+/// Counts a member as finished sending once, when told or when dropped (a member that gives
+/// up early), so that nobody waits for it.
+pub(crate) struct Finish<'a> {
+    barriers: &'a Barriers,
+    done: bool,
+}
+
+impl<'a> Finish<'a> {
+    pub(crate) fn new(barriers: &'a Barriers) -> Finish<'a> {
+        Finish {
+            barriers,
+            done: false,
+        }
+    }
+
+    pub(crate) fn done(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.barriers.bump(&self.barriers.finished);
+        }
+    }
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -96,14 +160,7 @@ impl Seen {
 
 /// Runs the scenario over TCP at `addr`; returns when every member has left (or given up).
 pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan, addr: SocketAddr) -> ChatRun {
-    let room = Arc::new(Room {
-        joined: AtomicUsize::new(0),
-        finished: AtomicUsize::new(0),
-        sent: (0..plan.clients).map(|_| AtomicU64::new(0)).collect(),
-        next_id: AtomicU64::new(0),
-        lock: Mutex::new(()),
-        changed: Condvar::new(),
-    });
+    let room = Arc::new(Barriers::new(plan.clients));
     let mut handles = Vec::with_capacity(plan.clients);
     for i in 0..plan.clients {
         let (ctx2, plan2, room2) = (ctx.clone(), plan.clone(), room.clone());
@@ -139,6 +196,62 @@ pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan, addr: SocketAddr) -> ChatRun {
     run
 }
 
+/// The mixed room (`--transport mixed`): members with an even index over TCP, the others over
+/// SSE (`crate::chat::member` with the same barriers), all in one room, each checked against
+/// every other whatever the transports.
+pub fn run_mixed(ctx: &Arc<Ctx>, plan: &ChatPlan, addr: SocketAddr) -> ChatRun {
+    let room = Arc::new(Barriers::new(plan.clients));
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new((0..plan.clients).map(|_| AtomicU64::new(0)).collect());
+    let mut handles = Vec::with_capacity(plan.clients);
+    for i in 0..plan.clients {
+        let (ctx2, plan2, room2, acked2) = (ctx.clone(), plan.clone(), room.clone(), acked.clone());
+        let spawned = spawn(format!("mix-{i}"), move || {
+            if i % 2 == 0 {
+                let m = member(&ctx2, &plan2, &room2, addr, i);
+                crate::chat::Member {
+                    sent: m.sent,
+                    received: m.received,
+                    window: m.window,
+                    presence: Vec::new(),
+                    last_seen: 0,
+                    failed: m.failed,
+                }
+            } else {
+                let mut m = crate::chat::member(&ctx2, &plan2, i, &acked2, Some(&room2));
+                // Presence ids are not checked in a mixed room (TCP members see none).
+                m.presence.clear();
+                m
+            }
+        });
+        match spawned {
+            Ok(h) => handles.push(Some(h)),
+            Err(_) => {
+                ctx.error("client-spawn");
+                room.bump(&room.finished);
+                handles.push(None);
+            }
+        }
+    }
+    let mut run = ChatRun {
+        log: ChatLog::default(),
+        failed: 0,
+    };
+    for h in handles {
+        let m = h.and_then(|h| h.join().ok()).unwrap_or_else(|| {
+            ctx.error("client-panic");
+            crate::chat::Member::failed()
+        });
+        run.failed += u64::from(m.failed);
+        run.log.sent.push(m.sent);
+        run.log.received.push(m.received);
+        run.log.windows.push(m.window);
+        run.log.presence.push(m.presence);
+        run.log.last_seen.push(0);
+    }
+    run
+}
+
 struct Member {
     sent: Vec<Sent>,
     received: Vec<Receipt>,
@@ -166,7 +279,7 @@ fn parse_message(tag: &str, line: &str) -> Option<(u32, u32)> {
     Some((from, seq))
 }
 
-fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Room, addr: SocketAddr, i: usize) -> Member {
+fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Barriers, addr: SocketAddr, i: usize) -> Member {
     let mut me = Member {
         sent: Vec::new(),
         received: Vec::new(),
@@ -174,15 +287,7 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Room, addr: SocketAddr, i: usi
         failed: false,
     };
     // Whatever happens below, nobody waits for this member beyond this point.
-    struct Finish<'a>(&'a Room, bool);
-    impl Drop for Finish<'_> {
-        fn drop(&mut self) {
-            if !self.1 {
-                self.0.bump(&self.0.finished);
-            }
-        }
-    }
-    let mut finish = Finish(room, false);
+    let mut finish = Finish::new(room);
     ctx.ramp();
     let sock = match TcpStream::connect_timeout(&addr, plan.idle) {
         Ok(s) => s,
@@ -253,8 +358,7 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Room, addr: SocketAddr, i: usi
                 });
                 break;
             }
-            let id = room.next_id.fetch_add(1, Ordering::AcqRel) + 1;
-            room.sent[i].fetch_add(1, Ordering::AcqRel);
+            let id = room.sent_one(i);
             ctx.progress.sent.fetch_add(1, Ordering::Relaxed);
             me.sent.push(Sent {
                 seq,
@@ -263,24 +367,13 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Room, addr: SocketAddr, i: usi
             });
         }
     }
-    finish.1 = true;
-    room.bump(&room.finished);
+    finish.done();
     if named {
         // Everybody has sent (or given up): then every line of the others must reach us.
-        if !room.wait(
-            &room.finished,
-            plan.clients,
-            Instant::now() + plan.drain * 20,
-        ) {
+        let others = room.others_sent(i, plan);
+        if others == u64::MAX {
             ctx.error("tcp-finish-barrier-timeout");
         }
-        let others: u64 = room
-            .sent
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.load(Ordering::Acquire))
-            .sum();
         if !seen.wait(Instant::now() + plan.drain, |s| {
             s.from_others >= others || s.ended
         }) {
