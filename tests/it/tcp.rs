@@ -215,6 +215,10 @@ fn names_are_unique_across_transports_case_insensitively_and_renames_reach_both(
 fn quit_and_a_closed_socket_each_end_the_session_at_once_with_a_leave() {
     let s = server(|_| {});
     let mut watcher = Member::join(&s, &unique("watch"));
+    // Every thread the server spawned, with one SSE member (and so the watcher) running.
+    let baseline = s.metric("syncast_threads_spawned_live");
+    // A TCP member watches too: leaves reach it as `* NAME left` lines.
+    let mut tcp_watcher = Tcp::join(&s, &unique("twatch"));
     let (q, c) = (unique("quitter"), unique("closer"));
     let mut quitter = Tcp::join(&s, &q);
     let closer = Tcp::join(&s, &c);
@@ -227,6 +231,8 @@ fn quit_and_a_closed_socket_each_end_the_session_at_once_with_a_leave() {
     // --grace (30 s here).
     drop(closer);
     assert_eq!(watcher.left(&c), json!({"name": c, "reason": "left"}));
+    tcp_watcher.until(|l| l == format!("* {q} left"));
+    tcp_watcher.until(|l| l == format!("* {c} left"));
     wait_log(&["chat tcp closed", &format!("name={q} "), "reason=quit"]);
     wait_log(&[
         "chat tcp closed",
@@ -239,8 +245,12 @@ fn quit_and_a_closed_socket_each_end_the_session_at_once_with_a_leave() {
         .unwrap()
         .iter()
         .any(|n| n == &json!(q) || n == &json!(c)));
+    drop(tcp_watcher);
     wait_for("the members' threads gone", || {
         (s.threads_of("chat-tcp") == 0).then_some(())
+    });
+    wait_for("the server's threads back to the baseline", || {
+        (s.metric("syncast_threads_spawned_live") == baseline).then_some(())
     });
 }
 
