@@ -72,7 +72,7 @@ impl Tcp {
     }
 
     fn send_bytes(&mut self, bytes: &[u8]) {
-        (&*self.sock()).write_all(bytes).unwrap();
+        self.sock().write_all(bytes).unwrap();
     }
 
     /// The next line without its `\n`; `None` at EOF.
