@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test check lint fmt unit root-tests test-deps deb package e2e stress bench clean
+.PHONY: run build release test check lint deps-check fmt unit root-tests test-deps deb package e2e stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -14,9 +14,13 @@ build:
 release:
 	$(CARGO) build --release --bins
 
-lint:
+lint: deps-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# No async runtime in `cargo tree`, tiny_http exactly 0.12.0 (scripts/deps-check.sh).
+deps-check:
+	CARGO=$(CARGO) ./scripts/deps-check.sh
 
 fmt:
 	$(CARGO) fmt --all
