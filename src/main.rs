@@ -10,6 +10,10 @@ use signal_hook::iterator::Signals;
 use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
 use syncast::cli::{self, Command};
 
+// A hostile request's declared body must not be able to abort the process: see syncast::alloc.
+#[global_allocator]
+static ALLOC: syncast::alloc::LazyHuge = syncast::alloc::LazyHuge;
+
 fn init_logging(level: LevelFilter, file: Option<&str>) -> Result<(), String> {
     let cfg = ConfigBuilder::new()
         .add_filter_allow_str("syncast")
