@@ -168,6 +168,10 @@ impl SseWriter {
               Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
         )?;
         for line in extra {
+            if !super::response::header_line_is_safe(line) {
+                log::error!("sse header line refused line={line:?}: not a safe header");
+                continue;
+            }
             out.write_all(line.as_bytes())?;
             out.write_all(b"\r\n")?;
         }
