@@ -15,7 +15,8 @@ use parking_lot::Mutex;
 use tiny_http::Request;
 
 use crate::config::Config;
-use crate::http::response::{self, Cors, Reply};
+use crate::http::body::{self, Bodies};
+use crate::http::response::{self, bad_request, Cors, Reply};
 use crate::metrics::Metrics;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 
@@ -57,6 +58,8 @@ pub(crate) struct Admission {
     max_requests: usize,
     stream_stack: usize,
     cors: Cors,
+    /// Where every reply goes out, and bodies left unread are disposed of.
+    bodies: Arc<Bodies>,
     metrics: Arc<Metrics>,
     threads: Threads,
     next_conn: AtomicU64,
@@ -74,6 +77,10 @@ pub(crate) struct StreamSlot {
     admit: Arc<Admission>,
     key: u64,
     closed: Receiver<()>,
+    /// The connection claimed as a stream's from the moment the dispatcher routed its request:
+    /// tiny_http may already have parsed a request pipelined behind it, which must be discarded,
+    /// not answered (see `ConnTable::admit`).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl StreamSlot {
@@ -90,6 +97,9 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.admit.closers.lock().open.remove(&self.key);
         self.admit.streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(peer) = self.peer {
+            self.admit.bodies.stream_released(peer);
+        }
     }
 }
 
@@ -128,13 +138,20 @@ impl Drop for RequestSlot {
 }
 
 impl Admission {
-    /// Admission under `config`'s caps; threads are spawned in `threads`.
-    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>, threads: Threads) -> Arc<Admission> {
+    /// Admission under `config`'s caps; threads are spawned in `threads`, replies go out through
+    /// `bodies`.
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        threads: Threads,
+        bodies: Arc<Bodies>,
+    ) -> Arc<Admission> {
         Arc::new(Admission {
             max_clients: config.max_clients,
             max_requests: config.max_requests,
             stream_stack: config.stream_stack,
             cors: Cors::new(config.cors_origin.clone()),
+            bodies,
             metrics,
             threads,
             next_conn: AtomicU64::new(0),
@@ -163,6 +180,7 @@ impl Admission {
             admit: self.clone(),
             key,
             closed,
+            peer: None,
         })
     }
 
@@ -176,9 +194,16 @@ impl Admission {
         self.closers.lock().shut();
     }
 
-    /// Sends `reply` for `request` (with the CORS headers, when configured).
+    /// Sends `reply` for `request` (with the CORS headers, when configured), closing the
+    /// connection when the request's body was left unread (see [`Bodies::respond`]).
     pub(crate) fn respond(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
+        self.bodies.respond(request, self.cors.apply(reply));
+    }
+
+    /// Request bodies: read them with `http::request::read_body(admit.bodies(), ..)`, so that one
+    /// read to its end keeps its connection open.
+    pub(crate) fn bodies(&self) -> &Bodies {
+        &self.bodies
     }
 
     /// Counts a refusal (once per refusal, however many requests it turns away).
@@ -192,14 +217,24 @@ impl Admission {
     where
         F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
+        if body::location(&request) == body::Location::OnSocket {
+            // A stream never reads a body, and one left on the socket would close it anyway.
+            let reply = bad_request(&self.metrics, "a stream request carries no body");
+            self.respond(request, reply);
+            return;
+        }
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
-        let Some(slot) = self.stream_slot() else {
+        let Some(mut slot) = self.stream_slot() else {
             self.count(Refusal::MaxClients);
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
             self.respond(request, Refusal::MaxClients.reply());
             return;
         };
+        slot.peer = request.remote_addr().copied();
+        if let Some(peer) = slot.peer {
+            self.bodies.conns().stream_started(peer);
+        }
         self.spawn_with(role, name, self.stream_stack, request, move |rq| {
             body(rq, slot, conn)
         });
@@ -231,6 +266,7 @@ impl Admission {
             request,
             move |mut rq| {
                 let slot = slot;
+                let _read = slot.0.bodies.guard(&rq);
                 let reply = handler(&mut rq);
                 slot.0.respond(rq, reply);
             },

@@ -33,7 +33,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 9] = [
+pub(crate) const REJECT_REASONS: [&str; 10] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -43,6 +43,7 @@ pub(crate) const REJECT_REASONS: [&str; 9] = [
     "rate-limited",
     "too-large",
     "room-full",
+    "bad-framing",
 ];
 
 /// Every number `/metrics` shows that the server counts itself.
@@ -93,6 +94,19 @@ pub(crate) struct Metrics {
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
     pub(crate) pending_connections: Counter,
+    /// Connections closed because a request's body was left unread on the socket, or its
+    /// framing was refused or said to close (`http::body`).
+    pub(crate) connections_closed_unread: Counter,
+    /// Requests tiny_http parsed from a closing connection or from behind a stream, dropped
+    /// unanswered.
+    pub(crate) requests_discarded: Counter,
+    /// Requests declaring a body too large to drain (`http::body::QUARANTINE_ABOVE`), kept for
+    /// good with their tiny_http thread.
+    pub(crate) requests_quarantined: Counter,
+    /// Panics caught while tiny_http dropped a request (its drain of a length over `isize::MAX`).
+    pub(crate) request_drop_panics: Counter,
+    /// Ended connections whose descriptors tiny_http still holds, at the last sweep.
+    pub(crate) connections_stuck: Counter,
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
@@ -142,7 +156,7 @@ impl Metrics {
         let status = crate::sys::proc::status(crate::sys::proc::Proc::This);
         let (threads, rss) = (status.threads, status.rss_bytes);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, &str, &str, String); 24] = [
+        let rows: [(&str, &str, &str, String); 29] = [
             (
                 "syncast_process_threads",
                 "gauge",
@@ -286,6 +300,36 @@ impl Metrics {
                 "gauge",
                 "Connections waiting for headers at the last sweep.",
                 self.pending_connections.get().to_string(),
+            ),
+            (
+                "syncast_connections_closed_unread_total",
+                "counter",
+                "Connections closed because a body was left unread or the framing required it.",
+                self.connections_closed_unread.get().to_string(),
+            ),
+            (
+                "syncast_requests_discarded_total",
+                "counter",
+                "Requests parsed from a closing connection or behind a stream, dropped unanswered.",
+                self.requests_discarded.get().to_string(),
+            ),
+            (
+                "syncast_requests_quarantined_total",
+                "counter",
+                "Requests declaring a body too large to drain, kept for good with their tiny_http thread.",
+                self.requests_quarantined.get().to_string(),
+            ),
+            (
+                "syncast_request_drop_panics_total",
+                "counter",
+                "Panics caught while tiny_http dropped a request (a declared length over isize::MAX).",
+                self.request_drop_panics.get().to_string(),
+            ),
+            (
+                "syncast_connections_stuck",
+                "gauge",
+                "Ended connections whose descriptors tiny_http still holds (a deadlocked or quarantined thread each).",
+                self.connections_stuck.get().to_string(),
             ),
         ];
         for (name, kind, help, value) in rows {

@@ -7,23 +7,28 @@ use std::sync::Arc;
 use tiny_http::Request;
 
 use crate::config::Config;
+use crate::http::body::Bodies;
 use crate::http::response::{Cors, Reply};
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
 
 /// What opening a stream needs: the connection table (the stream's socket is registered there
-/// until it ends), the write limits of its socket, and the CORS headers of its head.
+/// until it ends), the write limits of its socket, the CORS headers of its head, and the reply
+/// path for a stream that cannot start.
 pub(crate) struct Streams {
     conns: Arc<ConnTable>,
+    bodies: Arc<Bodies>,
     limits: WriteLimits,
     cors: Cors,
 }
 
 impl Streams {
-    /// Streams registered in `conns`, under `config`'s write limits and CORS origin.
-    pub(crate) fn new(conns: Arc<ConnTable>, config: &Config) -> Streams {
+    /// Streams registered in `conns`, under `config`'s write limits and CORS origin; a refusal
+    /// goes out through `bodies`.
+    pub(crate) fn new(conns: Arc<ConnTable>, bodies: Arc<Bodies>, config: &Config) -> Streams {
         Streams {
             conns,
+            bodies,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
         }
@@ -37,7 +42,7 @@ impl Streams {
     /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
     /// refused) with a buffered reply.
     pub(crate) fn refuse(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
+        self.bodies.respond(request, self.cors.apply(reply));
     }
 }
 

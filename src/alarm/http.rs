@@ -69,7 +69,7 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
 /// The store's answer to `method` on `id` (on the request's own thread).
 fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &Method) -> Reply {
     let body = match method {
-        Method::Put => match read_body(&alarms.metrics, request) {
+        Method::Put => match read_body(alarms.admit.bodies(), request) {
             Ok(body) => match parse_alarm_body(&body) {
                 Some(v) => Some(v),
                 None => {
@@ -101,6 +101,7 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::http::body::Bodies;
     use crate::http::sweep::ConnTable;
     use crate::stream::Streams;
     use crate::threads::Threads;
@@ -122,17 +123,18 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
+        let bodies = Arc::new(Bodies::new(conns.clone(), metrics.clone()));
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, &config),
+                streams: Streams::new(conns, bodies.clone(), &config),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
             store,
-            admit: Admission::new(&config, metrics.clone(), Threads::new()),
+            admit: Admission::new(&config, metrics.clone(), Threads::new(), bodies),
             metrics,
         }
     }

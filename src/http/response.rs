@@ -10,7 +10,7 @@
 use std::io::Cursor;
 
 use serde_json::Value;
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::{Header, Response, StatusCode};
 
 use crate::metrics::Metrics;
 
@@ -105,15 +105,15 @@ impl Cors {
         Cors(origin)
     }
 
-    /// Sends `reply` for `request`, adding the CORS headers when configured. Every buffered
-    /// reply of the server goes through here.
-    pub(crate) fn respond(&self, request: Request, reply: Reply) {
+    /// `reply` with the CORS headers, when configured. Every buffered reply of the server gets
+    /// them on its way out (`http::body::Bodies::respond` sends it).
+    pub(crate) fn apply(&self, reply: Reply) -> Reply {
         let mut reply = reply;
         if let Some(origin) = &self.0 {
             reply = add_header(reply, "Access-Control-Allow-Origin", origin);
             reply = add_header(reply, "Vary", "Origin");
         }
-        let _ = request.respond(reply);
+        reply
     }
 
     /// Extra header lines every SSE response carries (CORS, when configured).

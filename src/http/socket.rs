@@ -44,7 +44,6 @@ pub(crate) enum Liveness {
 
 impl StreamSocket {
     /// Finds the socket of the connection `local` ⇄ `peer` among this process's descriptors.
-    #[cfg(test)]
     pub(crate) fn find(local: SocketAddr, peer: SocketAddr) -> Option<StreamSocket> {
         StreamSocket::find_skipping(local, peer, &FdSet::default())
     }
@@ -77,6 +76,15 @@ impl StreamSocket {
         let (local, peer) = (self.local, self.peer);
         self.fds.retain(|&fd| fd::addrs_match(fd, local, peer));
         self.fds.first().copied()
+    }
+
+    /// A descriptor of this connection's socket that is this process's own (see
+    /// [`fd::own_connection`]: a checked `dup`, closed when the result is dropped), to act on.
+    pub(crate) fn own(&mut self) -> Option<fd::OwnedSocket> {
+        let (local, peer) = (self.local, self.peer);
+        self.fds()
+            .into_iter()
+            .find_map(|fd| fd::own_connection(fd, local, Some(peer)))
     }
 
     /// Shuts the read half so tiny_http's pool thread, parked reading the next request on this

@@ -127,7 +127,17 @@ impl Drop for SseWriter {
     fn drop(&mut self) {
         self.conns.stream_fds_closed(&self.fds);
         if let Some(peer) = self.peer {
-            self.conns.stream_ended(peer);
+            let held = self.conns.stream_ended(peer, true);
+            if !held.is_empty() {
+                // Writers of requests that followed this one on the connection, discarded
+                // unanswered (http::body): tiny_http writes a connection's answers in order, so
+                // they go only after ours, and with the write half shut they write nothing.
+                self.out = Box::new(io::sink());
+                if let Some(s) = self.socket.as_mut().and_then(StreamSocket::own) {
+                    s.shutdown(std::net::Shutdown::Write);
+                }
+                super::body::drop_contained(held);
+            }
         }
     }
 }
@@ -159,7 +169,10 @@ impl SseWriter {
             _gone_tx: None,
             write_timeout: limits.timeout,
         };
-        writer.out = request.into_writer();
+        // A body left on the socket (the router refuses a stream request with one): its read
+        // side is closed first, so tiny_http's drain inside into_writer ends at once.
+        super::body::release_body(conns, &request);
+        writer.out = super::body::into_writer(request)?;
         let out = &mut writer.out;
         // Written in pieces into tiny_http's buffered writer (1 KiB) and flushed once: one
         // system call, and no temporary string freed into this thread's malloc cache.

@@ -49,6 +49,12 @@ struct ConnInner {
     first_seen: HashMap<SocketAddr, Instant>,
     /// Peers whose connection is a running stream: never swept.
     streaming: HashSet<SocketAddr>,
+    /// Peers whose connection is closing (a body left unread, a framing refusal), since when:
+    /// any further request tiny_http parses from it is discarded (see [`ConnTable::admit`]).
+    closing: HashMap<SocketAddr, Instant>,
+    /// Discarded requests' writers (or whole requests), dropped once the stream of that peer has
+    /// written its last byte (see [`ConnTable::hold_for_stream`]).
+    held: HashMap<SocketAddr, Vec<Box<dyn Send>>>,
     /// Sweeps so far (every [`FULL_SCAN_EVERY`]th lists `/proc/self/fd`).
     sweeps: u32,
     /// The highest descriptor number of a non-stream connection the last sweep found (-1 or 0:
@@ -56,6 +62,20 @@ struct ConnInner {
     /// when a gap of closed numbers opens below it.
     ceiling: RawFd,
 }
+
+/// What [`ConnTable::admit`] decided for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Serve it.
+    Route,
+    /// Drop it unanswered: its connection is closing.
+    Discard,
+    /// Drop it unanswered: it follows a stream's request on the same connection.
+    DiscardBehindStream,
+}
+
+/// How long a closing mark outlives a sweep that did not find the connection.
+pub(crate) const CLOSING_KEPT: Duration = Duration::from_secs(5);
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +90,11 @@ pub(crate) struct Sweep {
     pub(crate) pending: usize,
     /// Streams told their peer left (found by the batched `TCP_INFO` check).
     pub(crate) streams_gone: usize,
+    /// Accepted connections that have ended (TCP state `CLOSE`) while their descriptors are still
+    /// open: tiny_http never closes them, because the pool thread that owns them waits forever
+    /// (an `HTTP/2.0` or `HTTP/3.0` request line deadlocks it, see tests/http2_deadlock.rs). Each
+    /// is a thread and two descriptors for good.
+    pub(crate) stuck: usize,
 }
 
 impl ConnTable {
@@ -151,8 +176,14 @@ impl ConnTable {
 
     /// The accepted connections of this server that are not running streams, as (peer,
     /// descriptor); see [`crate::sys::fd::connections`].
-    fn connections(&self, streams: &FdSet, full: bool, ceiling: RawFd) -> Vec<(SocketAddr, RawFd)> {
-        fd::connections(self.local, streams, full, ceiling)
+    fn connections(
+        &self,
+        streams: &FdSet,
+        full: bool,
+        ceiling: RawFd,
+        dead: &mut HashSet<u64>,
+    ) -> Vec<(SocketAddr, RawFd)> {
+        fd::connections(self.local, streams, full, ceiling, dead)
     }
 
     /// The server's listening address.
@@ -160,11 +191,48 @@ impl ConnTable {
         self.local
     }
 
-    /// A complete request arrived from `peer`.
-    pub(crate) fn request_seen(&self, peer: SocketAddr) {
+    /// A complete request from `peer` reached the dispatcher: [`Admit::Route`] it (and count it
+    /// as the connection's latest request, which restarts its idle clock), or discard it
+    /// unanswered because the connection is closing or is a stream. tiny_http keeps parsing
+    /// requests from what it has buffered after the one syncast closed the connection on (an
+    /// unread chunked body is parsed as requests: smuggling) or after a stream's request
+    /// (pipelining); they must not be served, and a stream's must not even be answered (tiny_http
+    /// would hold the answer until the stream ends, and the dispatcher with it).
+    pub(crate) fn admit(&self, peer: SocketAddr) -> Admit {
         let mut inner = self.inner.lock();
+        if inner.streaming.contains(&peer) {
+            return Admit::DiscardBehindStream;
+        }
+        if inner.closing.contains_key(&peer) {
+            return Admit::Discard;
+        }
         inner.first_seen.remove(&peer);
         inner.last_request.insert(peer, Instant::now());
+        Admit::Route
+    }
+
+    /// `peer`'s connection is being closed: from now on [`ConnTable::admit`] discards its
+    /// requests, until the sweep finds its descriptors gone (and at least [`CLOSING_KEPT`] has
+    /// passed, so a connection a probing sweep misses keeps its mark).
+    pub(crate) fn close_after(&self, peer: SocketAddr) {
+        self.inner.lock().closing.insert(peer, Instant::now());
+    }
+
+    /// Keeps `item` (a discarded request's writer) until `peer`'s stream ends: tiny_http chains
+    /// the writers of one connection, so releasing it earlier would let tiny_http write into the
+    /// stream (its 400 for the bytes that follow, say). Gives `item` back if the stream has
+    /// already ended.
+    pub(crate) fn hold_for_stream(
+        &self,
+        peer: SocketAddr,
+        item: Box<dyn Send>,
+    ) -> Result<(), Box<dyn Send>> {
+        let mut inner = self.inner.lock();
+        if !inner.streaming.contains(&peer) {
+            return Err(item);
+        }
+        inner.held.entry(peer).or_default().push(item);
+        Ok(())
     }
 
     /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
@@ -172,11 +240,21 @@ impl ConnTable {
         self.inner.lock().streaming.insert(peer);
     }
 
-    /// `peer`'s stream ended.
-    pub(crate) fn stream_ended(&self, peer: SocketAddr) {
+    /// `peer`'s stream ended (it writes nothing more), or its request was refused before it
+    /// started. Returns what [`ConnTable::hold_for_stream`] kept for it: the caller drops that
+    /// once the stream's own writer is gone, after shutting the write half. From now on the
+    /// connection is closing (requests on it are discarded) if `close` (the stream's answer said
+    /// `Connection: close`) or if a request behind it was discarded (and got no answer).
+    #[must_use]
+    pub(crate) fn stream_ended(&self, peer: SocketAddr, close: bool) -> Vec<Box<dyn Send>> {
         let mut inner = self.inner.lock();
         inner.streaming.remove(&peer);
         inner.last_request.remove(&peer);
+        let held = inner.held.remove(&peer).unwrap_or_default();
+        if close || !held.is_empty() {
+            inner.closing.insert(peer, Instant::now());
+        }
+        held
     }
 
     /// Shuts every connection that has not completed a request within `deadline` of being
@@ -188,6 +266,7 @@ impl ConnTable {
         // Group descriptors by peer first (tiny_http holds two per connection).
         let mut conns: HashMap<SocketAddr, Vec<RawFd>> = Default::default();
         let woken = self.check_streams();
+        let stuck;
         {
             let stream_fds = self.stream_fds();
             let (full, ceiling) = {
@@ -195,7 +274,9 @@ impl ConnTable {
                 inner.sweeps = inner.sweeps.wrapping_add(1);
                 (inner.sweeps.is_multiple_of(FULL_SCAN_EVERY), inner.ceiling)
             };
-            let found = self.connections(&stream_fds, full, ceiling);
+            let mut dead = HashSet::new();
+            let found = self.connections(&stream_fds, full, ceiling, &mut dead);
+            stuck = dead.len();
             let mut inner = self.inner.lock();
             inner.ceiling = found.iter().map(|&(_, fd)| fd).max().unwrap_or(-1);
             for (peer, fd) in found {
@@ -206,6 +287,7 @@ impl ConnTable {
         }
         let mut result = Sweep {
             streams_gone: woken,
+            stuck,
             ..Sweep::default()
         };
         let mut pending: Vec<(Instant, SocketAddr)> = Vec::new();
@@ -214,6 +296,14 @@ impl ConnTable {
             let mut inner = self.inner.lock();
             inner.first_seen.retain(|p, _| conns.contains_key(p));
             inner.last_request.retain(|p, _| conns.contains_key(p));
+            let ConnInner {
+                closing, streaming, ..
+            } = &mut *inner;
+            closing.retain(|p, since| {
+                conns.contains_key(p)
+                    || streaming.contains(p)
+                    || now.duration_since(*since) < CLOSING_KEPT
+            });
             for peer in conns.keys() {
                 if inner.streaming.contains(peer) {
                     continue;
@@ -286,11 +376,11 @@ mod tests {
         let has =
             |found: Vec<(SocketAddr, RawFd)>| found.iter().any(|&(_, fd)| fd == side.as_raw_fd());
         assert!(
-            has(table.connections(&none, true, -1)),
+            has(table.connections(&none, true, -1, &mut HashSet::new())),
             "the listing sees it"
         );
         assert!(
-            has(table.connections(&none, false, side.as_raw_fd())),
+            has(table.connections(&none, false, side.as_raw_fd(), &mut HashSet::new())),
             "a probe reaches a connection an earlier sweep saw, whatever the gap below it"
         );
         // A table that never saw it: found by the first full scan at the latest.
@@ -321,7 +411,9 @@ mod tests {
         let streams = table.stream_fds();
         for full in [false, true] {
             assert!(
-                table.connections(&streams, full, -1).is_empty(),
+                table
+                    .connections(&streams, full, -1, &mut HashSet::new())
+                    .is_empty(),
                 "full={full}"
             );
         }

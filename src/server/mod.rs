@@ -37,6 +37,7 @@ use crate::chat::room::Room;
 use crate::chat::stream::ChatStreams;
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
+use crate::http::body::Bodies;
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::stream::Streams;
@@ -121,11 +122,12 @@ impl Server {
         let health: Health = Arc::new(RwLock::new(None));
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
-        let admit = Admission::new(&config, metrics.clone(), threads.clone());
+        let bodies = Arc::new(Bodies::new(conns.clone(), metrics.clone()));
+        let admit = Admission::new(&config, metrics.clone(), threads.clone(), bodies.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), bodies.clone(), &config),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -139,7 +141,7 @@ impl Server {
             room: room.clone(),
             streams: Arc::new(ChatStreams {
                 room: room.clone(),
-                streams: Streams::new(conns.clone(), &config),
+                streams: Streams::new(conns.clone(), bodies.clone(), &config),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
             }),
