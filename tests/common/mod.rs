@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
+pub mod raw;
 pub mod root;
 
 // Every test binary that includes this harness (tests/it and the separate ones) runs the server

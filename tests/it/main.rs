@@ -10,7 +10,10 @@
 mod common;
 
 mod alarm;
+mod bodies;
 mod chat;
 mod docs;
 mod hostile;
+mod injection;
+mod smuggling;
 mod web;
