@@ -100,9 +100,6 @@ pub(crate) struct Metrics {
     /// Requests tiny_http parsed from a closing connection or from behind a stream, dropped
     /// unanswered.
     pub(crate) requests_discarded: Counter,
-    /// Requests declaring a body too large to drain (`http::body::QUARANTINE_ABOVE`), kept for
-    /// good with their tiny_http thread.
-    pub(crate) requests_quarantined: Counter,
     /// Panics caught while tiny_http dropped a request (its drain of a length over `isize::MAX`).
     pub(crate) request_drop_panics: Counter,
     /// Ended connections whose descriptors tiny_http still holds, at the last sweep.
@@ -314,10 +311,10 @@ impl Metrics {
                 self.requests_discarded.get().to_string(),
             ),
             (
-                "syncast_requests_quarantined_total",
+                "syncast_alloc_windows_total",
                 "counter",
-                "Requests declaring a body too large to drain, kept for good with their tiny_http thread.",
-                self.requests_quarantined.get().to_string(),
+                "Allocations no mapping could hold, served as a 16 MiB guarded window (tiny_http draining a declared length past the address space); process-wide.",
+                crate::alloc::windows().to_string(),
             ),
             (
                 "syncast_request_drop_panics_total",
@@ -328,7 +325,7 @@ impl Metrics {
             (
                 "syncast_connections_stuck",
                 "gauge",
-                "Ended connections whose descriptors tiny_http still holds (a deadlocked or quarantined thread each).",
+                "Ended connections whose descriptors tiny_http still holds (a deadlocked thread each).",
                 self.connections_stuck.get().to_string(),
             ),
         ];

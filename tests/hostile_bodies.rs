@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::raw::{exchange, read_all, rss_kib, threads};
+use common::raw::{exchange, fds, read_all, rss_kib, threads};
 use common::{unique, wait_for, KillOnDrop, RunDir, Sse, PATIENCE};
 
 const T: &str = r#"{"alarm":true}"#;
@@ -178,4 +178,59 @@ fn sixty_four_declared_gigabytes_cost_no_memory_and_never_hold_the_dispatcher() 
         rss_after < rss_before + 4 * 1024,
         "RSS {rss_before} -> {rss_after} KiB"
     );
+}
+
+#[test]
+fn lengths_past_the_address_space_leave_no_thread_or_descriptor_behind() {
+    let mut bin = Binary::start(&["--tick", "30s"]);
+    let pid = bin.pid();
+    // 2^62, 10^15 and isize::MAX bytes: more than any address space maps, so tiny_http's drain
+    // (`vec![0; n]`) gets a guarded window from the allocator (syncast::alloc) rather than a
+    // refusal that aborts the process; the request is dropped like any other. (Before the
+    // window such requests were kept for good: each a thread and two descriptors.)
+    const LENGTHS: [&str; 3] = [
+        "4611686018427387904",
+        "1000000000000000",
+        "9223372036854775807",
+    ];
+    let send = |length: &str| {
+        let mut sock = declare(bin.addr, "POST /chat/join HTTP/1.1", length, b"x");
+        let got = read_all(&mut sock, PATIENCE);
+        assert_eq!(got.statuses(), vec![413], "{length}: {}", got.text);
+        assert!(got.closed, "{length}: not closed");
+    };
+    // Warm up the paths (their code pages count in RSS), then let tiny_http's pool settle.
+    for length in LENGTHS {
+        send(length);
+    }
+    assert_eq!(bin.healthz(), 200);
+    bin.settle_threads(8);
+    let (threads_before, fds_before, rss_before) = (threads(pid), fds(pid), rss_kib(pid));
+    for i in 0..30 {
+        send(LENGTHS[i % LENGTHS.len()]);
+    }
+    assert!(bin.alive(), "the process died");
+    assert_eq!(bin.healthz(), 200);
+    wait_for("threads and descriptors back to their baseline", || {
+        (threads(pid) <= threads_before && fds(pid) <= fds_before).then_some(())
+    });
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "threads {threads_before} -> {}, descriptors {fds_before} -> {}, RSS {rss_before} -> \
+         {rss_after} KiB after 30 declared lengths past the address space",
+        threads(pid),
+        fds(pid)
+    );
+    assert!(
+        rss_after < rss_before + 4 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    let metrics = exchange(
+        bin.addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        false,
+        PATIENCE,
+    );
+    let windows = common::metric_in(metrics.body(), "syncast_alloc_windows_total");
+    assert!(windows >= Some(33.0), "windows made: {windows:?}");
 }

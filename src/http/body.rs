@@ -26,8 +26,12 @@
 //!
 //! A declared length over `isize::MAX` makes the drain's `vec!` panic ("capacity overflow"):
 //! such a request is answered with `respond()` inside `catch_unwind`. A declared length no
-//! address space can map (over [`QUARANTINE_ABOVE`]) would abort the process in the allocator:
-//! such a request is answered straight on the socket and never dropped.
+//! address space can map (past ~64 TiB on x86-64) gets a guarded *window* from the allocator
+//! instead of a refusal that would abort the process (see [`crate::alloc`]): valid for its first
+//! 16 MiB only, which is safe because of step 2 — the drain writes at most what the socket
+//! delivers, and the read half is shut and the receive buffer small before any such drop. So
+//! every request, whatever its declared length, is dropped and frees its tiny_http thread and
+//! descriptors.
 //!
 //! The same happens for a request whose framing [`super::framing`] refuses or says to close.
 
@@ -44,20 +48,6 @@ use super::socket::StreamSocket;
 use super::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::sys::fd::OwnedSocket;
-
-/// Declared lengths above this (16 TiB) are quarantined: the request is answered and its
-/// connection shut, but the request is never dropped, because tiny_http's drain would ask the
-/// allocator for the whole length at once and no mapping can be that large (x86-64 gives a
-/// process 128 TiB of address space; measured on the 2-core machine: 64 TiB maps, 127 TiB does
-/// not), and a refused allocation aborts the process. It costs, for good, the tiny_http pool
-/// thread that waits for the request to be dropped, its two descriptors and ~2 KiB: counted as
-/// `syncast_requests_quarantined_total` and `syncast_connections_stuck`.
-///
-/// 16 TiB leaves room: syncast drops a request with a body over 64 KiB only on the dispatcher
-/// (413 before any thread is spawned; discards; framing refusals), so at most one such drain is
-/// mapped at a time. Lengths above `isize::MAX` are not quarantined: `vec!` refuses them before
-/// any allocator is asked, with a panic that is caught.
-pub(crate) const QUARANTINE_ABOVE: usize = 1 << 44;
 
 /// Receive buffer set on a connection being closed, so a client that keeps sending after
 /// `SHUT_RD` (the kernel still queues what arrives) gets a small window.
@@ -260,14 +250,6 @@ impl Bodies {
                 contain(&self.metrics, || request.respond(reply));
                 shut_write();
             }
-            Fate::Quarantine => {
-                // Written straight to the socket: tiny_http's writer comes only with the drop.
-                if let Some(s) = &socket {
-                    s.send_now(&closing_answer(&request, reply));
-                    s.shutdown(Shutdown::Both);
-                }
-                quarantine(request, &self.metrics);
-            }
         }
     }
 
@@ -291,7 +273,6 @@ impl Bodies {
         // What is kept until the stream ends, if behind one: releasing a request's writer would
         // let tiny_http write (a 400 for the next bytes, say) into the stream.
         let keep: Box<dyn Send> = match fate(&request) {
-            Fate::Quarantine => return quarantine(request, &self.metrics),
             // Dropped whole, it writes tiny_http's 500, which waits for every earlier answer of
             // the connection: behind a stream, it is kept (and its pool thread waits) until the
             // stream ends; on a closing connection, whose write half is shut, it writes nothing.
@@ -409,32 +390,18 @@ fn closing_answer(request: &Request, reply: Reply) -> Vec<u8> {
 
 /// What dropping a request with its body still on the socket does, by its declared length.
 enum Fate {
-    /// tiny_http drains the rest (lazily allocated: [`crate::alloc::LazyHuge`]).
+    /// tiny_http drains the rest, into a lazy mapping or, past what any mapping can hold, a
+    /// guarded window ([`crate::alloc::LazyHuge`]).
     Drain,
     /// Over `isize::MAX`: the drain's `vec!` panics ("capacity overflow").
     Panics,
-    /// Over [`QUARANTINE_ABOVE`]: the drain's allocation would abort the process.
-    Quarantine,
 }
 
 fn fate(request: &Request) -> Fate {
     match request.body_length() {
         Some(n) if n > isize::MAX as usize => Fate::Panics,
-        Some(n) if n > QUARANTINE_ABOVE => Fate::Quarantine,
         _ => Fate::Drain,
     }
-}
-
-/// Keeps `request` for good: see [`QUARANTINE_ABOVE`].
-fn quarantine(request: Request, metrics: &Metrics) {
-    metrics.requests_quarantined.inc();
-    log::warn!(
-        "request quarantined peer={:?} content_length={:?}: tiny_http would abort the process \
-         draining it; its thread and descriptors are kept for good",
-        request.remote_addr(),
-        request.body_length()
-    );
-    std::mem::forget(request);
 }
 
 /// Runs `f` (a call that drops a request) and catches a panic of tiny_http's drain.
@@ -482,14 +449,6 @@ pub(crate) fn into_writer(request: Request) -> io::Result<Box<dyn Write + Send>>
             let reply = super::response::error(413, "request body too large (max 65536 bytes)");
             let _ =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request.respond(reply)));
-            Err(refused())
-        }
-        Fate::Quarantine => {
-            log::warn!(
-                "stream request quarantined peer={:?}",
-                request.remote_addr()
-            );
-            std::mem::forget(request);
             Err(refused())
         }
     }

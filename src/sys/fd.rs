@@ -89,25 +89,6 @@ impl OwnedSocket {
         unsafe { libc::shutdown(self.raw(), how) };
     }
 
-    /// Sends what the kernel takes at once, never blocking and never raising `SIGPIPE`; returns
-    /// how many bytes it took. Sends nothing through a borrowed descriptor (it might, by now, be
-    /// another connection's).
-    pub(crate) fn send_now(&self, bytes: &[u8]) -> usize {
-        let OwnedSocket::Owned(fd) = self else {
-            return 0;
-        };
-        // SAFETY: our own open descriptor; the buffer is valid for its length.
-        let n = unsafe {
-            libc::send(
-                fd.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        n.max(0) as usize
-    }
-
     /// Sets `SO_RCVBUF` (best effort: the kernel clamps it, and doubles it for bookkeeping).
     pub(crate) fn set_receive_buffer(&self, bytes: usize) {
         let value = bytes.min(i32::MAX as usize) as libc::c_int;
