@@ -91,8 +91,9 @@ impl StreamSocket {
     /// connection, sees EOF and is freed; then waits (briefly, bounded) until that thread has
     /// closed its duplicate descriptor, so one verified descriptor remains.
     pub(crate) fn release_reader(&mut self) {
-        if let Some(fd) = self.fd() {
-            fd::shut_read(fd);
+        // Through a checked dup: tiny_http's pool thread closes its own number when it likes.
+        if let Some(socket) = self.own() {
+            socket.shutdown(std::net::Shutdown::Read);
         }
         let deadline = Instant::now() + Duration::from_millis(200);
         while self.fds.len() > 1 && Instant::now() < deadline {

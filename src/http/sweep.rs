@@ -331,10 +331,12 @@ impl ConnTable {
         }
         result.pending = pending.len();
         for (peer, reason) in shut {
-            // Re-check each descriptor's addresses right before acting on it.
+            // Through a checked dup: tiny_http may have closed the number since the scan, and a
+            // new connection got it. Its two descriptors are one socket: one shutdown does.
             for &fd in &conns[&peer] {
-                if fd::addrs_match(fd, self.local, peer) {
-                    fd::shut_both(fd);
+                if let Some(socket) = fd::own_connection(fd, self.local, Some(peer)) {
+                    socket.shutdown(std::net::Shutdown::Both);
+                    break;
                 }
             }
             log::info!("connection closed peer={peer} reason={reason}");
