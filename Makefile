@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test check lint deps-check fmt unit root-tests test-deps deb package e2e stress bench clean
+.PHONY: run build release test check lint deps-check fmt unit root-tests redis-tests test-deps deb package e2e stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -17,8 +17,10 @@ release:
 lint: deps-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features redis-tls -- -D warnings
 
-# No async runtime in `cargo tree`, tiny_http exactly 0.12.0 (scripts/deps-check.sh).
+# No async runtime in `cargo tree`, with and without the redis-tls feature (the redis crate has
+# async features: they stay off), and tiny_http exactly 0.12.0 (scripts/deps-check.sh).
 deps-check:
 	CARGO=$(CARGO) ./scripts/deps-check.sh
 
@@ -34,10 +36,25 @@ ROOT_TESTS = --test no_fin --test thread_limit
 root_only = if [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; then $(2); \
 	else echo "make: not root: $(1) did not run (docs/testing.md\#what-needs-root)"; fi
 
-# Under CI=true a missing iproute2 (for tests/no_fin.rs) is installed.
+# The tests that start their own redis-server are #[ignore = "needs redis-server: ..."] the same
+# way: `unit` runs exactly them where redis-server is installed or under CI=true (test-deps
+# installs it there; one that then finds none fails), otherwise it says they did not run.
+REDIS_TESTS = --lib --test nodes
+# The same tests built with the redis-tls feature add the one against a TLS-only redis-server.
+REDIS_TLS_TESTS = --features redis-tls --test nodes -- --ignored tls
+redis_only = if command -v redis-server >/dev/null || [ -n "$${REDIS_SERVER:-}" ] || [ "$${CI:-}" = true ]; \
+	then $(1); else echo "make: no redis-server: the Redis tests (listed as ignored above) did not run (docs/testing.md\#what-needs-redis)"; fi
+
+# Under CI=true a missing iproute2 (for tests/no_fin.rs) or redis-server is installed.
 unit: test-deps
 	$(CARGO) test --all-targets
 	@$(call root_only,the root-only tests (listed as ignored above),$(CARGO) test $(ROOT_TESTS) -- --ignored)
+	@$(call redis_only,$(CARGO) test $(REDIS_TESTS) -- --ignored && $(CARGO) test $(REDIS_TLS_TESTS))
+
+# The Redis tests alone; without redis-server they fail.
+redis-tests:
+	$(CARGO) test $(REDIS_TESTS) -- --ignored
+	$(CARGO) test $(REDIS_TLS_TESTS)
 
 # The root-only tests alone; without root they fail.
 root-tests:

@@ -263,6 +263,49 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "redis",
+        value: "URL",
+        help: "the Redis several nodes share: redis://HOST[:PORT][/DB]",
+        default: |o| Some(o.config.redis.clone().unwrap_or_else(|| "off".into())),
+        set: |o, flag, v| {
+            o.config.redis = Some(text(flag, v)?);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "redis-prefix",
+        value: "TEXT",
+        help: "prefix of every Redis key",
+        default: |o| Some(o.config.redis_prefix.clone()),
+        set: |o, flag, v| {
+            o.config.redis_prefix = text(flag, v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "redis-timeout",
+        value: "DUR",
+        help: "connect, read and write time-out of Redis connections",
+        default: |o| Some(format_duration(o.config.redis_timeout)),
+        set: |o, flag, v| {
+            o.config.redis_timeout = duration(flag, v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "alarm-store",
+        value: "KIND",
+        help: "where alarms live: sqlite (--db) or redis (--redis)",
+        default: |o| Some(o.config.alarm_store.as_str().to_string()),
+        set: |o, flag, v| {
+            let v = text(flag, v)?;
+            o.config.alarm_store = v
+                .parse()
+                .map_err(|()| format!("{flag}: invalid store {v:?} (use sqlite or redis)"))?;
+            Ok(())
+        },
+    },
+    Flag {
         name: "log-level",
         value: "LEVEL",
         help: "error, warn, info, debug, trace or off",
@@ -440,6 +483,43 @@ mod tests {
             "--log-level: invalid level \"loud\""
         );
         assert!(err(&["--tick"]).contains("--tick"), "a missing value");
+        assert_eq!(
+            err(&["--alarm-store", "redis"]),
+            "--alarm-store redis must be given with --redis URL"
+        );
+        assert_eq!(
+            err(&["--alarm-store", "mysql"]),
+            "--alarm-store: invalid store \"mysql\" (use sqlite or redis)"
+        );
+        assert!(
+            err(&["--redis", "http://x"]).starts_with("--redis must be redis://HOST"),
+            "{}",
+            err(&["--redis", "http://x"])
+        );
+        let tls = run(&["--redis", "rediss://127.0.0.1:6380/0"]).err();
+        if cfg!(feature = "redis-tls") {
+            assert_eq!(tls, None, "a TLS build takes rediss://");
+        } else {
+            let tls = tls.unwrap_or_default();
+            assert!(tls.contains("rediss:// (TLS) needs a build with"), "{tls}");
+        }
+        assert_eq!(
+            err(&["--redis", "redis://x", "--redis-timeout", "5m"]),
+            "--redis-timeout must be 10ms..60s"
+        );
+        assert!(err(&["--redis-prefix", "a b"]).starts_with("--redis-prefix must be"));
+        let r = run(&[
+            "--redis",
+            "redis://127.0.0.1:6390/3",
+            "--alarm-store",
+            "redis",
+            "--redis-prefix",
+            "t1:",
+        ])
+        .unwrap();
+        assert_eq!(r.config.redis.as_deref(), Some("redis://127.0.0.1:6390/3"));
+        assert_eq!(r.config.alarm_store, crate::config::AlarmStoreKind::Redis);
+        assert_eq!(r.config.redis_prefix, "t1:");
         assert!(matches!(parse(["-h".into()]), Ok(Command::Help)));
         assert!(matches!(parse(["--version".into()]), Ok(Command::Version)));
     }

@@ -70,6 +70,18 @@ pub struct Config {
     pub max_pending: usize,
     /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
     pub cors_origin: Option<String>,
+    /// The Redis (or Valkey) server several nodes share, as `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
+    /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) only in a build with
+    /// the `redis-tls` feature (docs/operations.md#tls).
+    pub redis: Option<String>,
+    /// What every Redis key syncast reads or writes starts with. Default `syncast:`.
+    pub redis_prefix: String,
+    /// Where alarms are read and written. Default [`AlarmStoreKind::Sqlite`] (`db`);
+    /// [`AlarmStoreKind::Redis`] needs `redis`.
+    pub alarm_store: AlarmStoreKind,
+    /// The connect, read and write time-out of every Redis connection: a Redis that is down,
+    /// frozen or slow costs a request at most about this long. Default 2 s.
+    pub redis_timeout: Duration,
     /// Test-only fault injection: a stream or refresh that meets this alarm id panics, so tests
     /// can show panics are caught, counted and survived. Never set by the binary.
     #[doc(hidden)]
@@ -100,8 +112,64 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             max_pending: 2048,
             cors_origin: None,
+            redis: None,
+            redis_prefix: "syncast:".to_string(),
+            alarm_store: AlarmStoreKind::Sqlite,
+            redis_timeout: Duration::from_secs(2),
             fault_panic_id: None,
         }
+    }
+}
+
+/// Where the alarms live (`--alarm-store`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlarmStoreKind {
+    /// The SQLite file of [`Config::db`].
+    Sqlite,
+    /// The hash `<prefix>alarms` on [`Config::redis`].
+    Redis,
+}
+
+impl AlarmStoreKind {
+    /// The flag's word for it: `sqlite` or `redis`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmStoreKind::Sqlite => "sqlite",
+            AlarmStoreKind::Redis => "redis",
+        }
+    }
+}
+
+impl std::str::FromStr for AlarmStoreKind {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<AlarmStoreKind, ()> {
+        match s {
+            "sqlite" => Ok(AlarmStoreKind::Sqlite),
+            "redis" => Ok(AlarmStoreKind::Redis),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Why a `--redis` URL is refused, or `None` if syncast can use it: `redis://` (and `rediss://`
+/// in a build with the `redis-tls` feature), and a URL the client library parses (host, port,
+/// database number, password).
+pub(crate) fn redis_url_problem(url: &str) -> Option<&'static str> {
+    if url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+        // The redis crate's TLS (rustls) needs no async runtime, but it is a build feature:
+        // it would grow every binary past the idle-memory target (docs/operations.md#tls).
+        return Some(
+            "redis://HOST[:PORT][/DB]: rediss:// (TLS) needs a build with `--features \
+             redis-tls` (docs/operations.md#tls)",
+        );
+    }
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Some("redis://HOST[:PORT][/DB] (e.g. redis://127.0.0.1:6379/0)");
+    }
+    match ::redis::Client::open(url) {
+        Ok(_) => None,
+        Err(_) => Some("a valid redis://HOST[:PORT][/DB] URL (e.g. redis://127.0.0.1:6379/0)"),
     }
 }
 
@@ -241,6 +309,28 @@ impl Config {
                 .is_none_or(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_graphic())),
             "--cors-origin",
             "an origin like https://example.com or *",
+        )?;
+        if let Some(problem) = self.redis.as_deref().and_then(redis_url_problem) {
+            return Err(ConfigError::Invalid {
+                setting: "--redis",
+                must_be: problem,
+            });
+        }
+        check(
+            self.redis_prefix.len() <= 64
+                && self.redis_prefix.bytes().all(|b| b.is_ascii_graphic()),
+            "--redis-prefix",
+            "at most 64 printable ASCII characters, no spaces",
+        )?;
+        check(
+            self.alarm_store != AlarmStoreKind::Redis || self.redis.is_some(),
+            "--alarm-store redis",
+            "given with --redis URL",
+        )?;
+        check(
+            (10..=60_000).contains(&ms(self.redis_timeout)),
+            "--redis-timeout",
+            "10ms..60s",
         )?;
         check(
             self.stream_stack >= 16 * 1024,

@@ -24,6 +24,7 @@ mod config;
 mod http;
 pub mod kit;
 mod metrics;
+mod redis;
 mod server;
 mod stream;
 mod sys;
@@ -33,7 +34,7 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
-pub use config::{Config, ConfigError, ValidConfig};
+pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
 pub use server::{Server, StartError};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —

@@ -389,6 +389,8 @@ pub(crate) struct Gauges {
     pub(crate) thread_panics: u64,
     /// Live threads by role.
     pub(crate) threads_by_role: Vec<(&'static str, usize)>,
+    /// The shared Redis's figures, with `--redis` (none shown without it).
+    pub(crate) redis: Option<crate::redis::Figures>,
 }
 
 impl Metrics {
@@ -419,6 +421,33 @@ impl Metrics {
         let mut out = self.render(&extra);
         for (role, n) in &gauges.threads_by_role {
             let _ = writeln!(out, "syncast_threads_live{{role=\"{role}\"}} {n}");
+        }
+        if let Some(r) = gauges.redis {
+            for (name, kind, help, value) in [
+                (
+                    "syncast_redis_up",
+                    "gauge",
+                    "1 while the last call to Redis reached it.",
+                    r.up,
+                ),
+                (
+                    "syncast_redis_errors_total",
+                    "counter",
+                    "Calls to Redis that failed (unavailable, timed out, or an error reply).",
+                    r.errors,
+                ),
+                (
+                    "syncast_redis_reconnects_total",
+                    "counter",
+                    "Connections to Redis opened after a failure.",
+                    r.reconnects,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
         }
         out
     }

@@ -118,7 +118,7 @@ mod tests {
             db: dir.join("a.db"),
             ..Config::default()
         };
-        let store = Backend::of(&config);
+        let store = Backend::of(&config, None);
         store.create().unwrap();
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();

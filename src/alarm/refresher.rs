@@ -115,8 +115,12 @@ impl Refresher {
                         // Nobody connected: let the kept id list (up to ~0.5 MiB after 10,000
                         // streams) go.
                         skip.ids = None;
-                        if opened.is_none() || self.health.read().is_some() {
-                            // Nothing to query, but keep /healthz honest about the store.
+                        if opened.is_none()
+                            || self.health.read().is_some()
+                            || self.store.shared()
+                        {
+                            // Nothing to query, but keep /healthz honest about the store (a
+                        // shared one, which other nodes and programs use, at every tick).
                             if !self.refresh(&mut opened, &IdList::default(), None) {
                                 skip = Skip::default();
                             }
@@ -245,10 +249,8 @@ impl Refresher {
         }
         let o = opened.as_ref().expect("opened above");
         if ids.is_empty() {
-            // A cheap check that the schema is still there.
-            o.store
-                .load(&IdList::new(vec![Arc::from("")]))
-                .map(|_| Vec::new())
+            // A cheap check that the store is still there (the schema, the hash).
+            o.store.check().map(|()| Vec::new())
         } else {
             o.store.load(ids)
         }

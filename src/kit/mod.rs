@@ -6,12 +6,14 @@
 //! - [`prom`]: reading a sample from Prometheus text.
 //! - [`stats`]: quantiles of measured values.
 //! - [`proc`]: a process's threads, memory and CPU time from `/proc`.
+//! - [`redis_server`]: a `redis-server` of one's own on a free loopback port.
 //!
 //! The server uses none of this, except what server and kit share: the `/proc` readers and the
 //! duration syntax of the flags are one implementation each, in the server's modules.
 
 pub mod http;
 pub mod prom;
+pub mod redis_server;
 pub mod sse;
 
 use std::net::SocketAddr;

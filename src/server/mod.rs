@@ -40,6 +40,7 @@ use crate::http::accept::{self, Supervisor};
 use crate::http::body::Bodies;
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
+use crate::redis::Link;
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 use dispatch::{CurrentHttp, Dispatcher};
@@ -104,8 +105,21 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
-        let store = Backend::of(&config);
+        let link = match &config.redis {
+            Some(url) => {
+                let link = Link::new(url, &config.redis_prefix, config.redis_timeout)
+                    .map_err(|e| StartError::Store(e.into()))?;
+                Some(Arc::new(link))
+            }
+            None => None,
+        };
+        let store = Backend::of(&config, link.as_ref());
         store.create().map_err(StartError::Store)?;
+        if let Some(link) = &link {
+            // Says at once whether Redis answers (`redis connected` or `redis unavailable`);
+            // unavailable is no start error: the node runs degraded until it answers.
+            let _ = link.ping();
+        }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
@@ -157,6 +171,8 @@ impl Server {
                 health: health.clone(),
                 hub: hub.clone(),
                 admit: admit.clone(),
+                redis: link.clone(),
+                redis_in_health: store.shared(),
             },
             admit: admit.clone(),
             conns: conns.clone(),

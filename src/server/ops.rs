@@ -10,6 +10,7 @@ use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
 use crate::http::response::{self, Reply};
 use crate::metrics::{Gauges, Metrics};
+use crate::redis::Link;
 use crate::sys::proc::{self, Proc};
 use crate::threads::Threads;
 
@@ -25,11 +26,23 @@ pub(crate) struct Ops {
     pub(crate) hub: Arc<AlarmHub>,
     /// Streaming clients.
     pub(crate) admit: Arc<Admission>,
+    /// The shared Redis, with `--redis` (for `/metrics`).
+    pub(crate) redis: Option<Arc<Link>>,
+    /// Whether `/healthz` reports Redis: only when something of this node depends on it (the
+    /// alarm store); a Redis nobody uses is not probed, so its state would go stale.
+    pub(crate) redis_in_health: bool,
 }
 
-/// `GET /healthz`: 200, or 503 with the reason while the store fails.
+/// `GET /healthz`: 200, or 503 with the reason while the store or Redis fails (read from
+/// memory: never any I/O here, the dispatcher answers it).
 pub(crate) fn healthz(ops: &Ops) -> Reply {
-    match ops.health.read().clone() {
+    let reason = ops.health.read().clone().or_else(|| {
+        ops.redis
+            .as_ref()
+            .filter(|_| ops.redis_in_health)
+            .and_then(|l| l.health())
+    });
+    match reason {
         None => response::json(200, &json!({ "status": "ok" })),
         Some(reason) => response::json(503, &json!({ "status": "degraded", "reason": reason })),
     }
@@ -48,6 +61,7 @@ pub(crate) fn metrics(ops: &Ops) -> Reply {
             .into_iter()
             .map(|(role, n)| (role.as_str(), n))
             .collect(),
+        redis: ops.redis.as_ref().map(|l| l.figures()),
     };
     response::with_type(
         200,

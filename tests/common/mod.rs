@@ -14,6 +14,7 @@ use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
 pub mod raw;
+pub mod redis;
 pub mod root;
 
 // Every test binary that includes this harness (tests/it and the separate ones) runs the server

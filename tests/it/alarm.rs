@@ -314,3 +314,26 @@ fn one_stream_over_max_clients_gets_503_with_retry_after() {
         (sse.status == 200).then(|| sse.next_data())
     });
 }
+
+#[test]
+fn a_redis_that_only_the_flag_names_does_not_degrade_healthz_but_shows_in_metrics() {
+    // Nothing listens there: the start's one check fails and is logged; alarms stay in SQLite.
+    let port = syncast::kit::redis_server::free_port().unwrap();
+    let s = start(|c| {
+        c.redis = Some(format!("redis://127.0.0.1:{port}/0"));
+        c.redis_timeout = Duration::from_millis(200);
+    });
+    wait_log(&[
+        "redis unavailable error=",
+        &format!("addr=127.0.0.1:{port}/0"),
+    ]);
+    assert_eq!(s.request("GET", "/healthz", None).status, 200);
+    assert_eq!(s.metric("syncast_redis_up"), 0.0);
+    let id = unique("sqlite");
+    assert_eq!(
+        s.request("PUT", &format!("/alarms/{id}"), Some("true"))
+            .status,
+        204,
+        "the SQLite store is used"
+    );
+}

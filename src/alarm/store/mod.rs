@@ -1,7 +1,8 @@
 //! The alarm store: where alarms live, behind [`AlarmStore`], so the refresher and the handlers
-//! do not depend on which store it is. Today that is a SQLite file ([`sqlite`]); a Redis store
-//! is the next one planned.
+//! do not depend on which store it is: a SQLite file ([`sqlite`], the default) or a hash on the
+//! Redis several nodes share ([`redis`], `--alarm-store redis`).
 
+pub(crate) mod redis;
 pub(crate) mod sqlite;
 
 use std::error::Error;
@@ -10,7 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{AlarmStoreKind, Config};
+use crate::redis::Link;
 
 /// A store failure, in words for `/healthz` and logs, with the failure underneath as its
 /// [`Error::source`].
@@ -34,6 +36,8 @@ pub enum StoreError {
     },
     /// A read or a write failed.
     Query(Box<dyn Error + Send + Sync>),
+    /// The Redis store failed (`redis: …`): Redis unavailable, or the hash is not a hash.
+    Redis(Box<dyn Error + Send + Sync>),
 }
 
 impl fmt::Display for StoreError {
@@ -46,6 +50,7 @@ impl fmt::Display for StoreError {
                 write!(f, "wrong schema in {}: {source}", path.display())
             }
             StoreError::Query(source) => write!(f, "{source}"),
+            StoreError::Redis(source) => write!(f, "{source}"),
         }
     }
 }
@@ -55,7 +60,8 @@ impl Error for StoreError {
         match self {
             StoreError::Open { source, .. }
             | StoreError::Schema { source, .. }
-            | StoreError::Query(source) => Some(&**source),
+            | StoreError::Query(source)
+            | StoreError::Redis(source) => Some(&**source),
         }
     }
 }
@@ -72,12 +78,17 @@ pub(crate) trait AlarmStore: Send {
     /// Forgets one id (it reads as `false` afterwards).
     fn delete(&self, id: &str) -> Result<(), StoreError>;
     /// A value that stays the same between two reads only if nothing was committed to the
-    /// store in between; `None` when it cannot be read (the caller then queries anyway). The
-    /// refresher reads it before each full query and skips the next one while it holds still.
+    /// store in between; `None` when it cannot be read or the store has none (the caller then
+    /// queries anyway: the Redis store). The refresher reads it before each full query and
+    /// skips the next one while it holds still.
     fn version(&self) -> Option<Version>;
     /// `Some(what happened)` when this connection no longer reaches the store at its location
     /// (the SQLite file was replaced or deleted): the caller drops it and opens a new one.
     fn moved(&self) -> Option<String>;
+    /// Checks that the store answers, when no id is connected (for `/healthz`).
+    fn check(&self) -> Result<(), StoreError> {
+        self.load(&IdList::new(vec![Arc::from("")])).map(drop)
+    }
 }
 
 /// What [`AlarmStore::version`] returns: comparable, and otherwise opaque.
@@ -94,14 +105,22 @@ pub(crate) enum Backend {
         /// The lock wait.
         busy: Duration,
     },
+    /// The hash `<prefix>alarms` on the shared Redis.
+    Redis(Arc<redis::Shared>),
 }
 
 impl Backend {
-    /// The store `config` names.
-    pub(crate) fn of(config: &Config) -> Backend {
-        Backend::Sqlite {
-            path: config.db.clone(),
-            busy: config.busy_timeout,
+    /// The store `config` names; `link` is the Redis of `--redis` (there when `config.redis`
+    /// is, which `--alarm-store redis` requires).
+    pub(crate) fn of(config: &Config, link: Option<&Arc<Link>>) -> Backend {
+        match (config.alarm_store, link) {
+            (AlarmStoreKind::Redis, Some(link)) => {
+                Backend::Redis(Arc::new(redis::Shared::new(link.clone())))
+            }
+            _ => Backend::Sqlite {
+                path: config.db.clone(),
+                busy: config.busy_timeout,
+            },
         }
     }
 
@@ -110,7 +129,17 @@ impl Backend {
     pub(crate) fn create(&self) -> Result<(), StoreError> {
         match self {
             Backend::Sqlite { path, busy } => sqlite::Sqlite::open(path, *busy, true).map(drop),
+            // Nothing to create: a hash exists once a field is set. Redis being unavailable at
+            // start is a fault to run degraded through (it may start after syncast), not a
+            // start error.
+            Backend::Redis(_) => Ok(()),
         }
+    }
+
+    /// Whether the store is shared with other nodes (Redis): the refresher then checks it at
+    /// every tick, also with no id connected, so `/healthz` follows it.
+    pub(crate) fn shared(&self) -> bool {
+        matches!(self, Backend::Redis(_))
     }
 
     /// A new connection to the store, which must exist (a store deleted under a running server
@@ -120,6 +149,8 @@ impl Backend {
             Backend::Sqlite { path, busy } => {
                 Ok(Box::new(sqlite::Sqlite::open(path, *busy, false)?))
             }
+            // No I/O: the link lends a connection to each call.
+            Backend::Redis(shared) => Ok(Box::new(redis::RedisAlarms::new(shared.clone()))),
         }
     }
 }

@@ -2,12 +2,13 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint]
+//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint]
 //! [--idle-sizes 1000,5000,10000] [--out PATH]`
 
 mod epoll;
 mod floor;
 mod proc;
+mod redis;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -860,7 +861,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -891,6 +892,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("refresh") {
         steps.push(("refresh", Box::new(|b| b.refresh())));
+    }
+    if want("redis-refresh") {
+        steps.push(("redis-refresh", Box::new(|b| b.redis_refresh())));
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
