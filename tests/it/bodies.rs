@@ -161,7 +161,12 @@ fn a_body_that_stalls_is_cut_at_the_idle_deadline_and_frees_its_thread() {
     wait_for("the request threads freed", || {
         (s.threads_of("request") == 0).then_some(())
     });
-    assert!(s.metric("syncast_idle_closed_total") >= 2.0);
+    let idle = s.metric("syncast_idle_closed_total");
+    assert!(
+        idle >= 2.0,
+        "cut as idle: {idle}; as header time-outs: {}",
+        s.metric("syncast_header_timeouts_total")
+    );
     let r = s.request("GET", &format!("/alarms/{id}"), None);
     assert_eq!(r.json()["alarm"], false);
     drop(stalled);
