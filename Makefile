@@ -30,7 +30,7 @@ fmt:
 # Root-only tests are #[ignore = "needs root: ..."]: `cargo test` lists them as ignored, never as
 # passed. `unit` then runs exactly them (-- --ignored) when it is root or under CI=true, where one
 # that cannot get what it needs fails; otherwise it says they did not run. docs/testing.md
-ROOT_TESTS = --test no_fin --test thread_limit
+ROOT_TESTS = --test no_fin --test thread_limit --test store_disk
 
 # $(call root_only,WHAT,COMMAND): COMMAND as root or under CI=true, else a line that WHAT did not run.
 root_only = if [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; then $(2); \

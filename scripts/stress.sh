@@ -3,6 +3,8 @@
 # (500 chat members x 11 messages at 1-3 s) together with 500 alarm streams, then the summary.
 # Exit status: the tool's (0 only on PASS), or 1 if the server's log does not show one close
 # for every open. Extra tool flags: STRESS_ARGS="--json"; port: STRESS_PORT (default 18181).
+# STRESS_AUTH=1: the server runs with auth on (an HS256 secret made here) and the tool mints a
+# short-lived token for each of its clients' requests and streams.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
@@ -12,7 +14,13 @@ BIN="${CARGO_TARGET_DIR:-target}/release"
 $CARGO build --release --bins
 DIR=$(mktemp -d)
 LOG="$DIR/server.log"
-"$BIN/syncast" --listen "127.0.0.1:$PORT" --db "$DIR/s.db" --log-file "$LOG" &
+AUTH=()
+if [ "${STRESS_AUTH:-0}" = 1 ]; then
+    head -c 48 /dev/urandom | base64 > "$DIR/jwt-secret"
+    AUTH=(--jwt-secret-file "$DIR/jwt-secret")
+    echo "stress: auth on (HS256, tokens minted per client)"
+fi
+"$BIN/syncast" --listen "127.0.0.1:$PORT" --db "$DIR/s.db" --log-file "$LOG" "${AUTH[@]}" &
 SERVER=$!
 stop() {
     if kill -0 "$SERVER" 2>/dev/null; then
@@ -31,7 +39,7 @@ done
 status=0
 # shellcheck disable=SC2086
 "$BIN/syncast-stress" --url "http://127.0.0.1:$PORT" --scenario mixed \
-    --clients 500 --messages 11 --interval 1s..3s ${STRESS_ARGS:-} || status=$?
+    --clients 500 --messages 11 --interval 1s..3s "${AUTH[@]}" ${STRESS_ARGS:-} || status=$?
 stop
 
 # As the original's test did: one open and one close line per stream, one leave per join.

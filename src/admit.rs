@@ -91,6 +91,15 @@ impl StreamSlot {
     pub(crate) fn closed(&self) -> &Receiver<()> {
         &self.closed
     }
+
+    /// Whether the server is shutting down: a write that failed then failed because shutdown
+    /// shut the socket of a stream blocked in it (`reason=shutdown`, not the client's doing).
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(
+            self.closed.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
 }
 
 impl Drop for StreamSlot {

@@ -39,11 +39,12 @@ impl Default for Options {
     }
 }
 
-/// One flag that takes a value.
+/// One flag: one that takes a value, or a switch (`value` empty).
 pub struct Flag {
     /// The name, without the leading `--`.
     pub name: &'static str,
-    /// What the value is, as `--help` shows it (`DUR`, `N`, `PATH`, ...).
+    /// What the value is, as `--help` shows it (`DUR`, `N`, `PATH`, ...); empty for a switch,
+    /// which takes none (its setter gets an empty value).
     pub value: &'static str,
     /// The help line.
     pub help: &'static str,
@@ -77,7 +78,34 @@ fn number<T: FromStr>(flag: &str, value: OsString) -> Result<T, String> {
         .map_err(|_| format!("{flag}: invalid number {v:?}"))
 }
 
-/// Every flag that takes a value, in `--help` order.
+/// `IP:PORT`, or a bare `PORT` meaning `127.0.0.1:PORT`.
+fn address(flag: &str, value: OsString, port_alone: bool) -> Result<std::net::SocketAddr, String> {
+    let v = value.to_string_lossy().to_string();
+    if port_alone {
+        if let Ok(port) = v.parse::<u16>() {
+            return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
+    v.parse().map_err(|_| {
+        let hint = if port_alone {
+            "IP:PORT or PORT"
+        } else {
+            "IP:PORT"
+        };
+        format!("{flag}: invalid address {v:?} (use {hint})")
+    })
+}
+
+/// A value that must not be empty.
+fn non_empty(flag: &str, value: OsString) -> Result<String, String> {
+    let v = text(flag, value)?;
+    if v.is_empty() {
+        return Err(format!("{flag}: empty"));
+    }
+    Ok(v)
+}
+
+/// Every flag, in `--help` order.
 pub const FLAGS: &[Flag] = &[
     Flag {
         name: "listen",
@@ -85,10 +113,7 @@ pub const FLAGS: &[Flag] = &[
         help: "address to listen on (port 0: any free port)",
         default: |o| Some(o.config.listen.to_string()),
         set: |o, flag, v| {
-            let v = v.to_string_lossy().to_string();
-            o.config.listen = v
-                .parse()
-                .map_err(|_| format!("{flag}: invalid address {v:?} (use IP:PORT)"))?;
+            o.config.listen = address(flag, v, false)?;
             Ok(())
         },
     },
@@ -306,6 +331,76 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "jwt-secret-file",
+        value: "PATH",
+        help: "HS256 secret (>= 32 bytes) for tokens: auth on",
+        default: |_| None,
+        set: |o, _, v| {
+            o.config.jwt_secret_file = Some(v.into());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "jwt-public-key-file",
+        value: "PATH",
+        help: "RS256/ES256 public key (PEM) for tokens: auth on",
+        default: |_| None,
+        set: |o, _, v| {
+            o.config.jwt_public_key_file = Some(v.into());
+            Ok(())
+        },
+    },
+    Flag {
+        name: "jwt-audience",
+        value: "AUD",
+        help: "tokens must have this aud",
+        default: |_| None,
+        set: |o, flag, v| {
+            o.config.jwt_audience = Some(non_empty(flag, v)?);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "jwt-issuer",
+        value: "ISS",
+        help: "tokens must have this iss",
+        default: |_| None,
+        set: |o, flag, v| {
+            o.config.jwt_issuer = Some(non_empty(flag, v)?);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "jwt-leeway",
+        value: "DUR",
+        help: "clock skew allowed on exp and nbf",
+        default: |o| Some(format_duration(o.config.jwt_leeway)),
+        set: |o, flag, v| {
+            o.config.jwt_leeway = duration(flag, v)?;
+            Ok(())
+        },
+    },
+    Flag {
+        name: "admin-listen",
+        value: "ADDR",
+        help: "serve /metrics and /debug/threads here only (PORT: loopback)",
+        default: |_| Some("off".into()),
+        set: |o, flag, v| {
+            o.config.admin_listen = Some(address(flag, v, true)?);
+            Ok(())
+        },
+    },
+    Flag {
+        name: "insecure",
+        value: "",
+        help: "allow a non-loopback --listen without any key",
+        default: |_| None,
+        set: |o, _, _| {
+            o.config.insecure = true;
+            Ok(())
+        },
+    },
+    Flag {
         name: "log-level",
         value: "LEVEL",
         help: "error, warn, info, debug, trace or off",
@@ -364,7 +459,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             Long(name) => match FLAGS.iter().find(|f| f.name == name) {
                 Some(flag) => {
                     let typed = format!("--{}", flag.name);
-                    let value = parser.value().map_err(|e| e.to_string())?;
+                    let value = if flag.value.is_empty() {
+                        if parser.optional_value().is_some() {
+                            return Err(format!("{typed} takes no value"));
+                        }
+                        OsString::new()
+                    } else {
+                        parser.value().map_err(|e| e.to_string())?
+                    };
                     (flag.set)(&mut options, &typed, value)?;
                 }
                 None => return Err(arg.unexpected().to_string()),
@@ -387,7 +489,7 @@ pub fn version() -> String {
 
 /// The `--help` text, from [`FLAGS`].
 pub fn help() -> String {
-    let column = |f: &Flag| format!("--{} {}", f.name, f.value);
+    let column = |f: &Flag| format!("--{} {}", f.name, f.value).trim_end().to_string();
     let width = FLAGS.iter().map(|f| column(f).len()).max().unwrap_or(0) + 2;
     let mut out = String::from(
         "syncast: thread-per-client SSE server (alarm stream + chat room), no async runtime\n\n\
@@ -459,6 +561,58 @@ mod tests {
     }
 
     #[test]
+    fn the_auth_flags_set_their_values_and_a_bare_admin_port_is_loopback() {
+        let r = run(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure",
+            "--admin-listen",
+            "9191",
+            "--jwt-leeway",
+            "30s",
+        ])
+        .unwrap();
+        assert!(r.config.insecure);
+        assert_eq!(
+            r.config.admin_listen,
+            Some("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(r.config.jwt_leeway, Duration::from_secs(30));
+        let r = run(&[
+            "--jwt-secret-file",
+            "/s",
+            "--jwt-public-key-file",
+            "/p.pem",
+            "--jwt-audience",
+            "a",
+            "--jwt-issuer",
+            "i",
+            "--admin-listen",
+            "[::1]:9",
+        ])
+        .unwrap();
+        assert_eq!(r.config.jwt_secret_file.as_deref(), Some("/s".as_ref()));
+        assert_eq!(
+            r.config.jwt_public_key_file.as_deref(),
+            Some("/p.pem".as_ref())
+        );
+        assert_eq!(
+            (
+                r.config.jwt_audience.as_deref(),
+                r.config.jwt_issuer.as_deref()
+            ),
+            (Some("a"), Some("i"))
+        );
+        assert_eq!(r.config.admin_listen, Some("[::1]:9".parse().unwrap()));
+        // A non-loopback --listen without a key: refused, saying how to fix it.
+        let e = run(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+        assert!(
+            e.contains("--jwt-secret-file") && e.contains("--insecure"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn bad_flags_and_values_are_one_line_errors() {
         let err = |args: &[&str]| run(args).unwrap_err();
         assert_eq!(err(&["--nope"]), "invalid option '--nope'");
@@ -483,6 +637,12 @@ mod tests {
             "--log-level: invalid level \"loud\""
         );
         assert!(err(&["--tick"]).contains("--tick"), "a missing value");
+        assert_eq!(err(&["--insecure=yes"]), "--insecure takes no value");
+        assert_eq!(
+            err(&["--admin-listen", "x"]),
+            "--admin-listen: invalid address \"x\" (use IP:PORT or PORT)"
+        );
+        assert_eq!(err(&["--jwt-audience", ""]), "--jwt-audience: empty");
         assert_eq!(
             err(&["--alarm-store", "redis"]),
             "--alarm-store redis must be given with --redis URL"
@@ -529,11 +689,12 @@ mod tests {
         let h = help();
         for flag in FLAGS {
             assert!(
-                h.contains(&format!("--{} {}", flag.name, flag.value)),
+                h.contains(format!("--{} {}", flag.name, flag.value).trim_end()),
                 "{}",
                 flag.name
             );
         }
+        assert!(h.contains("  --insecure  "), "a switch shows no value");
         assert!(h.contains("--tick DUR"));
         assert!(h.contains("[default: 500ms]"));
         assert!(h.contains("[default: 127.0.0.1:8080]"));

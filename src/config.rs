@@ -70,6 +70,25 @@ pub struct Config {
     pub max_pending: usize,
     /// `Access-Control-Allow-Origin` value for browsers on other origins; off by default.
     pub cors_origin: Option<String>,
+    /// HS256 secret for tokens (`--jwt-secret-file`): the file's bytes, a trailing line break
+    /// removed, at least 32 bytes. With this or [`Config::jwt_public_key_file`], auth is on.
+    /// Default: none.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// RS256 or ES256 public key in PEM for tokens (`--jwt-public-key-file`). Default: none.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a token's `aud` must include this (`--jwt-audience`). Default: not checked.
+    pub jwt_audience: Option<String>,
+    /// When set, a token's `iss` must be this (`--jwt-issuer`). Default: not checked.
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (`--jwt-leeway`); a stream ends this long after its
+    /// token's `exp`. Default 5 s.
+    pub jwt_leeway: Duration,
+    /// A second listener for `/metrics`, `/debug/threads` (and `/healthz`), which the public one
+    /// then no longer serves (`--admin-listen`). Default: none.
+    pub admin_listen: Option<SocketAddr>,
+    /// Serve on a non-loopback address without any key (`--insecure`). Default false: such a
+    /// start is refused.
+    pub insecure: bool,
     /// The Redis (or Valkey) server several nodes share, as `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
     /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) only in a build with
     /// the `redis-tls` feature (docs/operations.md#tls).
@@ -112,6 +131,13 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             max_pending: 2048,
             cors_origin: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(5),
+            admin_listen: None,
+            insecure: false,
             redis: None,
             redis_prefix: "syncast:".to_string(),
             alarm_store: AlarmStoreKind::Sqlite,
@@ -185,6 +211,13 @@ pub enum ConfigError {
         /// What it must be.
         must_be: &'static str,
     },
+    /// A listener reachable from other hosts with no key configured and no `--insecure`.
+    Exposed {
+        /// The flag of that listener (`--listen` or `--admin-listen`).
+        flag: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+    },
     /// A duration that does not parse; `source` is the number's parse error when that is what
     /// failed (not a unit or a range).
     Duration {
@@ -199,6 +232,12 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::Invalid { setting, must_be } => write!(f, "{setting} must be {must_be}"),
+            ConfigError::Exposed { flag, addr } => write!(
+                f,
+                "{flag} {addr} is reachable from other hosts but no key is configured: give \
+                 --jwt-secret-file FILE (HS256) or --jwt-public-key-file PEM (RS256/ES256), \
+                 or --insecure to serve everyone without authentication"
+            ),
             ConfigError::Duration { text, .. } => {
                 write!(f, "invalid duration {text:?} (use e.g. 500ms, 2s, 1m)")
             }
@@ -337,6 +376,31 @@ impl Config {
             "stream stack",
             "at least 16 KiB",
         )?;
+        check(
+            self.jwt_leeway <= Duration::from_secs(300),
+            "--jwt-leeway",
+            "0s..5m",
+        )?;
+        let text_ok = |t: &Option<String>| t.as_deref().is_none_or(|t| !t.is_empty());
+        check(text_ok(&self.jwt_audience), "--jwt-audience", "not empty")?;
+        check(text_ok(&self.jwt_issuer), "--jwt-issuer", "not empty")?;
+        check(
+            self.admin_listen
+                .is_none_or(|a| a != self.listen || a.port() == 0),
+            "--admin-listen",
+            "another address than --listen",
+        )?;
+        if !self.auth_on() && !self.insecure {
+            let exposed = [
+                ("--listen", Some(self.listen)),
+                ("--admin-listen", self.admin_listen),
+            ]
+            .into_iter()
+            .find_map(|(flag, a)| a.filter(|a| !a.ip().is_loopback()).map(|a| (flag, a)));
+            if let Some((flag, addr)) = exposed {
+                return Err(ConfigError::Exposed { flag, addr });
+            }
+        }
         Ok(())
     }
 }
@@ -362,6 +426,11 @@ impl std::ops::Deref for ValidConfig {
 }
 
 impl Config {
+    /// Whether tokens are required: a key file is configured.
+    pub fn auth_on(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwt_public_key_file.is_some()
+    }
+
     /// Checks every value (see [`Config::validate`]) and returns the configuration as valid.
     pub fn validated(self) -> Result<ValidConfig, ConfigError> {
         self.validate()?;
@@ -433,6 +502,53 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn a_listener_other_hosts_can_reach_needs_a_key_or_insecure() {
+        let open: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let c = Config {
+            listen: open,
+            ..Config::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::Exposed {
+                flag: "--listen",
+                addr: open
+            }
+        );
+        assert!(e.to_string().contains("--jwt-secret-file"), "{e}");
+        assert!(e.to_string().contains("--insecure"), "{e}");
+        let insecure = Config {
+            insecure: true,
+            ..c.clone()
+        };
+        assert!(insecure.validate().is_ok());
+        let keyed = Config {
+            jwt_secret_file: Some("s".into()),
+            ..c
+        };
+        assert!(keyed.validate().is_ok());
+        let admin = Config {
+            admin_listen: Some("[::]:9090".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(matches!(
+            admin.validate(),
+            Err(ConfigError::Exposed {
+                flag: "--admin-listen",
+                ..
+            })
+        ));
+        for loopback in ["127.0.0.1:8080", "[::1]:8080", "127.1.2.3:0"] {
+            let c = Config {
+                listen: loopback.parse().unwrap(),
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{loopback}");
+        }
     }
 
     #[test]

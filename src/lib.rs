@@ -18,6 +18,7 @@
 mod admit;
 mod alarm;
 pub mod alloc;
+mod auth;
 mod chat;
 pub mod cli;
 mod config;
@@ -25,6 +26,7 @@ mod http;
 pub mod kit;
 mod metrics;
 mod redis;
+mod reload;
 mod server;
 mod stream;
 mod sys;
@@ -34,8 +36,11 @@ mod threads;
 mod web;
 
 pub use alarm::store::StoreError;
+pub use auth::keys::{KeyError, KeyFile};
+pub use auth::KeyReload;
 pub use config::{AlarmStoreKind, Config, ConfigError, ValidConfig};
-pub use server::{Server, StartError};
+pub use reload::{ReloadHook, Reloaded};
+pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —
 /// plus the CORS preflight (`OPTIONS /{path}`). For the documentation check in `tests/`, which

@@ -11,6 +11,7 @@ use crate::http::body::Bodies;
 use crate::http::response::{Cors, Reply};
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
+use crate::metrics::Metrics;
 
 /// What opening a stream needs: the connection table (the stream's socket is registered there
 /// until it ends), the write limits of its socket, the CORS headers of its head, and the reply
@@ -20,23 +21,36 @@ pub(crate) struct Streams {
     bodies: Arc<Bodies>,
     limits: WriteLimits,
     cors: Cors,
+    metrics: Arc<Metrics>,
 }
 
 impl Streams {
-    /// Streams registered in `conns`, under `config`'s write limits and CORS origin; a refusal
-    /// goes out through `bodies`.
-    pub(crate) fn new(conns: Arc<ConnTable>, bodies: Arc<Bodies>, config: &Config) -> Streams {
+    /// Streams registered in `conns`, under `config`'s write limits and CORS origin, their
+    /// event writes timed in `metrics`; a refusal goes out through `bodies`.
+    pub(crate) fn new(
+        conns: Arc<ConnTable>,
+        bodies: Arc<Bodies>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Streams {
         Streams {
             conns,
             bodies,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
+            metrics,
         }
     }
 
     /// Takes over `request` as an SSE response (see [`SseWriter::start`]).
     pub(crate) fn open(&self, request: Request) -> io::Result<SseWriter> {
-        SseWriter::start(request, &self.conns, &self.cors.sse_headers(), self.limits)
+        SseWriter::start(
+            request,
+            &self.conns,
+            &self.cors.sse_headers(),
+            self.limits,
+            &self.metrics,
+        )
     }
 
     /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
@@ -63,6 +77,8 @@ pub(crate) enum CloseReason {
     Left,
     /// Chat: the session expired.
     Expired,
+    /// The token the stream was opened with expired (`event: expired` was sent).
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -76,6 +92,7 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Left => "left",
             CloseReason::Expired => "expired",
+            CloseReason::TokenExpired => "token-expired",
         }
     }
 

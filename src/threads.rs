@@ -204,8 +204,22 @@ impl Threads {
     /// returns how many were joined and how many were still running at the deadline.
     /// The caller must first have told every thread to stop (dropped the shutdown sender).
     pub(crate) fn join_all(&self, deadline: Instant) -> (usize, usize) {
+        self.join_until(deadline, &mut || false)
+            .unwrap_or((0, self.live()))
+    }
+
+    /// Like [`Threads::join_all`], asking `interrupted` between joins (every few milliseconds
+    /// while it waits); `None` as soon as it says yes, with the threads left as they are.
+    pub(crate) fn join_until(
+        &self,
+        deadline: Instant,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Option<(usize, usize)> {
         let mut joined = 0;
         loop {
+            if interrupted() {
+                return None;
+            }
             // Look at `live` and take `finished` under one lock: a thread moves itself from one
             // to the other under that lock, so none can slip between the two reads.
             let (finished, live) = {
@@ -219,10 +233,10 @@ impl Threads {
             self.joined.fetch_add(n as u64, Ordering::Relaxed);
             joined += n;
             if live == 0 {
-                return (joined, 0);
+                return Some((joined, 0));
             }
             if Instant::now() >= deadline {
-                return (joined, live);
+                return Some((joined, live));
             }
             if n == 0 {
                 // Threads move themselves to `finished` as they end; give them a moment.

@@ -122,7 +122,8 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     // end the connection soon. Without it the kernel retransmits for about 15 minutes.
     cmd.args(["netns", "exec", &ns.server])
         .arg(syncast_bin().get_program())
-        .args(["--listen", &format!("{SERVER_IP}:0")])
+        // Not a loopback address, so without a key it needs --insecure: the namespace is private.
+        .args(["--listen", &format!("{SERVER_IP}:0"), "--insecure"])
         .args(["--heartbeat", "500ms", "--tcp-user-timeout", "2s"]);
     run.server_args(&mut cmd);
     // `ip netns exec` execs the server in place, so the child is the server itself.

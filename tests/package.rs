@@ -131,8 +131,12 @@ fn every_syncast_args_of_the_defaults_file_starts_the_server() {
     assert!(examples.len() >= 3, "{examples:?}");
     for args in std::iter::once(&live).chain(&examples) {
         let run = common::RunDir::new("syncast-defaults-");
-        // The example's log file goes to the run's folder; the port is any free one.
-        let args = args.replace("/var/log/syncast/", &format!("{}/", run.dir.display()));
+        // The example's log file and key go to the run's folder (the key is one `openssl` makes
+        // for the tests); the port is any free one.
+        let args = args
+            .replace("/var/log/syncast/", &format!("{}/", run.dir.display()))
+            .replace("/etc/syncast/", &format!("{}/", run.dir.display()));
+        std::fs::copy(&common::auth::ec().public_file, run.dir.join("jwt.pub")).unwrap();
         let mut cmd = syncast_bin();
         cmd.arg("--db")
             .arg(run.dir.join("a.db"))

@@ -172,3 +172,57 @@ fn change_mode_streams_see_each_flip_exactly_once() {
         "{s:#}"
     );
 }
+
+#[test]
+fn with_auth_on_every_simulated_client_mints_its_own_tokens_and_the_mixed_run_passes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::auth::key_dir();
+    let secret = common::auth::secret_file(&dir);
+    let server = common::start_secured(|_| {});
+    // start_secured writes the same secret into its own folder; the tool reads this copy.
+    let file = secret.to_str().unwrap();
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "mixed",
+            "--clients",
+            "50",
+            "--messages",
+            "3",
+            "--interval",
+            "20ms..100ms",
+            "--duration",
+            "2s",
+            "--refresh",
+            "50ms",
+            "--tick",
+            "100ms",
+            "--slack",
+            "500ms",
+            "--ramp",
+            "500",
+            "--jwt-secret-file",
+            file,
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    assert_eq!(s["clients_failed"], 0, "{s:#}");
+    assert_eq!(s["chat"]["lost"], 0);
+    // Every request carried a token the server took: nothing refused.
+    for reason in ["unauthorized", "forbidden"] {
+        let refused = server.metric(&format!("syncast_rejected_total{{reason=\"{reason}\"}}"));
+        assert_eq!(refused, 0.0, "{reason}");
+    }
+    // Without the secret the tool cannot even read the server's figures: one line, exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_syncast-stress"))
+        .arg("--url")
+        .arg(format!("http://{}", server.addr))
+        .args(["--clients", "1", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("status 401"), "{err}");
+}

@@ -20,7 +20,14 @@ fn process_threads() -> u64 {
     status(Proc::This).threads
 }
 
+/// Both count the whole process's threads, so they run one after the other in one test (two
+/// tests, even taking turns, saw the first one's finished test thread in the second's baseline).
 #[test]
+fn thread_count_falls_back_after_clients_leave_and_after_shutdown_also_with_an_admin_listener() {
+    thread_count_falls_back_after_clients_leave_and_after_shutdown();
+    an_admin_listener_costs_tiny_https_five_threads_and_they_end_at_shutdown();
+}
+
 fn thread_count_falls_back_after_clients_leave_and_after_shutdown() {
     let baseline = process_threads();
     let mut s = start(|_| {});
@@ -47,6 +54,29 @@ fn thread_count_falls_back_after_clients_leave_and_after_shutdown() {
     drop(streams);
     // tiny_http's pool threads above its minimum of 4 exit after 5 s idle (src/util/task_pool.rs).
     wait_for("threads back to idle after clients left", || {
+        (process_threads() <= idle).then_some(())
+    });
+    s.shutdown();
+    wait_for("threads back to baseline after shutdown", || {
+        (process_threads() <= baseline).then_some(())
+    });
+}
+
+fn an_admin_listener_costs_tiny_https_five_threads_and_they_end_at_shutdown() {
+    let baseline = process_threads();
+    let mut s = start(|c| c.admin_listen = Some("127.0.0.1:0".parse().unwrap()));
+    // The 7 of a server without it, plus the admin server's accept thread and 4 pool threads;
+    // syncast spends none of its own on it (the dispatcher serves it).
+    let idle = baseline + 7 + 5;
+    wait_for("server idle", || (process_threads() <= idle).then_some(()));
+    let admin = s.server.as_ref().unwrap().admin_addr().unwrap();
+    for _ in 0..20 {
+        let text = common::raw_get(admin, "/debug/threads", SLOW).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        // No thread of syncast's serves it: the dispatcher and the refresher only.
+        assert!(text.contains("\"spawned_live\":2"), "{text}");
+    }
+    wait_for("threads back to idle", || {
         (process_threads() <= idle).then_some(())
     });
     s.shutdown();

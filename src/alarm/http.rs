@@ -6,9 +6,11 @@ use std::sync::Arc;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use super::store::Backend;
+use super::refresher::Health;
+use super::store::{Backend, StoreError};
 use super::stream::{self, AlarmStreams, Mode};
 use crate::admit::Admission;
+use crate::auth::{self, Auth, Need};
 use crate::http::request::{read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{parse_alarm_body, percent_decode, query_get, valid_id};
@@ -23,10 +25,14 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
+    /// The store's health: a write that fails for a fault of the store degrades it.
+    pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// Who may stream (subscribe) and read or write (publish) an id.
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// The `{id}` of a route, decoded and checked; `None` if it is not a valid alarm id.
@@ -45,11 +51,22 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
         let reply = bad_request(&alarms.metrics, "invalid mode: use tick or change");
         return alarms.admit.respond(request, reply);
     };
+    // Decided before admission: a refused request spends no stream slot and no thread.
+    let expires = match alarms
+        .auth
+        .check(&request, params.query, Need::Subscribe(&id))
+    {
+        Ok(grant) => grant.map(|g| g.expires),
+        Err(denied) => {
+            let reply = auth::refusal(&alarms.metrics, &request, &denied);
+            return alarms.admit.respond(request, reply);
+        }
+    };
     let cx = alarms.streams.clone();
     alarms
         .admit
         .spawn_stream(Role::AlarmStream, request, move |rq, slot, conn| {
-            stream::serve(cx, rq, id, mode, conn, slot)
+            stream::serve(cx, rq, id, mode, conn, slot, expires)
         });
 }
 
@@ -59,6 +76,14 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
         let reply = bad_request(&alarms.metrics, BAD_ID);
         return alarms.admit.respond(request, reply);
     };
+    // Reading an id from the store is publishing's right too: a subscriber has the stream.
+    if let Err(denied) = alarms
+        .auth
+        .check(&request, params.query, Need::Publish(&id))
+    {
+        let reply = auth::refusal(&alarms.metrics, &request, &denied);
+        return alarms.admit.respond(request, reply);
+    }
     let method = request.method().clone();
     let service = alarms.clone();
     alarms
@@ -83,18 +108,42 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         },
         _ => None,
     };
+    let writes = matches!(method, Method::Put | Method::Delete);
+    // A write that fails for a fault of the store (disk full, read-only) says so first, and
+    // degrades /healthz until a write succeeds again.
+    let unavailable = |e: StoreError| {
+        let why = if writes {
+            if super::health::write_fault(&e).is_some() {
+                alarms.metrics.store_write_errors.inc();
+            }
+            alarms.health.write_failed(&e)
+        } else {
+            e.to_string()
+        };
+        response::error(503, &format!("store unavailable: {why}"))
+    };
     let store = match alarms.store.open() {
         Ok(s) => s,
-        Err(e) => return response::error(503, &format!("store unavailable: {e}")),
+        Err(e) => return unavailable(e),
+    };
+    // A write is applied to the hub before it is acknowledged, so every stream shows it from
+    // the 204 on (read your own writes: see hub.rs for how it is ordered against the refresher).
+    let hub = &alarms.streams.hub;
+    let write = |alarm: Option<bool>| {
+        store.write(id, alarm, &|| hub.next_order()).map(|order| {
+            hub.write_through(id, alarm.unwrap_or(false), order);
+            alarms.health.write_ok();
+            response::no_content()
+        })
     };
     let result = match (method, body) {
-        (Method::Put, Some(v)) => store.set(id, v).map(|()| response::no_content()),
-        (Method::Delete, _) => store.delete(id).map(|()| response::no_content()),
+        (Method::Put, Some(v)) => write(Some(v)),
+        (Method::Delete, _) => write(None),
         _ => store
             .get(id)
             .map(|v| response::json(200, &json!({ "id": id, "alarm": v }))),
     };
-    result.unwrap_or_else(|e| response::error(503, &format!("store unavailable: {e}")))
+    result.unwrap_or_else(unavailable)
 }
 
 #[cfg(test)]
@@ -123,19 +172,21 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
-        let bodies = Arc::new(Bodies::new(conns.clone(), metrics.clone()));
+        let bodies = Arc::new(Bodies::new(conns.clone(), None, metrics.clone()));
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, bodies.clone(), &config),
+                streams: Streams::new(conns, bodies.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: None,
             }),
             store,
+            health: Default::default(),
             admit: Admission::new(&config, metrics.clone(), Threads::new(), bodies),
             metrics,
+            auth: Arc::new(Auth::new(&config).unwrap()),
         }
     }
 
@@ -164,7 +215,7 @@ mod tests {
         assert!(
             alarms
                 .metrics
-                .render(&[])
+                .render(Default::default(), crate::metrics::Format::Prometheus)
                 .contains("syncast_rejected_total{reason=\"bad-request\"} 1\n"),
             "counted as a bad request"
         );

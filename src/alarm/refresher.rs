@@ -16,15 +16,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick, Receiver};
-use parking_lot::RwLock;
-
+use super::health::StoreHealth;
 use super::hub::AlarmHub;
 use super::store::{AlarmStore, Backend, IdList, StoreError, Version};
 use crate::metrics::Metrics;
+use crossbeam_channel::{select, tick, Receiver};
 
-/// The store's health as `/healthz` reports it: `None` when the last refresh succeeded.
-pub(crate) type Health = Arc<RwLock<Option<String>>>;
+/// The store's health as `/healthz` reports it (shared with the alarm handlers).
+pub(crate) type Health = Arc<StoreHealth>;
 
 /// What the refresher needs.
 pub(crate) struct Refresher {
@@ -84,6 +83,10 @@ thread_local! {
     /// Test-only: runs right after a full query, before the tick ends (tests commit there).
     static AFTER_QUERY: std::cell::RefCell<Option<Box<dyn Fn()>>> =
         std::cell::RefCell::new(None);
+    /// Test-only: runs between a successful query and storing its values in the hub (tests
+    /// write through there).
+    static BEFORE_STORE: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        std::cell::RefCell::new(None);
 }
 
 impl Refresher {
@@ -111,16 +114,16 @@ impl Refresher {
         loop {
             select! {
                 recv(ticker) -> _ => {
+                    if self.health.write_failing() {
+                        self.probe_write();
+                    }
                     if self.hub.is_empty() {
                         // Nobody connected: let the kept id list (up to ~0.5 MiB after 10,000
                         // streams) go.
                         skip.ids = None;
-                        if opened.is_none()
-                            || self.health.read().is_some()
-                            || self.store.shared()
-                        {
+                        if opened.is_none() || self.health.read_failing() || self.store.shared() {
                             // Nothing to query, but keep /healthz honest about the store (a
-                        // shared one, which other nodes and programs use, at every tick).
+                            // shared one, which other nodes and programs use, at every tick).
                             if !self.refresh(&mut opened, &IdList::default(), None) {
                                 skip = Skip::default();
                             }
@@ -148,9 +151,11 @@ impl Refresher {
         // Read before the query: anything committed from here on moves the next stamp.
         let stamp = opened.as_ref().and_then(|o| self.stamp(o));
         let fresh = skip.at.is_some_and(|at| at.elapsed() < FULL_AT_LEAST_EVERY);
-        // A new id whose immediate load could not be queued is loaded by this query.
+        // A new id whose immediate load could not be queued is loaded by this query; so is a
+        // value written through that an outside commit may have overtaken (hub.rs).
         let missed = self.hub.take_missed_load();
-        if fresh && !missed && stamp.is_some() && stamp == skip.last {
+        let written = self.hub.take_written();
+        if fresh && !missed && !written && stamp.is_some() && stamp == skip.last {
             self.metrics.refresh_skipped.inc();
             return false;
         }
@@ -201,13 +206,22 @@ impl Refresher {
             }
         }
         let started = full.unwrap_or_else(Instant::now);
+        // Read before the query: a value written through after this may be newer than what the
+        // query reads, and is kept (hub.rs).
+        let read_at = self.hub.epoch();
         match self.query(opened, ids) {
             Ok(values) => {
-                let held = self.hub.store(ids.ids(), &values);
+                #[cfg(test)]
+                BEFORE_STORE.with(|f| {
+                    if let Some(f) = f.borrow().as_ref() {
+                        f()
+                    }
+                });
+                let held = self.hub.store(ids.ids(), &values, read_at);
                 let us = started.elapsed().as_micros() as u64;
                 self.metrics.refresh_total.inc();
                 self.metrics.refresh_last_us.set(us);
-                self.metrics.refresh_sum_us.add(us);
+                self.metrics.refresh_duration.observe(started.elapsed());
                 let held_us = held.as_micros() as u64;
                 if held_us > self.metrics.refresh_lock_max_us.get() {
                     self.metrics.refresh_lock_max_us.set(held_us);
@@ -215,22 +229,30 @@ impl Refresher {
                 if full.is_some() {
                     self.metrics.record_full_refresh(us, held_us);
                 }
-                if self.health.write().take().is_some() {
-                    log::info!("store recovered");
-                }
+                self.health.read_ok();
                 true
             }
             Err(e) => {
                 self.metrics.refresh_errors.inc();
                 // Drop the connection: the next tick reopens, which also picks up a new file.
                 *opened = None;
-                let error = e.to_string();
-                let mut health = self.health.write();
-                if health.as_deref() != Some(error.as_str()) {
-                    log::error!("refresh failed error={error:?}");
-                }
-                *health = Some(error);
+                self.health.read_failed(e.to_string());
                 false
+            }
+        }
+    }
+
+    /// While writes fail: tries one that changes nothing, on a connection of its own as a `PUT`
+    /// has (this thread's connection may predate a disk turned read-only); its success clears
+    /// the degraded health, so a node nobody writes to recovers too.
+    fn probe_write(&self) {
+        match self.store.probe_write() {
+            Ok(()) => self.health.write_ok(),
+            Err(e) => {
+                if crate::alarm::health::write_fault(&e).is_some() {
+                    self.metrics.store_write_errors.inc();
+                }
+                self.health.write_failed(&e);
             }
         }
     }
@@ -410,5 +432,49 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
             .unwrap();
         assert!(t.tick(&r));
+    }
+
+    #[test]
+    fn a_put_committed_during_a_refresh_is_not_undone_by_it() {
+        let (r, db, _reg) = setup("ryow");
+        let mut t = Ticks::default();
+        t.settle(&r);
+        assert_eq!(r.hub.get("x"), Some(false));
+        // Force a query, and make a PUT (commit, then write through) land between that query
+        // and the storing of its result: the query read `false`, the hub has `true`.
+        t.skip = Skip::default();
+        let (path, hub) = (db.clone(), r.hub.clone());
+        BEFORE_STORE.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move || {
+                let put = Store::open(&path, Duration::from_millis(100), false).unwrap();
+                let n = put.write("x", Some(true), &|| hub.next_order()).unwrap();
+                hub.write_through("x", true, n);
+            }))
+        });
+        assert!(t.tick(&r));
+        BEFORE_STORE.with(|f| *f.borrow_mut() = None);
+        assert_eq!(r.hub.get("x"), Some(true), "the stale read did not win");
+        // The next tick queries (the commit moved the stamp, and a write went through) and
+        // agrees.
+        assert!(t.tick(&r));
+        assert_eq!(r.hub.get("x"), Some(true));
+    }
+
+    #[test]
+    fn a_write_through_makes_the_next_tick_query_even_with_an_unmoved_stamp() {
+        let (r, _db, _reg) = setup("wrote");
+        let mut t = Ticks::default();
+        t.settle(&r);
+        // A value written through that no commit of another connection announced (the stamp
+        // holds still): an outside commit may have overtaken it, so the next tick checks.
+        let n = r.hub.next_order();
+        r.hub.write_through("x", true, n);
+        assert!(t.tick(&r), "queries");
+        assert_eq!(
+            r.hub.get("x"),
+            Some(false),
+            "the store's value, read after the write"
+        );
+        assert!(!t.tick(&r), "then skips again");
     }
 }

@@ -1,9 +1,9 @@
 //! One alarm stream: `GET /sse/call/{id}` served on its own named thread.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, tick, Receiver};
+use crossbeam_channel::{at, bounded, never, select, tick, Receiver};
 
 use super::hub::{AlarmHub, Registration};
 use crate::admit::StreamSlot;
@@ -109,8 +109,9 @@ impl Drop for Lifecycle<'_> {
     }
 }
 
-/// Serves one stream until the client leaves or the server shuts down. Runs on the stream's
-/// own thread; `slot` is its place under `--max-clients`, released when this returns.
+/// Serves one stream until the client leaves, the server shuts down or the token it was opened
+/// with expires (`expires`: none when auth is off). Runs on the stream's own thread; `slot` is
+/// its place under `--max-clients`, released when this returns.
 #[inline(never)]
 pub(crate) fn serve(
     cx: Arc<AlarmStreams>,
@@ -119,9 +120,10 @@ pub(crate) fn serve(
     mode: Mode,
     conn: u64,
     slot: StreamSlot,
+    expires: Option<Instant>,
 ) {
     if let Some(out) = open(&cx, request, &id, conn) {
-        run(cx, out, id, mode, conn, slot);
+        run(cx, out, id, mode, conn, slot, expires);
     }
 }
 
@@ -148,8 +150,10 @@ fn run(
     mode: Mode,
     conn: u64,
     slot: StreamSlot,
+    expires: Option<Instant>,
 ) {
     let (_registration, wake_rx) = watch(&cx.hub, &id, conn);
+    let expiry = expiry(expires);
     let mut life = Lifecycle::new(&cx, &id, conn, mode);
     // Setting up went a page deeper than the loop below ever goes: give that page back
     // (4 KiB of the ~21 KiB an idle stream cost).
@@ -214,10 +218,16 @@ fn run(
                 let _ = out.send(sse::SHUTDOWN);
                 break Ok(CloseReason::Shutdown);
             }
+            // A stream lives no longer than its token: the client reconnects with a fresh one.
+            recv(expiry) -> _ => {
+                let _ = out.send(sse::EXPIRED);
+                break Ok(CloseReason::TokenExpired);
+            }
         }
     });
     life.reason = match result {
         Ok(reason) => reason,
+        Err(_) if slot.is_closed() => CloseReason::Shutdown,
         Err(e) => CloseReason::from_write_error(&e),
     };
 }
@@ -229,6 +239,13 @@ fn run(
 fn watch(hub: &Arc<AlarmHub>, id: &str, conn: u64) -> (Registration, Receiver<()>) {
     let (wake_tx, wake_rx) = bounded::<()>(1);
     (AlarmHub::register(hub, id, conn, wake_tx), wake_rx)
+}
+
+/// The channel that fires when the stream's token expires; never without auth. Out of line,
+/// like [`watch`]: the loop's frame keeps only the receiver.
+#[inline(never)]
+fn expiry(expires: Option<Instant>) -> Receiver<Instant> {
+    expires.map_or_else(never, at)
 }
 
 #[cold]
@@ -243,9 +260,11 @@ fn send_counted(
     bytes: &[u8],
     is_event: bool,
 ) -> std::io::Result<()> {
-    out.send(bytes)?;
     if is_event {
+        out.send_event(bytes)?;
         cx.metrics.events_sent.inc();
+    } else {
+        out.send(bytes)?;
     }
     Ok(())
 }

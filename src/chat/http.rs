@@ -26,6 +26,7 @@ use super::room::{ChatError, Room};
 use super::session::Token;
 use super::stream::{self, ChatStreams, Member};
 use crate::admit::Admission;
+use crate::auth::{self, Auth, Denied, Grant, Need};
 use crate::http::request::{header, read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
 use crate::http::validate::{query_get, valid_name};
@@ -42,36 +43,109 @@ pub(crate) struct ChatService {
     pub(crate) admit: Arc<Admission>,
     /// Counters for `/metrics`.
     pub(crate) metrics: Arc<Metrics>,
+    /// With auth on, who may chat, and under which name.
+    pub(crate) auth: Arc<Auth>,
 }
 
-/// `GET /chat/stream?name=NAME|token=T`: joins or attaches, and streams on its own thread.
-pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
-    match stream_request(&request, params.query) {
-        Ok((member, last)) => {
-            let cx = chat.streams.clone();
-            chat.admit
-                .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
-                    stream::serve(cx, rq, member, last, conn, slot)
-                });
-        }
-        Err(e) => {
-            let reply = refusal(&chat.metrics, e);
-            chat.admit.respond(request, reply);
-        }
+/// The 403 of a name other than the token's.
+const NOT_YOUR_NAME: &str = "the name must be the token's name claim (else its sub)";
+
+/// With auth on, the grant of a request that wants to chat, and the name the token speaks as;
+/// `Ok(None)` with auth off.
+fn member_grant(
+    chat: &ChatService,
+    request: &Request,
+    query: &[(String, String)],
+) -> Result<Option<(Grant, String)>, Denied> {
+    let Some(grant) = chat.auth.check(request, query, Need::Valid)? else {
+        return Ok(None);
+    };
+    match grant
+        .member_name()
+        .filter(|n| valid_name(n))
+        .map(str::to_string)
+    {
+        Some(name) => Ok(Some((grant, name))),
+        None => Err(Denied::Forbidden {
+            lacks: "the token has no name or sub that is a valid chat name (1-32 characters, \
+                    no white space)",
+            sub: grant.sub,
+        }),
     }
 }
 
-/// `GET /chat/users`.
-pub(crate) fn users(chat: &Arc<ChatService>, request: Request, _: &Params<'_>) {
+/// `GET /chat/stream?name=NAME|token=T`: joins or attaches, and streams on its own thread. With
+/// auth on it also needs a token (any carrier) whose name is the member's; the stream then ends
+/// when that token expires.
+pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    let (member, last) = match stream_request(&request, params.query) {
+        Ok(asked) => asked,
+        Err(e) => {
+            let reply = refusal(&chat.metrics, e);
+            return chat.admit.respond(request, reply);
+        }
+    };
+    let expires = match stream_grant(chat, &request, params.query, &member) {
+        Ok(expires) => expires,
+        Err(denied) => {
+            let reply = auth::refusal(&chat.metrics, &request, &denied);
+            return chat.admit.respond(request, reply);
+        }
+    };
+    let cx = chat.streams.clone();
+    chat.admit
+        .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
+            stream::serve(cx, rq, member, last, conn, slot, expires)
+        });
+}
+
+/// With auth on: whether the token may stream as `member`, and when the stream must end.
+fn stream_grant(
+    chat: &ChatService,
+    request: &Request,
+    query: &[(String, String)],
+    member: &Member,
+) -> Result<Option<std::time::Instant>, Denied> {
+    let Some((grant, name)) = member_grant(chat, request, query)? else {
+        return Ok(None);
+    };
+    let theirs = match member {
+        Member::Join(asked) => Some(asked.clone()),
+        // An unknown token is the stream thread's 401, as without auth.
+        Member::Resume(token) => chat.room.name_of(token),
+    };
+    if theirs.is_some_and(|n| n != name) {
+        return Err(Denied::Forbidden {
+            lacks: NOT_YOUR_NAME,
+            sub: grant.sub,
+        });
+    }
+    Ok(Some(grant.expires))
+}
+
+/// `GET /chat/users` (with auth on, for holders of a valid token only).
+pub(crate) fn users(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    if let Err(denied) = member_grant(chat, &request, params.query) {
+        let reply = auth::refusal(&chat.metrics, &request, &denied);
+        return chat.admit.respond(request, reply);
+    }
     let reply = response::json(200, &json!({ "online": chat.room.online() }));
     chat.admit.respond(request, reply);
 }
 
-/// `POST /chat/join`: body is the name (surrounding white space ignored).
-pub(crate) fn join(chat: &Arc<ChatService>, request: Request, _: &Params<'_>) {
+/// `POST /chat/join`: body is the name (surrounding white space ignored). With auth on it needs
+/// a token, and the name is the token's: the body may be empty or must say the same.
+pub(crate) fn join(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
+    let named = match member_grant(chat, &request, params.query) {
+        Ok(named) => named.map(|(grant, name)| (name, grant.sub)),
+        Err(denied) => {
+            let reply = auth::refusal(&chat.metrics, &request, &denied);
+            return chat.admit.respond(request, reply);
+        }
+    };
     let service = chat.clone();
     chat.admit
-        .run_request(request, move |rq| join_reply(&service, rq));
+        .run_request(request, move |rq| join_reply(&service, rq, named));
 }
 
 /// `POST /chat/messages`: body is the text, exactly as sent.
@@ -99,6 +173,15 @@ enum Action {
 
 /// Runs `action` for the session whose token the request carries (401 without one).
 fn act(chat: &Arc<ChatService>, request: Request, params: &Params<'_>, action: Action) {
+    if action == Action::Rename && chat.auth.on() {
+        // Names come from the tokens: a rename would let a member speak as someone else.
+        let denied = Denied::Forbidden {
+            lacks: "names come from the token while authentication is on; renaming is off",
+            sub: None,
+        };
+        let reply = auth::refusal(&chat.metrics, &request, &denied);
+        return chat.admit.respond(request, reply);
+    }
     let token = token_of(&request, params.query);
     let service = chat.clone();
     chat.admit.run_request(request, move |rq| {
@@ -168,16 +251,13 @@ fn stream_request(
     Ok((member, last))
 }
 
-/// The token from `Authorization: Bearer T` or `?token=T`; `None` if absent or malformed.
+/// The session token from `Authorization: Bearer T` or `?token=T`; `None` if absent or
+/// malformed. A header that holds something else (a JWT, with auth on) leaves `?token=` to say.
 fn token_of(request: &Request, query: &[(String, String)]) -> Option<Token> {
-    let from_header = header(request, "Authorization").and_then(|v| {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_string())
-    });
-    let text = from_header.or_else(|| query_get(query, "token").map(str::to_string))?;
-    Token::parse(&text)
+    let from_header = header(request, "Authorization")
+        .and_then(|v| auth::carrier::bearer(&v))
+        .and_then(|t| Token::parse(&t));
+    from_header.or_else(|| Token::parse(query_get(query, "token")?))
 }
 
 fn is_json(request: &Request) -> bool {
@@ -206,11 +286,27 @@ fn body_text(chat: &ChatService, request: &mut Request, field: &str) -> Result<S
         .ok_or_else(|| bad_request(metrics, &format!("body must be {{\"{field}\": \"...\"}}")))
 }
 
-/// `POST /chat/join`, on whichever thread reads the body.
-fn join_reply(chat: &ChatService, request: &mut Request) -> Reply {
-    let name = match body_text(chat, request, "name") {
+/// `POST /chat/join`, on whichever thread reads the body; `named`: with auth on, the token's
+/// name and `sub`.
+fn join_reply(
+    chat: &ChatService,
+    request: &mut Request,
+    named: Option<(String, Option<String>)>,
+) -> Reply {
+    let asked = match body_text(chat, request, "name") {
         Ok(name) => name.trim().to_string(),
         Err(reply) => return reply,
+    };
+    let name = match named {
+        None => asked,
+        Some((name, _)) if asked.is_empty() || asked == name => name,
+        Some((_, sub)) => {
+            let denied = Denied::Forbidden {
+                lacks: NOT_YOUR_NAME,
+                sub,
+            };
+            return auth::refusal(&chat.metrics, request, &denied);
+        }
     };
     match chat.room.join(&name) {
         Ok(j) => response::json(201, &json!({ "name": j.name, "token": j.token })),

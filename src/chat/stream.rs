@@ -6,9 +6,9 @@
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, tick};
+use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
 use super::room::{Attached, Kick, Room, Take};
@@ -104,8 +104,9 @@ impl Drop for Detach<'_> {
     }
 }
 
-/// Serves one chat stream until the client leaves, the room closes it, or the server shuts down.
-/// Runs on the stream's own thread; `slot` is its place under `--max-clients`.
+/// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
+/// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's
+/// own thread; `slot` is its place under `--max-clients`.
 pub(crate) fn serve(
     cx: Arc<ChatStreams>,
     request: tiny_http::Request,
@@ -113,6 +114,7 @@ pub(crate) fn serve(
     last_event_id: Option<u64>,
     conn: u64,
     slot: StreamSlot,
+    expires: Option<Instant>,
 ) {
     let room = cx.room.clone();
     let attached = match &member {
@@ -147,15 +149,18 @@ pub(crate) fn serve(
     let mut life = Lifecycle::new(&cx.metrics, &room, &att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
+    let expiry = expires.map_or_else(never, at);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
     let mut batch: Vec<u8> = Vec::new();
+    // When each event of `batch` was broadcast, for the delivery latency once it is written.
+    let mut accepted: Vec<u64> = Vec::new();
     let result = (|| {
         // The backlog goes out with as few writes as possible, like live events below.
         batch = sse::retry(std::time::Duration::from_secs(2));
         for event in &att.backlog {
             batch.extend_from_slice(event);
         }
-        out.send(&batch)?;
+        out.send_event(&batch)?;
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -174,17 +179,22 @@ pub(crate) fn serve(
                     // fan-out load one wake-up and one syscall carry many events.
                     loop {
                         batch.clear();
-                        match room.take(att.key, att.serial, &mut batch) {
+                        accepted.clear();
+                        match room.take(att.key, att.serial, &mut batch, &mut accepted) {
                             Take::Closed => {
                                 return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
                             }
                             Take::Done(_) => {
                                 if !batch.is_empty() {
-                                    out.send(&batch)?;
+                                    let written = out.send_event(&batch)?;
+                                    delivered(&cx.metrics, &accepted, written);
                                 }
                                 break;
                             }
-                            Take::More(_) => out.send(&batch)?,
+                            Take::More(_) => {
+                                let written = out.send_event(&batch)?;
+                                delivered(&cx.metrics, &accepted, written);
+                            }
                         }
                     }
                 }
@@ -200,6 +210,12 @@ pub(crate) fn serve(
                     let _ = out.send(sse::SHUTDOWN);
                     return Ok(CloseReason::Shutdown);
                 }
+                // The token expired: the session stays for its grace period, and the client
+                // attaches again with a fresh token.
+                recv(expiry) -> _ => {
+                    let _ = out.send(sse::EXPIRED);
+                    return Ok(CloseReason::TokenExpired);
+                }
             }
         }
     })();
@@ -209,9 +225,17 @@ pub(crate) fn serve(
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
         Err(e) => match att.kick.try_recv() {
             Ok(kick) => kicked(&mut life.name, Some(kick)),
+            // Shutdown shut the socket of a stream blocked in a write.
+            Err(_) if slot.is_closed() => CloseReason::Shutdown,
             Err(_) => CloseReason::from_write_error(&e),
         },
     };
+}
+
+/// Records the delivery latency of the events just written at `written` (`accepted`: when
+/// each was broadcast; both [`crate::metrics::now_ns`]).
+fn delivered(metrics: &Metrics, accepted: &[u64], written: u64) {
+    metrics.chat_delivery.observe_since(accepted, written);
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

@@ -91,6 +91,14 @@ pub(crate) fn start(
     listener: &TcpListener,
     settle: bool,
 ) -> std::io::Result<Arc<tiny_http::Server>> {
+    start_owned(listener, settle).map(Arc::new)
+}
+
+/// Like [`start`], the server not yet shared.
+pub(crate) fn start_owned(
+    listener: &TcpListener,
+    settle: bool,
+) -> std::io::Result<tiny_http::Server> {
     let clone = listener.try_clone()?;
     let before = if settle { proc::thread_ids() } else { None };
     let started = std::panic::catch_unwind(move || tiny_http::Server::from_listener(clone, None));
@@ -98,7 +106,7 @@ pub(crate) fn start(
         settle_new_threads(&before, SETTLE_LIMIT);
     }
     match started {
-        Ok(Ok(server)) => Ok(Arc::new(server)),
+        Ok(Ok(server)) => Ok(server),
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
         Err(cause) => Err(std::io::Error::other(crate::threads::panic_message(
             &*cause,

@@ -108,6 +108,9 @@ pub(crate) enum ReadError {
 /// Disposal of unread bodies for one server, and the bodies read to their end.
 pub(crate) struct Bodies {
     conns: Arc<ConnTable>,
+    /// The `--admin-listen` address, if any: its connections are found there (the table
+    /// tracks the public listener's).
+    admin: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     /// The requests whose on-socket body a handler read to its end, by [`Key`]. Once a body is
     /// read to its end tiny_http parses the next request of the connection at once, so one
@@ -118,10 +121,16 @@ pub(crate) struct Bodies {
 }
 
 impl Bodies {
-    /// For the server whose connections `conns` tracks.
-    pub(crate) fn new(conns: Arc<ConnTable>, metrics: Arc<Metrics>) -> Bodies {
+    /// For the server whose public connections `conns` tracks, and whose `--admin-listen`
+    /// socket, if any, is `admin`.
+    pub(crate) fn new(
+        conns: Arc<ConnTable>,
+        admin: Option<SocketAddr>,
+        metrics: Arc<Metrics>,
+    ) -> Bodies {
         Bodies {
             conns,
+            admin,
             metrics,
             read: parking_lot::Mutex::new(HashSet::new()),
             marked: AtomicUsize::new(0),
@@ -265,7 +274,7 @@ impl Bodies {
         // ahead of it may not have started, nor shut it yet). The stream's own descriptors are
         // not skipped: this connection may be one.
         if location(&request) == Location::OnSocket {
-            let found = peer.and_then(|p| StreamSocket::find(self.conns.local(), p));
+            let found = peer.and_then(|p| self.find(p, false));
             if let Some(s) = found.and_then(|mut s| s.own()) {
                 close_read(&s);
             }
@@ -304,7 +313,7 @@ impl Bodies {
     /// last byte (or never started): the write half is shut first, so tiny_http writes nothing
     /// more on the connection.
     fn release_held(&self, peer: SocketAddr, held: Vec<Box<dyn Send>>) {
-        let found = StreamSocket::find(self.conns.local(), peer);
+        let found = self.find(peer, false);
         if let Some(s) = found.and_then(|mut s| s.own()) {
             s.shutdown(Shutdown::Write);
         }
@@ -314,8 +323,19 @@ impl Bodies {
     /// The socket of `request`'s connection, on a descriptor of our own (running streams'
     /// descriptors are not probed).
     fn socket(&self, request: &Request) -> Option<OwnedSocket> {
-        let peer = *request.remote_addr()?;
-        StreamSocket::find_skipping(self.conns.local(), peer, &self.conns.stream_fds())?.own()
+        self.find(*request.remote_addr()?, true)?.own()
+    }
+
+    /// The socket of `peer`'s connection, on the public listener (skipping running streams'
+    /// descriptors if `skip_streams`: the connection is not one) or else on `--admin-listen`.
+    fn find(&self, peer: SocketAddr, skip_streams: bool) -> Option<StreamSocket> {
+        let skip = if skip_streams {
+            self.conns.stream_fds()
+        } else {
+            Default::default()
+        };
+        StreamSocket::find_skipping(self.conns.local(), peer, &skip)
+            .or_else(|| StreamSocket::find(self.admin?, peer))
     }
 }
 
@@ -447,6 +467,7 @@ pub(crate) fn into_writer(request: Request) -> io::Result<Box<dyn Write + Send>>
         }
         Fate::Panics => {
             let reply = super::response::error(413, "request body too large (max 65536 bytes)");
+            let reply = super::response::add_header(reply, "Server", super::response::SERVER);
             let _ =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| request.respond(reply)));
             Err(refused())

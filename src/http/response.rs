@@ -95,6 +95,10 @@ pub(crate) fn method_not_allowed(allow: &str) -> Reply {
     add_header(error(405, "method not allowed"), "Allow", allow)
 }
 
+/// The `Server` header of every answer, buffered or streamed. tiny_http writes its own
+/// (`tiny-http (Rust)`) only when the response has none (src/response.rs, `raw_print`).
+pub(crate) const SERVER: &str = concat!("syncast/", env!("CARGO_PKG_VERSION"));
+
 /// The `Access-Control-Allow-Origin` the server sends, if configured (`--cors-origin`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Cors(Option<String>);
@@ -105,10 +109,10 @@ impl Cors {
         Cors(origin)
     }
 
-    /// `reply` with the CORS headers, when configured. Every buffered reply of the server gets
-    /// them on its way out (`http::body::Bodies::respond` sends it).
+    /// `reply` with `Server` and, when configured, the CORS headers. Every buffered reply of the
+    /// server gets them on its way out (`http::body::Bodies::respond` sends it).
     pub(crate) fn apply(&self, reply: Reply) -> Reply {
-        let mut reply = reply;
+        let mut reply = add_header(reply, "Server", SERVER);
         if let Some(origin) = &self.0 {
             reply = add_header(reply, "Access-Control-Allow-Origin", origin);
             reply = add_header(reply, "Vary", "Origin");

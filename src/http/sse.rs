@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 
 use super::socket::{self, Liveness, StreamSocket};
 use super::sweep::ConnTable;
+use crate::metrics::Metrics;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
 /// `data:` line, so a spec-conformant parser gives back exactly `data`. `event` and `id` must not
@@ -79,6 +80,9 @@ pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
 /// The last event of every stream when the server shuts down.
 pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
 
+/// The last event of a stream whose token expired: the client must come back with a new one.
+pub(crate) const EXPIRED: &[u8] = b"event: expired\ndata: {}\n\n";
+
 /// The `retry:` field telling `EventSource` how long to wait before reconnecting.
 pub(crate) fn retry(after: Duration) -> Vec<u8> {
     format!("retry: {}\n\n", after.as_millis()).into_bytes()
@@ -121,6 +125,8 @@ pub(crate) struct SseWriter {
     /// by another stream replaces the entry): a disconnected channel would be always ready.
     _gone_tx: Option<crossbeam_channel::Sender<()>>,
     write_timeout: Duration,
+    /// Where event writes are timed (`syncast_event_write_seconds`).
+    metrics: Arc<Metrics>,
 }
 
 impl Drop for SseWriter {
@@ -152,6 +158,7 @@ impl SseWriter {
         conns: &Arc<ConnTable>,
         extra: &[String],
         limits: WriteLimits,
+        metrics: &Arc<Metrics>,
     ) -> io::Result<SseWriter> {
         let peer = request.remote_addr().copied();
         let local = conns.local();
@@ -168,6 +175,7 @@ impl SseWriter {
             gone: crossbeam_channel::never(),
             _gone_tx: None,
             write_timeout: limits.timeout,
+            metrics: metrics.clone(),
         };
         // A body left on the socket (the router refuses a stream request with one): its read
         // side is closed first, so tiny_http's drain inside into_writer ends at once.
@@ -178,8 +186,11 @@ impl SseWriter {
         // system call, and no temporary string freed into this thread's malloc cache.
         out.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
-              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n",
+              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\
+              Server: ",
         )?;
+        out.write_all(super::response::SERVER.as_bytes())?;
+        out.write_all(b"\r\n")?;
         for line in extra {
             if !super::response::header_line_is_safe(line) {
                 log::error!("sse header line refused line={line:?}: not a safe header");
@@ -222,16 +233,39 @@ impl SseWriter {
         Ok(writer)
     }
 
-    /// Writes one encoded event (or comment) and flushes it to the socket.
+    /// Writes one encoded comment (a keepalive, the farewell) and flushes it to the socket.
     ///
     /// `SO_SNDTIMEO` bounds each `write(2)` on its own; a reader that drains a few bytes at a
-    /// time (zero-window probes) would restart that clock on every call. So the whole event has
+    /// time (zero-window probes) would restart that clock on every call. So the whole write has
     /// one deadline: a send that took longer than the write time-out counts as stalled too.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let started = std::time::Instant::now();
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        self.within_deadline(crate::metrics::now_ns().saturating_sub(started))
+    }
+
+    /// Like [`SseWriter::send`], for events (one, or a batch): the time the write took is
+    /// recorded in the event-write histogram (a write that ran past the deadline too). Returns
+    /// when the write ended ([`crate::metrics::now_ns`]), for the caller's own latency.
+    pub(crate) fn send_event(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let started = crate::metrics::now_ns();
+        self.write(bytes)?;
+        let ended = crate::metrics::now_ns();
+        let took = ended.saturating_sub(started);
+        self.metrics.event_write.observe_ns(took);
+        self.within_deadline(took)?;
+        Ok(ended)
+    }
+
+    /// Writes and flushes `bytes`.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.out.write_all(bytes)?;
-        self.out.flush()?;
-        if started.elapsed() > self.write_timeout {
+        self.out.flush()
+    }
+
+    /// `Err(TimedOut)` if a write that took `took_ns` ran past the write time-out.
+    fn within_deadline(&self, took_ns: u64) -> io::Result<()> {
+        if Duration::from_nanos(took_ns) > self.write_timeout {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "event took longer than the write time-out",

@@ -191,14 +191,15 @@ impl ConnTable {
         self.local
     }
 
-    /// A complete request from `peer` reached the dispatcher: [`Admit::Route`] it (and count it
-    /// as the connection's latest request, which restarts its idle clock), or discard it
+    /// A complete request from `peer` reached the dispatcher: [`Admit::Route`] it (and, if
+    /// `idle_clock` — the public listener's connections, which the sweep watches — count it as
+    /// the connection's latest request, which restarts its idle clock), or discard it
     /// unanswered because the connection is closing or is a stream. tiny_http keeps parsing
     /// requests from what it has buffered after the one syncast closed the connection on (an
     /// unread chunked body is parsed as requests: smuggling) or after a stream's request
     /// (pipelining); they must not be served, and a stream's must not even be answered (tiny_http
     /// would hold the answer until the stream ends, and the dispatcher with it).
-    pub(crate) fn admit(&self, peer: SocketAddr) -> Admit {
+    pub(crate) fn admit(&self, peer: SocketAddr, idle_clock: bool) -> Admit {
         let mut inner = self.inner.lock();
         if inner.streaming.contains(&peer) {
             return Admit::DiscardBehindStream;
@@ -206,8 +207,10 @@ impl ConnTable {
         if inner.closing.contains_key(&peer) {
             return Admit::Discard;
         }
-        inner.first_seen.remove(&peer);
-        inner.last_request.insert(peer, Instant::now());
+        if idle_clock {
+            inner.first_seen.remove(&peer);
+            inner.last_request.insert(peer, Instant::now());
+        }
         Admit::Route
     }
 

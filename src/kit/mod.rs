@@ -2,6 +2,7 @@
 //! integration tests need to talk to a syncast server and read its figures, written once.
 //!
 //! - [`http`]: a blocking HTTP/1.1 client (one request per connection, event streams).
+//! - [`jwt`]: minting tokens for a server with auth on.
 //! - [`sse`]: the WHATWG event-stream parser, whole or incremental.
 //! - [`prom`]: reading a sample from Prometheus text.
 //! - [`stats`]: quantiles of measured values.
@@ -12,6 +13,7 @@
 //! duration syntax of the flags are one implementation each, in the server's modules.
 
 pub mod http;
+pub mod jwt;
 pub mod prom;
 pub mod redis_server;
 pub mod sse;

@@ -2,14 +2,15 @@
 //! supervisor, and does the periodic work (reaping threads, expiring chat sessions, the
 //! connection sweep, giving memory back).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
+use tiny_http::Request;
 
-use super::router::Router;
+use super::router::{Listener, Router};
 use crate::admit::Admission;
 use crate::chat::room::Room;
 use crate::http::accept::Supervisor;
@@ -22,6 +23,79 @@ use crate::threads::Threads;
 const HELD_REQUESTS: usize = 64;
 /// Longest time the dispatcher holds the chat room's wakes while routing queued requests.
 const HELD_FOR: Duration = Duration::from_millis(2);
+
+/// How long an admin request may wait for the dispatcher at most: with `--admin-listen` the
+/// dispatcher wakes this often to look at the admin server's queue (tiny_http's queue cannot be
+/// waited on together with another), 20 wake-ups a second more than without.
+const ADMIN_POLL: Duration = Duration::from_millis(50);
+/// Most admin requests routed per wake-up, so that a flood there cannot starve the streams.
+const ADMIN_BATCH: usize = 64;
+
+/// The `--admin-listen` server: a tiny_http server of its own on its own socket, whose requests
+/// the dispatcher takes between the public ones. It costs tiny_http's threads (an accept thread
+/// and 4 pool threads) and no thread of syncast's.
+pub(crate) struct AdminHttp {
+    /// The address it listens on.
+    pub(crate) local: SocketAddr,
+    listener: TcpListener,
+    http: Option<tiny_http::Server>,
+    /// When to try starting tiny_http again after its accept loop died.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl AdminHttp {
+    /// Binds `addr` and starts tiny_http on it.
+    pub(crate) fn start(addr: SocketAddr) -> std::io::Result<AdminHttp> {
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        let http = Some(crate::http::accept::start_owned(&listener, true)?);
+        Ok(AdminHttp {
+            local,
+            listener,
+            http,
+            retry_at: None,
+            backoff: Duration::from_millis(50),
+        })
+    }
+
+    /// Moves the requests waiting (at most [`ADMIN_BATCH`]) into `out`, without blocking. An
+    /// accept error (out of descriptors) ends tiny_http's accept loop for good: it is started
+    /// again on the same socket, with back-off while that fails.
+    fn take(&mut self, out: &mut Vec<Request>) {
+        if self.http.is_none() && self.retry_at.is_some_and(|t| Instant::now() >= t) {
+            match crate::http::accept::start_owned(&self.listener, false) {
+                Ok(http) => {
+                    log::info!("admin accept loop restarted");
+                    self.http = Some(http);
+                    self.retry_at = None;
+                    self.backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                    log::error!(
+                        "admin accept loop restart failed error={e}; retrying in {}ms",
+                        self.backoff.as_millis()
+                    );
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                }
+            }
+        }
+        let Some(http) = &self.http else { return };
+        while out.len() < ADMIN_BATCH {
+            match http.try_recv() {
+                Ok(Some(rq)) => out.push(rq),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("admin accept loop failed error={e}; restarting");
+                    self.http = None;
+                    self.retry_at = Some(Instant::now() + self.backoff);
+                    break;
+                }
+            }
+        }
+    }
+}
 
 /// The tiny_http server in use, shared with [`super::Server`] (which wakes it at shutdown);
 /// replaced when its accept loop dies, `None` once the server has stopped.
@@ -45,6 +119,8 @@ pub(crate) struct Dispatcher {
     pub(crate) http: CurrentHttp,
     /// The listening socket, kept to start tiny_http again on it.
     pub(crate) listener: TcpListener,
+    /// The `--admin-listen` server, if any.
+    pub(crate) admin: Option<AdminHttp>,
     /// Disconnected when the server shuts down.
     pub(crate) shutdown: Receiver<()>,
     /// `--header-timeout`.
@@ -55,7 +131,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Runs until shutdown.
-    pub(crate) fn run(self, mut accept: Supervisor) {
+    pub(crate) fn run(mut self, mut accept: Supervisor) {
         let housekeeping = Duration::from_millis(250);
         let mut trim = Trim::default();
         let sweep_every = Duration::from_secs(1).min(self.header_timeout / 2);
@@ -69,6 +145,9 @@ impl Dispatcher {
             if let Some(due) = accept.next_due() {
                 wake = wake.min(due);
             }
+            if self.admin.is_some() {
+                wake = wake.min(Instant::now() + ADMIN_POLL);
+            }
             match http.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(Some(request)) => {
                     // Requests already queued are routed before the chat room wakes its streams:
@@ -81,7 +160,7 @@ impl Dispatcher {
                     let mut routed = 0;
                     while let Some(request) = next.take() {
                         accept.served(&request);
-                        self.router.route(request);
+                        self.router.route(request, Listener::Public);
                         routed += 1;
                         if routed < HELD_REQUESTS && held.elapsed() < HELD_FOR {
                             match http.try_recv() {
@@ -112,7 +191,14 @@ impl Dispatcher {
                 return;
             }
             for request in accept.drain_retired() {
-                self.router.route(request);
+                self.router.route(request, Listener::Public);
+            }
+            if let Some(admin) = self.admin.as_mut() {
+                let mut waiting = Vec::new();
+                admin.take(&mut waiting);
+                for request in waiting {
+                    self.router.route(request, Listener::Admin);
+                }
             }
             if let Some(new) = accept.tick(&self.listener, http, &self.metrics) {
                 *self.http.lock() = Some(new);

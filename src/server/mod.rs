@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::admit::Admission;
 use crate::alarm::http::AlarmService;
@@ -32,6 +32,8 @@ use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::{Health, Refresher};
 use crate::alarm::store::{Backend, StoreError};
 use crate::alarm::stream::AlarmStreams;
+use crate::auth::keys::KeyError;
+use crate::auth::{Auth, KeyReload};
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
 use crate::chat::stream::ChatStreams;
@@ -41,9 +43,10 @@ use crate::http::body::Bodies;
 use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::redis::Link;
+use crate::reload::{ReloadHook, Reloaded, Reloads};
 use crate::stream::Streams;
 use crate::threads::{Role, Threads, SERVICE_STACK};
-use dispatch::{CurrentHttp, Dispatcher};
+use dispatch::{AdminHttp, CurrentHttp, Dispatcher};
 use ops::Ops;
 use router::Router;
 
@@ -54,6 +57,10 @@ pub enum StartError {
     Config(ConfigError),
     /// The listening socket could not be bound.
     Bind(std::io::Error),
+    /// The `--admin-listen` socket could not be bound.
+    AdminBind(std::io::Error),
+    /// A key file (`--jwt-secret-file`, `--jwt-public-key-file`) cannot be used.
+    Key(KeyError),
     /// The store could not be opened or created.
     Store(StoreError),
     /// A thread could not be spawned.
@@ -65,6 +72,8 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
+            StartError::AdminBind(e) => write!(f, "cannot listen on --admin-listen: {e}"),
+            StartError::Key(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
         }
@@ -75,18 +84,45 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(e) => Some(e),
-            StartError::Bind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Bind(e) | StartError::AdminBind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Key(e) => Some(e),
             StartError::Store(e) => Some(e),
         }
     }
 }
 
+/// Shutdown joins every thread it spawned within this long of its start, whatever
+/// `--write-timeout` is: streams get [`FAREWELL`] to write `event: shutdown` and end, then the
+/// connections still open are shut, which ends any write or read blocked on them at once.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
+
+/// How long shutdown waits for the streams to write their farewell and end by themselves.
+/// A stream still running then is blocked writing to a client that does not read (or a request
+/// thread reading a body that does not come): its socket is shut.
+const FAREWELL: Duration = Duration::from_secs(1);
+
+/// What a shutdown did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Shutdown {
+    /// Threads joined.
+    pub joined: usize,
+    /// Threads still running at [`SHUTDOWN_DEADLINE`] (logged as `shutdown incomplete`; the
+    /// binary then exits non-zero).
+    pub still_running: usize,
+    /// Connections shut because threads were still running after [`FAREWELL`].
+    pub cut: usize,
+}
+
 /// A running syncast server.
 pub struct Server {
     local: SocketAddr,
+    admin_local: Option<SocketAddr>,
+    auth: Arc<Auth>,
     threads: Threads,
     admit: Arc<Admission>,
     http: CurrentHttp,
+    reloads: Reloads,
     shutdown_tx: Option<Sender<()>>,
 }
 
@@ -105,6 +141,7 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
+        let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
         let link = match &config.redis {
             Some(url) => {
                 let link = Link::new(url, &config.redis_prefix, config.redis_timeout)
@@ -122,6 +159,11 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(AdminHttp::start(addr).map_err(StartError::AdminBind)?),
+            None => None,
+        };
+        let admin_local = admin.as_ref().map(|a| a.local);
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
         // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
@@ -131,36 +173,52 @@ impl Server {
             accept::start(&listener, true).map_err(StartError::Bind)?,
         )));
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+        // What a SIGHUP re-reads: each part that depends on files registers its hook here.
+        let reloads = Reloads::default();
+        let keys = auth.clone();
+        reloads.register(
+            "keys",
+            Arc::new(move || {
+                let r = reload_keys(&keys);
+                match r.failed.len() {
+                    0 => Ok(()),
+                    n => Err(format!("{n} key file(s) kept their old key")),
+                }
+            }),
+        );
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
-        let health: Health = Arc::new(RwLock::new(None));
+        let health: Health = Arc::default();
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
-        let bodies = Arc::new(Bodies::new(conns.clone(), metrics.clone()));
+        let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
         let admit = Admission::new(&config, metrics.clone(), threads.clone(), bodies.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
-                streams: Streams::new(conns.clone(), bodies.clone(), &config),
+                streams: Streams::new(conns.clone(), bodies.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
                 fault_panic_id: config.fault_panic_id.clone(),
             }),
             store: store.clone(),
+            health: health.clone(),
             admit: admit.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
         });
         let chat = Arc::new(ChatService {
             room: room.clone(),
             streams: Arc::new(ChatStreams {
                 room: room.clone(),
-                streams: Streams::new(conns.clone(), bodies.clone(), &config),
+                streams: Streams::new(conns.clone(), bodies.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),
+            auth: auth.clone(),
         });
         let router = Router {
             alarms,
@@ -178,6 +236,8 @@ impl Server {
             conns: conns.clone(),
             metrics: metrics.clone(),
             cors: config.cors_origin.is_some(),
+            auth: auth.clone(),
+            admin_listener: admin_local.map(|a| a.ip().is_loopback()),
         };
         let refresher = Refresher {
             store,
@@ -198,6 +258,7 @@ impl Server {
             metrics,
             http: http.clone(),
             listener,
+            admin,
             shutdown: shutdown_rx,
             header_timeout: config.header_timeout,
             max_pending: config.max_pending,
@@ -224,11 +285,29 @@ impl Server {
             return Err(StartError::Spawn(e));
         }
         log::info!("server listening addr={local}");
+        if let Some(admin) = admin_local {
+            log::info!("admin listening addr={admin}");
+        }
+        if auth.on() {
+            log::info!(
+                "auth on hs256={} public_key={}",
+                config.jwt_secret_file.is_some(),
+                config.jwt_public_key_file.is_some()
+            );
+        } else if config.insecure {
+            log::warn!(
+                "auth off: --insecure serves every stream, alarm and chat without a token \
+                 addr={local}"
+            );
+        }
         Ok(Server {
             local,
+            admin_local,
+            auth,
             threads,
             admit,
             http,
+            reloads,
             shutdown_tx: Some(shutdown_tx),
         })
     }
@@ -238,18 +317,57 @@ impl Server {
         self.local
     }
 
-    /// Stops accepting, sends every stream `event: shutdown` and closes it, stops the
-    /// refresher, joins every thread this server spawned and returns how many it joined.
-    /// Connections tiny_http still holds are shut so its own (unjoinable) threads end too.
-    pub fn shutdown(mut self) -> usize {
-        self.stop()
+    /// The `--admin-listen` address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_local
     }
 
-    fn stop(&mut self) -> usize {
+    /// Reads the key files again (what `SIGHUP` does, through the `keys` reload hook): each one
+    /// that reads and checks replaces its key, each one that does not keeps the old key; both
+    /// are logged. Tokens verified from now on use the new keys; streams already open keep
+    /// running until their token's `exp`.
+    pub fn reload_keys(&self) -> KeyReload {
+        reload_keys(&self.auth)
+    }
+
+    /// Registers `hook` to run on every [`Server::reload`], after those registered before it;
+    /// `what` names it in the log lines (`reloaded what=…`). A hook re-reads files it depends on
+    /// (keys, say) and, when it fails, keeps what it had: see the `reload` module.
+    pub fn on_reload(&self, what: &'static str, hook: ReloadHook) {
+        self.reloads.register(what, hook);
+    }
+
+    /// Runs every reload hook on this thread (the binary calls it on `SIGHUP`) and says how
+    /// each did; streams and requests are not touched.
+    pub fn reload(&self) -> Vec<Reloaded> {
+        self.reloads.run()
+    }
+
+    /// Stops accepting, sends every stream `event: shutdown` and closes it, stops the
+    /// refresher, joins every thread this server spawned and returns how many it joined, all
+    /// within [`SHUTDOWN_DEADLINE`]. Connections tiny_http still holds are shut so its own
+    /// (unjoinable) threads end too.
+    pub fn shutdown(mut self) -> usize {
+        self.stop(&mut || false).map_or(0, |s| s.joined)
+    }
+
+    /// Like [`Server::shutdown`], but asks `interrupted` every few milliseconds while it waits
+    /// for threads, and gives up at once when it says yes (`None`): the caller then exits the
+    /// process (a second SIGTERM). Otherwise says what the shutdown did.
+    pub fn shutdown_until(mut self, interrupted: &mut dyn FnMut() -> bool) -> Option<Shutdown> {
+        self.stop(interrupted)
+    }
+
+    fn stop(&mut self, interrupted: &mut dyn FnMut() -> bool) -> Option<Shutdown> {
         let Some(tx) = self.shutdown_tx.take() else {
-            return 0;
+            return Some(Shutdown {
+                joined: 0,
+                still_running: 0,
+                cut: 0,
+            });
         };
         log::info!("shutdown started streams={}", self.admit.stream_count());
+        let started = Instant::now();
         // Count every join from here on, including the dispatcher's last reaps.
         let joined_before = self.threads.joined_total();
         drop(tx);
@@ -257,26 +375,67 @@ impl Server {
         if let Some(http) = self.http.lock().as_ref() {
             http.unblock();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (_, left) = self.threads.join_all(deadline);
+        let (_, mut left) = self.threads.join_until(started + FAREWELL, interrupted)?;
+        let mut cut = 0;
+        if left > 0 {
+            // Still running after the farewell: blocked in a write to a client that does not
+            // read (the farewell itself, or an event before it, may each block for up to
+            // --write-timeout) or in a read of a body that does not come. Shutting every
+            // accepted connection ends those calls at once (EPIPE, EOF).
+            cut = crate::sys::fd::shutdown_accepted(self.local);
+            if let Some(admin) = self.admin_local {
+                cut += crate::sys::fd::shutdown_accepted(admin);
+            }
+            log::warn!(
+                "shutdown cut connections={cut} still_running={left} after_ms={}",
+                started.elapsed().as_millis()
+            );
+            left = self
+                .threads
+                .join_until(started + SHUTDOWN_DEADLINE, interrupted)?
+                .1;
+        }
         let joined = (self.threads.joined_total() - joined_before) as usize;
         // tiny_http's pool threads park reading keep-alive connections: shut those sockets so
         // they see EOF and exit; its accept thread exits when the Server is dropped.
         // The dispatcher has ended: dropping the last tiny_http Server stops its accept thread.
         self.http.lock().take();
-        let shut = crate::sys::fd::shutdown_accepted(self.local);
+        let mut shut = crate::sys::fd::shutdown_accepted(self.local);
+        if let Some(admin) = self.admin_local {
+            // The admin tiny_http went with the dispatcher; its pool threads end the same way.
+            shut += crate::sys::fd::shutdown_accepted(admin);
+        }
         if left > 0 {
             log::error!("shutdown incomplete: joined {joined} threads, {left} still running");
         }
         log::info!("shutdown complete: joined {joined} threads");
         log::debug!("shutdown closed {shut} idle connections");
-        joined
+        Some(Shutdown {
+            joined,
+            still_running: left,
+            cut,
+        })
     }
+}
+
+/// Reads the key files again and logs the outcome (`keys reloaded=N failed=M`; each file's own
+/// line is the reload's): the `keys` reload hook, and [`Server::reload_keys`].
+fn reload_keys(auth: &Auth) -> KeyReload {
+    if !auth.on() {
+        log::info!("key reload: no key files configured");
+    }
+    let r = auth.reload();
+    log::info!(
+        "keys reloaded={} failed={}",
+        r.reloaded.len(),
+        r.failed.len()
+    );
+    r
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        self.stop(&mut || false);
     }
 }
 
@@ -307,5 +466,76 @@ mod tests {
         );
         assert_eq!(threads.live(), 0, "nothing of it still running");
         assert_eq!(threads.joined_total(), 1, "the refresher, joined");
+    }
+
+    #[test]
+    fn a_thread_that_outlives_the_deadline_makes_the_shutdown_incomplete() {
+        let dir = std::env::temp_dir().join(format!("syncast-server-{}-stuck", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: dir.join("a.db"),
+            ..Config::default()
+        };
+        let threads = Threads::new();
+        let server = Server::launch(config.validated().unwrap(), threads.clone()).unwrap();
+        // A thread that watches no close channel and touches no socket: nothing shutdown does
+        // can end it.
+        let (release, stuck) = bounded::<()>(0);
+        threads
+            .spawn(Role::Request, "req-stuck".into(), 64 * 1024, move || {
+                let _ = stuck.recv();
+            })
+            .unwrap();
+        let started = Instant::now();
+        let done = server
+            .shutdown_until(&mut || false)
+            .expect("not interrupted");
+        assert!(
+            started.elapsed() >= SHUTDOWN_DEADLINE,
+            "waited to the deadline"
+        );
+        assert_eq!(done.still_running, 1, "{done:?}");
+        assert!(done.joined >= 2, "dispatcher and refresher: {done:?}");
+        drop(release);
+        assert_eq!(
+            threads.join_all(Instant::now() + Duration::from_secs(5)),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_shutdown_returns_at_once() {
+        let dir =
+            std::env::temp_dir().join(format!("syncast-server-{}-interrupted", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: dir.join("a.db"),
+            ..Config::default()
+        };
+        let threads = Threads::new();
+        let server = Server::launch(config.validated().unwrap(), threads.clone()).unwrap();
+        let (release, stuck) = bounded::<()>(0);
+        threads
+            .spawn(Role::Request, "req-stuck".into(), 64 * 1024, move || {
+                let _ = stuck.recv();
+            })
+            .unwrap();
+        let mut asked = 0;
+        let done = server.shutdown_until(&mut || {
+            asked += 1;
+            asked > 3
+        });
+        assert!(done.is_none(), "interrupted");
+        assert_eq!(asked, 4, "gave up at the first yes");
+        assert!(
+            threads.list().iter().any(|t| t.name == "req-stuck"),
+            "the stuck thread was left as it was"
+        );
+        drop(release);
+        threads.join_all(Instant::now() + Duration::from_secs(5));
     }
 }

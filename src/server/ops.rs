@@ -9,7 +9,7 @@ use crate::admit::Admission;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
 use crate::http::response::{self, Reply};
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{Format, Gauges, Metrics};
 use crate::redis::Link;
 use crate::sys::proc::{self, Proc};
 use crate::threads::Threads;
@@ -20,7 +20,7 @@ pub(crate) struct Ops {
     pub(crate) metrics: Arc<Metrics>,
     /// Every thread the server spawned.
     pub(crate) threads: Threads,
-    /// The store's health (`None`: fine).
+    /// The store's health.
     pub(crate) health: Health,
     /// Connected alarm ids.
     pub(crate) hub: Arc<AlarmHub>,
@@ -36,7 +36,7 @@ pub(crate) struct Ops {
 /// `GET /healthz`: 200, or 503 with the reason while the store or Redis fails (read from
 /// memory: never any I/O here, the dispatcher answers it).
 pub(crate) fn healthz(ops: &Ops) -> Reply {
-    let reason = ops.health.read().clone().or_else(|| {
+    let reason = ops.health.degraded().or_else(|| {
         ops.redis
             .as_ref()
             .filter(|_| ops.redis_in_health)
@@ -48,8 +48,9 @@ pub(crate) fn healthz(ops: &Ops) -> Reply {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
-pub(crate) fn metrics(ops: &Ops) -> Reply {
+/// `GET /metrics`: the Prometheus text format, or OpenMetrics if `accept` (the request's
+/// `Accept` header) asks for it.
+pub(crate) fn metrics(ops: &Ops, accept: Option<&str>) -> Reply {
     let gauges = Gauges {
         alarm_ids: ops.hub.len(),
         streaming_clients: ops.admit.stream_count(),
@@ -59,14 +60,16 @@ pub(crate) fn metrics(ops: &Ops) -> Reply {
             .threads
             .count_by_role()
             .into_iter()
-            .map(|(role, n)| (role.as_str(), n))
+            .map(|(role, n)| (role.as_str(), n as u64))
             .collect(),
+        store_writable: !ops.health.write_failing(),
         redis: ops.redis.as_ref().map(|l| l.figures()),
     };
+    let format = Format::of_accept(accept);
     response::with_type(
         200,
-        ops.metrics.render_all(&gauges).into_bytes(),
-        "text/plain; version=0.0.4; charset=utf-8",
+        ops.metrics.render(gauges, format).into_bytes(),
+        format.content_type(),
     )
 }
 

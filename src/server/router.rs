@@ -1,6 +1,9 @@
 //! The router: discarding what tiny_http parses from a closing or streaming connection, the
 //! framing check (400 for what request smuggling needs), the limits tiny_http lacks (414, 431,
-//! 413), CORS preflight, and the table of routes — (method, path pattern) → handler — which also decides 404 and 405 (with `Allow`).
+//! 413), CORS preflight, and the table of routes — (method, path pattern) → handler — which also
+//! decides 404 and 405 (with `Allow`), and which listener serves a route ([`Access`]): the ops
+//! endpoints move to `--admin-listen` when it is given, and need an admin token on the public
+//! listener when auth is on.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use tiny_http::{Method, Request};
 use super::ops::{self, Ops};
 use crate::admit::Admission;
 use crate::alarm::http::{self as alarm, AlarmService};
+use crate::auth::{self, Auth, Need};
 use crate::chat::http::{self as chat, ChatService};
 use crate::http::framing;
 use crate::http::request::{Params, MAX_BODY, MAX_HEADERS, MAX_HEADER_BYTES, MAX_URL};
@@ -35,6 +39,33 @@ pub(crate) struct Router {
     pub(crate) metrics: Arc<Metrics>,
     /// Whether `OPTIONS` preflights are answered (`--cors-origin` set).
     pub(crate) cors: bool,
+    /// Tokens: the ops endpoints' admin check (the features check their own routes).
+    pub(crate) auth: Arc<Auth>,
+    /// Where the ops endpoints are served: `Some(loopback)` with `--admin-listen` (whether
+    /// that listener is on a loopback address), `None` on the public listener.
+    pub(crate) admin_listener: Option<bool>,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// `--listen`.
+    Public,
+    /// `--admin-listen`.
+    Admin,
+}
+
+/// Who may use a route, and on which listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Everyone, on every listener (`/healthz`: load balancers need it).
+    Open,
+    /// The ops endpoints: on `--admin-listen` when given (and only there), else on the public
+    /// listener, with an admin token when auth is on.
+    Ops,
+    /// The features: on the public listener; their handlers check the token themselves, since
+    /// what it must grant depends on the id or name asked for.
+    Feature,
 }
 
 /// Serves one request of a route: answers it, or hands it to a thread that will.
@@ -47,6 +78,8 @@ pub(crate) struct Route {
     pub(crate) method: Method,
     /// The path pattern, e.g. `/sse/call/{id}`.
     pub(crate) path: &'static str,
+    /// Who may use it, and where.
+    pub(crate) access: Access,
     handler: Handler,
 }
 
@@ -55,71 +88,92 @@ pub(crate) const ROUTES: &[Route] = &[
     Route {
         method: Method::Get,
         path: "/healthz",
+        access: Access::Open,
         handler: |r, rq, _| r.admit.respond(rq, ops::healthz(&r.ops)),
     },
     Route {
         method: Method::Get,
         path: "/metrics",
-        handler: |r, rq, _| r.admit.respond(rq, ops::metrics(&r.ops)),
+        access: Access::Ops,
+        handler: |r, rq, _| {
+            let accept = rq
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("Accept"))
+                .map(|h| h.value.as_str().to_string());
+            r.admit.respond(rq, ops::metrics(&r.ops, accept.as_deref()))
+        },
     },
     Route {
         method: Method::Get,
         path: "/debug/threads",
+        access: Access::Ops,
         handler: |r, rq, _| r.admit.respond(rq, ops::debug_threads(&r.ops)),
     },
     Route {
         method: Method::Get,
         path: "/sse/call/{id}",
+        access: Access::Feature,
         handler: |r, rq, p| alarm::stream(&r.alarms, rq, p),
     },
     Route {
         method: Method::Get,
         path: "/alarms/{id}",
+        access: Access::Feature,
         handler: |r, rq, p| alarm::rest(&r.alarms, rq, p),
     },
     Route {
         method: Method::Put,
         path: "/alarms/{id}",
+        access: Access::Feature,
         handler: |r, rq, p| alarm::rest(&r.alarms, rq, p),
     },
     Route {
         method: Method::Delete,
         path: "/alarms/{id}",
+        access: Access::Feature,
         handler: |r, rq, p| alarm::rest(&r.alarms, rq, p),
     },
     Route {
         method: Method::Get,
         path: "/chat/stream",
+        access: Access::Feature,
         handler: |r, rq, p| chat::stream(&r.chat, rq, p),
     },
     Route {
         method: Method::Get,
         path: "/chat/users",
+        access: Access::Feature,
         handler: |r, rq, p| chat::users(&r.chat, rq, p),
     },
     Route {
         method: Method::Post,
         path: "/chat/join",
+        access: Access::Feature,
         handler: |r, rq, p| chat::join(&r.chat, rq, p),
     },
     Route {
         method: Method::Post,
         path: "/chat/messages",
+        access: Access::Feature,
         handler: |r, rq, p| chat::message(&r.chat, rq, p),
     },
     Route {
         method: Method::Post,
         path: "/chat/name",
+        access: Access::Feature,
         handler: |r, rq, p| chat::name(&r.chat, rq, p),
     },
     Route {
         method: Method::Post,
         path: "/chat/leave",
+        access: Access::Feature,
         handler: |r, rq, p| chat::leave(&r.chat, rq, p),
     },
     Route {
         method: Method::Get,
         path: "/",
+        access: Access::Feature,
         handler: |r, rq, _| r.admit.respond(rq, web::index()),
     },
 ];
@@ -182,12 +236,14 @@ pub(crate) fn decide<'a>(method: &Method, path: &'a str) -> Decision<'a> {
 }
 
 impl Router {
-    /// Routes one request: cheap in-memory answers inline, streams and store work on threads.
-    pub(crate) fn route(&self, request: Request) {
+    /// Routes one request that came in on `from`: cheap in-memory answers inline, streams and
+    /// store work on threads.
+    pub(crate) fn route(&self, request: Request, from: Listener) {
         self.metrics.requests.inc();
         if let Some(peer) = request.remote_addr().copied() {
             let bodies = self.admit.bodies();
-            match self.conns.admit(peer) {
+            // Only the public listener's connections have an idle clock (the sweep's).
+            match self.conns.admit(peer, from == Listener::Public) {
                 Admit::Route => {}
                 Admit::Discard => return bodies.discard(request, false),
                 Admit::DiscardBehindStream => return bodies.discard(request, true),
@@ -219,6 +275,18 @@ impl Router {
             );
             return self.admit.respond(request, reply);
         }
+        // After the size checks: an oversized target is not logged whole.
+        if log::log_enabled!(log::Level::Debug) {
+            // Never the token: credentials in the query are redacted.
+            log::debug!(
+                "request method={} target={} peer={}",
+                request.method(),
+                auth::carrier::redact_target(request.url()),
+                request
+                    .remote_addr()
+                    .map_or_else(|| "-".to_string(), |p| p.to_string())
+            );
+        }
         if *request.method() == Method::Options {
             let reply = if self.cors {
                 let r = response::no_content();
@@ -246,7 +314,16 @@ impl Router {
         let url = request.url().to_string();
         let (path, query) = split_url(&url);
         match decide(request.method(), path) {
+            Decision::Serve(route, _) if !self.serves(route.access, from) => self
+                .admit
+                .respond(request, response::error(404, "not found")),
             Decision::Serve(route, id) => {
+                if route.access == Access::Ops && self.ops_need_a_token(from) {
+                    if let Err(denied) = self.auth.check(&request, &query, Need::Admin) {
+                        let reply = auth::refusal(&self.metrics, &request, &denied);
+                        return self.admit.respond(request, reply);
+                    }
+                }
                 (route.handler)(self, request, &Params { id, query: &query })
             }
             Decision::NotAllowed(allow) => self.admit.respond(request, method_not_allowed(&allow)),
@@ -254,6 +331,31 @@ impl Router {
                 .admit
                 .respond(request, response::error(404, "not found")),
         }
+    }
+}
+
+impl Router {
+    /// Whether a route of `access` is served on `from`.
+    fn serves(&self, access: Access, from: Listener) -> bool {
+        match (access, from) {
+            (Access::Open, _) => true,
+            (Access::Ops, Listener::Admin) => true,
+            // The ops endpoints leave the public listener when the admin one exists.
+            (Access::Ops, Listener::Public) => self.admin_listener.is_none(),
+            (Access::Feature, Listener::Public) => true,
+            (Access::Feature, Listener::Admin) => false,
+        }
+    }
+
+    /// Whether the ops endpoints ask for an admin token on `from`: on the public listener
+    /// whenever auth is on; on the admin listener only if it is reachable from other hosts
+    /// (a loopback admin listener is guarded by where it listens).
+    fn ops_need_a_token(&self, from: Listener) -> bool {
+        self.auth.on()
+            && match from {
+                Listener::Public => true,
+                Listener::Admin => self.admin_listener == Some(false),
+            }
     }
 }
 
@@ -290,6 +392,18 @@ mod tests {
         );
         // Leading slashes are dropped, as tiny_http's targets arrive.
         assert_eq!(served(Method::Get, "//healthz"), Some(("/healthz", "")));
+    }
+
+    #[test]
+    fn healthz_is_open_the_ops_endpoints_are_ops_and_everything_else_is_a_feature() {
+        for route in ROUTES {
+            let want = match route.path {
+                "/healthz" => Access::Open,
+                "/metrics" | "/debug/threads" => Access::Ops,
+                _ => Access::Feature,
+            };
+            assert_eq!(route.access, want, "{route:?}");
+        }
     }
 
     #[test]

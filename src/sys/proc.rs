@@ -60,6 +60,70 @@ pub fn cpu_seconds(proc: Proc) -> f64 {
     (ticks(11) + ticks(12)) as f64 / hz
 }
 
+/// What the standard `process_*` series of `/metrics` report, read from `/proc/self` (the
+/// figures every Prometheus client library exports for its process).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Figures {
+    /// User and system CPU time, seconds.
+    pub(crate) cpu_seconds: f64,
+    /// Resident memory, bytes.
+    pub(crate) resident_bytes: u64,
+    /// Virtual memory size, bytes.
+    pub(crate) virtual_bytes: u64,
+    /// Threads.
+    pub(crate) threads: u64,
+    /// Open file descriptors.
+    pub(crate) open_fds: u64,
+    /// The open-files limit (soft `RLIMIT_NOFILE`).
+    pub(crate) max_fds: u64,
+    /// When the process started, seconds since the Unix epoch.
+    pub(crate) start_time_seconds: f64,
+}
+
+/// This process's [`Figures`] now; a figure that cannot be read is zero.
+pub(crate) fn figures() -> Figures {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // After the command (which may hold spaces and parentheses): field 3 (state) onwards.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Field n of proc(5) is f[n - 3].
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    // Every entry but the descriptor that lists them.
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1) as u64)
+        .unwrap_or(0);
+    // SAFETY: rlimit is plain data, filled in by getrlimit.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an rlimit.
+    let max_fds = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_cur,
+        _ => 0,
+    };
+    Figures {
+        cpu_seconds: (field(14) + field(15)) as f64 / hz,
+        start_time_seconds: boot as f64 + field(22) as f64 / hz,
+        virtual_bytes: field(23),
+        resident_bytes: field(24) * page,
+        threads: field(20),
+        open_fds,
+        max_fds,
+    }
+}
+
 /// The ids of this process's threads (`None` if `/proc` cannot be read).
 pub(crate) fn thread_ids() -> Option<HashSet<u64>> {
     std::fs::read_dir("/proc/self/task").ok().map(|dir| {
@@ -123,5 +187,23 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(thread_ids().is_some_and(|t| !t.is_empty()));
+    }
+
+    #[test]
+    fn the_process_figures_are_this_process() {
+        // Other tests open and close files meanwhile: only what holds whatever they do.
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let now = figures();
+        assert!(now.open_fds >= 1, "this test's file at least");
+        drop(f);
+        assert!(now.threads >= 1 && now.resident_bytes > 0);
+        assert!(now.virtual_bytes >= now.resident_bytes);
+        assert!(now.max_fds >= now.open_fds);
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(now.start_time_seconds > 1e9 && now.start_time_seconds <= since_epoch + 1.0);
+        assert_eq!(status(Proc::This).threads, now.threads);
     }
 }

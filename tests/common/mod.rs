@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
+pub mod auth;
 pub mod raw;
 pub mod redis;
 pub mod root;
@@ -112,6 +113,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its SQLite file.
     pub db: PathBuf,
+    /// With auth on, the admin token the ops helpers ([`TestServer::metric`], ...) send.
+    pub admin_token: Option<String>,
 }
 
 /// Starts a server on 127.0.0.1:0 with a fresh store; `tweak` adjusts the config.
@@ -135,7 +138,20 @@ pub fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
         server: Some(server),
         addr,
         db,
+        admin_token: None,
     }
+}
+
+/// Starts a server like [`start`] with auth on: HS256 with [`auth::SECRET`] (its file in a
+/// fresh folder), and `tweak` after that.
+pub fn start_secured(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let secret = auth::secret_file(&auth::key_dir());
+    let mut s = start(move |c| {
+        c.jwt_secret_file = Some(secret);
+        tweak(c);
+    });
+    s.admin_token = Some(auth::admin());
+    s
 }
 
 impl TestServer {
@@ -206,22 +222,36 @@ impl TestServer {
         }
     }
 
-    /// GET a JSON document.
+    /// `GET path` with `Authorization: Bearer token`.
+    pub fn get_with_token(&self, path: &str, token: &str) -> Reply {
+        let (k, v) = auth::bearer(token);
+        self.request_with("GET", path, None, &[(k, &v)])
+    }
+
+    /// `GET path` of an ops endpoint: with the admin token when auth is on.
+    pub fn ops(&self, path: &str) -> Reply {
+        match &self.admin_token {
+            Some(t) => self.get_with_token(path, t),
+            None => self.request("GET", path, None),
+        }
+    }
+
+    /// GET a JSON document (an ops endpoint's, with the admin token when auth is on).
     pub fn json(&self, path: &str) -> serde_json::Value {
-        let r = self.request("GET", path, None);
+        let r = self.ops(path);
         serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{path}: {e}: {}", r.body))
     }
 
     /// One metric's value from `/metrics` (the line `name value`, labels included in `name`).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = self.request("GET", "/metrics", None).body;
+        let text = self.ops("/metrics").body;
         metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 
     /// Refresher ticks so far, whether they ran the query or skipped it (nothing committed),
     /// from one `/metrics` read.
     pub fn refresher_ticks(&self) -> f64 {
-        let text = self.request("GET", "/metrics", None).body;
+        let text = self.ops("/metrics").body;
         ["syncast_refresh_total", "syncast_refresh_skipped_total"]
             .iter()
             .map(|name| metric_in(&text, name).unwrap_or_else(|| panic!("metric {name} missing")))
@@ -452,6 +482,23 @@ pub fn listen_addr(child: &mut std::process::Child) -> SocketAddr {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {first:?}"))
+}
+
+/// The addresses in the first `n` lines a freshly spawned binary prints (`syncast listening on
+/// http://ADDR`, then `syncast admin listening on http://ADDR` with `--admin-listen`).
+pub fn listen_addrs(child: &mut std::process::Child, n: usize) -> Vec<SocketAddr> {
+    let mut out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    (0..n)
+        .map(|_| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .rsplit("http://")
+                .next()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        })
+        .collect()
 }
 
 /// `GET path` on a fresh connection (`Connection: close`), the whole response as text, reading

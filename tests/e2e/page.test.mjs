@@ -13,6 +13,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -53,17 +54,18 @@ async function waitFor(what, probe) {
 }
 
 // Starts syncast; with `again`, on the same port and store as a server that has stopped.
-async function startServer(again) {
+// `extra`: more flags, and the log file's name.
+async function startServer(again, extra = { args: [], log: "server.log" }) {
   const dir = again ? again.dir : fs.mkdtempSync(path.join(os.tmpdir(), "syncast-e2e-"));
   const port = again ? again.port : await freePort();
   const base = `http://127.0.0.1:${port}`;
   fs.mkdirSync(OUT, { recursive: true });
-  const log = path.join(OUT, "server.log");
+  const log = path.join(OUT, extra.log);
   const out = fs.openSync(log, again ? "a" : "w");
   const proc = spawn(
     BIN,
     ["--listen", `127.0.0.1:${port}`, "--db", path.join(dir, "alarms.db"), "--refresh", "50ms",
-      "--heartbeat", "1s", "--log-level", "debug"],
+      "--heartbeat", "1s", "--log-level", "debug", ...extra.args],
     { stdio: ["ignore", out, out] },
   );
   const exited = new Promise((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
@@ -395,3 +397,114 @@ test("after a server restart both panels say so, come back by themselves, and ca
   assert.deepEqual(page.errors, []);
   await page.context().close();
 });
+
+// ---------- With auth on ----------
+// A second server started with an HS256 secret file; the test mints its tokens itself (HS256 is
+// an HMAC over "header.payload": node's crypto does it, the server verifies with jsonwebtoken).
+
+const SECRET = "e2e test-only secret, long enough for HS256 (>= 32 bytes)";
+const b64url = (text) => Buffer.from(text).toString("base64url");
+function mint(claims) {
+  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = crypto.createHmac("sha256", SECRET).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+const now = () => Math.floor(Date.now() / 1000);
+
+async function useToken(page, t) {
+  await page.locator("#token-panel").waitFor({ state: "visible" });
+  await page.locator("#token").fill(t);
+  await page.locator("#token").press("Enter");
+  await page.locator("#token-panel").waitFor({ state: "hidden" });
+}
+
+test("with auth on the page asks for a token on a 401, keeps it in a cookie, and streams, flips and chats with it", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "syncast-e2e-auth-"));
+  const secretFile = path.join(dir, "secret");
+  fs.writeFileSync(secretFile, SECRET + "\n");
+  // No leeway, so a token that expires does so on time.
+  const secured = await startServer(undefined, {
+    args: ["--jwt-secret-file", secretFile, "--jwt-leeway", "0s"], log: "server-auth.log" });
+  try {
+    const page = await newPage(secured.base);
+    const id = `e2e-auth-${process.pid}`;
+    const name = `frank${process.pid}`;
+    const rights = { subscribe: ["e2e-auth-*"], publish: ["e2e-auth-*"] };
+    assert.equal(await page.locator("#token-panel").isVisible(), false, "no token asked before a 401");
+
+    // The stream is refused with 401: the page says why and asks for a token.
+    await page.locator("#alarm-id").fill(id);
+    await page.locator("#alarm-id").press("Enter");
+    await waitFor("the token panel", async () => await page.locator("#token-panel").isVisible());
+    await waitFor("the reason in words", async () => /needs a token/.test(await text(page, "#alarm-error")));
+    assert.match(await text(page, "#token-why"), /asks for a token/);
+    await page.screenshot({ path: path.join(OUT, "auth-asks-for-token.png"), fullPage: true });
+
+    // Not a token at all: refused in words, nothing stored.
+    await page.locator("#token").fill("not a token");
+    await page.locator("#token").press("Enter");
+    await waitFor("bad token words", async () => /not a token/.test(await text(page, "#token-error")));
+
+    await useToken(page, mint({ sub: name, name, exp: now() + 600, syncast: rights }));
+    const cookie = (await page.context().cookies()).find((c) => c.name === "syncast_token");
+    assert.ok(cookie, "the token is kept in the syncast_token cookie");
+    assert.equal(cookie.sameSite, "Strict");
+    // The page watches again by itself; the flip (PUT) goes with the cookie too.
+    await waitText(page, "#alarm-conn", "live");
+    await waitText(page, "#alarm-state", "OFF");
+    await page.locator("#alarm-flip").click();
+    await waitText(page, "#alarm-state", "ON");
+
+    // An id the token does not grant: 403, said in words, no token asked.
+    await page.locator("#alarm-id").fill(`other-${process.pid}`);
+    await page.locator("#alarm-id").press("Enter");
+    await waitFor("forbidden words", async () => /does not allow watching/.test(await text(page, "#alarm-error")));
+    assert.equal(await page.locator("#token-panel").isVisible(), false);
+
+    // The chat: the name comes from the token, prefilled.
+    assert.equal(await page.locator("#chat-name").inputValue(), name);
+    await page.locator("#chat-join").click();
+    await waitText(page, "#chat-conn", "live");
+    await waitText(page, "#chat-me", name);
+    // The name is the token's: renaming is not offered (the server refuses it), leaving is.
+    assert.equal(await page.locator("#chat-rename").isVisible(), false);
+    assert.equal(await page.locator("#chat-leave").isVisible(), true);
+    await send(page, "hello under auth");
+    await page.locator("#chat-leave").click();
+    await waitFor("join form back", async () => await page.locator("#join-form").isVisible());
+
+    // A token that expires in six seconds: both streams end with `expired`, the page asks
+    // again, and a fresh token brings both back by themselves.
+    await useTokenAgain(page, mint({ sub: name, name, exp: now() + 6, syncast: rights }));
+    await page.locator("#alarm-id").fill(id);
+    await page.locator("#alarm-id").press("Enter");
+    await page.locator("#chat-name").fill(name);
+    await page.locator("#chat-join").click();
+    await waitText(page, "#alarm-conn", "live");
+    await waitText(page, "#chat-conn", "live");
+    await waitText(page, "#alarm-conn", "token expired");
+    await waitText(page, "#chat-conn", "token expired");
+    await waitFor("asked for a fresh token", async () => /expired/.test(await text(page, "#token-why")));
+    await page.screenshot({ path: path.join(OUT, "auth-token-expired.png"), fullPage: true });
+    await useToken(page, mint({ sub: name, name, exp: now() + 600, syncast: rights }));
+    await waitText(page, "#alarm-conn", "live");
+    await waitText(page, "#alarm-state", "ON");
+    await waitText(page, "#chat-conn", "live");
+    await send(page, "still here after a new token");
+    assert.deepEqual(page.errors, []);
+    assert.deepEqual(page.external, []);
+    await page.context().close();
+  } finally {
+    await stopServer(secured);
+    fs.rmSync(secured.dir, { recursive: true, force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Replaces the stored token with `t` without waiting for the server to ask (as a user pasting a
+// new one would, through the Forget button and the form).
+async function useTokenAgain(page, t) {
+  await page.evaluate(() => { document.getElementById("token-panel").hidden = false; });
+  await useToken(page, t);
+}

@@ -316,6 +316,38 @@ fn one_stream_over_max_clients_gets_503_with_retry_after() {
 }
 
 #[test]
+fn a_stream_opened_after_an_acknowledged_put_shows_that_put() {
+    // A refresh interval longer than the test: only the write itself can bring the new value
+    // into the hub (a new id is still loaded at once when its first stream registers).
+    let s = start(|c| {
+        c.refresh = Duration::from_secs(60);
+        c.heartbeat = Duration::from_secs(30);
+    });
+    let id = unique("ryow");
+    let mut open = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(open.next_data(), F);
+    for (body, want) in [("true", T), ("false", F), ("true", T)] {
+        assert_eq!(
+            s.request("PUT", &format!("/alarms/{id}"), Some(body))
+                .status,
+            204
+        );
+        // A stream opened after the 204 starts with the value written, never an older one.
+        let mut fresh = s.sse(&format!("/sse/call/{id}?mode=change"));
+        assert_eq!(fresh.next_data(), want, "new stream after PUT {body}");
+        // And the change-mode stream already open is woken with it.
+        assert_eq!(open.next_data(), want, "open stream after PUT {body}");
+    }
+    assert_eq!(
+        s.request("DELETE", &format!("/alarms/{id}"), None).status,
+        204
+    );
+    let mut fresh = s.sse(&format!("/sse/call/{id}?mode=change"));
+    assert_eq!(fresh.next_data(), F, "new stream after DELETE");
+    assert_eq!(open.next_data(), F, "open stream after DELETE");
+}
+
+#[test]
 fn a_redis_that_only_the_flag_names_does_not_degrade_healthz_but_shows_in_metrics() {
     // Nothing listens there: the start's one check fails and is logged; alarms stay in SQLite.
     let port = syncast::kit::redis_server::free_port().unwrap();

@@ -12,10 +12,12 @@
 mod common;
 
 mod alarm;
+mod auth;
 mod bodies;
 mod chat;
 mod docs;
 mod hostile;
 mod injection;
+mod metrics;
 mod smuggling;
 mod web;

@@ -22,6 +22,11 @@ fn the_page_is_served_as_html_with_both_panels() {
         "<label for=\"alarm-id\"",
         "<label for=\"chat-name\"",
         "<label for=\"chat-text\"",
+        // The token field, for a server with auth on (shown on a 401), kept in the cookie.
+        "id=\"token-panel\" aria-labelledby=\"token-title\" hidden",
+        "<label for=\"token\"",
+        "syncast_token=",
+        "SameSite=Strict",
     ] {
         assert!(r.body.contains(part), "page lacks {part:?}");
     }

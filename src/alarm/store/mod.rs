@@ -73,10 +73,30 @@ pub(crate) trait AlarmStore: Send {
     fn load(&self, ids: &IdList) -> Result<Vec<bool>, StoreError>;
     /// Reads one id's alarm (`false` if the store does not hold it).
     fn get(&self, id: &str) -> Result<bool, StoreError>;
-    /// Sets one id's alarm.
-    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError>;
+    /// Writes one id's alarm: `Some(alarm)` sets it, `None` forgets the id (it reads as `false`
+    /// afterwards), and returns, once it has committed, a number that follows the order in which
+    /// writes commit, which is what lets the hub apply acknowledged writes in commit order
+    /// ([`crate::alarm::hub::AlarmHub::write_through`]). A store that holds a lock across its
+    /// commit (SQLite) calls `order` exactly once under that lock and returns its number; one
+    /// that numbers its writes itself returns its own (Redis: an `INCR` in the same script as
+    /// the write) and never calls `order`.
+    fn write(
+        &self,
+        id: &str,
+        alarm: Option<bool>,
+        order: &dyn Fn() -> u64,
+    ) -> Result<u64, StoreError>;
+    /// Sets one id's alarm (a [`AlarmStore::write`] nobody orders; tests stand in for outside
+    /// writers with it).
+    #[cfg(test)]
+    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
+        self.write(id, Some(alarm), &|| 0).map(drop)
+    }
     /// Forgets one id (it reads as `false` afterwards).
-    fn delete(&self, id: &str) -> Result<(), StoreError>;
+    #[cfg(test)]
+    fn delete(&self, id: &str) -> Result<(), StoreError> {
+        self.write(id, None, &|| 0).map(drop)
+    }
     /// A value that stays the same between two reads only if nothing was committed to the
     /// store in between; `None` when it cannot be read or the store has none (the caller then
     /// queries anyway: the Redis store). The refresher reads it before each full query and
@@ -133,6 +153,17 @@ impl Backend {
             // start is a fault to run degraded through (it may start after syncast), not a
             // start error.
             Backend::Redis(_) => Ok(()),
+        }
+    }
+
+    /// Tries a write that changes nothing, on a new connection: whether a `PUT` could commit
+    /// now (the refresher's probe while writes fail; see `alarm::health`).
+    pub(crate) fn probe_write(&self) -> Result<(), StoreError> {
+        match self {
+            Backend::Sqlite { path, busy } => {
+                sqlite::Sqlite::open(path, *busy, false)?.probe_write()
+            }
+            Backend::Redis(shared) => redis::RedisAlarms::new(shared.clone()).probe_write(),
         }
     }
 

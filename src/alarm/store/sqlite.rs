@@ -76,6 +76,27 @@ impl Sqlite {
         })
     }
 
+    /// A write that changes nothing but must reach the disk: `user_version` (a number in the
+    /// file's header that syncast does not use) set to the value it has, in one `BEGIN
+    /// IMMEDIATE` transaction so no other writer can change it in between. SQLite writes the
+    /// header page to its log at the commit, so this fails exactly when a `PUT` would (disk
+    /// full, read-only, I/O error; tried on a full tmpfs: `database or disk is full`).
+    pub(crate) fn probe_write(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let probed = (|| {
+            let v: i64 = self
+                .conn
+                .query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            self.conn.pragma_update(None, "user_version", v)?;
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        })();
+        if probed.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        probed
+    }
+
     /// SQLite's `PRAGMA data_version`: changes whenever another connection (a PUT, an outside
     /// writer) commits to the file, and only then.
     fn data_version(&self) -> Result<i64, StoreError> {
@@ -120,22 +141,39 @@ impl AlarmStore for Sqlite {
         })
     }
 
-    /// Inserts or updates the row.
-    fn set(&self, id: &str, alarm: bool) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO alarms (id, alarm, updated_at)
-             VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)
-             ON CONFLICT(id) DO UPDATE SET alarm = excluded.alarm, updated_at = excluded.updated_at",
-            params![id, alarm as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Deletes the row.
-    fn delete(&self, id: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM alarms WHERE id = ?1", params![id])?;
-        Ok(())
+    /// Inserts or updates the row (`Some`), or deletes it (`None`), in one `BEGIN IMMEDIATE`
+    /// transaction: `order` runs while this connection holds the file's write lock, so no other
+    /// write can commit between the number and this commit. Any failure rolls back.
+    fn write(
+        &self,
+        id: &str,
+        alarm: Option<bool>,
+        order: &dyn Fn() -> u64,
+    ) -> Result<u64, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let written = (|| {
+            match alarm {
+                Some(alarm) => self.conn.execute(
+                    "INSERT INTO alarms (id, alarm, updated_at)
+                     VALUES (?1, ?2, CAST(strftime('%s','now') AS INTEGER) * 1000)
+                     ON CONFLICT(id) DO UPDATE SET alarm = excluded.alarm,
+                                                   updated_at = excluded.updated_at",
+                    params![id, alarm as i64],
+                )?,
+                None => self
+                    .conn
+                    .execute("DELETE FROM alarms WHERE id = ?1", params![id])?,
+            };
+            let n = order();
+            self.conn.execute_batch("COMMIT")?;
+            Ok(n)
+        })();
+        if written.is_err() && !self.conn.is_autocommit() {
+            // The statement or the commit failed (disk full, read-only, I/O error): nothing of
+            // this write may stay pending on the connection.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        written
     }
 
     /// `data_version` (moved by every commit of another connection: a PUT's, an outside

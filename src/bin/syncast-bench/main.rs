@@ -3,7 +3,10 @@
 //! the runs, and writes `target/bench/results.json`.
 //!
 //! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint]
-//! [--idle-sizes 1000,5000,10000] [--out PATH]`
+//! [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]`
+//!
+//! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
+//! carry a token (each such stream then also waits on its token's expiry in its `select!`).
 
 mod epoll;
 mod floor;
@@ -53,6 +56,20 @@ impl Results {
     }
 }
 
+/// For `--auth`: a fresh HS256 secret file and a day-long token that may stream every id.
+fn bench_token() -> Result<(PathBuf, String), String> {
+    let (dir, _) = temp_db();
+    let secret = dir.join("jwt-secret");
+    let bytes: Vec<u8> = (0..48u8)
+        .map(|i| b'a' + (i.wrapping_mul(7) ^ std::process::id() as u8) % 26)
+        .collect();
+    std::fs::write(&secret, &bytes).map_err(|e| e.to_string())?;
+    let minter = syncast::kit::jwt::Minter::hs256(&bytes)?;
+    let mut claims = syncast::kit::jwt::claims("bench", Duration::from_secs(86_400));
+    claims["syncast"] = json!({ "subscribe": ["*"] });
+    Ok((secret, minter.mint(&claims)?))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -83,6 +100,8 @@ struct Bench {
     bin: PathBuf,
     runs: usize,
     results: Results,
+    /// With `--auth`: the secret file the server is given, and a token for every stream.
+    auth: Option<(PathBuf, String)>,
 }
 
 const KIB: f64 = 1024.0;
@@ -93,7 +112,28 @@ fn no_events(_: epoll::Event<'_>) {}
 impl Bench {
     fn server(&self, extra: &[&str]) -> Result<ServerProc, String> {
         let (dir, db) = temp_db();
-        ServerProc::start(&self.bin, dir, db, extra)
+        let mut args: Vec<&str> = extra.to_vec();
+        if let Some((secret, _)) = &self.auth {
+            args.extend(["--jwt-secret-file", secret.to_str().unwrap_or_default()]);
+        }
+        ServerProc::start(&self.bin, dir, db, &args)
+    }
+
+    /// `GET path` as a stream request, with the token when `--auth` is on.
+    fn stream_request(&self, addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+        match &self.auth {
+            Some((_, token)) => syncast::kit::http::request_bytes(
+                &addr.to_string(),
+                "GET",
+                path,
+                &[
+                    ("Accept", "text/event-stream"),
+                    ("Authorization", &format!("Bearer {token}")),
+                ],
+                b"",
+            ),
+            None => get(addr, path),
+        }
     }
 
     /// Waits until the server's thread count is at most `idle` (or `limit` passes); returns
@@ -150,14 +190,23 @@ impl Bench {
     }
 
     fn idle(&mut self, n: usize) -> Result<(), String> {
-        let sc = format!("idle change streams N={n}");
+        let sc = format!(
+            "idle change streams N={n}{}",
+            if self.auth.is_some() {
+                " (auth on)"
+            } else {
+                ""
+            }
+        );
         for run in 0..self.runs {
             let srv = self.server(&[])?;
             std::thread::sleep(Duration::from_millis(500));
             let before = srv.sample();
             let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
             let rqs: Vec<Vec<u8>> = (0..n)
-                .map(|i| get(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change")))
+                .map(|i| {
+                    self.stream_request(srv.addr, &format!("/sse/call/idle{run}x{i}?mode=change"))
+                })
                 .collect();
             let t0 = Instant::now();
             let open = c
@@ -839,6 +888,7 @@ fn machine() -> String {
 
 fn main() -> std::process::ExitCode {
     let mut runs = 3;
+    let mut auth = false;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
     let exe = std::env::current_exe().unwrap_or_default();
@@ -854,6 +904,7 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--auth" => auth = true,
             "--idle-sizes" => {
                 sizes = args
                     .next()
@@ -861,16 +912,24 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH]");
+                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]");
                 return std::process::ExitCode::from(2);
             }
         }
     }
     let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let auth = match auth.then(bench_token).transpose() {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!("syncast-bench: --auth: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut b = Bench {
         bin: dir.join("syncast"),
         runs,
         results: Results::default(),
+        auth,
     };
     let machine = machine();
     let started = Instant::now();

@@ -160,7 +160,7 @@ fn write(
             let path = format!("/alarms/{}-{i}", plan.tag);
             let body: &[u8] = if value { b"true" } else { b"false" };
             let sent_us = ctx.now_us();
-            if put(ctx, &path, body) {
+            if put(ctx, plan, &path, body) {
                 flips[i].push(Flip {
                     value,
                     sent_us,
@@ -179,10 +179,13 @@ fn write(
     (flips, ok)
 }
 
-fn put(ctx: &Ctx, path: &str, body: &[u8]) -> bool {
+fn put(ctx: &Ctx, plan: &AlarmPlan, path: &str, body: &[u8]) -> bool {
     let retry = Retry::new();
     loop {
-        match http::request(&ctx.target, "PUT", path, &[], body, REQUEST_TIMEOUT) {
+        let auth = ctx.publisher_auth(&plan.tag);
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        match http::request(&ctx.target, "PUT", path, &headers, body, REQUEST_TIMEOUT) {
             Ok(r) if r.status == 204 => return true,
             Ok(r) if r.status == 503 => {
                 ctx.error("put-503");
@@ -224,11 +227,15 @@ fn stream(
         AlarmMode::Tick => "tick",
         AlarmMode::Change => "change",
     };
-    let path = format!("/sse/call/{}-{i}?mode={mode}", plan.tag);
+    let id = format!("{}-{i}", plan.tag);
+    let path = format!("/sse/call/{id}?mode={mode}");
     let mut ready = Some(ready);
     let retry = Retry::new();
     let mut es = loop {
-        match http::open_stream(&ctx.target, &path, &[], REQUEST_TIMEOUT, plan.idle) {
+        let auth = ctx.subscriber_auth(&id);
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        match http::open_stream(&ctx.target, &path, &headers, REQUEST_TIMEOUT, plan.idle) {
             Ok(Opened::Stream(es)) => break es,
             Ok(Opened::Refused(r))
                 if r.status == 503

@@ -181,7 +181,10 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
     };
     ctx.ramp();
     let name = format!("{}-{i}", plan.tag);
-    let token = match post(ctx, "join", "/chat/join", &[], name.as_bytes()) {
+    let auth = ctx.member_auth(&name);
+    let join_headers: Vec<(&str, &str)> =
+        auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let token = match post(ctx, "join", "/chat/join", &join_headers, name.as_bytes()) {
         Ok((r, _)) if r.status == 201 => {
             match serde_json::from_slice::<Value>(&r.body)
                 .ok()
@@ -208,8 +211,9 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
     let stream = Arc::new(Stream::default());
     let reader = {
         let (ctx, plan, stream, token) = (ctx.clone(), plan.clone(), stream.clone(), token.clone());
+        let name = name.clone();
         spawn(format!("chat-{i}-sse"), move || {
-            read(&ctx, &plan, &token, &stream)
+            read(&ctx, &plan, &name, &token, &stream)
         })
     };
     let reader = match reader {
@@ -397,9 +401,11 @@ fn sender_index(tag: &str, name: &str) -> Option<u32> {
 }
 
 /// The reader: streams, records, reconnects. `Err` carries what was received when it gave up.
+/// With auth on, each (re)connect carries a fresh token for `name` besides the session's.
 fn read(
     ctx: &Ctx,
     plan: &ChatPlan,
+    name: &str,
     token: &str,
     stream: &Stream,
 ) -> Result<Vec<Receipt>, Vec<Receipt>> {
@@ -410,11 +416,15 @@ fn read(
     let result = loop {
         let last = stream.state.lock().last_seen;
         let last_text = last.to_string();
-        let resume: Vec<(&str, &str)> = if stream.state.lock().welcome.is_some() {
+        let mut resume: Vec<(&str, &str)> = if stream.state.lock().welcome.is_some() {
             vec![("Last-Event-ID", last_text.as_str())]
         } else {
             vec![]
         };
+        let auth = ctx.member_auth(name);
+        if let Some(a) = &auth {
+            resume.push(("Authorization", a.as_str()));
+        }
         let opened = http::open_stream(&ctx.target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
         let mut es = match opened {
             Ok(Opened::Stream(es)) => es,

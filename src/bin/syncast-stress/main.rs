@@ -45,6 +45,9 @@ OPTIONS:
   --refresh D          the server's --refresh (alarm deadline: two of them) [default: 500ms]
   --tick D             the server's --tick (tick mode: refresh + max(refresh, tick)) [default: 500ms]
   --slack D            added to the alarm deadline for scheduling on a loaded machine [default: 250ms]
+  --jwt-secret-file PATH  the server's HS256 secret: mint a short-lived token per request
+                       and stream (name claims for members, sub for alarm streams,
+                       publish rights for the writer, admin for the probes)
   --json               print the summary as one JSON object on stdout
   -q, --quiet          no status line
   -h, --help           print this help
@@ -90,6 +93,7 @@ struct Opts {
     refresh: Duration,
     tick: Duration,
     slack: Duration,
+    jwt_secret_file: Option<std::path::PathBuf>,
     json: bool,
     quiet: bool,
 }
@@ -114,6 +118,7 @@ impl Default for Opts {
             refresh: Duration::from_millis(500),
             tick: Duration::from_millis(500),
             slack: Duration::from_millis(250),
+            jwt_secret_file: None,
             json: false,
             quiet: false,
         }
@@ -190,6 +195,9 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
             Long("refresh") => o.refresh = dur(&mut p, "--refresh")?,
             Long("tick") => o.tick = dur(&mut p, "--tick")?,
             Long("slack") => o.slack = dur(&mut p, "--slack")?,
+            Long("jwt-secret-file") => {
+                o.jwt_secret_file = Some(text(&mut p, "--jwt-secret-file")?.into())
+            }
             Long("json") => o.json = true,
             Short('q') | Long("quiet") => o.quiet = true,
             Short('h') | Long("help") => {
@@ -228,7 +236,7 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
 
 /// Reads a snapshot, folding it into `peak`.
 fn sample(ctx: &Ctx, peak: &mut Option<Snapshot>) -> Option<Snapshot> {
-    match probe::snapshot(&ctx.target) {
+    match probe::snapshot(ctx) {
         Ok(s) => {
             *peak = Some(peak.map_or(s, |p| probe::max(p, s)));
             Some(s)
@@ -278,9 +286,9 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
     let mut clients_back = false;
     loop {
         let snap = if clients_back {
-            probe::threads(&ctx.target, leak.after)
+            probe::threads(ctx, leak.after)
         } else {
-            probe::snapshot(&ctx.target)
+            probe::snapshot(ctx)
         };
         if let Ok(s) = snap {
             read_once = true;
@@ -327,8 +335,12 @@ fn run(o: Opts) -> Result<Summary, String> {
         "st{:06x}",
         (u64::from(std::process::id()) ^ shared::Rng::new(seed, 0).next_u64()) & 0xff_ffff
     );
-    let ctx = Arc::new(Ctx::new(target, o.ramp));
-    let baseline = probe::snapshot(&ctx.target)
+    let minter = match &o.jwt_secret_file {
+        Some(path) => Some(syncast::kit::jwt::Minter::hs256_file(path)?),
+        None => None,
+    };
+    let ctx = Arc::new(Ctx::new(target, o.ramp, minter));
+    let baseline = probe::snapshot(&ctx)
         .map_err(|e| format!("cannot read the server's figures at {}: {e}", o.url))?;
     let mut peak = Some(baseline);
     let chat_on = o.scenario != Scenario::Alarm;

@@ -7,20 +7,20 @@ use syncast::kit::http::{self, Target};
 use syncast::kit::prom;
 
 use crate::check::Snapshot;
-use crate::shared::REQUEST_TIMEOUT;
+use crate::shared::{Ctx, REQUEST_TIMEOUT};
 
 /// Takes one snapshot (two requests); `Err` says what could not be read.
-pub fn snapshot(target: &Target) -> Result<Snapshot, String> {
-    let mut s = threads(target, Snapshot::default())?;
-    let metrics = String::from_utf8_lossy(&get(target, "/metrics")?).into_owned();
+pub fn snapshot(ctx: &Ctx) -> Result<Snapshot, String> {
+    let mut s = threads(ctx, Snapshot::default())?;
+    let metrics = String::from_utf8_lossy(&get(ctx, "/metrics")?).into_owned();
     s.streaming_clients = gauge(&metrics, "syncast_streaming_clients").unwrap_or(0);
     s.chat_members = gauge(&metrics, "syncast_chat_members").unwrap_or(0);
     Ok(s)
 }
 
 /// Reads only `/debug/threads` (one request); the `/metrics` figures are taken from `prev`.
-pub fn threads(target: &Target, prev: Snapshot) -> Result<Snapshot, String> {
-    let threads = get(target, "/debug/threads")?;
+pub fn threads(ctx: &Ctx, prev: Snapshot) -> Result<Snapshot, String> {
+    let threads = get(ctx, "/debug/threads")?;
     let v: Value =
         serde_json::from_slice(&threads).map_err(|e| format!("/debug/threads: not JSON: {e}"))?;
     let num = |key: &str| {
@@ -36,8 +36,15 @@ pub fn threads(target: &Target, prev: Snapshot) -> Result<Snapshot, String> {
     })
 }
 
-fn get(target: &Target, path: &str) -> Result<Vec<u8>, String> {
-    match http::request(target, "GET", path, &[], b"", REQUEST_TIMEOUT) {
+/// `GET path` of an ops endpoint (with an admin token when auth is on).
+fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
+    let auth = ctx.admin_auth();
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    get_from(&ctx.target, path, &headers)
+}
+
+fn get_from(target: &Target, path: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+    match http::request(target, "GET", path, headers, b"", REQUEST_TIMEOUT) {
         Ok(r) if r.status == 200 => Ok(r.body),
         Ok(r) => Err(format!("{path}: status {}", r.status)),
         Err(e) => Err(format!("{path}: {e}")),

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use serde_json::{json, Value};
 use syncast::kit::http::Target;
+use syncast::kit::jwt::{self, Minter};
 
 /// Stack of every client thread: they parse a line, a small JSON object, and keep their logs on
 /// the heap. 128 KiB keeps 1,500 client threads under 200 MiB of reserved stack.
@@ -59,10 +61,16 @@ pub struct Progress {
     pub errors: AtomicU64,
 }
 
+/// How long a minted token lives: a client mints one for each request or stream it opens, so
+/// this only has to outlast one stream (a run's streams last well under a minute).
+pub const TOKEN_TTL: Duration = Duration::from_secs(300);
+
 /// State shared by every client of one run.
 pub struct Ctx {
     /// The server.
     pub target: Target,
+    /// With `--jwt-secret-file`: signs each client's tokens.
+    pub minter: Option<Minter>,
     /// When the run started; every recorded time is relative to it.
     pub t0: Instant,
     /// Live counters.
@@ -73,17 +81,53 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A context for `target`, opening at most `ramp` connections per second.
-    pub fn new(target: Target, ramp: f64) -> Ctx {
+    /// A context for `target`, opening at most `ramp` connections per second, minting tokens
+    /// with `minter` (auth on) or none.
+    pub fn new(target: Target, ramp: f64, minter: Option<Minter>) -> Ctx {
         let t0 = Instant::now();
         Ctx {
             target,
+            minter,
             t0,
             progress: Progress::default(),
             errors: Mutex::new(BTreeMap::new()),
             ramp_next: Mutex::new(t0),
             ramp_gap: Duration::from_secs_f64(1.0 / ramp),
         }
+    }
+
+    /// `Bearer JWT` for `sub` with `extra` claims merged in (`None` with auth off, or if the
+    /// token cannot be made: the request then goes without and is refused, and counted).
+    fn bearer(&self, sub: &str, extra: Value) -> Option<String> {
+        let minter = self.minter.as_ref()?;
+        let mut claims = jwt::claims(sub, TOKEN_TTL);
+        if let (Some(c), Value::Object(extra)) = (claims.as_object_mut(), extra) {
+            c.extend(extra);
+        }
+        minter.mint(&claims).ok().map(|t| format!("Bearer {t}"))
+    }
+
+    /// The `Authorization` value of chat member `name` (its `name` claim).
+    pub fn member_auth(&self, name: &str) -> Option<String> {
+        self.bearer(name, json!({ "name": name }))
+    }
+
+    /// The `Authorization` value of the stream of alarm `id` (its `sub`).
+    pub fn subscriber_auth(&self, id: &str) -> Option<String> {
+        self.bearer(id, json!({}))
+    }
+
+    /// The `Authorization` value of the alarm writer: publish on every id of the run.
+    pub fn publisher_auth(&self, tag: &str) -> Option<String> {
+        self.bearer(
+            "stress-writer",
+            json!({ "syncast": { "publish": [format!("{tag}-*")] } }),
+        )
+    }
+
+    /// The `Authorization` value of the probes of `/metrics` and `/debug/threads`.
+    pub fn admin_auth(&self) -> Option<String> {
+        self.bearer("stress-probe", json!({ "syncast": { "admin": true } }))
     }
 
     /// Microseconds since the run started.

@@ -166,10 +166,17 @@ impl Room {
 
     /// Takes the live events waiting for the stream `serial` of session `key` (the
     /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
-    /// again on [`Take::More`]) and counts them as delivered. Call after each message on
-    /// [`Attached::wake`]; the copy is made under the room's lock, the write after it.
-    pub(crate) fn take(&self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
-        let took = self.inner.lock().take(key, serial, out);
+    /// again on [`Take::More`]), appends when each was broadcast to `accepted` (for the
+    /// delivery latency, once written), and counts them as delivered. Call after each message
+    /// on [`Attached::wake`]; the copy is made under the room's lock, the write after it.
+    pub(crate) fn take(
+        &self,
+        key: u64,
+        serial: u64,
+        out: &mut Vec<u8>,
+        accepted: &mut Vec<u64>,
+    ) -> Take {
+        let took = self.inner.lock().take(key, serial, out, accepted);
         if let Take::Done(n) | Take::More(n) = took {
             self.metrics.chat_deliveries.add(n as u64);
         }
@@ -203,6 +210,15 @@ impl Room {
         })?;
         log::info!("chat left name={name}");
         Ok(name)
+    }
+
+    /// The name of the session holding `token`, if there is one.
+    pub(crate) fn name_of(&self, token: &Token) -> Option<String> {
+        self.inner
+            .lock()
+            .session(token)
+            .ok()
+            .map(|s| s.name.clone())
     }
 
     /// Names of every session, sorted.

@@ -68,6 +68,9 @@ struct Kept {
     /// The session whose message this is (its own messages are not sent back to it).
     from: Option<u64>,
     bytes: Encoded,
+    /// When it was broadcast (the post accepted), [`crate::metrics::now_ns`]: the start of its
+    /// delivery latency.
+    at: u64,
 }
 
 pub(crate) struct Inner {
@@ -132,7 +135,12 @@ impl Inner {
             }
         }
         let bytes: Encoded = encode_event(Some(kind), Some(id), &data.to_string()).into();
-        self.history.push_back(Kept { id, from, bytes });
+        self.history.push_back(Kept {
+            id,
+            from,
+            bytes,
+            at: crate::metrics::now_ns(),
+        });
         while self.history.len() > self.limits.history {
             self.history.pop_front();
         }
@@ -188,8 +196,14 @@ impl Inner {
 
     /// Appends to `out` the events after the cursor of stream `serial` of session `key` (not
     /// the session's own messages), up to about [`TAKE_BYTES`] of them, and moves the cursor
-    /// past them.
-    pub(crate) fn take(&mut self, key: u64, serial: u64, out: &mut Vec<u8>) -> Take {
+    /// past them; appends to `accepted` when each was broadcast.
+    pub(crate) fn take(
+        &mut self,
+        key: u64,
+        serial: u64,
+        out: &mut Vec<u8>,
+        accepted: &mut Vec<u64>,
+    ) -> Take {
         let Some(att) = self
             .sessions
             .get_mut(&key)
@@ -213,6 +227,7 @@ impl Inner {
             att.cursor = kept.id;
             if kept.from != Some(key) {
                 out.extend_from_slice(&kept.bytes);
+                accepted.push(kept.at);
                 taken += 1;
             }
         }

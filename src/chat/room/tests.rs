@@ -22,7 +22,7 @@ fn parse(bytes: &[u8]) -> (String, Option<u64>, serde_json::Value) {
 fn drain(r: &Room, att: &Attached) -> Vec<(String, Option<u64>, serde_json::Value)> {
     let mut out = Vec::new();
     while att.wake.try_recv().is_ok() {}
-    while let Take::More(_) = r.take(att.key, att.serial, &mut out) {}
+    while let Take::More(_) = r.take(att.key, att.serial, &mut out, &mut Vec::new()) {}
     events(out)
 }
 
@@ -177,7 +177,10 @@ fn a_full_queue_cuts_the_member_off_as_slow_and_others_go_on() {
     // Cut off at the third event, the first more than `queue` behind.
     assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
     assert_eq!(metrics.chat_slow.get(), 1);
-    assert_eq!(r.take(s.key, s.serial, &mut Vec::new()), Take::Closed);
+    assert_eq!(
+        r.take(s.key, s.serial, &mut Vec::new(), &mut Vec::new()),
+        Take::Closed
+    );
     assert!(s.wake.try_recv().is_ok(), "the pending wake is still there");
     assert!(s.wake.try_recv().is_err(), "and then the channel is closed");
     // Reattaching after the last event it got gives it the rest.
@@ -218,10 +221,16 @@ fn many_events_wait_behind_one_wake_and_go_out_in_one_take() {
     assert!(att.wake.try_recv().is_ok());
     assert!(att.wake.try_recv().is_err(), "one wake for ten events");
     let mut out = Vec::new();
-    assert_eq!(r.take(att.key, att.serial, &mut out), Take::Done(10));
+    assert_eq!(
+        r.take(att.key, att.serial, &mut out, &mut Vec::new()),
+        Take::Done(10)
+    );
     let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
     assert_eq!(got, ids);
-    assert_eq!(r.take(att.key, att.serial, &mut Vec::new()), Take::Done(0));
+    assert_eq!(
+        r.take(att.key, att.serial, &mut Vec::new(), &mut Vec::new()),
+        Take::Done(0)
+    );
 }
 
 #[test]
@@ -278,7 +287,7 @@ fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
     loop {
         let mut out = Vec::new();
         takes += 1;
-        match r.take(att.key, att.serial, &mut out) {
+        match r.take(att.key, att.serial, &mut out, &mut Vec::new()) {
             Take::More(k) => taken += k,
             Take::Done(k) => {
                 taken += k;
