@@ -428,8 +428,16 @@ mod tests {
         mapping_starts_at(p.wrapping_sub(page()))
     }
 
+    /// Held by every test here: the kernel merges adjacent mappings of the same kind into one,
+    /// so two tests' lazy blocks made side by side at once would hide where each one starts.
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn a_one_tib_zeroed_vec_is_allocated_lazily_and_unmapped_on_drop() {
+        let _serial = one_at_a_time();
         let rss_before = status_kib("VmRSS:");
         let mut v = vec![0u8; TIB];
         let p = v.as_ptr();
@@ -455,6 +463,7 @@ mod tests {
 
     #[test]
     fn the_memfd_fallback_is_lazy_zeroed_and_freed() {
+        let _serial = one_at_a_time();
         // The path strict overcommit takes (it cannot be switched on for one test).
         // SAFETY: a valid size; the block is used within its bounds and freed once.
         unsafe {
@@ -480,6 +489,7 @@ mod tests {
 
     #[test]
     fn small_and_over_aligned_blocks_go_to_the_system_allocator() {
+        let _serial = one_at_a_time();
         assert!(!mapped(&Layout::from_size_align(HUGE - 1, 1).unwrap()));
         assert!(mapped(&Layout::from_size_align(HUGE, 1).unwrap()));
         assert!(mapped(&Layout::from_size_align(HUGE, 4096).unwrap()));
@@ -497,6 +507,7 @@ mod tests {
 
     #[test]
     fn realloc_across_the_threshold_keeps_the_bytes() {
+        let _serial = one_at_a_time();
         let small = Layout::from_size_align(64, 8).unwrap();
         // SAFETY: every block is used within its current size and freed with its layout.
         unsafe {
@@ -545,6 +556,7 @@ mod tests {
 
     #[test]
     fn a_size_no_address_space_holds_gets_a_window_that_faults_past_its_end() {
+        let _serial = one_at_a_time();
         // 2^62 bytes: more than x86-64 (47 bits) or aarch64 (48 bits) can map. Before the window
         // this was null, and tiny_http's `vec!` aborted the process.
         let layout = Layout::from_size_align(1 << 62, 1).unwrap();
@@ -592,6 +604,7 @@ mod tests {
 
     #[test]
     fn touching_a_window_past_its_end_is_a_segfault_not_a_write_elsewhere() {
+        let _serial = one_at_a_time();
         let layout = Layout::from_size_align(1 << 62, 1).unwrap();
         // SAFETY: the block is written inside its window here; the write past it happens in a
         // forked child, which does nothing else (no allocation, no lock) before it dies or
@@ -623,6 +636,7 @@ mod tests {
 
     #[test]
     fn a_window_grown_into_a_full_mapping_copies_only_its_window() {
+        let _serial = one_at_a_time();
         let layout = Layout::from_size_align(1 << 62, 1).unwrap();
         // SAFETY: each block is used within what it can be accessed for and freed once.
         unsafe {
