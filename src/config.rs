@@ -105,6 +105,15 @@ pub struct Config {
     /// can show panics are caught, counted and survived. Never set by the binary.
     #[doc(hidden)]
     pub fault_panic_id: Option<String>,
+    /// Test-only: the watcher's sweep reads `TCP_INFO` of each socket in turn, as where
+    /// `sock_diag` (netlink) is unavailable, so tests can show that path works. Never set by
+    /// the binary.
+    #[doc(hidden)]
+    pub force_tcp_info_watch: bool,
+    /// Test-only: the watcher ignores epoll's state-change reports, so closed clients are found
+    /// by its sweep alone (tests of the sweep). Never set by the binary.
+    #[doc(hidden)]
+    pub watch_sweep_only: bool,
 }
 
 impl Default for Config {
@@ -143,6 +152,8 @@ impl Default for Config {
             alarm_store: AlarmStoreKind::Sqlite,
             redis_timeout: Duration::from_secs(2),
             fault_panic_id: None,
+            force_tcp_info_watch: false,
+            watch_sweep_only: false,
         }
     }
 }

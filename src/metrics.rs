@@ -65,6 +65,33 @@ pub(crate) const REJECT_REASONS: [&str; 11] = [
     "bad-framing",
 ];
 
+/// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of
+/// `syncast_streams_gone_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// Epoll reported a state change and the socket had left `ESTABLISHED`: the client closed
+    /// (FIN).
+    Fin,
+    /// Epoll reported `EPOLLHUP`/`EPOLLERR`: reset, or dropped by the kernel (`TCP_USER_TIMEOUT`).
+    Hangup,
+    /// The watcher's sweep (every 5 s) found it (epoll had not reported it).
+    Sweep,
+}
+
+impl Gone {
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Gone::Fin => "fin",
+            Gone::Hangup => "hangup",
+            Gone::Sweep => "sweep",
+        }
+    }
+
+    /// Every value, in the order `/metrics` shows them.
+    pub(crate) const ALL: [Gone; 3] = [Gone::Fin, Gone::Hangup, Gone::Sweep];
+}
+
 /// Every number `/metrics` shows that the server counts itself.
 #[derive(Default, Debug)]
 pub(crate) struct Metrics {
@@ -131,6 +158,14 @@ pub(crate) struct Metrics {
     pub(crate) request_drop_panics: Counter,
     /// Ended connections whose descriptors tiny_http still holds, at the last sweep.
     pub(crate) connections_stuck: Counter,
+    /// Stream sockets the watcher watches now.
+    pub(crate) streams_watched: Counter,
+    /// 1 while the watcher's sweep uses `sock_diag`, 0 while it reads `TCP_INFO`.
+    pub(crate) watcher_sock_diag: Counter,
+    /// Duration of the watcher's last sweep, microseconds.
+    pub(crate) watcher_sweep_us: Counter,
+    /// Streams the watcher found gone, by how (`Gone::ALL` order).
+    streams_gone: [Counter; 3],
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
     refresh_window: Mutex<std::collections::VecDeque<(u64, u64)>>,
     rejected: Mutex<Vec<(&'static str, u64)>>,
@@ -157,6 +192,17 @@ impl Metrics {
             w.pop_front();
         }
         w.push_back((us, lock_us));
+    }
+
+    /// Counts `n` streams the watcher found gone, `how`.
+    pub(crate) fn stream_gone(&self, how: Gone, n: u64) {
+        self.streams_gone[how as usize].add(n);
+    }
+
+    /// Streams the watcher found gone `how`, so far.
+    #[cfg(test)]
+    pub(crate) fn gone(&self, how: Gone) -> u64 {
+        self.streams_gone[how as usize].get()
     }
 
     /// Counts one refusal for `reason` (one of [`REJECT_REASONS`], or another fixed word).
@@ -500,7 +546,7 @@ impl Collector for Scrape {
         use Value::{Count, Seconds};
         let secs_of = |us: u64| Seconds(us as f64 / 1e6);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, Kind, &str, Value); 34] = [
+        let rows: [(&str, Kind, &str, Value); 37] = [
             ("syncast_process_threads", G, "Threads of this process (/proc/self/status).", Count(status.threads)),
             ("syncast_process_rss_bytes", G, "Resident set size of this process.", Count(status.rss_bytes)),
             ("syncast_alarm_streams_open", G, "Alarm streams open now.", Count(m.alarm_streams.get())),
@@ -530,6 +576,9 @@ impl Collector for Scrape {
             ("syncast_request_drop_panics_total", C, "Panics caught while tiny_http dropped a request (a declared length over isize::MAX).", Count(m.request_drop_panics.get())),
             ("syncast_alloc_windows_total", C, "Allocations no mapping could hold, served as a 16 MiB guarded window (tiny_http draining a declared length past the address space); process-wide.", Count(crate::alloc::windows())),
             ("syncast_connections_stuck", G, "Ended connections whose descriptors tiny_http still holds (a deadlocked thread each).", Count(m.connections_stuck.get())),
+            ("syncast_streams_watched", G, "Stream sockets the watcher watches for a client that left.", Count(m.streams_watched.get())),
+            ("syncast_watcher_sock_diag", G, "1 while the watcher's sweep uses sock_diag, 0 while it reads TCP_INFO.", Count(m.watcher_sock_diag.get())),
+            ("syncast_watcher_last_sweep_seconds", G, "Duration of the watcher's last sweep (a sock_diag dump or a TCP_INFO batch).", secs_of(m.watcher_sweep_us.get())),
             ("syncast_alarm_ids_registered", G, "Alarm ids connected now.", Count(g.alarm_ids as u64)),
             ("syncast_streaming_clients", G, "Streaming clients (alarm and chat) now.", Count(g.streaming_clients as u64)),
             ("syncast_threads_spawned_live", G, "Live threads this server spawned.", Count(g.threads_live as u64)),
@@ -586,6 +635,17 @@ impl Collector for Scrape {
             }
             Ok(())
         };
+        family(
+            "syncast_streams_gone_total",
+            "Streams the watcher found gone, by how: fin (epoll saw the state change), hangup \
+             (epoll: reset or dropped by the kernel), sweep (the check every 5 s).",
+            C,
+            "how",
+            Gone::ALL
+                .iter()
+                .map(|&h| (h.as_str(), m.streams_gone[h as usize].get()))
+                .collect(),
+        )?;
         family(
             "syncast_threads_live",
             "Live threads this server spawned, by role.",

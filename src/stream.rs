@@ -7,35 +7,35 @@ use std::sync::Arc;
 use tiny_http::Request;
 
 use crate::config::Config;
-use crate::http::body::Bodies;
-use crate::http::response::{Cors, Reply};
+use crate::http::response::Cors;
 use crate::http::sse::{SseWriter, WriteLimits};
 use crate::http::sweep::ConnTable;
+use crate::http::watch::Watcher;
 use crate::metrics::Metrics;
 
-/// What opening a stream needs: the connection table (the stream's socket is registered there
-/// until it ends), the write limits of its socket, the CORS headers of its head, and the reply
-/// path for a stream that cannot start.
+/// What opening a stream needs: the connection table and the watcher (the stream's socket is
+/// registered with both until it ends), the write limits of its socket, and the CORS headers of
+/// its head.
 pub(crate) struct Streams {
     conns: Arc<ConnTable>,
-    bodies: Arc<Bodies>,
+    watcher: Arc<Watcher>,
     limits: WriteLimits,
     cors: Cors,
     metrics: Arc<Metrics>,
 }
 
 impl Streams {
-    /// Streams registered in `conns`, under `config`'s write limits and CORS origin, their
-    /// event writes timed in `metrics`; a refusal goes out through `bodies`.
+    /// Streams registered in `conns` and watched by `watcher`, under `config`'s write limits and
+    /// CORS origin, their event writes timed in `metrics`.
     pub(crate) fn new(
         conns: Arc<ConnTable>,
-        bodies: Arc<Bodies>,
+        watcher: Arc<Watcher>,
         config: &Config,
         metrics: Arc<Metrics>,
     ) -> Streams {
         Streams {
             conns,
-            bodies,
+            watcher,
             limits: WriteLimits::of(config),
             cors: Cors::new(config.cors_origin.clone()),
             metrics,
@@ -47,16 +47,11 @@ impl Streams {
         SseWriter::start(
             request,
             &self.conns,
+            &self.watcher,
             &self.cors.sse_headers(),
             self.limits,
             &self.metrics,
         )
-    }
-
-    /// Answers a stream request that was refused on its own thread (e.g. a chat attach the room
-    /// refused) with a buffered reply.
-    pub(crate) fn refuse(&self, request: Request, reply: Reply) {
-        self.bodies.respond(request, self.cors.apply(reply));
     }
 }
 

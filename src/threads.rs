@@ -32,6 +32,8 @@ pub(crate) enum Role {
     ChatStream,
     /// Serves one short request that reads a body or touches the store.
     Request,
+    /// Sees streams' clients leave (one, while any stream runs).
+    Watcher,
 }
 
 impl Role {
@@ -43,6 +45,7 @@ impl Role {
             Role::AlarmStream => "alarm-stream",
             Role::ChatStream => "chat-stream",
             Role::Request => "request",
+            Role::Watcher => "watcher",
         }
     }
 
@@ -55,12 +58,13 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 5] = [
+    pub(crate) const ALL: [Role; 6] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
         Role::ChatStream,
         Role::Request,
+        Role::Watcher,
     ];
 }
 
@@ -183,6 +187,14 @@ impl Threads {
         }
     }
 
+    /// Lets go of the registry's table if it is far larger than the threads now live (after a
+    /// peak: see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        let mut inner = self.inner.lock();
+        crate::sys::mem::shrink_map(&mut inner.live);
+        inner.finished.shrink_to_fit();
+    }
+
     /// Joins the threads that have already ended; returns how many. Called periodically so
     /// finished handles do not pile up.
     pub(crate) fn reap(&self) -> usize {
@@ -243,6 +255,16 @@ impl Threads {
                 thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    /// Live stream threads (alarm and chat), counted without copying anything.
+    pub(crate) fn streams_live(&self) -> usize {
+        let inner = self.inner.lock();
+        inner
+            .live
+            .values()
+            .filter(|e| matches!(e.info.role, Role::AlarmStream | Role::ChatStream))
+            .count()
     }
 
     /// Live threads of each role.

@@ -152,6 +152,7 @@ mod tests {
     use crate::config::Config;
     use crate::http::body::Bodies;
     use crate::http::sweep::ConnTable;
+    use crate::http::watch::{Paths, Watcher};
     use crate::stream::Streams;
     use crate::threads::Threads;
     use tiny_http::TestRequest;
@@ -173,10 +174,12 @@ mod tests {
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
         let bodies = Arc::new(Bodies::new(conns.clone(), None, metrics.clone()));
+        let watcher =
+            Watcher::new(config.listen, Threads::new(), metrics.clone(), Paths::ALL).unwrap();
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, bodies.clone(), &config, metrics.clone()),
+                streams: Streams::new(conns, watcher, &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,

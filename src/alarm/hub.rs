@@ -98,6 +98,11 @@ impl AlarmHub {
         )
     }
 
+    /// Lets go of the table after a peak of connected ids (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        crate::sys::mem::shrink_map(&mut self.entries.write());
+    }
+
     /// Whether a new id missed its immediate load since the last call (and clears it).
     pub(crate) fn take_missed_load(&self) -> bool {
         self.missed_load

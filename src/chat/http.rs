@@ -9,7 +9,7 @@
 //! | `POST /chat/messages` (token; body: text or `{"text"}`) | `202 {"id"}` |
 //! | `POST /chat/name` (token; body: new name or `{"name"}`) | `200 {"from","to"}` |
 //! | `POST /chat/leave` (token) | `204` |
-//! | `GET /chat/users` | `200 {"online":[..]}` |
+//! | `GET /chat/users[?after=NAME&limit=N]` | `200 {"online":[..],"count","next","last_id"}` |
 //!
 //! Room calls touch only memory, so a request whose body tiny_http has already buffered (at most
 //! 1 KiB) is answered on the dispatcher; a larger body is read on a request thread (tiny_http
@@ -93,10 +93,13 @@ pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<
         }
     };
     let cx = chat.streams.clone();
-    chat.admit
-        .spawn_stream(Role::ChatStream, request, move |rq, slot, conn| {
-            stream::serve(cx, rq, member, last, conn, slot, expires)
-        });
+    // The room's work runs here, on the dispatcher (see `spawn_stream_prepared`).
+    chat.admit.spawn_stream_prepared(
+        Role::ChatStream,
+        request,
+        |_| stream::prepare(&chat.streams, &member, last),
+        move |rq, prepared, slot, conn| stream::serve(cx, rq, prepared, conn, slot, expires),
+    );
 }
 
 /// With auth on: whether the token may stream as `member`, and when the stream must end.
@@ -123,13 +126,38 @@ fn stream_grant(
     Ok(Some(grant.expires))
 }
 
-/// `GET /chat/users` (with auth on, for holders of a valid token only).
+/// Most names one `GET /chat/users` answers with, and its default `limit`.
+pub(crate) const USERS_PAGE_MAX: usize = 1000;
+
+/// `GET /chat/users[?after=NAME][&limit=N]`: the sessions' names, sorted, a page at a time
+/// (with auth on, for holders of a valid token only).
 pub(crate) fn users(chat: &Arc<ChatService>, request: Request, params: &Params<'_>) {
     if let Err(denied) = member_grant(chat, &request, params.query) {
         let reply = auth::refusal(&chat.metrics, &request, &denied);
         return chat.admit.respond(request, reply);
     }
-    let reply = response::json(200, &json!({ "online": chat.room.online() }));
+    let limit = match query_get(params.query, "limit") {
+        None => Some(USERS_PAGE_MAX),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=USERS_PAGE_MAX).contains(n)),
+    };
+    let reply = match limit {
+        None => bad_request(&chat.metrics, "invalid limit: use 1-1000"),
+        Some(limit) => {
+            let page = chat.room.users(query_get(params.query, "after"), limit);
+            response::json(
+                200,
+                &json!({
+                    "online": page.names,
+                    "count": page.count,
+                    "next": page.next,
+                    "last_id": page.last_id,
+                }),
+            )
+        }
+    };
     chat.admit.respond(request, reply);
 }
 

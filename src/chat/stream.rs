@@ -2,7 +2,8 @@
 //!
 //! The thread joins or attaches to the room, answers with the SSE head, writes the backlog
 //! (welcome, reset, replayed history) and then loops over keepalive tick, its wake channel (live
-//! events waiting in the room), its kick channel (replaced, left, slow) and its shutdown channel.
+//! events waiting in the room; closed when the room closes the stream: replaced, left, slow),
+//! the watcher's poke (the peer left) and its shutdown channel.
 //! It writes only its own socket, never under the room's lock.
 
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
-use super::room::{Attached, Kick, Room, Take};
+use super::room::{Attached, Encoded, Kick, Room, Take, TAKE_EVENTS};
 use super::session::Token;
 use crate::admit::StreamSlot;
+use crate::http::response::Reply;
 use crate::http::socket::Liveness;
-use crate::http::sse;
+use crate::http::sse::{self, SseWriter};
 use crate::metrics::Metrics;
 use crate::stream::{CloseReason, Streams};
 
@@ -55,7 +57,9 @@ struct Lifecycle<'a> {
 }
 
 impl<'a> Lifecycle<'a> {
-    fn new(metrics: &'a Metrics, room: &'a Room, att: &Attached, conn: u64) -> Lifecycle<'a> {
+    #[inline(never)]
+    /// Takes the attachment's name (no second copy of it lives as long as the stream).
+    fn new(metrics: &'a Metrics, room: &'a Room, att: &mut Attached, conn: u64) -> Lifecycle<'a> {
         metrics.chat_streams.inc();
         log::info!("chat stream opened name={} conn={conn}", att.name);
         Lifecycle {
@@ -63,7 +67,7 @@ impl<'a> Lifecycle<'a> {
             room,
             key: att.key,
             serial: att.serial,
-            name: att.name.clone(),
+            name: std::mem::take(&mut att.name),
             conn,
             // Until the loop says otherwise, an unwinding thread closed because of a fault.
             reason: CloseReason::ClientGone,
@@ -72,6 +76,7 @@ impl<'a> Lifecycle<'a> {
 }
 
 impl Drop for Lifecycle<'_> {
+    #[inline(never)]
     fn drop(&mut self) {
         let name = self.room.detach(self.key, self.serial);
         self.metrics.chat_streams.dec();
@@ -87,80 +92,126 @@ impl Drop for Lifecycle<'_> {
     }
 }
 
-/// Detaches the session if the thread ends before the stream is running (the SSE head could
-/// not be written): the session then starts its grace period instead of staying attached.
-struct Detach<'a> {
-    room: &'a Room,
-    key: u64,
-    serial: u64,
-    armed: bool,
+/// A stream's place in the room, made before its thread starts ([`prepare`]); if the thread
+/// never runs it, or ends before the stream is running (the SSE head could not be written),
+/// dropping it detaches the session, which then starts its grace period instead of staying
+/// attached.
+pub(crate) struct Prepared {
+    room: Arc<Room>,
+    att: Option<Attached>,
 }
 
-impl Drop for Detach<'_> {
+impl Drop for Prepared {
     fn drop(&mut self) {
-        if self.armed {
-            self.room.detach(self.key, self.serial);
+        if let Some(att) = self.att.take() {
+            self.room.detach(att.key, att.serial);
         }
+    }
+}
+
+/// Joins (`?name=`) or attaches (`?token=`) for a new stream, on the calling thread; a refusal
+/// is the reply to answer with.
+pub(crate) fn prepare(
+    cx: &ChatStreams,
+    member: &Member,
+    last_event_id: Option<u64>,
+) -> Result<Prepared, Reply> {
+    let room = &cx.room;
+    let attached = match member {
+        Member::Join(name) => room.join_and_attach(name, last_event_id),
+        Member::Resume(token) => room.attach(token, last_event_id),
+    };
+    match attached {
+        Ok(att) => Ok(Prepared {
+            room: room.clone(),
+            att: Some(att),
+        }),
+        Err(e) => Err(error_reply(&cx.metrics, &e)),
     }
 }
 
 /// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
 /// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's
 /// own thread; `slot` is its place under `--max-clients`.
+///
+/// Memory: an idle member must cost what an idle alarm stream costs (two stack pages and no
+/// buffer sized for a past write), so the room's work was done before the thread started
+/// ([`prepare`]), setting up ([`start`], [`send_backlog`]) runs in frames of its own that are
+/// gone before the loop ([`run`]) starts, the stack pages they touched are given back, and
+/// nothing the backlog needed (the welcome, replayed events, their buffer) is kept.
+#[inline(never)]
 pub(crate) fn serve(
     cx: Arc<ChatStreams>,
     request: tiny_http::Request,
-    member: Member,
-    last_event_id: Option<u64>,
+    prepared: Prepared,
+    conn: u64,
+    slot: StreamSlot,
+    expires: Option<Instant>,
+) {
+    if let Some((att, out)) = start(&cx, request, prepared, conn) {
+        run(cx, att, out, conn, slot, expires);
+    }
+}
+
+/// Takes over the request's socket (never inlined: see [`serve`]).
+#[inline(never)]
+fn start(
+    cx: &ChatStreams,
+    request: tiny_http::Request,
+    mut prepared: Prepared,
+    conn: u64,
+) -> Option<(Attached, SseWriter)> {
+    match cx.streams.open(request) {
+        Ok(out) => prepared.att.take().map(|att| (att, out)),
+        Err(e) => {
+            let name = prepared.att.as_ref().map_or("", |a| a.name.as_str());
+            log::info!("chat stream failed to start name={name} conn={conn} error={e}");
+            None
+        }
+    }
+}
+
+/// `retry:`, then the backlog (welcome, reset, replayed events) in one write; the buffer and
+/// the events are let go of when it returns.
+#[inline(never)]
+fn send_backlog(out: &mut SseWriter, backlog: Vec<Encoded>) -> std::io::Result<()> {
+    let mut batch = sse::retry(std::time::Duration::from_secs(2));
+    batch.reserve(backlog.iter().map(|e| e.len()).sum());
+    for event in &backlog {
+        batch.extend_from_slice(event);
+    }
+    drop(backlog);
+    out.send_event(&batch).map(|_| ())
+}
+
+#[inline(never)]
+fn opened<'a>(cx: &'a ChatStreams, att: &mut Attached, conn: u64) -> Lifecycle<'a> {
+    Lifecycle::new(&cx.metrics, &cx.room, att, conn)
+}
+
+/// The stream's loop, from the backlog to close (never inlined, like [`start`]).
+#[inline(never)]
+fn run(
+    cx: Arc<ChatStreams>,
+    mut att: Attached,
+    mut out: SseWriter,
     conn: u64,
     slot: StreamSlot,
     expires: Option<Instant>,
 ) {
     let room = cx.room.clone();
-    let attached = match &member {
-        Member::Join(name) => room.join_and_attach(name, last_event_id),
-        Member::Resume(token) => room.attach(token, last_event_id),
-    };
-    let att = match attached {
-        Ok(att) => att,
-        Err(e) => {
-            let reply = error_reply(&cx.metrics, &e);
-            cx.streams.refuse(request, reply);
-            return;
-        }
-    };
-    let mut detach = Detach {
-        room: &room,
-        key: att.key,
-        serial: att.serial,
-        armed: true,
-    };
-    let mut out = match cx.streams.open(request) {
-        Ok(out) => out,
-        Err(e) => {
-            log::info!(
-                "chat stream failed to start name={} conn={conn} error={e}",
-                att.name
-            );
-            return;
-        }
-    };
-    detach.armed = false;
-    let mut life = Lifecycle::new(&cx.metrics, &room, &att, conn);
+    let mut life = opened(&cx, &mut att, conn);
     crate::sys::thread::batch_scheduling();
     let ticker = tick(cx.heartbeat);
     let expiry = expires.map_or_else(never, at);
     crate::sys::thread::relax_keepalive_timer(cx.heartbeat);
-    let mut batch: Vec<u8> = Vec::new();
-    // When each event of `batch` was broadcast, for the delivery latency once it is written.
-    let mut accepted: Vec<u64> = Vec::new();
-    let result = (|| {
-        // The backlog goes out with as few writes as possible, like live events below.
-        batch = sse::retry(std::time::Duration::from_secs(2));
-        for event in &att.backlog {
-            batch.extend_from_slice(event);
-        }
-        out.send_event(&batch)?;
+    let backlog = std::mem::take(&mut att.backlog);
+    let result = send_backlog(&mut out, backlog).and_then(|()| {
+        // Setting up went deeper than the loop below goes: give those pages back.
+        crate::sys::thread::release_unused_stack();
+        // How long to wait, with nothing to do, before giving back the stack pages the last
+        // delivery or keepalive touched (see SETTLE); forever once given back.
+        let mut settle = Duration::MAX;
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -169,37 +220,19 @@ pub(crate) fn serve(
                     }
                     out.send(sse::KEEPALIVE)?;
                     cx.metrics.keepalives_sent.inc();
+                    settle = SETTLE;
                 }
                 recv(att.wake) -> woke => {
-                    // The room dropped our wake channel: it kicked us first.
+                    // The room dropped our wake channel: it closed the stream.
                     if woke.is_err() {
-                        return Ok(kicked(&mut life.name, att.kick.try_recv().ok()));
+                        return Ok(kicked(&mut life.name, room.kick_of(att.serial)));
                     }
-                    // Everything that arrived since the last wake goes out in one write: under
-                    // fan-out load one wake-up and one syscall carry many events.
-                    loop {
-                        batch.clear();
-                        accepted.clear();
-                        match room.take(att.key, att.serial, &mut batch, &mut accepted) {
-                            Take::Closed => {
-                                return Ok(kicked(&mut life.name, att.kick.try_recv().ok()))
-                            }
-                            Take::Done(_) => {
-                                if !batch.is_empty() {
-                                    let written = out.send_event(&batch)?;
-                                    delivered(&cx.metrics, &accepted, written);
-                                }
-                                break;
-                            }
-                            Take::More(_) => {
-                                let written = out.send_event(&batch)?;
-                                delivered(&cx.metrics, &accepted, written);
-                            }
-                        }
+                    if let Some(reason) = deliver(&cx.metrics, &room, &att, &mut out)? {
+                        return Ok(kicked(&mut life.name, reason));
                     }
+                    settle = SETTLE;
                 }
-                recv(att.kick) -> kick => return Ok(kicked(&mut life.name, kick.ok())),
-                // The connection sweep saw the client's socket leave ESTABLISHED: confirm on our
+                // The watcher saw the client's socket leave ESTABLISHED: confirm on our
                 // own socket (a reused descriptor number cannot fool it) and end.
                 recv(out.gone()) -> _ => {
                     if out.liveness() == Liveness::Gone {
@@ -216,26 +249,93 @@ pub(crate) fn serve(
                     let _ = out.send(sse::EXPIRED);
                     return Ok(CloseReason::TokenExpired);
                 }
+                default(settle) => {
+                    crate::sys::thread::release_unused_stack();
+                    settle = Duration::MAX;
+                }
             }
         }
-    })();
+    });
     life.reason = match result {
         Ok(reason) => reason,
         // A write that failed because the client stopped reading, after the room already cut
         // it off as slow, is reported as slow: that is the cause, the failed write the symptom.
-        Err(e) => match att.kick.try_recv() {
-            Ok(kick) => kicked(&mut life.name, Some(kick)),
+        Err(e) => match room.kick_of(att.serial) {
+            Some(kick) => kicked(&mut life.name, Some(kick)),
             // Shutdown shut the socket of a stream blocked in a write.
-            Err(_) if slot.is_closed() => CloseReason::Shutdown,
-            Err(_) => CloseReason::from_write_error(&e),
+            None if slot.is_closed() => CloseReason::Shutdown,
+            None => CloseReason::from_write_error(&e),
         },
     };
 }
 
-/// Records the delivery latency of the events just written at `written` (`accepted`: when
-/// each was broadcast; both [`crate::metrics::now_ns`]).
-fn delivered(metrics: &Metrics, accepted: &[u64], written: u64) {
-    metrics.chat_delivery.observe_since(accepted, written);
+/// Quiet time after a delivery or a keepalive before a stream gives back the stack pages it
+/// touched. Taking events (the room's lock, the events' array and gathering buffer, the write)
+/// goes deeper than a parked stream: without this, every member that ever received an event kept three pages
+/// instead of two (measured: 200 members, resident pages of each stack from the top, (0, 1, 2)
+/// before, (0, 1) after). Once per quiet period, so a busy stream does not pay a system call
+/// per wake.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Bytes of small events a stream gathers (on its stack) into one write; a bigger event is
+/// written from the history's own buffer.
+const GATHER_BYTES: usize = 4096;
+
+/// Everything that arrived since the last wake goes out in as few writes as possible: under
+/// fan-out load one wake-up and one system call carry many events. The events are the
+/// history's own buffers (no copy under the room's lock, no heap buffer kept by the stream).
+/// `Some(kick)` when the room closed the stream.
+#[inline(never)]
+fn deliver(
+    metrics: &Metrics,
+    room: &Room,
+    att: &Attached,
+    out: &mut SseWriter,
+) -> std::io::Result<Option<Option<Kick>>> {
+    let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
+    // When each was broadcast, for the delivery latency once it is written.
+    let mut accepted = [0u64; TAKE_EVENTS];
+    let mut gather = [0u8; GATHER_BYTES];
+    loop {
+        let took = room.take(att.key, att.serial, &mut events, &mut accepted);
+        let n = match took {
+            Take::Closed => return Ok(Some(room.kick_of(att.serial))),
+            Take::Done(n) | Take::More(n) => n,
+        };
+        // `gather` holds events [from, i); one too big for it is written on its own.
+        let (mut len, mut from) = (0, 0);
+        for i in 0..n {
+            let Some(event) = events[i].take() else {
+                continue;
+            };
+            if len + event.len() > GATHER_BYTES && len > 0 {
+                let written = out.send_event(&gather[..len])?;
+                metrics
+                    .chat_delivery
+                    .observe_since(&accepted[from..i], written);
+                (len, from) = (0, i);
+            }
+            if event.len() > GATHER_BYTES {
+                let written = out.send_event(&event)?;
+                metrics
+                    .chat_delivery
+                    .observe_since(&accepted[i..=i], written);
+                from = i + 1;
+            } else {
+                gather[len..len + event.len()].copy_from_slice(&event);
+                len += event.len();
+            }
+        }
+        if len > 0 {
+            let written = out.send_event(&gather[..len])?;
+            metrics
+                .chat_delivery
+                .observe_since(&accepted[from..n], written);
+        }
+        if let Take::Done(_) = took {
+            return Ok(None);
+        }
+    }
 }
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),

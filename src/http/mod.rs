@@ -1,5 +1,5 @@
 //! HTTP plumbing over tiny_http: keeping it accepting, the socket under a streaming request,
-//! the connection sweep, SSE encoding and writing, replies, request limits, and validation of
+//! the connection sweep, the watcher that sees a stream's client leave, SSE encoding and writing, replies, request limits, and validation of
 //! what clients send.
 
 pub(crate) mod accept;
@@ -11,3 +11,4 @@ pub(crate) mod socket;
 pub(crate) mod sse;
 pub(crate) mod sweep;
 pub(crate) mod validate;
+pub(crate) mod watch;

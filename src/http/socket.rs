@@ -8,8 +8,8 @@
 //!   ClientConnection`). `shutdown(SHUT_RD)` makes that read return EOF, so the pool thread lets go
 //!   of the connection while our writer keeps working. Without this a stream costs two threads and
 //!   a burst of streams can starve the pool (see ../shared/TINY_HTTP.md, "Measured").
-//! - **see a vanished client at once**: after the peer's FIN the socket is in `CLOSE_WAIT`, seen
-//!   through `TCP_INFO` without writing anything.
+//! - **see a vanished client at once**: the watcher ([`crate::http::watch`]) watches the socket,
+//!   and after the peer's FIN it is in `CLOSE_WAIT`, seen through `TCP_INFO` without writing.
 //! - **bound a blocked write**: `SO_SNDTIMEO`, so a client that never reads cannot pin a thread.
 //!
 //! The descriptors are found by [`crate::sys::fd::find_connection`]. The read one of
@@ -71,6 +71,11 @@ impl StreamSocket {
         self.fds.clone()
     }
 
+    /// The descriptors as last verified (no system call).
+    pub(crate) fn known_fds(&self) -> &[RawFd] {
+        &self.fds
+    }
+
     /// The first descriptor that still belongs to this connection.
     fn fd(&mut self) -> Option<RawFd> {
         let (local, peer) = (self.local, self.peer);
@@ -88,17 +93,22 @@ impl StreamSocket {
     }
 
     /// Shuts the read half so tiny_http's pool thread, parked reading the next request on this
-    /// connection, sees EOF and is freed; then waits (briefly, bounded) until that thread has
-    /// closed its duplicate descriptor, so one verified descriptor remains.
+    /// connection, sees EOF and is freed; then waits (bounded) until that thread has closed its
+    /// duplicate descriptor, so one verified descriptor remains: ours, the one every later call
+    /// uses and the watcher watches. (On a loaded machine the pool thread can take a while to
+    /// run: at 200 ms some streams kept both, and later the reader's number, reused.)
     pub(crate) fn release_reader(&mut self) {
         // Through a checked dup: tiny_http's pool thread closes its own number when it likes.
         if let Some(socket) = self.own() {
             socket.shutdown(std::net::Shutdown::Read);
         }
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let deadline = Instant::now() + Duration::from_secs(2);
         while self.fds.len() > 1 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
             self.fd();
+        }
+        if self.fds.len() > 1 {
+            log::debug!("sse socket reader not released peer={}", self.peer);
         }
     }
 
@@ -117,8 +127,8 @@ impl StreamSocket {
         fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, value);
     }
 
-    /// Makes the kernel find a peer that vanished without a FIN or RST, so the socket leaves
-    /// `ESTABLISHED` (seen by the sweep's `TCP_INFO` check) and its writes fail:
+    /// Makes the kernel find a peer that vanished without a FIN or RST, so the connection is
+    /// dropped (the watcher sees `EPOLLERR`/`EPOLLHUP`) and its writes fail:
     /// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
     ///   connection. This is the one that matters for a stream: it writes a heartbeat at least
     ///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes

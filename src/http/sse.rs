@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 
 use super::socket::{self, Liveness, StreamSocket};
 use super::sweep::ConnTable;
+use super::watch::{Watched, Watcher};
 use crate::metrics::Metrics;
 
 /// Encodes one event. `data` may hold any text: every line break (`\n`, `\r\n`, `\r`) starts a new
@@ -120,9 +121,11 @@ pub(crate) struct SseWriter {
     /// The socket's descriptors as registered in `conns` (unregistered in `Drop`, which runs
     /// before `out` closes them).
     fds: Vec<RawFd>,
+    /// The socket's registration with the watcher (dropped in `Drop`, before `out` closes it).
+    watched: Option<Watched>,
     gone: Receiver<()>,
-    /// Keeps `gone` connected even if the table drops its sender (a descriptor number reused
-    /// by another stream replaces the entry): a disconnected channel would be always ready.
+    /// Keeps `gone` connected whatever the watcher does with its sender: a disconnected
+    /// channel would be always ready.
     _gone_tx: Option<crossbeam_channel::Sender<()>>,
     write_timeout: Duration,
     /// Where event writes are timed (`syncast_event_write_seconds`).
@@ -131,6 +134,8 @@ pub(crate) struct SseWriter {
 
 impl Drop for SseWriter {
     fn drop(&mut self) {
+        // Both registrations go before the fields drop: `out` closes the descriptor.
+        drop(self.watched.take());
         self.conns.stream_fds_closed(&self.fds);
         if let Some(peer) = self.peer {
             let held = self.conns.stream_ended(peer, true);
@@ -152,10 +157,11 @@ impl SseWriter {
     /// Takes over `request`: writes `200` and the SSE headers (plus `extra` header lines, each
     /// without CRLF), marks the connection as a stream in `conns` (so the idle sweep leaves it
     /// alone until this writer is dropped), frees tiny_http's pool thread from the connection,
-    /// and sets the write time-out and TCP keepalive.
+    /// sets the write time-out and TCP keepalive, and has `watcher` watch the socket.
     pub(crate) fn start(
         request: tiny_http::Request,
         conns: &Arc<ConnTable>,
+        watcher: &Watcher,
         extra: &[String],
         limits: WriteLimits,
         metrics: &Arc<Metrics>,
@@ -172,6 +178,7 @@ impl SseWriter {
             conns: conns.clone(),
             peer,
             fds: Vec::new(),
+            watched: None,
             gone: crossbeam_channel::never(),
             _gone_tx: None,
             write_timeout: limits.timeout,
@@ -210,12 +217,20 @@ impl SseWriter {
                 s.set_send_buffer(limits.send_buffer);
                 s.set_keepalive(limits.user_timeout);
                 // Zero capacity: a poke reaches the stream only while it waits in `select!`;
-                // one sent while it is busy writing is lost, and the sweep's next pass over
-                // the sockets (a few seconds) sends it again. A one-slot channel costs 580
-                // bytes per stream (cache-padded head and tail), this one 130.
+                // one sent while it is busy writing is lost, and the watcher sends it again
+                // every 250 ms until the stream leaves. A one-slot channel costs 580 bytes per
+                // stream (cache-padded head and tail), this one 130.
                 let (tx, rx) = crossbeam_channel::bounded(0);
                 writer.fds = s.fds();
-                conns.stream_fds_opened(&writer.fds, tx.clone());
+                conns.stream_fds_opened(&writer.fds);
+                // The first verified descriptor: normally the only one left, our writer's.
+                if let Some(&fd) = writer.fds.first() {
+                    match watcher.watch(fd, tx.clone()) {
+                        Ok(w) => writer.watched = Some(w),
+                        // Closed under us: the peer is gone, and the first write says so.
+                        Err(e) => log::debug!("sse socket not watched peer={peer:?} error={e}"),
+                    }
+                }
                 writer.gone = rx;
                 writer._gone_tx = Some(tx);
             }
@@ -274,16 +289,51 @@ impl SseWriter {
         Ok(())
     }
 
-    /// Gets a message when the server's sweep saw this connection leave `ESTABLISHED` (peer
-    /// gone): a stream's `select!` loop watches it and then confirms with
+    /// Gets a message when the watcher saw this connection's client leave (FIN, reset, or
+    /// dropped by the kernel): a stream's `select!` loop watches it and then confirms with
     /// [`SseWriter::liveness`]. Never ready if the socket was not found.
     pub(crate) fn gone(&self) -> &Receiver<()> {
         &self.gone
     }
 
-    /// Whether the client is still connected, checked without writing.
+    /// Has the watcher tell `tx` instead of [`SseWriter::gone`] (which is then never ready)
+    /// when it sees the client leave: a stream that already waits on a channel of its own
+    /// (an alarm stream's wake-up) saves one channel in its `select!`. Whoever receives on it
+    /// then checks [`SseWriter::liveness`].
+    pub(crate) fn tell_gone_through(&mut self, tx: crossbeam_channel::Sender<()>) {
+        if let Some(w) = &self.watched {
+            w.tell_through(tx);
+            self.gone = crossbeam_channel::never();
+            self._gone_tx = None;
+        }
+    }
+
+    /// Whether the client is still connected, checked without writing on this stream's own
+    /// socket (verified by its addresses). Open after a poke means the watcher was misled (a
+    /// reused descriptor number): it is told to stop.
     pub(crate) fn liveness(&mut self) -> Liveness {
-        socket::liveness_of(&mut self.socket)
+        let now = socket::liveness_of(&mut self.socket);
+        // A descriptor the socket no longer has (tiny_http's, closed after the release gave
+        // up waiting for it) leaves the connection table now: its number may be reused.
+        if let Some(s) = self.socket.as_ref() {
+            let kept = s.known_fds();
+            if kept.len() < self.fds.len() {
+                let dropped: Vec<RawFd> = self
+                    .fds
+                    .iter()
+                    .copied()
+                    .filter(|fd| !kept.contains(fd))
+                    .collect();
+                self.conns.stream_fds_closed(&dropped);
+                self.fds.retain(|fd| kept.contains(fd));
+            }
+        }
+        if now == Liveness::Open {
+            if let Some(w) = &self.watched {
+                w.still_open();
+            }
+        }
+        now
     }
 }
 

@@ -1,8 +1,9 @@
 //! The sweep table: what the server knows of its accepted connections, for the once-a-second
 //! sweep that gives tiny_http the header deadline, idle time-out and pending-connection cap it
 //! lacks (it reads a request line and headers for as long as a client cares to send them, on a
-//! thread of its own), and the descriptors of running streams, checked in batches for a peer
-//! that left.
+//! thread of its own), and the descriptors of running streams, which the sweep and the search
+//! for a new stream's socket skip. (Whether a stream's client left is the watcher's job:
+//! [`crate::http::watch`].)
 //!
 //! The descriptor scans and socket calls it relies on live in [`crate::sys::fd`].
 
@@ -10,8 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::Sender;
 
 use crate::sys::fd::{self, FdSet};
 
@@ -29,16 +28,10 @@ pub(crate) struct ConnTable {
 }
 
 /// The descriptors of running streams: skipped by [`fd::find_connection`] and by the
-/// sweep's scan (no system call per stream), and checked in batches for a vanished peer.
+/// sweep's scan (no system call per stream).
 #[derive(Default)]
 struct StreamFds {
     set: FdSet,
-    /// Each stream descriptor and the channel that tells its thread the peer may be gone.
-    wake: HashMap<RawFd, Sender<()>>,
-    /// The descriptor number where the next liveness batch starts (0: a new pass).
-    cursor: RawFd,
-    /// Sockets checked per sweep during this pass.
-    batch: usize,
 }
 
 #[derive(Default)]
@@ -88,8 +81,6 @@ pub(crate) struct Sweep {
     pub(crate) over_cap: usize,
     /// Connections waiting for headers after the sweep.
     pub(crate) pending: usize,
-    /// Streams told their peer left (found by the batched `TCP_INFO` check).
-    pub(crate) streams_gone: usize,
     /// Accepted connections that have ended (TCP state `CLOSE`) while their descriptors are still
     /// open: tiny_http never closes them, because the pool thread that owns them waits forever
     /// (an `HTTP/2.0` or `HTTP/3.0` request line deadlocks it, see tests/http2_deadlock.rs). Each
@@ -112,15 +103,13 @@ impl ConnTable {
         self.streams.lock().set.clone()
     }
 
-    /// `fds` are the socket of a running stream; `gone` is told (`try_send`) when a sweep sees
-    /// the connection leave `ESTABLISHED`, so the stream's thread can end without waiting for
-    /// its next keepalive. Undone by [`ConnTable::stream_fds_closed`], which must run before
-    /// the descriptors are closed.
-    pub(crate) fn stream_fds_opened(&self, fds: &[RawFd], gone: Sender<()>) {
+    /// `fds` are the socket of a running stream: the sweep and the search for a new stream's
+    /// socket skip them. Undone by [`ConnTable::stream_fds_closed`], which must run before the
+    /// descriptors are closed.
+    pub(crate) fn stream_fds_opened(&self, fds: &[RawFd]) {
         let mut st = self.streams.lock();
         for &fd in fds {
             st.set.insert(fd);
-            st.wake.insert(fd, gone.clone());
         }
     }
 
@@ -129,49 +118,7 @@ impl ConnTable {
         let mut st = self.streams.lock();
         for &fd in fds {
             st.set.remove(fd);
-            st.wake.remove(&fd);
         }
-    }
-
-    /// Checks `TCP_INFO` of a quarter of the stream sockets (round robin, so each is checked
-    /// every four sweeps) and wakes the streams whose peer left. One `getsockopt` per socket:
-    /// far cheaper than waking every stream thread to check its own socket. Returns how many
-    /// it woke.
-    fn check_streams(&self) -> usize {
-        let batch: Vec<(RawFd, Sender<()>)> = {
-            let mut guard = self.streams.lock();
-            let st = &mut *guard;
-            if st.wake.is_empty() {
-                return 0;
-            }
-            // The batch size is fixed for a whole pass over the descriptors (in number order),
-            // so a pass ends within four sweeps even while streams are leaving.
-            if st.cursor == 0 {
-                st.batch = st.wake.len().div_ceil(4);
-            }
-            let end = st.set.bits();
-            let mut fd = st.cursor;
-            let mut batch = Vec::with_capacity(st.batch);
-            while batch.len() < st.batch && fd < end {
-                if st.set.contains(fd) {
-                    if let Some(tx) = st.wake.get(&fd) {
-                        batch.push((fd, tx.clone()));
-                    }
-                }
-                fd += 1;
-            }
-            st.cursor = if fd >= end { 0 } else { fd };
-            batch
-        };
-        let mut woken = 0;
-        for (fd, tx) in batch {
-            // A stale number (stream just closed) at worst wakes a stream that re-checks its
-            // own, verified socket and carries on.
-            if fd::established(fd) == Some(false) && tx.try_send(()).is_ok() {
-                woken += 1;
-            }
-        }
-        woken
     }
 
     /// The accepted connections of this server that are not running streams, as (peer,
@@ -268,7 +215,6 @@ impl ConnTable {
         let now = Instant::now();
         // Group descriptors by peer first (tiny_http holds two per connection).
         let mut conns: HashMap<SocketAddr, Vec<RawFd>> = Default::default();
-        let woken = self.check_streams();
         let stuck;
         {
             let stream_fds = self.stream_fds();
@@ -289,7 +235,6 @@ impl ConnTable {
             }
         }
         let mut result = Sweep {
-            streams_gone: woken,
             stuck,
             ..Sweep::default()
         };
@@ -405,8 +350,7 @@ mod tests {
         let _stream_client = TcpStream::connect(local).unwrap();
         let (stream_side, _) = listener.accept().unwrap();
         let stream_dup = stream_side.try_clone().unwrap();
-        let (gone, _gone_rx) = crossbeam_channel::bounded(1);
-        table.stream_fds_opened(&[stream_side.as_raw_fd(), stream_dup.as_raw_fd()], gone);
+        table.stream_fds_opened(&[stream_side.as_raw_fd(), stream_dup.as_raw_fd()]);
         // Other descriptors: a file, an accepted socket of another listener, the listener itself
         // and our own client sockets (their local address is not the server's).
         let _file = std::fs::File::open("/dev/null").unwrap();

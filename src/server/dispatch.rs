@@ -207,7 +207,15 @@ impl Dispatcher {
             if now >= next_housekeeping {
                 self.threads.reap();
                 self.room.housekeeping();
-                trim.after_streams_left(self.admit.stream_count());
+                // Stream threads still live, not only slots taken: a thread frees its malloc
+                // caches when it exits, after giving back its slot.
+                let streams = self.admit.stream_count().max(self.threads.streams_live());
+                trim.after_streams_left(streams, || {
+                    self.threads.shrink();
+                    self.admit.shrink();
+                    self.room.shrink();
+                    self.router.alarms.streams.hub.shrink();
+                });
                 next_housekeeping = now + housekeeping;
             }
             if now >= next_sweep {

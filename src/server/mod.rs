@@ -41,6 +41,7 @@ use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::body::Bodies;
 use crate::http::sweep::ConnTable;
+use crate::http::watch::{Paths, Watcher};
 use crate::metrics::Metrics;
 use crate::redis::Link;
 use crate::reload::{ReloadHook, Reloaded, Reloads};
@@ -65,6 +66,8 @@ pub enum StartError {
     Store(StoreError),
     /// A thread could not be spawned.
     Spawn(std::io::Error),
+    /// The watcher's epoll set or eventfd could not be made (out of descriptors).
+    Watch(std::io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -76,6 +79,7 @@ impl std::fmt::Display for StartError {
             StartError::Key(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
+            StartError::Watch(e) => write!(f, "cannot watch stream sockets: {e}"),
         }
     }
 }
@@ -84,7 +88,10 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Config(e) => Some(e),
-            StartError::Bind(e) | StartError::AdminBind(e) | StartError::Spawn(e) => Some(e),
+            StartError::Bind(e)
+            | StartError::AdminBind(e)
+            | StartError::Spawn(e)
+            | StartError::Watch(e) => Some(e),
             StartError::Key(e) => Some(e),
             StartError::Store(e) => Some(e),
         }
@@ -121,6 +128,7 @@ pub struct Server {
     auth: Arc<Auth>,
     threads: Threads,
     admit: Arc<Admission>,
+    watcher: Arc<Watcher>,
     http: CurrentHttp,
     reloads: Reloads,
     shutdown_tx: Option<Sender<()>>,
@@ -141,6 +149,7 @@ impl Server {
     fn launch(config: ValidConfig, threads: Threads) -> Result<Server, StartError> {
         let config = config.into_inner();
         accept::install_panic_watch();
+        crate::sys::mem::tune_malloc();
         let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
         let link = match &config.redis {
             Some(url) => {
@@ -192,11 +201,13 @@ impl Server {
         let room = Room::new(&config, metrics.clone());
         let conns = Arc::new(ConnTable::new(local));
         let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
+        let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
+            .map_err(StartError::Watch)?;
         let admit = Admission::new(&config, metrics.clone(), threads.clone(), bodies.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
-                streams: Streams::new(conns.clone(), bodies.clone(), &config, metrics.clone()),
+                streams: Streams::new(conns.clone(), watcher.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -212,7 +223,7 @@ impl Server {
             room: room.clone(),
             streams: Arc::new(ChatStreams {
                 room: room.clone(),
-                streams: Streams::new(conns.clone(), bodies.clone(), &config, metrics.clone()),
+                streams: Streams::new(conns.clone(), watcher.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
             }),
@@ -300,12 +311,18 @@ impl Server {
                  addr={local}"
             );
         }
+        // What starting up touched all over the binary need not stay resident (see the function).
+        match crate::sys::mem::release_clean_file_pages() {
+            Ok(bytes) => log::debug!("start-up pages released mapped_kib={}", bytes / 1024),
+            Err(e) => log::debug!("start-up pages not released error={e}"),
+        }
         Ok(Server {
             local,
             admin_local,
             auth,
             threads,
             admit,
+            watcher,
             http,
             reloads,
             shutdown_tx: Some(shutdown_tx),
@@ -372,6 +389,7 @@ impl Server {
         let joined_before = self.threads.joined_total();
         drop(tx);
         self.admit.close_streams();
+        self.watcher.shutdown();
         if let Some(http) = self.http.lock().as_ref() {
             http.unblock();
         }

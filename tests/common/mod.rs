@@ -401,6 +401,39 @@ impl Sse {
         self.reader.get_ref().get_ref().local_addr().unwrap()
     }
 
+    /// Sends FIN (`shutdown(SHUT_WR)`), as a closing browser tab or `curl` does, whatever is
+    /// still unread: closing a socket with unread data sends RST instead.
+    pub fn fin(&self) {
+        let _ = self
+            .reader
+            .get_ref()
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write);
+    }
+
+    /// Closes the connection with RST (`SO_LINGER` 0, then close), as a crashed client's
+    /// kernel or a middlebox does.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let sock = self.reader.get_ref().get_ref();
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: linger is a valid struct of the size passed; the socket is ours.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(self);
+    }
+
     /// Sets how long a read may block.
     pub fn set_timeout(&self, d: Duration) {
         self.reader

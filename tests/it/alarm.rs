@@ -122,7 +122,7 @@ fn two_streams_for_one_id_survive_one_leaving() {
     assert_eq!(a.next_data(), F);
     assert_eq!(b.next_data(), F);
     drop(a);
-    // tick mode is not in play; the closed one is seen at its next heartbeat (500 ms here).
+    // The closed one is seen by the watcher (or at its next heartbeat, 500 ms here).
     wait_log(&[
         "sse stream closed",
         &format!("id={id} "),

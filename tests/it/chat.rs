@@ -28,6 +28,9 @@ struct Member {
     sse: Sse,
     /// Id of the last room event this member saw.
     last: u64,
+    /// Names its `presence` events said joined, and their `left` entries, in order.
+    joins: Vec<String>,
+    leaves: Vec<Value>,
 }
 
 impl Member {
@@ -43,6 +46,8 @@ impl Member {
             token: welcome.data["token"].as_str().unwrap().to_string(),
             last: welcome.data["last_id"].as_u64().unwrap(),
             sse,
+            joins: Vec::new(),
+            leaves: Vec::new(),
         }
     }
 
@@ -51,6 +56,13 @@ impl Member {
         let ev = next(&mut self.sse)?;
         if let Some(id) = ev.id {
             self.last = id;
+        }
+        if ev.event == "presence" {
+            for n in ev.data["joined"].as_array().expect("joined") {
+                self.joins.push(n.as_str().expect("a name").to_string());
+            }
+            self.leaves
+                .extend(ev.data["left"].as_array().expect("left").iter().cloned());
         }
         Some(ev)
     }
@@ -70,6 +82,24 @@ impl Member {
                     return out;
                 }
             }
+        }
+    }
+
+    /// Reads events until a `presence` event has said `name` joined (maybe one read before).
+    fn joined(&mut self, name: &str) {
+        while !self.joins.iter().any(|n| n == name) {
+            self.next().expect("event before end of stream");
+        }
+    }
+
+    /// Reads events until a `presence` event has said `name` left (maybe one read before);
+    /// returns its entry of `left` (`{"name","reason"}`).
+    fn left(&mut self, name: &str) -> Value {
+        loop {
+            if let Some(e) = self.leaves.iter().find(|e| e["name"] == name) {
+                return e.clone();
+            }
+            self.next().expect("event before end of stream");
         }
     }
 
@@ -194,7 +224,7 @@ fn two_members_exchange_messages_in_order_and_never_hear_themselves() {
     let (a_name, b_name) = (unique("ann"), unique("ben"));
     let mut a = Member::join(&s, &a_name);
     let mut b = Member::join(&s, &b_name);
-    assert_eq!(a.next_of("join").data, json!({ "name": b_name }));
+    a.joined(&b_name);
     let mut from_a = Vec::new();
     let mut from_b = Vec::new();
     for i in 0..10 {
@@ -314,7 +344,7 @@ fn names_are_unique_case_insensitively_and_renames_are_broadcast() {
     let r = rename(&b, &carol);
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({ "from": bob, "to": carol }));
-    assert_eq!(a.next_of("join").data["name"], bob);
+    a.joined(&bob);
     assert_eq!(
         a.next_of("rename").data,
         json!({ "from": bob.clone(), "to": carol.clone() })
@@ -371,6 +401,8 @@ fn a_client_that_drops_and_reattaches_with_token_and_last_event_id_gets_exactly_
         token,
         sse,
         last,
+        joins: Vec::new(),
+        leaves: Vec::new(),
     };
     let welcome = a.next().unwrap();
     assert_eq!(welcome.event, "welcome");
@@ -494,6 +526,8 @@ fn a_reader_that_never_reads_is_cut_off_as_slow_others_are_unaffected_and_it_los
         token: slow_token,
         sse,
         last,
+        joins: Vec::new(),
+        leaves: Vec::new(),
     };
     got.extend(again.messages_until("end").iter().map(|m| m.0));
     assert_eq!(got, posted, "nothing lost across the cut-off");
@@ -648,6 +682,8 @@ fn attaching_again_replaces_the_older_stream() {
         token: token.clone(),
         sse: s.sse(&format!("/chat/stream?token={token}")),
         last: 0,
+        joins: Vec::new(),
+        leaves: Vec::new(),
     };
     assert_eq!(second.next().unwrap().event, "welcome");
     while next(&mut first).is_some() {}
@@ -692,8 +728,8 @@ fn leaving_ends_the_session_and_its_stream_and_every_thread_goes() {
         while m.next().is_some() {}
     }
     for name in names.iter().take(3) {
-        let left = members[watcher_idx].next_of("leave");
-        assert_eq!(left.data, json!({ "name": name, "reason": "left" }));
+        let left = members[watcher_idx].left(name);
+        assert_eq!(left, json!({ "name": name, "reason": "left" }));
         wait_log(&["chat left", &format!("name={name}")]);
         wait_log(&[
             "chat stream closed",
@@ -730,9 +766,9 @@ fn a_session_without_a_stream_expires_with_leave_timeout() {
     let mut watcher = Member::join(&s, &unique("watch"));
     let ghost = unique("ghost");
     join_only(&s, &ghost);
-    assert_eq!(watcher.next_of("join").data["name"], ghost);
-    let leave = watcher.next_of("leave");
-    assert_eq!(leave.data, json!({ "name": ghost, "reason": "timeout" }));
+    watcher.joined(&ghost);
+    let leave = watcher.left(&ghost);
+    assert_eq!(leave, json!({ "name": ghost, "reason": "timeout" }));
     wait_log(&["chat expired", &format!("name={ghost}")]);
     assert_eq!(s.metric("syncast_chat_members"), 1.0);
     // The name is free again, and the watcher (attached all along) is still there.
@@ -796,6 +832,8 @@ fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
         token: String::new(),
         sse,
         last: 0,
+        joins: Vec::new(),
+        leaves: Vec::new(),
     };
     assert_eq!(m.next().unwrap().event, "welcome");
     let got: Vec<String> = m.messages_until("two").into_iter().map(|g| g.2).collect();
@@ -823,4 +861,128 @@ fn a_full_room_answers_503_with_retry_after_until_someone_leaves() {
     assert_eq!(r.status, 204);
     join_only(&s, &unique("three"));
     assert!(s.metric("syncast_rejected_total{reason=\"room-full\"}") >= 2.0);
+}
+
+#[test]
+fn joins_and_leaves_arrive_as_presence_events_once_each_in_order_and_resume_replays_them() {
+    let s = start(|_| {});
+    let mut w = Member::join(&s, &unique("pw"));
+    let names: Vec<String> = (0..40).map(|_| unique("pj")).collect();
+    let tokens: Vec<String> = names.iter().map(|n| join_only(&s, n)).collect();
+    for t in tokens.iter().take(10) {
+        let r = s.request_with(
+            "POST",
+            "/chat/leave",
+            None,
+            &[("Authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(r.status, 204);
+    }
+    // Everything the watcher hears until the last leave: joins and leaves come in presence
+    // events (fewer than one each), each name once per change, joins before their leaves.
+    let mut joined: Vec<String> = Vec::new();
+    let mut left: Vec<String> = Vec::new();
+    let mut presence_ids = Vec::new();
+    while left.len() < 10 {
+        let ev = w.next_of("presence");
+        presence_ids.push(ev.id.expect("presence events have ids"));
+        for n in ev.data["joined"].as_array().unwrap() {
+            joined.push(n.as_str().unwrap().to_string());
+        }
+        for e in ev.data["left"].as_array().unwrap() {
+            assert_eq!(e["reason"], "left");
+            let n = e["name"].as_str().unwrap().to_string();
+            assert!(joined.contains(&n), "{n} left before it joined");
+            left.push(n);
+        }
+    }
+    let ours: Vec<&String> = joined.iter().filter(|n| names.contains(n)).collect();
+    assert_eq!(
+        ours,
+        names.iter().collect::<Vec<_>>(),
+        "every join once, in order"
+    );
+    assert_eq!(left, names[..10].to_vec(), "every leave once, in order");
+    assert!(
+        presence_ids.len() < 50,
+        "50 changes were coalesced: {} events",
+        presence_ids.len()
+    );
+    // The users list is exact: the watcher and the 30 who stayed.
+    let users = s.json("/chat/users");
+    assert_eq!(users["count"], 31);
+    let mut expected: Vec<String> = names[10..].to_vec();
+    expected.push(w.name.clone());
+    expected.sort();
+    assert_eq!(users["online"], json!(expected));
+    assert_eq!(users["next"], Value::Null);
+    // Reattaching after the first presence event replays the later ones exactly.
+    let first = presence_ids[0];
+    drop(w.sse);
+    let mut again = Sse::open(
+        s.addr,
+        &format!("/chat/stream?token={}", w.token),
+        &[("Last-Event-ID", &first.to_string())],
+    );
+    assert_eq!(next(&mut again).unwrap().event, "welcome");
+    let replayed: Vec<u64> = std::iter::from_fn(|| next(&mut again))
+        .filter(|e| e.event == "presence")
+        .map(|e| e.id.unwrap())
+        .take(presence_ids.len() - 1)
+        .collect();
+    assert_eq!(replayed, presence_ids[1..]);
+}
+
+#[test]
+fn the_welcome_lists_the_first_hundred_names_and_users_pages_through_all_of_them() {
+    let s = start(|_| {});
+    let mut w = Member::join(&s, &unique("aaw"));
+    let names: Vec<String> = (0..150)
+        .map(|i| format!("{}-{i:03}", unique("pg")))
+        .collect();
+    for n in &names {
+        join_only(&s, n);
+    }
+    w.joined(names.last().unwrap());
+    // A new stream now: the welcome is the room as of its last_id, bounded.
+    let late = unique("zzl");
+    let mut m = Member::join(&s, &late);
+    let welcome_count;
+    {
+        let mut again = s.sse(&format!("/chat/stream?token={}", m.token));
+        let welcome = next(&mut again).unwrap();
+        assert_eq!(welcome.event, "welcome");
+        welcome_count = welcome.data["online_count"].as_u64().unwrap();
+        let online = welcome.data["online"].as_array().unwrap().clone();
+        assert_eq!(online.len(), 100);
+        let mut sorted = online.clone();
+        sorted.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        assert_eq!(online, sorted, "the first names in sorted order");
+        m.sse = again;
+    }
+    assert!((151..=152).contains(&welcome_count), "{welcome_count}");
+    // Paging: every name once, sorted, 40 at a time.
+    let mut all: Vec<String> = Vec::new();
+    let mut path = "/chat/users?limit=40".to_string();
+    loop {
+        let page = s.json(&path);
+        assert_eq!(page["count"], 152);
+        let got = page["online"].as_array().unwrap();
+        assert!(got.len() <= 40);
+        all.extend(got.iter().map(|n| n.as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/chat/users?limit=40&after={next}"),
+            None => break,
+        }
+    }
+    let mut expected: Vec<String> = names.clone();
+    expected.push(w.name.clone());
+    expected.push(late);
+    expected.sort();
+    assert_eq!(all, expected);
+    for bad in ["0", "1001", "x"] {
+        let r = s.request("GET", &format!("/chat/users?limit={bad}"), None);
+        assert_eq!(r.status, 400);
+        assert_eq!(r.error(), "invalid limit: use 1-1000");
+    }
 }

@@ -18,6 +18,7 @@ mod chat;
 mod docs;
 mod hostile;
 mod injection;
+mod leaving;
 mod metrics;
 mod smuggling;
 mod web;

@@ -165,6 +165,66 @@ impl Clients {
         Ok(self.streaming())
     }
 
+    /// Opens one stream per request at `rate` connections a second (the offered load of a
+    /// ramp), then polls until every connection has received at least one event (its first:
+    /// a chat member's `welcome`) or `timeout` passes since the first connect. Returns how many
+    /// got their first event and the time from the first connect to the last first event.
+    pub fn open_paced<F>(
+        &mut self,
+        requests: Vec<Vec<u8>>,
+        rate: u32,
+        timeout: Duration,
+        on_event: &mut F,
+    ) -> io::Result<(usize, Duration)>
+    where
+        F: FnMut(Event<'_>),
+    {
+        let t0 = Instant::now();
+        let deadline = t0 + timeout;
+        let first = self.conns.len();
+        let n = requests.len();
+        let every = Duration::from_secs(1) / rate.max(1);
+        let mut todo = requests.into_iter().enumerate().peekable();
+        let mut last_first_event = t0;
+        let mut done = vec![false; n];
+        let mut welcomed = 0usize;
+        let mut last_scan = t0;
+        while welcomed < n && Instant::now() < deadline {
+            let now = Instant::now();
+            while let Some((i, _)) = todo.peek() {
+                if t0 + every * (*i as u32) > now {
+                    break;
+                }
+                let (_, rq) = todo.next().expect("peeked");
+                self.connect(rq)?;
+            }
+            let wait = match todo.peek() {
+                Some((i, _)) => (t0 + every * (*i as u32)).saturating_duration_since(now),
+                None => Duration::from_millis(20),
+            };
+            self.poll(wait.min(Duration::from_millis(20)), on_event)?;
+            let now = Instant::now();
+            // A scan of every connection, at most every 5 ms (the ramp time is read to that).
+            if now.duration_since(last_scan) < Duration::from_millis(5) {
+                continue;
+            }
+            last_scan = now;
+            for (k, c) in self.conns[first..].iter().enumerate() {
+                if !done[k] && (c.events > 0 || c.state == State::Closed) {
+                    done[k] = true;
+                    if c.events > 0 {
+                        welcomed += 1;
+                        last_first_event = now;
+                    }
+                }
+            }
+            if todo.peek().is_none() && done.iter().all(|d| *d) {
+                break;
+            }
+        }
+        Ok((welcomed, last_first_event.duration_since(t0)))
+    }
+
     fn pending(&self) -> usize {
         self.conns
             .iter()
@@ -343,6 +403,18 @@ impl Clients {
         }
         if eof {
             close(ep, c);
+        }
+    }
+
+    /// Sends FIN on every open connection (`shutdown(SHUT_WR)`), as a closing browser tab does,
+    /// whatever is still unread (closing a socket with unread data sends RST instead). Each is
+    /// closed once the server closes its side (read returns 0 in [`Clients::poll`]).
+    pub fn fin_all(&mut self) {
+        for c in &self.conns {
+            if c.state != State::Closed {
+                // SAFETY: fd is ours and open (state not Closed).
+                unsafe { libc::shutdown(c.fd, libc::SHUT_WR) };
+            }
         }
     }
 

@@ -2,14 +2,21 @@
 //! with epoll-driven clients (issue 5). Prints the machine, a table of median (min..max) over
 //! the runs, and writes `target/bench/results.json`.
 //!
-//! Usage: `syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint]
-//! [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]`
+//! Usage: `syncast-bench [--runs N]
+//! [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,chat,fanout,floor]
+//! [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--close-size 10000] [--out PATH] [--auth]`
 //!
 //! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
 //! carry a token (each such stream then also waits on its token's expiry in its `select!`).
+//!
+//! `syncast-bench --naive-server tick|chat [--listen ADDR]` runs the naive thread-per-connection
+//! server the bench compares syncast with (naive.rs); scenarios start it as a child with
+//! `ServerProc::start_naive` and drive it with the same client.
 
 mod epoll;
+mod fanout;
 mod floor;
+mod naive;
 mod proc;
 mod redis;
 
@@ -229,6 +236,9 @@ impl Bench {
             let h0 = srv.sample();
             c.run_until(hold, &mut no_events, |_| false);
             let at = srv.sample();
+            let sweep_ms = srv
+                .metric("syncast_watcher_last_sweep_seconds")
+                .map_or(f64::NAN, |v| v * 1e3);
             let still = c.streaming();
             c.close_all();
             let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
@@ -261,6 +271,13 @@ impl Bench {
                 if n == 10_000 { "<= 16" } else { "" },
                 (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
             );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                if n == 10_000 { "<= 8" } else { "" },
+                (after.rss as f64 - before.rss as f64) / MIB,
+            );
             r.add(&sc, "threads before", "", "", before.threads as f64);
             r.add(&sc, "threads at N", "", "", at.threads as f64);
             r.add(
@@ -285,6 +302,7 @@ impl Bench {
                 back.map_or(f64::NAN, |d| d.as_secs_f64()),
             );
             let cpu = at.cpu - h0.cpu;
+            r.add(&sc, "watcher sweep (last)", "ms", "", sweep_ms);
             r.add(&sc, "hold (one heartbeat)", "s", "", hold.as_secs_f64());
             r.add(&sc, "server CPU over the hold", "s", "", cpu);
             r.add(
@@ -300,38 +318,282 @@ impl Bench {
         Ok(())
     }
 
+    /// Idle chat members (issue 13): `n` members join with `GET /chat/stream?name=` at
+    /// [`CHAT_RAMP_RATE`] connections a second, then sit idle; memory and threads per member,
+    /// the time until the last one has its `welcome`, and what is left 10 s after they close.
+    fn chat_idle(&mut self, n: usize) -> Result<(), String> {
+        let sc = format!("idle chat members N={n}");
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            std::thread::sleep(Duration::from_millis(500));
+            let before = srv.sample();
+            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+            let rqs: Vec<Vec<u8>> = (0..n)
+                .map(|i| get(srv.addr, &format!("/chat/stream?name=i{run}x{i}")))
+                .collect();
+            let (welcomed, ramp) = c
+                .open_paced(rqs, CHAT_RAMP_RATE, Duration::from_secs(60), &mut no_events)
+                .map_err(|e| e.to_string())?;
+            if welcomed < n {
+                let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+                for conn in c.conns.iter().filter(|c| c.events == 0) {
+                    *statuses.entry(conn.status).or_default() += 1;
+                }
+                self.results.notes.push(format!(
+                    "{sc} run {run}: only {welcomed} of {n} members welcomed in {:.1} s \
+                     (the others by status, 0 = no answer: {statuses:?})",
+                    ramp.as_secs_f64()
+                ));
+            }
+            let ramp_events = c.events();
+            // As for alarm streams: tiny_http's surplus pool threads go first (5 s).
+            c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
+            let at = srv.sample();
+            let still = c.streaming();
+            c.close_all();
+            let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
+            std::thread::sleep(
+                Duration::from_secs(10).saturating_sub(back.unwrap_or(Duration::from_secs(10))),
+            );
+            let after = srv.sample();
+            let open = welcomed.min(still);
+            let r = &mut self.results;
+            r.add(&sc, "members welcomed", "", &n.to_string(), open as f64);
+            r.add(
+                &sc,
+                "ramp: first connect to last welcome",
+                "s",
+                if n == 10_000 { "<= 12" } else { "" },
+                ramp.as_secs_f64(),
+            );
+            r.add(
+                &sc,
+                "events received during the ramp",
+                "",
+                "",
+                ramp_events as f64,
+            );
+            r.add(&sc, "RSS before", "MiB", "", before.rss as f64 / MIB);
+            r.add(&sc, "RSS at N", "MiB", "", at.rss as f64 / MIB);
+            r.add(
+                &sc,
+                "RSS per member",
+                "KiB",
+                "<= 16",
+                (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads per member",
+                "",
+                "1",
+                (at.threads as f64 - before.threads as f64) / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "threads 10 s after close",
+                "",
+                &format!("<= {}", before.threads),
+                after.threads as f64,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close",
+                "MiB",
+                "",
+                after.rss as f64 / MIB,
+            );
+            r.add(
+                &sc,
+                "RSS 10 s after close - before",
+                "MiB",
+                "<= 8",
+                (after.rss as f64 - before.rss as f64) / MIB,
+            );
+            drop(c);
+            srv.stop();
+        }
+        Ok(())
+    }
+
+    /// `n` tick-mode streams on syncast, then on the naive server (naive.rs) in the same run:
+    /// events/s and server CPU over [`TICK_WINDOW`], and the ratio of the two CPUs.
     fn tick(&mut self, n: usize) -> Result<(), String> {
         let sc = format!("tick streams N={n}");
         for run in 0..self.runs {
             let srv = self.server(&[])?;
-            let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
-            let rqs: Vec<Vec<u8>> = (0..n)
-                .map(|i| get(srv.addr, &format!("/sse/call/tick{run}x{}", i % 1000)))
-                .collect();
-            let open = c
-                .open(rqs, 256, Duration::from_secs(120), &mut no_events)
-                .map_err(|e| e.to_string())?;
-            c.run_until(Duration::from_secs(2), &mut no_events, |_| false);
-            let e0 = c.events();
-            let s0 = srv.sample();
-            let t0 = Instant::now();
-            c.run_until(TICK_WINDOW, &mut no_events, |_| false);
-            let secs = t0.elapsed().as_secs_f64();
-            let s1 = srv.sample();
-            let got = (c.events() - e0) as f64 / secs;
+            let ours = Self::tick_load(&srv, n, run)?;
+            srv.stop();
+            let naive = ServerProc::start_naive("tick")?;
+            let theirs = Self::tick_load(&naive, n, run)?;
+            naive.stop();
             let r = &mut self.results;
-            r.add(&sc, "streams open", "", &n.to_string(), open as f64);
-            r.add(&sc, "events/s delivered", "1/s", &format!("{}", n * 2), got);
+            r.add(&sc, "streams open", "", &n.to_string(), ours.open as f64);
             r.add(
                 &sc,
-                "server CPU",
-                "% core",
-                "",
-                (s1.cpu - s0.cpu) / secs * 100.0,
+                "events/s delivered",
+                "1/s",
+                &format!("{}", n * 2),
+                ours.events_per_s,
             );
-            r.add(&sc, "server RSS", "MiB", "", s1.rss as f64 / MIB);
-            drop(c);
-            srv.stop();
+            r.add(&sc, "server CPU", "% core", "", ours.cpu_pct);
+            r.add(&sc, "server RSS", "MiB", "", ours.rss_mib);
+            r.add(
+                &sc,
+                "naive server: streams open",
+                "",
+                "",
+                theirs.open as f64,
+            );
+            r.add(
+                &sc,
+                "naive server: events/s delivered",
+                "1/s",
+                "",
+                theirs.events_per_s,
+            );
+            r.add(&sc, "naive server: CPU", "% core", "", theirs.cpu_pct);
+            r.add(&sc, "naive server: RSS", "MiB", "", theirs.rss_mib);
+            r.add(
+                &sc,
+                "server CPU / naive server CPU",
+                "",
+                "<= 1.1",
+                ours.cpu_pct / theirs.cpu_pct,
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens `n` tick-mode streams on `srv` (over 1,000 ids), lets them settle, and measures.
+    fn tick_load(srv: &ServerProc, n: usize, run: usize) -> Result<TickLoad, String> {
+        let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+        let rqs: Vec<Vec<u8>> = (0..n)
+            .map(|i| get(srv.addr, &format!("/sse/call/tick{run}x{}", i % 1000)))
+            .collect();
+        let open = c
+            .open(rqs, 256, Duration::from_secs(120), &mut no_events)
+            .map_err(|e| e.to_string())?;
+        c.run_until(Duration::from_secs(2), &mut no_events, |_| false);
+        let e0 = c.events();
+        let s0 = srv.sample();
+        let t0 = Instant::now();
+        c.run_until(TICK_WINDOW, &mut no_events, |_| false);
+        let secs = t0.elapsed().as_secs_f64();
+        let s1 = srv.sample();
+        Ok(TickLoad {
+            open,
+            events_per_s: (c.events() - e0) as f64 / secs,
+            cpu_pct: (s1.cpu - s0.cpu) / secs * 100.0,
+            rss_mib: s1.rss as f64 / MIB,
+        })
+    }
+
+    /// `n` streams of `kind` whose clients all send FIN at once, right after the ramp and
+    /// after a hold of [`CLOSE_HOLD`], each on a fresh server: how long until every stream
+    /// thread has ended (the server's own count, `/metrics`), the server's CPU in the second
+    /// after the close, and (after the hold, when tiny_http's pool has settled) how long until
+    /// the process is back at its thread count from before the ramp.
+    fn mass_close(&mut self, kind: Kind, n: usize) -> Result<(), String> {
+        let sc = format!("mass close N={n}: {}", kind.label());
+        for run in 0..self.runs {
+            for (phase, hold) in [
+                ("right after the ramp", Duration::ZERO),
+                ("after a hold", CLOSE_HOLD),
+            ] {
+                let srv = self.server(&[])?;
+                std::thread::sleep(Duration::from_millis(500));
+                let before = srv.sample();
+                let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+                let tag = format!("{}{run}", if hold.is_zero() { "r" } else { "h" });
+                let rqs: Vec<Vec<u8>> =
+                    (0..n).map(|i| get(srv.addr, &kind.path(&tag, i))).collect();
+                let t_ramp = Instant::now();
+                let open = c
+                    .open(rqs, 256, Duration::from_secs(180), &mut no_events)
+                    .map_err(|e| e.to_string())?;
+                let ramp = t_ramp.elapsed();
+                if open < n {
+                    self.results.notes.push(format!(
+                        "{sc} run {run} {phase}: only {open} of {n} streams opened in {:.1} s",
+                        ramp.as_secs_f64()
+                    ));
+                }
+                c.run_until(hold, &mut no_events, |_| false);
+                let s0 = srv.sample();
+                let t0 = Instant::now();
+                c.fin_all();
+                let mut first_second = None;
+                let mut gone = None;
+                // After the ramp tiny_http's surplus pool threads linger 5 s whatever syncast
+                // does, so the process count is taken only after the hold.
+                let mut back = None;
+                while t0.elapsed() < Duration::from_secs(30) {
+                    let _ = c.poll(Duration::from_millis(10), &mut no_events);
+                    if first_second.is_none() && t0.elapsed() >= Duration::from_secs(1) {
+                        let s1 = srv.sample();
+                        first_second = Some((s1.cpu - s0.cpu) / t0.elapsed().as_secs_f64() * 100.0);
+                    }
+                    // The dispatcher and the refresher are all that is left.
+                    if gone.is_none()
+                        && srv
+                            .metric("syncast_threads_spawned_live")
+                            .unwrap_or(f64::MAX)
+                            <= 2.0
+                    {
+                        gone = Some(t0.elapsed());
+                    }
+                    if back.is_none() && !hold.is_zero() && srv.sample().threads <= before.threads {
+                        back = Some(t0.elapsed());
+                    }
+                    if gone.is_some()
+                        && first_second.is_some()
+                        && (hold.is_zero() || back.is_some())
+                    {
+                        break;
+                    }
+                }
+                let r = &mut self.results;
+                r.add(
+                    &sc,
+                    &format!("{phase}: streams open"),
+                    "",
+                    &n.to_string(),
+                    open as f64,
+                );
+                r.add(
+                    &sc,
+                    &format!("{phase}: ramp time"),
+                    "s",
+                    "",
+                    ramp.as_secs_f64(),
+                );
+                r.add(
+                    &sc,
+                    &format!("{phase}: stream threads all ended after"),
+                    "s",
+                    "<= 2",
+                    gone.map_or(f64::NAN, |d| d.as_secs_f64()),
+                );
+                r.add(
+                    &sc,
+                    &format!("{phase}: server CPU in the first second"),
+                    "% core",
+                    "",
+                    first_second.unwrap_or(f64::NAN),
+                );
+                if !hold.is_zero() {
+                    r.add(
+                        &sc,
+                        &format!("{phase}: process threads back to before after"),
+                        "s",
+                        "",
+                        back.map_or(f64::NAN, |d| d.as_secs_f64()),
+                    );
+                }
+                drop(c);
+                srv.stop();
+            }
         }
         Ok(())
     }
@@ -762,6 +1024,118 @@ impl Bench {
 }
 
 impl Bench {
+    /// Chat fan-out beside the naive thread-per-member server, same client, same run (issue 13,
+    /// item 5; see fanout.rs). The naive server is this binary's `--naive-server chat` (issue 13
+    /// part A); a build without it measures syncast alone and says so.
+    fn fanout(&mut self) -> Result<(), String> {
+        let sc = "chat fan-out beside naive threads: 1,000 members";
+        for run in 0..self.runs {
+            let srv = self.server(&[])?;
+            let ours = fanout::measure(&srv, &format!("s{run}"));
+            srv.stop();
+            let ours = ours?;
+            let naive = match ServerProc::start_naive("chat") {
+                Ok(n) => {
+                    let got = fanout::measure(&n, &format!("n{run}"));
+                    n.stop();
+                    Some(got?)
+                }
+                Err(e) => {
+                    self.results
+                        .notes
+                        .push(format!("{sc}: no naive server in this build ({e})"));
+                    None
+                }
+            };
+            let r = &mut self.results;
+            let paced = format!("paced {}/s", fanout::PACED_RATE);
+            let burst = format!("burst of {}", fanout::BURST);
+            r.add(sc, "members streaming", "", "1000", ours.members as f64);
+            r.add(
+                sc,
+                &format!("syncast: {paced}: CPU per delivery"),
+                "µs",
+                "",
+                ours.paced_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p50"),
+                "ms",
+                "",
+                ours.paced_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {paced}: latency p99"),
+                "ms",
+                "",
+                ours.paced_p99,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: CPU per delivery"),
+                "µs",
+                "",
+                ours.burst_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p50"),
+                "ms",
+                "",
+                ours.burst_p50,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: latency p99"),
+                "ms",
+                "<= 25",
+                ours.burst_p99,
+            );
+            r.add(sc, "syncast: lost", "", "0", ours.lost as f64);
+            if let Some(n) = naive {
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.paced_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {paced}: latency p99"),
+                    "ms",
+                    "",
+                    n.paced_p99,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: CPU per delivery"),
+                    "µs",
+                    "",
+                    n.burst_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("naive: {burst}: latency p99"),
+                    "ms",
+                    "",
+                    n.burst_p99,
+                );
+                r.add(sc, "naive: lost", "", "", n.lost as f64);
+                r.add(
+                    sc,
+                    &format!("{paced}: CPU per delivery, syncast / naive"),
+                    "",
+                    "<= 1.0",
+                    ours.paced_cpu_us / n.paced_cpu_us,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// The machine's floor for thread-per-member fan-out (see floor.rs).
     fn floor(&mut self) -> Result<(), String> {
         let sc = "floor: 1,000 threads wake and write (no server)";
@@ -824,8 +1198,53 @@ struct Sent {
     answered: Instant,
 }
 
+/// Members joining a second in the idle chat scenario (issue 13: 10,000 at 1,000/s).
+const CHAT_RAMP_RATE: u32 = 1000;
+
 /// How long the tick scenario counts events and CPU (60,000 events at 5,000 streams).
 const TICK_WINDOW: Duration = Duration::from_secs(6);
+
+/// What one tick-mode load measured.
+struct TickLoad {
+    open: usize,
+    events_per_s: f64,
+    cpu_pct: f64,
+    rss_mib: f64,
+}
+
+/// How long the mass-close scenario holds the streams before its second close.
+const CLOSE_HOLD: Duration = Duration::from_secs(10);
+
+/// The stream kinds of the mass-close scenario.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `GET /sse/call/{id}?mode=change`, distinct ids.
+    Change,
+    /// `GET /sse/call/{id}` (tick mode), 1,000 ids.
+    Tick,
+    /// `GET /chat/stream?name=NAME`: each a new member.
+    Chat,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Change => "alarm change streams",
+            Kind::Tick => "alarm tick streams",
+            Kind::Chat => "chat members (?name=)",
+        }
+    }
+
+    /// The path of client `i` of the phase and run tagged `tag`.
+    fn path(self, tag: &str, i: usize) -> String {
+        match self {
+            Kind::Change => format!("/sse/call/c{tag}x{i}?mode=change"),
+            // 1,000 ids, as the tick scenario.
+            Kind::Tick => format!("/sse/call/t{tag}x{}", i % 1000),
+            Kind::Chat => format!("/chat/stream?name=m{tag}x{i}"),
+        }
+    }
+}
 
 /// The chat scenario's paced phases: messages per second (x 1,000 members; 150 is the target's
 /// 150,000 deliveries/s, 50 a third of it) and how long each lasts.
@@ -891,6 +1310,28 @@ fn main() -> std::process::ExitCode {
     let mut auth = false;
     let mut only: Option<Vec<String>> = None;
     let mut sizes: Vec<usize> = vec![1000, 5000, 10_000];
+    let mut chat_sizes: Vec<usize> = vec![5000, 10_000];
+    let mut close_size = 10_000;
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--naive-server") {
+        let mode = argv.get(1).and_then(|m| naive::Mode::parse(m));
+        let listen = match argv.get(2).map(String::as_str) {
+            None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            Some("--listen") => argv.get(3).and_then(|a| a.parse().ok()),
+            Some(_) => None,
+        };
+        let (Some(mode), Some(listen)) = (mode, listen) else {
+            eprintln!("usage: syncast-bench --naive-server tick|chat [--listen ADDR]");
+            return std::process::ExitCode::from(2);
+        };
+        return match naive::run(mode, listen) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("naive server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let mut out = dir.join("../bench/results.json");
@@ -904,6 +1345,18 @@ fn main() -> std::process::ExitCode {
                     .map(|v| v.split(',').map(String::from).collect())
             }
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            "--chat-sizes" => {
+                chat_sizes = args
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                    .unwrap_or(chat_sizes)
+            }
+            "--close-size" => {
+                close_size = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(close_size)
+            }
             "--auth" => auth = true,
             "--idle-sizes" => {
                 sizes = args
@@ -912,7 +1365,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only idle,tick,chat,floor,refresh,redis-refresh,footprint] [--idle-sizes 1000,5000,10000] [--out PATH] [--auth]");
+                eprintln!("usage: syncast-bench [--runs N] [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,chat,fanout,floor] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--close-size 10000] [--out PATH] [--auth]\n       syncast-bench --naive-server tick|chat [--listen ADDR]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -946,6 +1399,16 @@ fn main() -> std::process::ExitCode {
             steps.push(("idle", Box::new(move |b| b.idle(n))));
         }
     }
+    if want("chat-idle") {
+        for n in chat_sizes {
+            steps.push(("chat-idle", Box::new(move |b| b.chat_idle(n))));
+        }
+    }
+    if want("close") {
+        for kind in [Kind::Change, Kind::Tick, Kind::Chat] {
+            steps.push(("close", Box::new(move |b| b.mass_close(kind, close_size))));
+        }
+    }
     if want("tick") {
         steps.push(("tick", Box::new(|b| b.tick(5000))));
     }
@@ -957,6 +1420,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));
+    }
+    if want("fanout") {
+        steps.push(("fanout", Box::new(|b| b.fanout())));
     }
     if want("floor") {
         steps.push(("floor", Box::new(|b| b.floor())));

@@ -55,9 +55,8 @@ impl ServerProc {
         db: PathBuf,
         extra: &[&str],
     ) -> Result<ServerProc, String> {
-        let t0 = Instant::now();
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--db"])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--log-level", "warn", "--db"])
             .arg(&db)
             .args(extra)
             // For experiments only (e.g. `--heartbeat 60s`); `make bench` sets nothing here.
@@ -65,12 +64,32 @@ impl ServerProc {
                 std::env::var("SYNCAST_BENCH_SERVER_ARGS")
                     .unwrap_or_default()
                     .split_whitespace(),
-            )
+            );
+        ServerProc::spawn(cmd, dir, &bin.display().to_string())
+    }
+
+    /// Starts this bench's own naive thread-per-connection server (`--naive-server MODE`, see
+    /// naive.rs) on a free port; waits until it answers. Driven and measured like syncast.
+    pub fn start_naive(mode: &str) -> Result<ServerProc, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--naive-server", mode, "--listen", "127.0.0.1:0"]);
+        let (dir, _) = temp_db();
+        ServerProc::spawn(
+            cmd,
+            dir,
+            &format!("{} --naive-server {mode}", exe.display()),
+        )
+    }
+
+    fn spawn(mut cmd: Command, dir: PathBuf, what: &str) -> Result<ServerProc, String> {
+        let t0 = Instant::now();
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut line = String::new();
         BufReader::new(stdout)
@@ -87,7 +106,9 @@ impl ServerProc {
                 break t0.elapsed();
             }
             if t0.elapsed() > Duration::from_secs(10) {
-                return Err("server did not answer within 10 s".into());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} did not answer within 10 s"));
             }
             std::thread::sleep(Duration::from_millis(1));
         };

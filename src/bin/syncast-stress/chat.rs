@@ -15,7 +15,7 @@ use serde_json::Value;
 use syncast::kit::http::{self, Closer, Opened};
 use syncast::kit::sse::Item;
 
-use crate::check::{ChatLog, Receipt, Sent, Window};
+use crate::check::{ChatLog, PresenceSeen, Receipt, Sent, Window};
 use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
 
 /// What the chat scenario does.
@@ -61,6 +61,8 @@ struct StreamState {
     last_seen: u64,
     /// The reader has stopped.
     ended: bool,
+    /// The `presence` events received (this run's members only).
+    presence: Vec<PresenceSeen>,
     closer: Option<Closer>,
 }
 
@@ -112,6 +114,8 @@ pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan) -> ChatRun {
         run.log.sent.push(m.sent);
         run.log.received.push(m.received);
         run.log.windows.push(m.window);
+        run.log.presence.push(m.presence);
+        run.log.last_seen.push(m.last_seen);
     }
     run
 }
@@ -120,6 +124,8 @@ struct Member {
     sent: Vec<Sent>,
     received: Vec<Receipt>,
     window: Option<Window>,
+    presence: Vec<PresenceSeen>,
+    last_seen: u64,
     failed: bool,
 }
 
@@ -129,6 +135,8 @@ impl Member {
             sent: Vec::new(),
             received: Vec::new(),
             window: None,
+            presence: Vec::new(),
+            last_seen: 0,
             failed: true,
         }
     }
@@ -177,6 +185,8 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
         sent: Vec::new(),
         received: Vec::new(),
         window: None,
+        presence: Vec::new(),
+        last_seen: 0,
         failed: false,
     };
     ctx.ramp();
@@ -321,6 +331,11 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
             c.close();
         }
     }
+    {
+        let mut s = stream.state.lock();
+        me.presence = std::mem::take(&mut s.presence);
+        me.last_seen = s.last_seen;
+    }
     match reader.join() {
         Ok(Ok(received)) => me.received = received,
         Ok(Err(received)) => {
@@ -351,20 +366,37 @@ struct Message<'a> {
     text: std::borrow::Cow<'a, str>,
 }
 
+/// The part of `event: presence` we read.
+#[derive(Deserialize)]
+struct Presence<'a> {
+    #[serde(borrow)]
+    joined: Vec<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    left: Vec<Left<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Left<'a> {
+    #[serde(borrow)]
+    name: std::borrow::Cow<'a, str>,
+}
+
 /// What one event of a member's stream means to the checker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Note {
     /// `welcome` with its `last_id`.
     Welcome(u64),
     /// A message of this run's member `from`, its sequence number and room id.
     Message { from: u32, seq: u32, id: u64 },
+    /// `presence`: this run's members that joined and left.
+    Presence { joined: Vec<u32>, left: Vec<u32> },
     /// `reset`: the history did not reach back to our `Last-Event-ID`.
     Reset,
     /// `shutdown`: the server is stopping.
     Shutdown,
     /// An event that does not parse.
     Bad,
-    /// Anything else (join, leave, rename, a message from someone outside this run).
+    /// Anything else (presence, rename, a message from someone outside this run).
     Other,
 }
 
@@ -387,6 +419,21 @@ fn note(tag: &str, event: &str, data: &str) -> Note {
                     _ => Note::Other,
                 }
             }
+            Err(_) => Note::Bad,
+        },
+        "presence" => match serde_json::from_str::<Presence>(data) {
+            Ok(p) => Note::Presence {
+                joined: p
+                    .joined
+                    .iter()
+                    .filter_map(|n| sender_index(tag, n))
+                    .collect(),
+                left: p
+                    .left
+                    .iter()
+                    .filter_map(|l| sender_index(tag, &l.name))
+                    .collect(),
+            },
             Err(_) => Note::Bad,
         },
         "reset" => Note::Reset,
@@ -475,6 +522,12 @@ fn read(
                             });
                             ctx.progress.received.fetch_add(1, Ordering::Relaxed);
                         }
+                        Note::Presence { joined, left } => {
+                            if let Some(id) = id {
+                                stream
+                                    .update(|s| s.presence.push(PresenceSeen { id, joined, left }));
+                            }
+                        }
                         Note::Reset => ctx.error("history-reset"),
                         Note::Shutdown => shutdown = true,
                         Note::Bad => ctx.error("bad-event"),
@@ -546,8 +599,8 @@ mod tests {
         twice: Option<u64>,
     ) -> Vec<u8> {
         let mut w = String::from("retry: 2000\n\n");
-        w += "event: welcome\ndata: {\"name\":\"t-0\",\"token\":\"x\",\"online\":[],\"last_id\":0}\n\n";
-        w += "event: join\nid: 1\ndata: {\"name\":\"t-9\"}\n\n: keepalive\n\n";
+        w += "event: welcome\ndata: {\"name\":\"t-0\",\"token\":\"x\",\"online\":[],\"online_count\":0,\"last_id\":0}\n\n";
+        w += "event: presence\nid: 1\ndata: {\"joined\":[\"t-9\"],\"left\":[]}\n\n: keepalive\n\n";
         for &(id, from, seq) in room {
             if from == me || Some(id) == skip {
                 continue;

@@ -49,6 +49,99 @@ pub struct ChatLog {
     pub received: Vec<Vec<Receipt>>,
     /// Each client's window; `None` if it never got a welcome (it expects nothing).
     pub windows: Vec<Option<Window>>,
+    /// The `presence` events each client received, in arrival order (empty: not checked).
+    pub presence: Vec<Vec<PresenceSeen>>,
+    /// The highest room id each client saw before it left.
+    pub last_seen: Vec<u64>,
+}
+
+/// One `presence` event as a client received it, with this run's members only.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PresenceSeen {
+    /// Its room id.
+    pub id: u64,
+    /// Indexes of the members it says joined.
+    pub joined: Vec<u32>,
+    /// Indexes of the members it says left.
+    pub left: Vec<u32>,
+}
+
+/// What the presence check found: every member's join and leave reaches every other member
+/// streaming when it was announced, exactly once, in id order, at the same id for everyone.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct PresenceTally {
+    /// (receiver, join or leave) pairs that must arrive.
+    pub expected: u64,
+    /// Expected pairs that never arrived.
+    pub lost: u64,
+    /// A join or leave a receiver got twice.
+    pub duplicated: u64,
+    /// Presence events that arrived after one with a higher id.
+    pub out_of_order: u64,
+    /// A join or leave announced at different ids to different receivers, or a leave before
+    /// its join.
+    pub inconsistent: u64,
+}
+
+/// Checks the presence events of `log` (see [`PresenceTally`]). Each member's join is
+/// announced at the id of the `presence` event naming it (its own stream gets it too); every
+/// receiver whose window (after its welcome, up to the last id it saw) holds that id must have
+/// it. A leave's id is the one receivers agree on.
+pub fn check_presence(log: &ChatLog) -> PresenceTally {
+    let mut t = PresenceTally::default();
+    // Where each change was announced: (member, joined?) -> id, from whoever saw it.
+    let mut at: HashMap<(u32, bool), u64> = HashMap::new();
+    for events in &log.presence {
+        let mut last = 0;
+        let mut seen: HashMap<(u32, bool), ()> = HashMap::new();
+        for e in events {
+            if e.id < last {
+                t.out_of_order += 1;
+            }
+            last = last.max(e.id);
+            let changes = e.joined.iter().map(|m| (*m, true));
+            for key in changes.chain(e.left.iter().map(|m| (*m, false))) {
+                if seen.insert(key, ()).is_some() {
+                    t.duplicated += 1;
+                }
+                match at.get(&key) {
+                    Some(id) if *id != e.id => t.inconsistent += 1,
+                    Some(_) => {}
+                    None => {
+                        at.insert(key, e.id);
+                    }
+                }
+            }
+        }
+    }
+    for (&(m, joined), &id) in &at {
+        if !joined && at.get(&(m, true)).is_some_and(|j| *j >= id) {
+            t.inconsistent += 1;
+        }
+    }
+    for (r, events) in log.presence.iter().enumerate() {
+        let Some(w) = log.windows.get(r).copied().flatten() else {
+            continue;
+        };
+        let last = log.last_seen.get(r).copied().unwrap_or(0);
+        let got: std::collections::HashSet<(u32, bool, u64)> = events
+            .iter()
+            .flat_map(|e| {
+                let j = e.joined.iter().map(move |m| (*m, true, e.id));
+                j.chain(e.left.iter().map(move |m| (*m, false, e.id)))
+            })
+            .collect();
+        for (&(m, joined), &id) in &at {
+            if m as usize == r || id <= w.after || id > last {
+                continue;
+            }
+            t.expected += 1;
+            if !got.contains(&(m, joined, id)) {
+                t.lost += 1;
+            }
+        }
+    }
+    t
 }
 
 /// What the chat check found.
@@ -338,6 +431,8 @@ impl Leak {
 pub struct Outcome {
     /// Chat results, if the chat scenario ran.
     pub chat: Option<ChatTally>,
+    /// The presence check (chat runs that recorded presence events).
+    pub presence: Option<PresenceTally>,
     /// Alarm results, if the alarm scenario ran.
     pub alarm: Option<AlarmTally>,
     /// Clients that could not finish their script.
@@ -360,6 +455,12 @@ pub fn verdict(o: &Outcome) -> Vec<String> {
         bad(c.duplicated, "chat messages duplicated");
         bad(c.out_of_order, "chat messages out of order");
         bad(c.unexpected, "unexpected chat messages (own or unknown)");
+    }
+    if let Some(p) = &o.presence {
+        bad(p.lost, "joins or leaves lost");
+        bad(p.duplicated, "joins or leaves duplicated");
+        bad(p.out_of_order, "presence events out of order");
+        bad(p.inconsistent, "joins or leaves announced inconsistently");
     }
     if let Some(a) = &o.alarm {
         bad(a.missed, "alarm flips missed");
@@ -408,6 +509,73 @@ mod tests {
 
     /// Three clients each send `n` messages with ids from one room sequence; every receiver's
     /// window covers everything, and each receives every other's messages in order.
+    /// Three members: 0 and 1 stream from id 0 to 20; 2 joins at id 5 (its welcome says 4) and
+    /// leaves at id 15 (the last it saw is 14); 1 leaves at id 18, seen by 0 only.
+    fn presence_room() -> ChatLog {
+        let p = |id, joined: &[u32], left: &[u32]| PresenceSeen {
+            id,
+            joined: joined.to_vec(),
+            left: left.to_vec(),
+        };
+        ChatLog {
+            windows: vec![
+                Some(Window {
+                    after: 0,
+                    until: 20,
+                }),
+                Some(Window {
+                    after: 0,
+                    until: 20,
+                }),
+                Some(Window {
+                    after: 4,
+                    until: 14,
+                }),
+            ],
+            last_seen: vec![20, 17, 14],
+            presence: vec![
+                vec![
+                    p(1, &[0, 1], &[]),
+                    p(5, &[2], &[]),
+                    p(15, &[], &[2]),
+                    p(18, &[], &[1]),
+                ],
+                vec![p(1, &[0, 1], &[]), p(5, &[2], &[]), p(15, &[], &[2])],
+                vec![p(5, &[2], &[])],
+            ],
+            ..ChatLog::default()
+        }
+    }
+
+    #[test]
+    fn presence_of_a_correct_room_passes_and_a_lost_or_repeated_change_fails() {
+        let ok = check_presence(&presence_room());
+        // 0 and 1: each other's join (id 1), 2's join and leave; 0 also 1's leave. 2 expects
+        // nothing of the others: their joins came before its window.
+        assert_eq!(ok.expected, 2 + 2 + 2 + 1);
+        assert_eq!(
+            (ok.lost, ok.duplicated, ok.out_of_order, ok.inconsistent),
+            (0, 0, 0, 0)
+        );
+        let mut lost = presence_room();
+        lost.presence[1].remove(1);
+        assert_eq!(check_presence(&lost).lost, 1);
+        let mut twice = presence_room();
+        let again = twice.presence[0][1].clone();
+        twice.presence[0].push(again);
+        let t = check_presence(&twice);
+        assert_eq!((t.duplicated, t.out_of_order), (1, 1));
+        let mut moved = presence_room();
+        moved.presence[1][2].id = 16;
+        assert_eq!(check_presence(&moved).inconsistent, 1);
+        let v = verdict(&Outcome {
+            presence: Some(check_presence(&lost)),
+            leak: Some(Leak::default()),
+            ..Outcome::default()
+        });
+        assert_eq!(v, vec!["1 joins or leaves lost".to_string()]);
+    }
+
     fn perfect_room(n: u32) -> ChatLog {
         let clients = 3;
         let mut log = ChatLog::default();

@@ -448,12 +448,14 @@ fn run(o: Opts) -> Result<Summary, String> {
         clients_failed += r.failed;
         clients_total += o.clients as u64;
         let mut tally = check::check_chat(&r.log);
+        let presence = check::check_presence(&r.log);
         let latency_ms = Latency::of(&mut tally.latencies_us);
         ChatSummary {
             clients: o.clients as u64,
             deliveries_per_s: tally.receipts as f64 / took.as_secs_f64().max(0.001),
             tally,
             latency_ms,
+            presence,
         }
     });
     let alarm = alarm_run.map(|mut r| {
@@ -470,6 +472,7 @@ fn run(o: Opts) -> Result<Summary, String> {
     });
     let outcome = Outcome {
         chat: chat.as_ref().map(|c| c.tally.clone()),
+        presence: chat.as_ref().map(|c| c.presence.clone()),
         alarm: alarm.as_ref().map(|a| a.tally.clone()),
         clients_failed,
         leak: leak.clone(),

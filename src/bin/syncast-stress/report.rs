@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use syncast::kit::stats::quantile;
 
-use crate::check::{AlarmMode, AlarmTally, ChatTally, Leak};
+use crate::check::{AlarmMode, AlarmTally, ChatTally, Leak, PresenceTally};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Default, Clone, Serialize, PartialEq)]
@@ -48,6 +48,8 @@ pub struct ChatSummary {
     pub latency_ms: Latency,
     /// Receipts per second of the chat phase.
     pub deliveries_per_s: f64,
+    /// Joins and leaves: each once, in order, to every member streaming then.
+    pub presence: PresenceTally,
 }
 
 /// Alarm results.
@@ -132,6 +134,12 @@ impl Summary {
             let _ = writeln!(o, "  unexpected       {}", t.unexpected);
             let _ = writeln!(o, "  latency          {}", lat(&c.latency_ms));
             let _ = writeln!(o, "  deliveries/s     {:.0}", c.deliveries_per_s);
+            let p = &c.presence;
+            let _ = writeln!(
+                o,
+                "  presence         {} expected, {} lost, {} duplicated, {} out of order, {} inconsistent",
+                p.expected, p.lost, p.duplicated, p.out_of_order, p.inconsistent
+            );
         }
         if let Some(a) = &self.alarm {
             let t = &a.tally;

@@ -41,8 +41,11 @@ use super::session::Token;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
+pub(crate) use state::UsersPage;
 use state::{Inner, Limits};
-pub(crate) use types::{Attached, ChatError, Joined, Kick, Take};
+#[cfg(test)]
+pub(crate) use state::{PRESENCE_MAX, WELCOME_NAMES};
+pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take, TAKE_EVENTS};
 
 /// The chat room: sessions are data here, not threads.
 pub(crate) struct Room {
@@ -104,7 +107,8 @@ impl Room {
         out
     }
 
-    /// Creates a session without a stream (`POST /chat/join`) and broadcasts `join`.
+    /// Creates a session without a stream (`POST /chat/join`); its join is announced in the
+    /// next `presence` event.
     pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
         let token = new_token()?;
         self.locked(|inner| inner.join(name, token.clone()))?;
@@ -148,33 +152,26 @@ impl Room {
     /// Called when a stream ends: if it is still the session's stream, the session starts its
     /// grace period. Returns the session's current name (if it still exists).
     pub(crate) fn detach(&self, key: u64, serial: u64) -> Option<String> {
-        let mut inner = self.inner.lock();
-        let session = inner.sessions.get_mut(&key)?;
-        if session
-            .attached
-            .as_ref()
-            .is_some_and(|a| a.serial == serial)
-        {
-            session.attached = None;
-            session.detached_since = Some(Instant::now());
-            let name = session.name.clone();
-            inner.unwake(key);
-            return Some(name);
-        }
-        Some(session.name.clone())
+        self.inner.lock().detach(key, serial)
+    }
+
+    /// Why the room closed the stream `serial` (replaced, left, slow), if it did; asked once,
+    /// by the stream, when its wake channel closes or a take finds it closed.
+    pub(crate) fn kick_of(&self, serial: u64) -> Option<Kick> {
+        self.inner.lock().kick_of(serial)
     }
 
     /// Takes the live events waiting for the stream `serial` of session `key` (the
-    /// [`Attached`] fields): copies them, encoded, into `out` (up to about [`TAKE_BYTES`]; call
-    /// again on [`Take::More`]), appends when each was broadcast to `accepted` (for the
+    /// [`Attached`] fields): hands them out, encoded, in `out` (as many as fit; call again on
+    /// [`Take::More`]), with when each was broadcast in `accepted` at the same index (for the
     /// delivery latency, once written), and counts them as delivered. Call after each message
-    /// on [`Attached::wake`]; the copy is made under the room's lock, the write after it.
+    /// on [`Attached::wake`]; the events are taken under the room's lock, written after it.
     pub(crate) fn take(
         &self,
         key: u64,
         serial: u64,
-        out: &mut Vec<u8>,
-        accepted: &mut Vec<u64>,
+        out: &mut [Option<Encoded>],
+        accepted: &mut [u64],
     ) -> Take {
         let took = self.inner.lock().take(key, serial, out, accepted);
         if let Take::Done(n) | Take::More(n) = took {
@@ -200,7 +197,8 @@ impl Room {
 }
 
 impl Room {
-    /// Ends the session holding `token`: its stream closes, `leave` is broadcast. Returns the name.
+    /// Ends the session holding `token`: its stream closes, its leave is announced in the next
+    /// `presence` event. Returns the name.
     pub(crate) fn leave(&self, token: &Token) -> Result<String, ChatError> {
         let name = self.locked(|inner| {
             let key = inner.session(token)?.token.selector();
@@ -222,18 +220,37 @@ impl Room {
     }
 
     /// Names of every session, sorted.
+    #[cfg(test)]
     pub(crate) fn online(&self) -> Vec<String> {
         self.inner.lock().online()
     }
 
-    /// Periodic work, called by the dispatcher: expires sessions that have had no stream for
-    /// the grace period.
+    /// A page of the sessions' names (`GET /chat/users`): up to `limit` after `after`.
+    pub(crate) fn users(&self, after: Option<&str>, limit: usize) -> UsersPage {
+        self.inner.lock().users(after, limit)
+    }
+
+    /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        self.inner.lock().shrink();
+    }
+
+    /// Periodic work, called by the dispatcher (every 250 ms): expires sessions that have had
+    /// no stream for the grace period, and announces the joins and leaves since the last
+    /// `presence` event.
     pub(crate) fn housekeeping(&self) {
         self.expire(Instant::now());
+        self.flush_presence();
+    }
+
+    /// Announces the joins and leaves waiting, as one `presence` event; returns whether there
+    /// were any.
+    pub(crate) fn flush_presence(&self) -> bool {
+        self.locked(|inner| inner.flush_presence())
     }
 
     /// Expires, as of `now`, every session detached for longer than the grace period: each
-    /// gets `leave` with reason `timeout` and its name is freed. Returns how many expired.
+    /// leaves with reason `timeout` (in the next `presence` event) and its name is freed. Returns how many expired.
     pub(crate) fn expire(&self, now: Instant) -> usize {
         let notes: Vec<Note> = self.locked(|inner| {
             let due: Vec<u64> = inner

@@ -3,15 +3,15 @@
 //! Nothing here blocks, writes a socket or logs; [`super::Room`] takes the lock, calls in, and
 //! does those after releasing it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::bounded;
 use serde_json::json;
 
-use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, TAKE_BYTES};
-use super::wakes::{Waker, Wakes};
+use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
+use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
 use crate::http::validate::valid_name;
@@ -36,18 +36,8 @@ pub(crate) struct Attachment {
     pub(crate) serial: u64,
     /// Id of the last event this stream took (or skipped as its own).
     cursor: u64,
-    kick: Sender<Kick>,
-}
-
-impl Attachment {
-    /// Tells the stream to close; never blocks (the channel holds one kick, and a stream is
-    /// kicked at most once because the room forgets it in the same step).
-    fn kick(&self, reason: CloseReason, name: &str) {
-        let _ = self.kick.try_send(Kick {
-            reason,
-            name: name.to_string(),
-        });
-    }
+    /// Where its wake channel sits in [`Inner::wakers`].
+    slot: Slot,
 }
 
 pub(crate) struct Session {
@@ -57,8 +47,9 @@ pub(crate) struct Session {
     pub(crate) attached: Option<Attachment>,
     /// When the session lost (or never had) its stream; `None` while attached.
     pub(crate) detached_since: Option<Instant>,
-    /// Id of the session's `join` event: a first attach without `Last-Event-ID` resumes after
-    /// it, so a `POST /chat/join` client misses nothing before its stream opens.
+    /// The room's last id when the session joined: a first attach without `Last-Event-ID`
+    /// resumes after it, so a `POST /chat/join` client misses nothing before its stream opens
+    /// (its own join, announced in the next `presence` event, included).
     joined_after: u64,
     ever_attached: bool,
 }
@@ -73,6 +64,37 @@ struct Kept {
     at: u64,
 }
 
+/// Joins and leaves not yet announced: they go out together as one `presence` event (see
+/// [`Inner::flush_presence`]). A name is in it at most once, so `joined` and `left` never
+/// overlap and their order inside the event does not matter.
+#[derive(Default)]
+struct Presence {
+    joined: Vec<String>,
+    /// Names that left, with why (`left` or `timeout`).
+    left: Vec<(String, &'static str)>,
+}
+
+impl Presence {
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty() && self.left.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.joined.len() + self.left.len()
+    }
+
+    fn mentions(&self, name: &str) -> bool {
+        self.joined.iter().any(|n| n == name) || self.left.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// Most names one `presence` event carries; a batch this full goes out at once.
+pub(crate) const PRESENCE_MAX: usize = 256;
+
+/// Most names a `welcome` lists (the first in sorted order; `online_count` says how many there
+/// are, `GET /chat/users?after=` pages through the rest).
+pub(crate) const WELCOME_NAMES: usize = 100;
+
 pub(crate) struct Inner {
     limits: Limits,
     metrics: Arc<Metrics>,
@@ -81,9 +103,18 @@ pub(crate) struct Inner {
     pub(crate) sessions: HashMap<u64, Session>,
     /// Lower-cased name → session key.
     names: HashMap<String, u64>,
+    /// Every session's name, sorted: `GET /chat/users` (exact, now). The names online as of
+    /// `last_id`, which a `welcome` lists, are these without the joins still in `presence` and
+    /// with its leaves (see [`Inner::announced`]).
+    online: BTreeSet<String>,
+    /// Joins and leaves waiting for the next `presence` event.
+    presence: Presence,
     next_serial: u64,
-    /// The wake channel of every attached stream (copied on write while a wake round holds it).
-    wakers: Arc<Vec<Waker>>,
+    /// The wake channel of every attached stream.
+    wakers: Wakers,
+    /// Why the room closed a stream, by attachment serial, until that stream asks
+    /// ([`super::Room::kick_of`]) or detaches.
+    kicks: HashMap<u64, Kick>,
     /// Set by a broadcast: wake every stream (but the sender's, if `Some(Some(key))`) once the
     /// lock is released.
     pending: Option<Option<u64>>,
@@ -109,23 +140,66 @@ impl Inner {
             history: VecDeque::new(),
             sessions: HashMap::new(),
             names: HashMap::new(),
+            online: BTreeSet::new(),
+            presence: Presence::default(),
             next_serial: 0,
-            wakers: Arc::default(),
+            wakers: Wakers::default(),
+            kicks: HashMap::new(),
             pending: None,
         }
     }
 }
 
 impl Inner {
-    /// Assigns the next id, encodes, keeps and queues an event for every attached member except
-    /// its sender `from` (a member's own messages). Members too far behind are cut off as slow.
-    /// Returns the id.
+    /// Broadcasts an event to every attached member except its sender `from` (a member's own
+    /// messages), after the joins and leaves still waiting (they happened first). Returns its id.
     pub(crate) fn broadcast(
         &mut self,
         kind: &str,
         data: serde_json::Value,
         from: Option<u64>,
     ) -> u64 {
+        self.flush_presence();
+        self.push_event(kind, data, from)
+    }
+
+    /// Announces the joins and leaves waiting, if any, as one `presence` event:
+    /// `{"joined":[names],"left":[{"name","reason"}]}`. Called by the dispatcher's housekeeping
+    /// (every 250 ms), before every other broadcast, and when a batch is full or would name
+    /// someone twice. Returns whether there was anything to announce.
+    pub(crate) fn flush_presence(&mut self) -> bool {
+        if self.presence.is_empty() {
+            return false;
+        }
+        let p = std::mem::take(&mut self.presence);
+        let left: Vec<serde_json::Value> = p
+            .left
+            .iter()
+            .map(|(name, why)| json!({ "name": name, "reason": why }))
+            .collect();
+        let data = json!({ "joined": p.joined, "left": left });
+        self.push_event("presence", data, None);
+        true
+    }
+
+    /// Queues a join (`why` `None`) or a leave for the next `presence` event.
+    fn note_presence(&mut self, name: &str, why: Option<&'static str>) {
+        // One name at most once per event: a second change of it waits for the next one.
+        if self.presence.mentions(name) {
+            self.flush_presence();
+        }
+        match why {
+            None => self.presence.joined.push(name.to_string()),
+            Some(why) => self.presence.left.push((name.to_string(), why)),
+        }
+        if self.presence.len() >= PRESENCE_MAX {
+            self.flush_presence();
+        }
+    }
+
+    /// Assigns the next id, encodes, keeps and queues an event for every attached member except
+    /// its sender `from`. Members too far behind are cut off as slow. Returns the id.
+    fn push_event(&mut self, kind: &str, data: serde_json::Value, from: Option<u64>) -> u64 {
         self.last_id += 1;
         let id = self.last_id;
         let mut data = data;
@@ -145,7 +219,7 @@ impl Inner {
             self.history.pop_front();
         }
         // The bound: a stream more than `queue` events behind, or whose next event just left
-        // the history, is cut off; its session stays for the grace period and it resumes from
+        // the history, is cut off; its session keeps its grace period and it resumes from
         // history with Last-Event-ID.
         let oldest = self.history.front().map_or(id, |k| k.id);
         let mut slow = Vec::new();
@@ -159,14 +233,22 @@ impl Inner {
                 att.cursor = id;
             }
             if id - att.cursor > self.limits.queue as u64 || att.cursor + 1 < oldest {
-                att.kick(CloseReason::Slow, &session.name);
+                self.kicks.insert(
+                    att.serial,
+                    Kick {
+                        reason: CloseReason::Slow,
+                        name: session.name.clone(),
+                    },
+                );
+                slow.push((*key, att.slot));
                 session.attached = None;
                 session.detached_since = Some(Instant::now());
                 self.metrics.chat_slow.inc();
-                slow.push(*key);
             }
         }
-        self.unwake_all(&slow);
+        for (_, slot) in slow {
+            self.unwake(slot);
+        }
         self.pending = match self.pending {
             None => Some(from),
             Some(_) => Some(None),
@@ -174,35 +256,85 @@ impl Inner {
         id
     }
 
-    /// Forgets the wake channel of session `key`'s stream.
-    pub(crate) fn unwake(&mut self, key: u64) {
-        self.unwake_all(&[key]);
+    /// Forgets the wake channel at `slot` (its stream then sees the channel closed, once a
+    /// wake round in flight lets go of it); the waker moved into its place gets its new slot.
+    fn unwake(&mut self, slot: Slot) {
+        if let Some((moved, at)) = self.wakers.remove(slot) {
+            if let Some(att) = self
+                .sessions
+                .get_mut(&moved)
+                .and_then(|s| s.attached.as_mut())
+            {
+                att.slot = at;
+            }
+        }
     }
 
-    /// Forgets the wake channels of the streams of sessions `keys`, in one pass.
-    pub(crate) fn unwake_all(&mut self, keys: &[u64]) {
-        if !keys.is_empty() {
-            Arc::make_mut(&mut self.wakers).retain(|w| !keys.contains(&w.key));
+    /// Closes the stream attached to `session` (if any) for `reason`: its kick is kept for it,
+    /// its wake channel forgotten, and the session starts its grace period.
+    fn kick(&mut self, key: u64, reason: CloseReason) {
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(att) = session.attached.take() else {
+            return;
+        };
+        session.detached_since = Some(Instant::now());
+        let name = session.name.clone();
+        self.kicks.insert(att.serial, Kick { reason, name });
+        self.unwake(att.slot);
+    }
+
+    /// Shrinks the tables sized for a past peak of sessions.
+    pub(crate) fn shrink(&mut self) {
+        crate::sys::mem::shrink_map(&mut self.sessions);
+        crate::sys::mem::shrink_map(&mut self.names);
+        crate::sys::mem::shrink_map(&mut self.kicks);
+        self.wakers.shrink();
+    }
+
+    /// The kick of attachment `serial`, if the room closed it (taken: asked once).
+    pub(crate) fn kick_of(&mut self, serial: u64) -> Option<Kick> {
+        self.kicks.remove(&serial)
+    }
+
+    /// Called when a stream ends (see [`super::Room::detach`]).
+    pub(crate) fn detach(&mut self, key: u64, serial: u64) -> Option<String> {
+        self.kicks.remove(&serial);
+        let session = self.sessions.get_mut(&key)?;
+        let name = session.name.clone();
+        if session
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.serial == serial)
+        {
+            if let Some(att) = session.attached.take() {
+                session.detached_since = Some(Instant::now());
+                self.unwake(att.slot);
+            }
         }
+        Some(name)
     }
 
     /// The wakes a broadcast under this lock asked for, to send once it is released.
     pub(crate) fn wakes(&mut self) -> Option<Wakes> {
         self.pending.take().map(|skip| Wakes {
-            list: self.wakers.clone(),
+            list: self.wakers.snapshot(),
             skip,
         })
     }
 
-    /// Appends to `out` the events after the cursor of stream `serial` of session `key` (not
-    /// the session's own messages), up to about [`TAKE_BYTES`] of them, and moves the cursor
-    /// past them; appends to `accepted` when each was broadcast.
+    /// Hands out, in `out` from its start, the events after the cursor of stream `serial` of
+    /// session `key` (not the session's own messages), as many as fit, and moves the cursor past
+    /// them; `accepted` gets when each was broadcast, at the same index. They are the history's
+    /// own buffers (a reference count each): nothing is copied under the lock, and no stream
+    /// keeps a buffer sized for the largest write it ever made.
     pub(crate) fn take(
         &mut self,
         key: u64,
         serial: u64,
-        out: &mut Vec<u8>,
-        accepted: &mut Vec<u64>,
+        out: &mut [Option<Encoded>],
+        accepted: &mut [u64],
     ) -> Take {
         let Some(att) = self
             .sessions
@@ -219,17 +351,20 @@ impl Inner {
         // event leaves the history, so `att.cursor + 1 >= oldest` here.
         let start = (att.cursor + 1).saturating_sub(oldest) as usize;
         let mut taken = 0;
-        let before = out.len();
         for kept in self.history.range(start.min(self.history.len())..) {
-            if out.len() - before >= TAKE_BYTES {
+            if kept.from == Some(key) {
+                att.cursor = kept.id;
+                continue;
+            }
+            let Some(slot) = out.get_mut(taken) else {
                 return Take::More(taken);
-            }
+            };
+            *slot = Some(kept.bytes.clone());
             att.cursor = kept.id;
-            if kept.from != Some(key) {
-                out.extend_from_slice(&kept.bytes);
-                accepted.push(kept.at);
-                taken += 1;
+            if let Some(at) = accepted.get_mut(taken) {
+                *at = kept.at;
             }
+            taken += 1;
         }
         Take::Done(taken)
     }
@@ -241,13 +376,71 @@ impl Inner {
         }
     }
 
-    pub(crate) fn online(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.sessions.values().map(|s| s.name.clone()).collect();
-        names.sort();
-        names
+    /// The first `n` names online as of `last_id` (sorted), and how many there were: `online`
+    /// without the joins still waiting in `presence`, with its leaves. (A name is in the batch
+    /// at most once, and one that left is not online again before the batch goes out: see
+    /// [`Inner::note_presence`].) Keeping a second sorted set for this cost ~70 bytes a member.
+    fn announced(&self, n: usize) -> (Vec<&str>, usize) {
+        let joined: std::collections::HashSet<&str> =
+            self.presence.joined.iter().map(String::as_str).collect();
+        let mut left: Vec<&str> = self.presence.left.iter().map(|(n, _)| n.as_str()).collect();
+        left.sort_unstable();
+        let count = self.online.len() - joined.len() + left.len();
+        let mut now = self
+            .online
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !joined.contains(n))
+            .peekable();
+        let mut gone = left.into_iter().peekable();
+        let mut first = Vec::with_capacity(n.min(count));
+        while first.len() < n {
+            let next = match (now.peek(), gone.peek()) {
+                (Some(a), Some(b)) if b < a => gone.next(),
+                (Some(_), _) => now.next(),
+                (None, Some(_)) => gone.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(name) => first.push(name),
+                None => break,
+            }
+        }
+        (first, count)
     }
 
-    /// Creates a session named `name` holding `token` and broadcasts its `join`.
+    /// Every session's name, sorted.
+    #[cfg(test)]
+    pub(crate) fn online(&self) -> Vec<String> {
+        self.online.iter().cloned().collect()
+    }
+
+    /// A page of the sessions' names, sorted: up to `limit` names after `after` (all from the
+    /// first without it), how many sessions there are, and the room's last id.
+    pub(crate) fn users(&self, after: Option<&str>, limit: usize) -> UsersPage {
+        use std::ops::Bound;
+        let from = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        let mut names: Vec<String> = self
+            .online
+            .range((from, Bound::Unbounded))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = names.len() > limit;
+        names.truncate(limit);
+        UsersPage {
+            next: if more { names.last().cloned() } else { None },
+            names,
+            count: self.online.len(),
+            last_id: self.last_id,
+        }
+    }
+
+    /// Creates a session named `name` holding `token`; its join goes out in the next
+    /// `presence` event.
     pub(crate) fn join(&mut self, name: &str, token: Token) -> Result<u64, ChatError> {
         if !valid_name(name) {
             return Err(ChatError::InvalidName);
@@ -265,7 +458,7 @@ impl Inner {
             // Two random 64-bit selectors met (about 1 in 2^64 per pair of sessions).
             return Err(ChatError::Random("token collision: try again".into()));
         }
-        let id = self.broadcast("join", json!({ "name": name }), None);
+        self.note_presence(name, None);
         self.sessions.insert(
             key,
             Session {
@@ -274,11 +467,12 @@ impl Inner {
                 limiter: RateLimiter::new(self.limits.rate, self.limits.burst, Instant::now()),
                 attached: None,
                 detached_since: Some(Instant::now()),
-                joined_after: id,
+                joined_after: self.last_id,
                 ever_attached: false,
             },
         );
         self.names.insert(folded, key);
+        self.online.insert(name.to_string());
         self.metrics.chat_members.inc();
         Ok(key)
     }
@@ -287,15 +481,14 @@ impl Inner {
     pub(crate) fn attach(&mut self, key: u64, last_event_id: Option<u64>) -> Attached {
         self.next_serial += 1;
         let serial = self.next_serial;
-        let (wake_tx, wake_rx) = bounded(1);
-        let (kick_tx, kick_rx) = bounded(1);
         let last_id = self.last_id;
-        let online = self.online();
         let oldest = self.history.front().map_or(last_id + 1, |k| k.id);
+        self.kick(key, CloseReason::Replaced);
+        let (wake_tx, wake_rx) = bounded(1);
+        let slot = self.wakers.add(Waker { key, wake: wake_tx });
+        let (first, announced) = self.announced(WELCOME_NAMES);
+        let first = json!(first);
         let session = self.sessions.get_mut(&key).expect("caller checked the key");
-        if let Some(old) = session.attached.take() {
-            old.kick(CloseReason::Replaced, &session.name);
-        }
         let after = match last_event_id {
             Some(k) => Some(k),
             None if !session.ever_attached => Some(session.joined_after),
@@ -304,14 +497,15 @@ impl Inner {
         session.attached = Some(Attachment {
             serial,
             cursor: last_id,
-            kick: kick_tx,
+            slot,
         });
         session.detached_since = None;
         session.ever_attached = true;
         let welcome = json!({
             "name": session.name,
             "token": session.token.as_str(),
-            "online": online,
+            "online": first,
+            "online_count": announced,
             "last_id": last_id,
         });
         let name = session.name.clone();
@@ -330,35 +524,45 @@ impl Inner {
                     .map(|e| e.bytes.clone()),
             );
         }
-        self.unwake(key);
-        Arc::make_mut(&mut self.wakers).push(Waker { key, wake: wake_tx });
         Attached {
             name,
             key,
             serial,
             backlog,
             wake: wake_rx,
-            kick: kick_rx,
         }
     }
 
-    /// Removes session `key`, closing its stream with `reason`, and broadcasts its `leave`.
-    pub(crate) fn remove(&mut self, key: u64, why: &str, reason: CloseReason) -> Option<String> {
+    /// Removes session `key`, closing its stream with `reason`; its leave (`why`: `left` or
+    /// `timeout`) goes out in the next `presence` event.
+    pub(crate) fn remove(
+        &mut self,
+        key: u64,
+        why: &'static str,
+        reason: CloseReason,
+    ) -> Option<String> {
+        // The kick first: a stream that sees its wake channel close looks for it.
+        self.kick(key, reason);
         let session = self.sessions.remove(&key)?;
         self.names.remove(&fold(&session.name));
+        self.online.remove(&session.name);
         self.metrics.chat_members.dec();
-        if let Some(att) = session.attached {
-            att.kick(reason, &session.name);
-        }
-        // After the kick: a stream that sees its wake channel close looks for the kick.
-        self.unwake(key);
-        self.broadcast(
-            "leave",
-            json!({ "name": session.name, "reason": why }),
-            None,
-        );
+        self.note_presence(&session.name, Some(why));
         Some(session.name)
     }
+}
+
+/// A page of `GET /chat/users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UsersPage {
+    /// Names, sorted.
+    pub(crate) names: Vec<String>,
+    /// The last name of this page when more follow (the next page's `after`).
+    pub(crate) next: Option<String>,
+    /// Sessions in the room.
+    pub(crate) count: usize,
+    /// The room's last event id.
+    pub(crate) last_id: u64,
 }
 
 impl Inner {
@@ -401,8 +605,12 @@ impl Inner {
         }
         self.names.remove(&fold(&from));
         self.names.insert(folded, key);
+        self.online.remove(&from);
+        self.online.insert(to.to_string());
         let data = json!({ "from": from, "to": to });
-        self.broadcast("rename", data, None);
+        // The waiting joins go out first: the rename's own join among them, if it is that new.
+        self.flush_presence();
+        self.push_event("rename", data, None);
         Ok(from)
     }
 }

@@ -1,6 +1,6 @@
 //! The room's behaviour, driven through its calls as the streams and handlers use them.
 
-use super::types::{check_text, MAX_TEXT, TAKE_BYTES};
+use super::types::{check_text, MAX_TEXT, TAKE_EVENTS};
 use super::*;
 use crate::kit::sse::{Item, Parser};
 use serde_json::json;
@@ -22,8 +22,28 @@ fn parse(bytes: &[u8]) -> (String, Option<u64>, serde_json::Value) {
 fn drain(r: &Room, att: &Attached) -> Vec<(String, Option<u64>, serde_json::Value)> {
     let mut out = Vec::new();
     while att.wake.try_recv().is_ok() {}
-    while let Take::More(_) = r.take(att.key, att.serial, &mut out, &mut Vec::new()) {}
+    while let (Take::More(_), _) = take_bytes(r, att, &mut out) {}
     events(out)
+}
+
+/// One take for `att`, as its stream makes it: the events it hands out, appended to `out` as
+/// they would be written.
+fn take_bytes(r: &Room, att: &Attached, out: &mut Vec<u8>) -> (Take, usize) {
+    let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
+    let mut accepted = [0u64; TAKE_EVENTS];
+    let took = r.take(att.key, att.serial, &mut events, &mut accepted);
+    let n = match took {
+        Take::Done(n) | Take::More(n) => n,
+        Take::Closed => 0,
+    };
+    assert!(
+        events[n..].iter().all(Option::is_none),
+        "handed out from the start"
+    );
+    for e in events[..n].iter().flatten() {
+        out.extend_from_slice(e);
+    }
+    (took, n)
 }
 
 /// The events in `bytes`, each parsed (with the kit's parser, as a client would).
@@ -42,6 +62,15 @@ fn events(bytes: Vec<u8>) -> Vec<(String, Option<u64>, serde_json::Value)> {
         .collect()
 }
 
+/// Announces the joins and leaves waiting (as the dispatcher's housekeeping does) and lets each
+/// stream take what is waiting for it.
+fn settle(r: &Room, atts: &[&Attached]) {
+    r.flush_presence();
+    for att in atts {
+        let _ = drain(r, att);
+    }
+}
+
 fn token(j: &Joined) -> Token {
     Token::parse(&j.token).unwrap()
 }
@@ -53,19 +82,33 @@ fn welcome_comes_first_and_a_message_reaches_others_only() {
     let (ev, id, data) = parse(&a.backlog[0]);
     assert_eq!((ev.as_str(), id), ("welcome", None));
     assert_eq!(data["name"], "alice");
-    assert_eq!(data["last_id"], 1);
-    assert_eq!(data["online"], json!(["alice"]));
+    // Alice's own join is not announced yet: the welcome is the room as of last_id.
+    assert_eq!(data["last_id"], 0);
+    assert_eq!(data["online"], json!([]));
+    assert_eq!(data["online_count"], 0);
     let bob = r.join("bob").unwrap();
     let b = r.attach(&token(&bob), None).unwrap();
+    let (_, _, data) = parse(&b.backlog[0]);
+    assert_eq!(
+        (data["online"].clone(), data["last_id"].clone()),
+        (json!([]), json!(0))
+    );
     let id = r.post(&token(&bob), "hi").unwrap();
     let got = drain(&r, &a);
-    assert_eq!(got[0].0, "join");
+    // The joins waiting went out first, in one event with its own id.
+    assert_eq!(got[0].0, "presence");
+    assert_eq!(got[0].1, Some(id - 1));
+    assert_eq!(got[0].2, json!({ "joined": ["alice", "bob"], "left": [] }));
     assert_eq!(got[1].0, "message");
     assert_eq!(got[1].1, Some(id));
     assert_eq!(got[1].2["from"], "bob");
     assert_eq!(got[1].2["text"], "hi");
     assert_eq!(got[1].2["id"], id);
-    assert!(drain(&r, &b).is_empty(), "no echo of one's own message");
+    assert_eq!(
+        drain(&r, &b).into_iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec!["presence"],
+        "no echo of one's own message"
+    );
 }
 
 #[test]
@@ -118,7 +161,8 @@ fn a_resume_older_than_the_history_gets_reset_first() {
     let a = r.attach(&token(&w), Some(1)).unwrap();
     let (ev, _, data) = parse(&a.backlog[1]);
     assert_eq!(ev, "reset");
-    assert_eq!(data["oldest"], 10);
+    // Ids 1 (the presence of w and p) to 11; the last three kept.
+    assert_eq!(data["oldest"], 9);
     assert_eq!(a.backlog.len(), 2 + 3);
 }
 
@@ -152,7 +196,7 @@ fn a_first_attach_after_post_join_gets_what_came_since_joining() {
     // A later attach without Last-Event-ID is live only.
     let again = r.attach(&token(&a), None).unwrap();
     assert_eq!(again.backlog.len(), 1);
-    assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Replaced);
+    assert_eq!(r.kick_of(att.serial).unwrap().reason, CloseReason::Replaced);
 }
 
 #[test]
@@ -168,19 +212,16 @@ fn a_full_queue_cuts_the_member_off_as_slow_and_others_go_on() {
     let p = r.join("p").unwrap();
     let s = r.attach(&token(&slow), None).unwrap();
     let f = r.attach(&token(&fast), None).unwrap();
-    let _ = drain(&r, &s);
+    settle(&r, &[&s, &f]);
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(r.post(&token(&p), &format!("m{i}")).unwrap());
         assert_eq!(drain(&r, &f).len(), 1);
     }
     // Cut off at the third event, the first more than `queue` behind.
-    assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Slow);
+    assert_eq!(r.kick_of(s.serial).unwrap().reason, CloseReason::Slow);
     assert_eq!(metrics.chat_slow.get(), 1);
-    assert_eq!(
-        r.take(s.key, s.serial, &mut Vec::new(), &mut Vec::new()),
-        Take::Closed
-    );
+    assert_eq!(take_bytes(&r, &s, &mut Vec::new()).0, Take::Closed);
     assert!(s.wake.try_recv().is_ok(), "the pending wake is still there");
     assert!(s.wake.try_recv().is_err(), "and then the channel is closed");
     // Reattaching after the last event it got gives it the rest.
@@ -198,15 +239,16 @@ fn a_stream_whose_next_event_leaves_the_history_is_cut_off() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     for i in 0..3 {
         r.post(&token(&p), &format!("m{i}")).unwrap();
     }
     assert!(
-        att.kick.try_recv().is_err(),
+        r.kick_of(att.serial).is_none(),
         "three behind still fit the history"
     );
     r.post(&token(&p), "m3").unwrap();
-    assert_eq!(att.kick.try_recv().unwrap().reason, CloseReason::Slow);
+    assert_eq!(r.kick_of(att.serial).unwrap().reason, CloseReason::Slow);
 }
 
 #[test]
@@ -215,22 +257,17 @@ fn many_events_wait_behind_one_wake_and_go_out_in_one_take() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let ids: Vec<u64> = (0..10)
         .map(|i| r.post(&token(&p), &format!("m{i}")).unwrap())
         .collect();
     assert!(att.wake.try_recv().is_ok());
     assert!(att.wake.try_recv().is_err(), "one wake for ten events");
     let mut out = Vec::new();
-    assert_eq!(
-        r.take(att.key, att.serial, &mut out, &mut Vec::new()),
-        Take::Done(10)
-    );
+    assert_eq!(take_bytes(&r, &att, &mut out).0, Take::Done(10));
     let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
     assert_eq!(got, ids);
-    assert_eq!(
-        r.take(att.key, att.serial, &mut Vec::new(), &mut Vec::new()),
-        Take::Done(0)
-    );
+    assert_eq!(take_bytes(&r, &att, &mut Vec::new()).0, Take::Done(0));
 }
 
 #[test]
@@ -242,10 +279,11 @@ fn a_member_that_only_posts_is_not_cut_off() {
     });
     let a = r.join("a").unwrap();
     let att = r.attach(&token(&a), None).unwrap();
+    settle(&r, &[&att]);
     for i in 0..10 {
         r.post(&token(&a), &format!("m{i}")).unwrap();
     }
-    assert!(att.kick.try_recv().is_err());
+    assert!(r.kick_of(att.serial).is_none());
     assert!(
         att.wake.try_recv().is_err(),
         "not woken for its own messages"
@@ -259,6 +297,7 @@ fn held_wakes_go_out_once_when_the_guard_drops() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let held = r.hold_wakes();
     r.post(&token(&p), "one").unwrap();
     r.post(&token(&p), "two").unwrap();
@@ -269,7 +308,7 @@ fn held_wakes_go_out_once_when_the_guard_drops() {
 }
 
 #[test]
-fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
+fn a_take_stops_when_its_array_is_full_and_the_next_goes_on_from_there() {
     let r = room(|c| {
         c.rate = 1000.0;
         c.burst = 1000.0;
@@ -277,28 +316,24 @@ fn a_take_stops_at_the_byte_cap_and_the_next_goes_on_from_there() {
     let w = r.join("w").unwrap();
     let p = r.join("p").unwrap();
     let att = r.attach(&token(&w), None).unwrap();
+    settle(&r, &[&att]);
     let big = "x".repeat(MAX_TEXT);
-    let n = 2 * TAKE_BYTES / MAX_TEXT;
-    for _ in 0..n {
-        r.post(&token(&p), &big).unwrap();
-    }
-    let mut taken = 0;
-    let mut takes = 0;
+    let n = 2 * TAKE_EVENTS + 3;
+    let ids: Vec<u64> = (0..n).map(|_| r.post(&token(&p), &big).unwrap()).collect();
+    let mut out = Vec::new();
+    let mut takes = Vec::new();
     loop {
-        let mut out = Vec::new();
-        takes += 1;
-        match r.take(att.key, att.serial, &mut out, &mut Vec::new()) {
-            Take::More(k) => taken += k,
-            Take::Done(k) => {
-                taken += k;
-                break;
-            }
+        let (took, k) = take_bytes(&r, &att, &mut out);
+        takes.push(k);
+        match took {
+            Take::More(_) => assert_eq!(k, TAKE_EVENTS),
+            Take::Done(_) => break,
             Take::Closed => panic!("closed"),
         }
-        assert!(out.len() < TAKE_BYTES + MAX_TEXT + 100);
     }
-    assert_eq!(taken, n);
-    assert!(takes >= 2);
+    assert_eq!(takes, vec![TAKE_EVENTS, TAKE_EVENTS, 3]);
+    let got: Vec<u64> = events(out).into_iter().map(|e| e.1.unwrap()).collect();
+    assert_eq!(got, ids, "every event once, in order");
 }
 
 #[test]
@@ -325,11 +360,23 @@ fn sessions_expire_after_the_grace_period_without_a_stream() {
     assert_eq!(r.expire(detached + Duration::from_secs(29)), 0);
     assert_eq!(r.expire(detached + Duration::from_secs(31)), 1);
     assert_eq!(r.online(), vec!["w"]);
-    let leave = drain(&r, &watcher)
+    r.flush_presence();
+    let presence: Vec<_> = drain(&r, &watcher)
         .into_iter()
-        .find(|e| e.0 == "leave")
-        .unwrap();
-    assert_eq!(leave.2, json!({ "name": "gone", "reason": "timeout" }));
+        .filter(|e| e.0 == "presence")
+        .map(|e| e.2)
+        .collect();
+    assert_eq!(
+        presence,
+        vec![
+            json!({ "joined": ["w", "gone", "stays"], "left": [] }),
+            // Both expiries since the last announcement, in one event.
+            json!({ "joined": [], "left": [
+                { "name": "gone", "reason": "timeout" },
+                { "name": "stays", "reason": "timeout" },
+            ] }),
+        ]
+    );
     assert_eq!(
         r.post(&token(&gone), "x").unwrap_err(),
         ChatError::Unauthorized
@@ -369,9 +416,15 @@ fn leaving_closes_the_stream_and_frees_the_name() {
     let a = r.join("a").unwrap();
     let s = r.attach(&token(&a), None).unwrap();
     assert_eq!(r.leave(&token(&a)).unwrap(), "a");
-    assert_eq!(s.kick.try_recv().unwrap().reason, CloseReason::Left);
-    let leave = drain(&r, &w).pop().unwrap();
-    assert_eq!(leave.2, json!({ "name": "a", "reason": "left" }));
+    assert_eq!(r.kick_of(s.serial).unwrap().reason, CloseReason::Left);
+    r.flush_presence();
+    let presence = drain(&r, &w).pop().unwrap();
+    // a joined and left before anything was announced: both are in one event each, in order.
+    assert_eq!(presence.0, "presence");
+    assert_eq!(
+        presence.2,
+        json!({ "joined": [], "left": [{ "name": "a", "reason": "left" }] })
+    );
     assert_eq!(r.leave(&token(&a)).unwrap_err(), ChatError::Unauthorized);
     r.join("A").unwrap();
 }
@@ -408,4 +461,152 @@ fn texts_are_checked() {
     assert!(check_text("").is_err());
     assert!(check_text(&"x".repeat(4097)).is_err());
     assert!(check_text("a\0b").is_err());
+}
+
+#[test]
+fn joins_and_leaves_go_out_together_in_one_presence_event_per_flush() {
+    let r = room(|_| {});
+    let w = r.join_and_attach("w", None).unwrap();
+    settle(&r, &[&w]);
+    let joined: Vec<Joined> = (0..5).map(|i| r.join(&format!("n{i}")).unwrap()).collect();
+    assert!(
+        w.wake.try_recv().is_err(),
+        "nothing is broadcast before the flush"
+    );
+    r.leave(&token(&joined[0])).unwrap();
+    assert!(r.flush_presence());
+    assert!(!r.flush_presence(), "nothing left to announce");
+    let got = drain(&r, &w);
+    assert_eq!(got.len(), 2, "{got:?}");
+    // n0 joined and left before the flush: two events, so each names it once, in order.
+    assert_eq!(
+        got[0].2,
+        json!({ "joined": ["n0", "n1", "n2", "n3", "n4"], "left": [] })
+    );
+    assert_eq!(
+        got[1].2,
+        json!({ "joined": [], "left": [{ "name": "n0", "reason": "left" }] })
+    );
+    assert_eq!(got[1].1, Some(got[0].1.unwrap() + 1));
+    // A name that leaves and comes back in one interval: the leave, then the join.
+    r.leave(&token(&joined[1])).unwrap();
+    r.join("n1").unwrap();
+    r.flush_presence();
+    let got: Vec<_> = drain(&r, &w).into_iter().map(|e| e.2).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({ "joined": [], "left": [{ "name": "n1", "reason": "left" }] }),
+            json!({ "joined": ["n1"], "left": [] }),
+        ]
+    );
+}
+
+#[test]
+fn a_full_presence_batch_goes_out_at_once_and_other_events_wait_behind_it() {
+    let r = room(|c| c.max_members = 2 * PRESENCE_MAX);
+    let w = r.join_and_attach("w", None).unwrap();
+    settle(&r, &[&w]);
+    for i in 0..PRESENCE_MAX {
+        r.join(&format!("m{i}")).unwrap();
+    }
+    let got = drain(&r, &w);
+    assert_eq!(got.len(), 1, "the full batch was broadcast without a flush");
+    assert_eq!(got[0].2["joined"].as_array().unwrap().len(), PRESENCE_MAX);
+    // A join waiting when someone renames is announced before the rename.
+    let late = r.join("late").unwrap();
+    r.rename(&token(&late), "later").unwrap();
+    let got: Vec<_> = drain(&r, &w).into_iter().map(|e| (e.0, e.2)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("presence".into(), json!({ "joined": ["late"], "left": [] })),
+            ("rename".into(), json!({ "from": "late", "to": "later" })),
+        ]
+    );
+}
+
+#[test]
+fn the_welcome_lists_the_first_names_and_the_count_and_users_pages_through_all() {
+    let r = room(|_| {});
+    let n = WELCOME_NAMES + 50;
+    for i in 0..n {
+        r.join(&format!("u{i:04}")).unwrap();
+    }
+    r.flush_presence();
+    let a = r.join_and_attach("zz-last", None).unwrap();
+    let (_, _, welcome) = parse(&a.backlog[0]);
+    assert_eq!(welcome["online_count"], n);
+    let first = welcome["online"].as_array().unwrap();
+    assert_eq!(first.len(), WELCOME_NAMES);
+    assert_eq!(first[0], "u0000");
+    assert_eq!(
+        first[WELCOME_NAMES - 1],
+        format!("u{:04}", WELCOME_NAMES - 1)
+    );
+    // GET /chat/users is exact now: zz-last's join is not announced yet but it is online.
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.users(after.as_deref(), 64);
+        assert_eq!(page.count, n + 1);
+        assert!(page.names.len() <= 64);
+        all.extend(page.names.iter().cloned());
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(all, r.online());
+    assert_eq!(all.len(), n + 1);
+    assert_eq!(all.last().unwrap(), "zz-last");
+    assert!(r.users(Some("zz-last"), 10).names.is_empty());
+}
+
+#[test]
+fn presence_events_are_replayed_on_resume_like_any_other() {
+    let r = room(|_| {});
+    let w = r.join("w").unwrap();
+    let att = r.attach(&token(&w), None).unwrap();
+    r.flush_presence();
+    let seen = drain(&r, &att);
+    let last = seen.last().unwrap().1.unwrap();
+    drop(att);
+    r.join("x").unwrap();
+    r.flush_presence();
+    let again = r.attach(&token(&w), Some(last)).unwrap();
+    let replayed: Vec<_> = again.backlog[1..].iter().map(|b| parse(b)).collect();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].0, "presence");
+    assert_eq!(replayed[0].1, Some(last + 1));
+    assert_eq!(replayed[0].2, json!({ "joined": ["x"], "left": [] }));
+}
+
+#[test]
+fn a_welcome_is_the_room_as_of_its_last_id_with_waiting_joins_and_leaves_undone() {
+    let r = room(|_| {});
+    r.join("a").unwrap();
+    r.join("b").unwrap();
+    let c = r.join("c").unwrap();
+    r.flush_presence();
+    r.leave(&token(&c)).unwrap();
+    r.join("aa").unwrap();
+    // Waiting: aa joined, c left. A new member's welcome shows the room before both.
+    let d = r.join_and_attach("d", None).unwrap();
+    let (_, _, welcome) = parse(&d.backlog[0]);
+    assert_eq!(welcome["online"], json!(["a", "b", "c"]));
+    assert_eq!(welcome["online_count"], 3);
+    assert_eq!(
+        r.users(None, 10).names,
+        vec!["a", "aa", "b", "d"],
+        "users is now"
+    );
+    r.flush_presence();
+    let got = drain(&r, &d);
+    let last = got.last().unwrap();
+    assert_eq!(
+        last.2,
+        json!({ "joined": ["aa", "d"], "left": [{ "name": "c", "reason": "left" }] })
+    );
+    assert_eq!(Some(welcome["last_id"].as_u64().unwrap() + 1), last.1);
 }

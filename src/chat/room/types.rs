@@ -15,8 +15,9 @@ pub(crate) const MAX_TEXT: usize = 4096;
 /// One encoded SSE event, as kept in the history.
 pub(crate) type Encoded = Arc<[u8]>;
 
-/// Most bytes [`super::Room::take`] copies for one write (at least one event is always taken).
-pub(crate) const TAKE_BYTES: usize = 64 * 1024;
+/// Most events one [`super::Room::take`] hands out: the size of the array a stream passes in
+/// (on its stack: 16 bytes an event).
+pub(crate) const TAKE_EVENTS: usize = 64;
 
 /// Why a room operation was refused. The HTTP layer turns each into a status code.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,10 +77,9 @@ pub(crate) struct Attached {
     /// each encoded; write these before anything from [`super::Room::take`].
     pub(crate) backlog: Vec<Encoded>,
     /// Ready (holds one message) when live events may be waiting: then call [`super::Room::take`].
-    /// Many events may arrive for one wake.
+    /// Many events may arrive for one wake. Disconnected once the room closed the stream:
+    /// [`super::Room::kick_of`] says why.
     pub(crate) wake: Receiver<()>,
-    /// Why the room closed this stream (replaced, left, slow).
-    pub(crate) kick: Receiver<Kick>,
 }
 
 /// The room closing a stream: why, and the session's name at that moment (for the close line).
@@ -94,9 +94,9 @@ pub(crate) struct Kick {
 /// What [`super::Room::take`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Take {
-    /// Copied this many events; the stream is caught up.
+    /// Handed out this many events; the stream is caught up.
     Done(usize),
-    /// Copied this many events; more are waiting (the byte cap was reached).
+    /// Handed out this many events (the array is full); more are waiting.
     More(usize),
     /// The stream is no longer the session's (kicked, replaced, or the session is gone): its
     /// kick channel says why.
