@@ -227,8 +227,12 @@ impl Bodies {
         let peer = request.remote_addr().copied();
         let mut socket = None;
         if let Some(peer) = peer {
-            self.conns.close_after(peer);
-            socket = self.socket(&request);
+            let found = self.find(peer, true);
+            let mark = found
+                .as_ref()
+                .and_then(|(s, local)| Some((*local, s.inode()?)));
+            self.conns.close_after(peer, mark);
+            socket = found.map(|(s, _)| s);
         }
         // None only when the connection has already ended (reset): nothing to answer, and the
         // drain reads an error or EOF at once.
@@ -275,7 +279,7 @@ impl Bodies {
         // not skipped: this connection may be one.
         if location(&request) == Location::OnSocket {
             let found = peer.and_then(|p| self.find(p, false));
-            if let Some(s) = found.and_then(|mut s| s.own()) {
+            if let Some((s, _)) = found {
                 close_read(&s);
             }
         }
@@ -303,39 +307,48 @@ impl Bodies {
     /// was refused before the stream started (the dispatcher claims a stream's connection as it
     /// routes the request, see [`ConnTable::admit`]). Drops what was kept behind it.
     pub(crate) fn stream_released(&self, peer: SocketAddr) {
-        let held = self.conns.stream_ended(peer, false);
+        let held = self.conns.stream_ended(peer);
         if !held.is_empty() {
             self.release_held(peer, held);
         }
     }
 
     /// Drops what [`ConnTable::hold_for_stream`] kept for `peer`, once the stream has written its
-    /// last byte (or never started): the write half is shut first, so tiny_http writes nothing
-    /// more on the connection.
+    /// last byte (or never started): the connection is marked closing (the requests discarded
+    /// behind the stream got no answer) and its write half shut first, so tiny_http writes
+    /// nothing more on it.
     fn release_held(&self, peer: SocketAddr, held: Vec<Box<dyn Send>>) {
         let found = self.find(peer, false);
-        if let Some(s) = found.and_then(|mut s| s.own()) {
+        let mark = found
+            .as_ref()
+            .and_then(|(s, local)| Some((*local, s.inode()?)));
+        self.conns.close_after(peer, mark);
+        if let Some((s, _)) = found {
             s.shutdown(Shutdown::Write);
         }
         drop_contained(held);
     }
 
-    /// The socket of `request`'s connection, on a descriptor of our own (running streams'
-    /// descriptors are not probed).
-    fn socket(&self, request: &Request) -> Option<OwnedSocket> {
-        self.find(*request.remote_addr()?, true)?.own()
-    }
-
-    /// The socket of `peer`'s connection, on the public listener (skipping running streams'
-    /// descriptors if `skip_streams`: the connection is not one) or else on `--admin-listen`.
-    fn find(&self, peer: SocketAddr, skip_streams: bool) -> Option<StreamSocket> {
+    /// The socket of `peer`'s connection on a descriptor of our own, and the address of the
+    /// listener it came in on: the public one (skipping running streams' descriptors if
+    /// `skip_streams`: the connection is not one), else `--admin-listen`.
+    fn find(&self, peer: SocketAddr, skip_streams: bool) -> Option<(OwnedSocket, SocketAddr)> {
         let skip = if skip_streams {
             self.conns.stream_fds()
         } else {
             Default::default()
         };
-        StreamSocket::find_skipping(self.conns.local(), peer, &skip)
-            .or_else(|| StreamSocket::find(self.admin?, peer))
+        let public = self.conns.local();
+        let (mut s, local) = match StreamSocket::find_skipping(public, peer, &skip) {
+            Some(s) => (s, public),
+            None => (StreamSocket::find(self.admin?, peer)?, self.admin?),
+        };
+        Some((s.own()?, local))
+    }
+
+    /// The socket of `request`'s connection, on a descriptor of our own.
+    fn socket(&self, request: &Request) -> Option<OwnedSocket> {
+        Some(self.find(*request.remote_addr()?, true)?.0)
     }
 }
 

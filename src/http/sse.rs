@@ -138,13 +138,19 @@ impl Drop for SseWriter {
         drop(self.watched.take());
         self.conns.stream_fds_closed(&self.fds);
         if let Some(peer) = self.peer {
-            let held = self.conns.stream_ended(peer, true);
+            let held = self.conns.stream_ended(peer);
+            let own = self.socket.as_mut().and_then(StreamSocket::own);
+            // The answer said Connection: close: whatever tiny_http still parses from this
+            // connection is discarded (this connection's, by its socket).
+            let local = self.conns.local();
+            let socket = own.as_ref().and_then(|s| s.inode()).map(|i| (local, i));
+            self.conns.close_after(peer, socket);
             if !held.is_empty() {
                 // Writers of requests that followed this one on the connection, discarded
                 // unanswered (http::body): tiny_http writes a connection's answers in order, so
                 // they go only after ours, and with the write half shut they write nothing.
                 self.out = Box::new(io::sink());
-                if let Some(s) = self.socket.as_mut().and_then(StreamSocket::own) {
+                if let Some(s) = &own {
                     s.shutdown(std::net::Shutdown::Write);
                 }
                 super::body::drop_contained(held);

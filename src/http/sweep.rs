@@ -42,9 +42,10 @@ struct ConnInner {
     first_seen: HashMap<SocketAddr, Instant>,
     /// Peers whose connection is a running stream: never swept.
     streaming: HashSet<SocketAddr>,
-    /// Peers whose connection is closing (a body left unread, a framing refusal), since when:
-    /// any further request tiny_http parses from it is discarded (see [`ConnTable::admit`]).
-    closing: HashMap<SocketAddr, Instant>,
+    /// Peers whose connection is closing (a body left unread, a framing refusal, a stream's
+    /// end): any further request tiny_http parses from that connection is discarded (see
+    /// [`ConnTable::admit`]).
+    closing: HashMap<SocketAddr, Closing>,
     /// Discarded requests' writers (or whole requests), dropped once the stream of that peer has
     /// written its last byte (see [`ConnTable::hold_for_stream`]).
     held: HashMap<SocketAddr, Vec<Box<dyn Send>>>,
@@ -54,6 +55,17 @@ struct ConnInner {
     /// none, or no sweep yet): the next probing sweep goes at least this far, so a known connection is not lost
     /// when a gap of closed numbers opens below it.
     ceiling: RawFd,
+}
+
+/// A closing mark: which connection of a peer address it is for, and since when.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    since: Instant,
+    /// The listener's address and the inode of the connection's socket when it was marked
+    /// (`None`: its socket was already gone). A peer address is not a connection: loopback
+    /// reuses a closed connection's address for a new one at once (`tcp_tw_reuse`), and the new
+    /// one's requests are its own.
+    socket: Option<(SocketAddr, u64)>,
 }
 
 /// What [`ConnTable::admit`] decided for a request.
@@ -147,12 +159,22 @@ impl ConnTable {
     /// (pipelining); they must not be served, and a stream's must not even be answered (tiny_http
     /// would hold the answer until the stream ends, and the dispatcher with it).
     pub(crate) fn admit(&self, peer: SocketAddr, idle_clock: bool) -> Admit {
-        let mut inner = self.inner.lock();
-        if inner.streaming.contains(&peer) {
-            return Admit::DiscardBehindStream;
+        let marked = {
+            let inner = self.inner.lock();
+            if inner.streaming.contains(&peer) {
+                return Admit::DiscardBehindStream;
+            }
+            inner.closing.get(&peer).copied()
+        };
+        // Outside the lock: it reads the process's descriptors.
+        if let Some(mark) = marked {
+            if self.from_marked(peer, mark) {
+                return Admit::Discard;
+            }
         }
-        if inner.closing.contains_key(&peer) {
-            return Admit::Discard;
+        let mut inner = self.inner.lock();
+        if marked.is_some() {
+            inner.closing.remove(&peer);
         }
         if idle_clock {
             inner.first_seen.remove(&peer);
@@ -161,11 +183,37 @@ impl ConnTable {
         Admit::Route
     }
 
-    /// `peer`'s connection is being closed: from now on [`ConnTable::admit`] discards its
-    /// requests, until the sweep finds its descriptors gone (and at least [`CLOSING_KEPT`] has
-    /// passed, so a connection a probing sweep misses keeps its mark).
-    pub(crate) fn close_after(&self, peer: SocketAddr) {
-        self.inner.lock().closing.insert(peer, Instant::now());
+    /// Whether a request from `peer` comes from the connection `mark` was made for, not from a
+    /// new connection that reuses its address: the peer's live socket is the marked one (same
+    /// inode), or it has no live socket at all (the request is what tiny_http had buffered from
+    /// the marked one, which has ended).
+    fn from_marked(&self, peer: SocketAddr, mark: Closing) -> bool {
+        let (local, marked) = match mark.socket {
+            Some((local, inode)) => (local, Some(inode)),
+            None => (self.local, None),
+        };
+        let live: Vec<u64> = fd::find_connection(local, peer, &self.stream_fds())
+            .into_iter()
+            .filter_map(fd::inode)
+            .collect();
+        match marked {
+            _ if live.is_empty() => true,
+            Some(inode) => live.contains(&inode),
+            None => false,
+        }
+    }
+
+    /// `peer`'s connection — the socket `socket` (the listener's address and the socket's
+    /// inode; `None` if it is gone already) — is being closed: from now on [`ConnTable::admit`]
+    /// discards the requests tiny_http parses from it, until the sweep finds its descriptors
+    /// gone (and at least [`CLOSING_KEPT`] has passed, so a connection a probing sweep misses
+    /// keeps its mark). A new connection from the same address is not affected.
+    pub(crate) fn close_after(&self, peer: SocketAddr, socket: Option<(SocketAddr, u64)>) {
+        let mark = Closing {
+            since: Instant::now(),
+            socket,
+        };
+        self.inner.lock().closing.insert(peer, mark);
     }
 
     /// Keeps `item` (a discarded request's writer) until `peer`'s stream ends: tiny_http chains
@@ -192,19 +240,15 @@ impl ConnTable {
 
     /// `peer`'s stream ended (it writes nothing more), or its request was refused before it
     /// started. Returns what [`ConnTable::hold_for_stream`] kept for it: the caller drops that
-    /// once the stream's own writer is gone, after shutting the write half. From now on the
-    /// connection is closing (requests on it are discarded) if `close` (the stream's answer said
-    /// `Connection: close`) or if a request behind it was discarded (and got no answer).
+    /// once the stream's own writer is gone, after shutting the write half, and marks the
+    /// connection closing ([`ConnTable::close_after`]) when its answer said `Connection: close`
+    /// or a request behind it was discarded (and got no answer).
     #[must_use]
-    pub(crate) fn stream_ended(&self, peer: SocketAddr, close: bool) -> Vec<Box<dyn Send>> {
+    pub(crate) fn stream_ended(&self, peer: SocketAddr) -> Vec<Box<dyn Send>> {
         let mut inner = self.inner.lock();
         inner.streaming.remove(&peer);
         inner.last_request.remove(&peer);
-        let held = inner.held.remove(&peer).unwrap_or_default();
-        if close || !held.is_empty() {
-            inner.closing.insert(peer, Instant::now());
-        }
-        held
+        inner.held.remove(&peer).unwrap_or_default()
     }
 
     /// Shuts every connection that has not completed a request within `deadline` of being
@@ -247,10 +291,10 @@ impl ConnTable {
             let ConnInner {
                 closing, streaming, ..
             } = &mut *inner;
-            closing.retain(|p, since| {
+            closing.retain(|p, mark| {
                 conns.contains_key(p)
                     || streaming.contains(p)
-                    || now.duration_since(*since) < CLOSING_KEPT
+                    || now.duration_since(mark.since) < CLOSING_KEPT
             });
             for peer in conns.keys() {
                 if inner.streaming.contains(peer) {

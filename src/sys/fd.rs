@@ -108,6 +108,12 @@ impl OwnedSocket {
         (rc == 0).then_some(value.max(0) as usize)
     }
 
+    /// The socket's inode: the same for every descriptor of it, and never another socket's
+    /// while this one is open.
+    pub(crate) fn inode(&self) -> Option<u64> {
+        inode(self.raw())
+    }
+
     /// Whether the connection is `ESTABLISHED`: the peer has not closed its side, and nobody has
     /// shut ours (`TCP_INFO`).
     pub(crate) fn established(&self) -> bool {

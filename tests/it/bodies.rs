@@ -242,3 +242,74 @@ fn a_request_pipelined_behind_a_stream_is_discarded_and_the_dispatcher_goes_on()
     s.request("PUT", &format!("/alarms/{id}"), Some("true"));
     assert_eq!(sse.next_data(), T);
 }
+
+/// A client socket bound to `port` on 127.0.0.1 (0: any; `SO_REUSEADDR`, so a port an earlier
+/// such socket used can be bound again), connected to `addr`.
+fn connect_from(port: u16, addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a new descriptor that the TcpStream then owns (closed on
+    // every path: an error below drops it).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let sock = TcpStream::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = |a: SocketAddr| {
+            let SocketAddr::V4(a) = a else {
+                panic!("IPv4 only")
+            };
+            libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            }
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let me = sin(SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(
+            libc::bind(fd, &me as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let to = sin(addr);
+        let rc = libc::connect(fd, &to as *const _ as *const libc::sockaddr, len);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        sock
+    }
+}
+
+#[test]
+fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
+    let s = start(|_| {});
+    // A connection closed by the server for a body left unread: its peer is marked closing,
+    // so that what tiny_http parses from it afterwards is discarded.
+    let mut old = connect_from(0, s.addr);
+    let port = old.local_addr().unwrap().port();
+    old.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n0123456789")
+        .unwrap();
+    let got = read_all(&mut old, PATIENCE);
+    assert_eq!(got.statuses(), vec![200], "{}", got.text);
+    assert!(got.closed);
+    drop(old);
+    // A new connection from the very same address and port (loopback reuses it at once): a
+    // different connection, whose requests are its own.
+    let mut new = connect_from(port, s.addr);
+    new.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let got = read_all(&mut new, PATIENCE);
+    assert_eq!(
+        got.statuses(),
+        vec![200],
+        "the new connection was not served: {}",
+        got.text
+    );
+}
