@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
-use super::room::{Attached, Encoded, Kick, Room, Take, TAKE_EVENTS};
+use super::room::{Attached, ChatError, Encoded, Kick, Room, Take, TAKE_EVENTS};
 use super::session::Token;
-use crate::admit::StreamSlot;
-use crate::http::response::Reply;
+use crate::admit::{Refusal, StreamSlot, Unprepared};
 use crate::http::socket::Liveness;
 use crate::http::sse::{self, SseWriter};
 use crate::metrics::Metrics;
@@ -32,6 +31,9 @@ pub(crate) struct ChatStreams {
     pub(crate) metrics: Arc<Metrics>,
     /// Keepalive interval.
     pub(crate) heartbeat: Duration,
+    /// Test-only: a stream of a member of this name panics once its backlog is written (see
+    /// `Config::fault_panic_id`).
+    pub(crate) fault_panic_id: Option<String>,
 }
 
 /// Who the stream is for.
@@ -115,7 +117,7 @@ pub(crate) fn prepare(
     cx: &ChatStreams,
     member: &Member,
     last_event_id: Option<u64>,
-) -> Result<Prepared, Reply> {
+) -> Result<Prepared, Unprepared> {
     let room = &cx.room;
     let attached = match member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
@@ -126,7 +128,11 @@ pub(crate) fn prepare(
             room: room.clone(),
             att: Some(att),
         }),
-        Err(e) => Err(error_reply(&cx.metrics, &e)),
+        // A full room frees up by itself: EventSource must come back, so it gets a `refused`
+        // event, not a 503 that ends it for good. A bad name, a taken name or an unknown token
+        // is for the user to act on: a 4xx.
+        Err(ChatError::RoomFull) => Err(Unprepared::Retry(Refusal::RoomFull)),
+        Err(e) => Err(Unprepared::Reply(error_reply(&cx.metrics, &e))),
     }
 }
 
@@ -212,6 +218,9 @@ fn run(
         // How long to wait, with nothing to do, before giving back the stack pages the last
         // delivery or keepalive touched (see SETTLE); forever once given back.
         let mut settle = Duration::MAX;
+        if cx.fault_panic_id.as_deref() == Some(life.name.as_str()) {
+            injected_fault(&life.name);
+        }
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -267,6 +276,12 @@ fn run(
             None => CloseReason::from_write_error(&e),
         },
     };
+}
+
+#[cold]
+#[inline(never)]
+fn injected_fault(name: &str) -> ! {
+    panic!("injected fault in chat stream name={name}");
 }
 
 /// Quiet time after a delivery or a keepalive before a stream gives back the stack pages it

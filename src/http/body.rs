@@ -142,11 +142,6 @@ impl Bodies {
         &self.metrics
     }
 
-    /// The connection table the closing marks go to.
-    pub(crate) fn conns(&self) -> &ConnTable {
-        &self.conns
-    }
-
     /// Reads `request`'s body, at most `max` bytes, and notes when it was read to its end (so its
     /// answer keeps the connection open). A body that ended early is [`ReadError::Incomplete`]:
     /// tiny_http reports the end of the socket as the end of the body, for a declared length
@@ -216,12 +211,15 @@ impl Bodies {
     /// Sends `reply` for `request`. If the request's body is on the socket and was not read to
     /// its end, or its framing says so, the connection is closed as the module documentation
     /// describes; otherwise this is tiny_http's `respond()`.
-    pub(crate) fn respond(&self, request: Request, reply: Reply) {
+    ///
+    /// The error is that of tiny_http's `respond()` (a write past the reply write deadline fails
+    /// with `WouldBlock`); a connection closed here ends anyway, and its answer's error is not
+    /// returned.
+    pub(crate) fn respond(&self, request: Request, reply: Reply) -> io::Result<()> {
         let unread = location(&request) == Location::OnSocket && !self.take(key(&request));
         let framing = super::framing::of_request(&request);
         if !unread && framing.is_ok_and(|f| !f.close) {
-            let _ = request.respond(reply);
-            return;
+            return request.respond(reply);
         }
         self.metrics.connections_closed_unread.inc();
         let peer = request.remote_addr().copied();
@@ -264,6 +262,7 @@ impl Bodies {
                 shut_write();
             }
         }
+        Ok(())
     }
 
     /// Drops, unanswered, a request tiny_http parsed from a connection that is closing, or from

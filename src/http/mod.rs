@@ -5,6 +5,7 @@
 pub(crate) mod accept;
 pub(crate) mod body;
 pub(crate) mod framing;
+pub(crate) mod pipeline;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod socket;

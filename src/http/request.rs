@@ -39,7 +39,12 @@ pub(crate) fn read_body(bodies: &Bodies, request: &mut Request) -> Result<Vec<u8
                 "request body too large (max 65536 bytes)",
             ))
         }
-        Err(ReadError::Incomplete) => Err(bad_request(metrics, "the body ended early")),
+        // The connection ended before the declared length or the last chunk (the client gave
+        // up, or the sweep cut a body past `--body-timeout`): what arrived is not the body.
+        Err(ReadError::Incomplete) => Err(bad_request(
+            metrics,
+            "the body ended early: the connection ended before the declared length",
+        )),
         Err(ReadError::Io(e)) => Err(response::error(400, &format!("cannot read body: {e}"))),
     }
 }

@@ -10,6 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sys::fd::{self, FdSet};
@@ -49,6 +51,9 @@ struct ConnInner {
     /// Discarded requests' writers (or whole requests), dropped once the stream of that peer has
     /// written its last byte (see [`ConnTable::hold_for_stream`]).
     held: HashMap<SocketAddr, Vec<Box<dyn Send>>>,
+    /// Peers whose request body a request thread is reading: its deadline, and the flag the
+    /// sweep sets when it cut the body (`--body-timeout`).
+    bodies: HashMap<SocketAddr, (Instant, Arc<AtomicBool>)>,
     /// Sweeps so far (every [`FULL_SCAN_EVERY`]th lists `/proc/self/fd`).
     sweeps: u32,
     /// The highest descriptor number of a non-stream connection the last sweep found (-1 or 0:
@@ -98,6 +103,8 @@ pub(crate) struct Sweep {
     /// (an `HTTP/2.0` or `HTTP/3.0` request line deadlocks it, see tests/http2_deadlock.rs). Each
     /// is a thread and two descriptors for good.
     pub(crate) stuck: usize,
+    /// Request bodies cut for not arriving by their deadline.
+    pub(crate) body_timeouts: usize,
 }
 
 impl ConnTable {
@@ -168,7 +175,7 @@ impl ConnTable {
         };
         // Outside the lock: it reads the process's descriptors.
         if let Some(mark) = marked {
-            if self.from_marked(peer, mark) {
+            if self.is_marked_connection(peer, mark) {
                 return Admit::Discard;
             }
         }
@@ -187,7 +194,7 @@ impl ConnTable {
     /// new connection that reuses its address: the peer's live socket is the marked one (same
     /// inode), or it has no live socket at all (the request is what tiny_http had buffered from
     /// the marked one, which has ended).
-    fn from_marked(&self, peer: SocketAddr, mark: Closing) -> bool {
+    fn is_marked_connection(&self, peer: SocketAddr, mark: Closing) -> bool {
         let (local, marked) = match mark.socket {
             Some((local, inode)) => (local, Some(inode)),
             None => (self.local, None),
@@ -231,6 +238,23 @@ impl ConnTable {
         }
         inner.held.entry(peer).or_default().push(item);
         Ok(())
+    }
+
+    /// A request thread starts reading `peer`'s request body, which must have arrived by
+    /// `deadline`; past it the sweep shuts the connection's read side (the blocked read then
+    /// ends) and sets the returned flag. Undone by [`ConnTable::body_ended`].
+    pub(crate) fn body_started(&self, peer: SocketAddr, deadline: Instant) -> Arc<AtomicBool> {
+        let cut = Arc::new(AtomicBool::new(false));
+        self.inner
+            .lock()
+            .bodies
+            .insert(peer, (deadline, cut.clone()));
+        cut
+    }
+
+    /// `peer`'s request body has been read (or given up on).
+    pub(crate) fn body_ended(&self, peer: SocketAddr) {
+        self.inner.lock().bodies.remove(&peer);
     }
 
     /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
@@ -282,6 +306,35 @@ impl ConnTable {
             stuck,
             ..Sweep::default()
         };
+        // Bodies past their deadline: shut the read side only, so the request thread's read
+        // ends and it can still write its 408.
+        let overdue: Vec<(SocketAddr, Arc<AtomicBool>)> = {
+            let mut inner = self.inner.lock();
+            let due: Vec<SocketAddr> = inner
+                .bodies
+                .iter()
+                .filter(|(_, (at, _))| now >= *at)
+                .map(|(p, _)| *p)
+                .collect();
+            due.into_iter()
+                .filter_map(|p| inner.bodies.remove(&p).map(|(_, cut)| (p, cut)))
+                .collect()
+        };
+        for (peer, cut) in overdue {
+            // Flagged first: the request thread reads the flag once its read has ended.
+            cut.store(true, Ordering::Release);
+            let fds = match conns.get(&peer) {
+                Some(fds) => fds.clone(),
+                None => fd::find_connection(self.local, peer, &FdSet::default()),
+            };
+            for fd in fds {
+                if let Some(socket) = fd::own_connection(fd, self.local, Some(peer)) {
+                    socket.shutdown(std::net::Shutdown::Read);
+                }
+            }
+            log::info!("connection closed peer={peer} reason=body-timeout");
+            result.body_timeouts += 1;
+        }
         let mut pending: Vec<(Instant, SocketAddr)> = Vec::new();
         let mut shut: Vec<(SocketAddr, &'static str)> = Vec::new();
         {
@@ -297,7 +350,8 @@ impl ConnTable {
                     || now.duration_since(mark.since) < CLOSING_KEPT
             });
             for peer in conns.keys() {
-                if inner.streaming.contains(peer) {
+                // A body still within its deadline is not an idle connection.
+                if inner.streaming.contains(peer) || inner.bodies.contains_key(peer) {
                     continue;
                 }
                 if let Some(&t) = inner.last_request.get(peer) {

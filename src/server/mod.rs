@@ -168,6 +168,13 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
+        // Every accepted socket inherits it: no buffered answer waits long on a client that
+        // does not read (see `REPLY_WRITE_TIMEOUT`).
+        crate::sys::fd::set_send_timeout(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            crate::admit::REPLY_WRITE_TIMEOUT,
+        )
+        .map_err(StartError::Bind)?;
         let admin = match config.admin_listen {
             Some(addr) => Some(AdminHttp::start(addr).map_err(StartError::AdminBind)?),
             None => None,
@@ -203,7 +210,13 @@ impl Server {
         let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
             .map_err(StartError::Watch)?;
-        let admit = Admission::new(&config, metrics.clone(), threads.clone(), bodies.clone());
+        let admit = Admission::new(
+            &config,
+            metrics.clone(),
+            threads.clone(),
+            conns.clone(),
+            bodies.clone(),
+        );
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
@@ -226,12 +239,13 @@ impl Server {
                 streams: Streams::new(conns.clone(), watcher.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
+                fault_panic_id: config.fault_panic_id.clone(),
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             alarms,
             chat,
             ops: Ops {
@@ -249,7 +263,9 @@ impl Server {
             cors: config.cors_origin.is_some(),
             auth: auth.clone(),
             admin_listener: admin_local.map(|a| a.ip().is_loopback()),
-        };
+        });
+        let route: Arc<dyn crate::admit::Route> = router.clone();
+        admit.set_router(Arc::downgrade(&route));
         let refresher = Refresher {
             store,
             every: config.refresh,
@@ -272,6 +288,7 @@ impl Server {
             admin,
             shutdown: shutdown_rx,
             header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
             max_pending: config.max_pending,
         };
         threads

@@ -249,6 +249,17 @@ impl Router {
                 Admit::DiscardBehindStream => return bodies.discard(request, true),
             }
         }
+        // One request of a connection at a time, in order (src/http/pipeline.rs): a request
+        // pipelined behind one in flight waits for its turn, behind a stream for ever. (The
+        // admin listener's few requests are answered as they come.)
+        let request = if from == Listener::Public {
+            let Some(request) = self.admit.turn(request) else {
+                return;
+            };
+            request
+        } else {
+            request
+        };
         // Before anything else reads the request: framing smuggling needs is refused, and the
         // connection closed (RFC 9112 section 6; see http::framing).
         if let Err(refusal) = framing::of_request(&request) {
@@ -331,6 +342,14 @@ impl Router {
                 .admit
                 .respond(request, response::error(404, "not found")),
         }
+    }
+}
+
+impl crate::admit::Route for Router {
+    /// A request a request thread takes from its connection's queue: only the public
+    /// listener's requests are ever queued (see `Router::route`).
+    fn route(&self, request: Request) {
+        Router::route(self, request, Listener::Public);
     }
 }
 

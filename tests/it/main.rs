@@ -17,6 +17,7 @@ mod bodies;
 mod chat;
 mod docs;
 mod hostile;
+mod http;
 mod injection;
 mod leaving;
 mod metrics;

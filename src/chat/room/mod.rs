@@ -39,6 +39,7 @@ use parking_lot::Mutex;
 
 use super::session::Token;
 use crate::config::Config;
+use crate::http::validate::normalize_name;
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
 pub(crate) use state::UsersPage;
@@ -110,6 +111,8 @@ impl Room {
     /// Creates a session without a stream (`POST /chat/join`); its join is announced in the
     /// next `presence` event.
     pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
+        // The name as it is kept and shown: NFC (see `normalize_name`).
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let token = new_token()?;
         self.locked(|inner| inner.join(name, token.clone()))?;
         log::info!("chat joined name={name}");
@@ -127,6 +130,7 @@ impl Room {
         name: &str,
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token)?;
@@ -188,11 +192,11 @@ impl Room {
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
     /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub(crate) fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
-        let from = self.locked(|inner| inner.rename(token, to))?;
+        let (from, to) = self.locked(|inner| inner.rename(token, to))?;
         if from != to {
             log::info!("chat renamed from={from} to={to}");
         }
-        Ok((from, to.to_string()))
+        Ok((from, to))
     }
 }
 

@@ -14,7 +14,7 @@ use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
-use crate::http::validate::valid_name;
+use crate::http::validate::{name_key, normalize_name};
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
 
@@ -126,8 +126,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What names are compared by (see [`name_key`]).
 fn fold(name: &str) -> String {
-    name.to_lowercase()
+    name_key(name)
 }
 
 impl Inner {
@@ -442,9 +443,7 @@ impl Inner {
     /// Creates a session named `name` holding `token`; its join goes out in the next
     /// `presence` event.
     pub(crate) fn join(&mut self, name: &str, token: Token) -> Result<u64, ChatError> {
-        if !valid_name(name) {
-            return Err(ChatError::InvalidName);
-        }
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let folded = fold(name);
         if self.names.contains_key(&folded) {
             return Err(ChatError::NameTaken);
@@ -512,15 +511,19 @@ impl Inner {
         let mut backlog: Vec<Encoded> =
             vec![encode_event(Some("welcome"), None, &welcome.to_string()).into()];
         if let Some(k) = after {
-            // Events after k were dropped from the history (or k is from another run).
-            if k.saturating_add(1) < oldest || k > last_id {
+            // An id beyond the newest is from another run, or names no event at all (a hint
+            // that is not a number comes as u64::MAX): where the client stands is unknown, as
+            // for an id older than the history. Both get `reset`, then everything kept.
+            let unknown = k > last_id;
+            if unknown || k.saturating_add(1) < oldest {
                 let reset = json!({ "oldest": oldest });
                 backlog.push(encode_event(Some("reset"), None, &reset.to_string()).into());
             }
+            let after = if unknown { 0 } else { k };
             backlog.extend(
                 self.history
                     .iter()
-                    .filter(|e| e.id > k && e.from != Some(key))
+                    .filter(|e| e.id > after && e.from != Some(key))
                     .map(|e| e.bytes.clone()),
             );
         }
@@ -582,13 +585,15 @@ impl Inner {
         Ok(id)
     }
 
-    /// [`super::Room::rename`] under the lock; returns the old name.
-    pub(crate) fn rename(&mut self, token: &Token, to: &str) -> Result<String, ChatError> {
+    /// [`super::Room::rename`] under the lock; returns the old name and the new one (in NFC).
+    pub(crate) fn rename(
+        &mut self,
+        token: &Token,
+        to: &str,
+    ) -> Result<(String, String), ChatError> {
         let session = self.session(token)?;
         let key = session.token.selector();
-        if !valid_name(to) {
-            return Err(ChatError::InvalidName);
-        }
+        let to = &normalize_name(to).ok_or(ChatError::InvalidName)?;
         // A rename is broadcast like a message, so it draws on the same bucket.
         session
             .limiter
@@ -600,8 +605,8 @@ impl Inner {
         }
         let session = self.sessions.get_mut(&key).expect("found above");
         let from = std::mem::replace(&mut session.name, to.to_string());
-        if from == to {
-            return Ok(from);
+        if from == *to {
+            return Ok((from, to.clone()));
         }
         self.names.remove(&fold(&from));
         self.names.insert(folded, key);
@@ -611,6 +616,6 @@ impl Inner {
         // The waiting joins go out first: the rename's own join among them, if it is that new.
         self.flush_presence();
         self.push_event("rename", data, None);
-        Ok(from)
+        Ok((from, to.clone()))
     }
 }
