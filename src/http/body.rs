@@ -165,6 +165,13 @@ impl Bodies {
             return Err(ReadError::TooLarge);
         }
         if place == Location::OnSocket {
+            // Cut at `--body-timeout` (its read half shut): whatever arrived is not the body.
+            if request
+                .remote_addr()
+                .is_some_and(|p| self.conns.body_cut(*p))
+            {
+                return Err(ReadError::Incomplete);
+            }
             let complete = match declared {
                 Some(len) => n == len,
                 // Chunked: an end of socket in the middle of a chunk's data also reads as the

@@ -257,6 +257,16 @@ impl ConnTable {
         self.inner.lock().bodies.remove(&peer);
     }
 
+    /// Whether the sweep cut `peer`'s request body at its deadline (the read that ended did
+    /// not end at the body's end).
+    pub(crate) fn body_cut(&self, peer: SocketAddr) -> bool {
+        self.inner
+            .lock()
+            .bodies
+            .get(&peer)
+            .is_some_and(|(_, cut)| cut.load(Ordering::Acquire))
+    }
+
     /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
     pub(crate) fn stream_started(&self, peer: SocketAddr) {
         self.inner.lock().streaming.insert(peer);
@@ -308,16 +318,16 @@ impl ConnTable {
         };
         // Bodies past their deadline: shut the read side only, so the request thread's read
         // ends and it can still write its 408.
+        // A cut body keeps its entry, flagged, until its reader ends it (`body_ended`): the
+        // reader asks whether its body was cut (`body_cut`), since a read ended by SHUT_RD looks
+        // like the end of the body to tiny_http's chunked decoder.
         let overdue: Vec<(SocketAddr, Arc<AtomicBool>)> = {
-            let mut inner = self.inner.lock();
-            let due: Vec<SocketAddr> = inner
+            let inner = self.inner.lock();
+            inner
                 .bodies
                 .iter()
-                .filter(|(_, (at, _))| now >= *at)
-                .map(|(p, _)| *p)
-                .collect();
-            due.into_iter()
-                .filter_map(|p| inner.bodies.remove(&p).map(|(_, cut)| (p, cut)))
+                .filter(|(_, (at, cut))| now >= *at && !cut.load(Ordering::Acquire))
+                .map(|(p, (_, cut))| (*p, cut.clone()))
                 .collect()
         };
         for (peer, cut) in overdue {

@@ -127,52 +127,6 @@ fn a_body_cut_off_by_its_client_is_not_acted_on() {
 }
 
 #[test]
-fn a_body_that_stalls_is_cut_at_the_idle_deadline_and_frees_its_thread() {
-    let s = start(|c| c.header_timeout = Duration::from_millis(800));
-    let id = unique("stall");
-    let body = format!("true{}", " ".repeat(96));
-    let mut stalled: Vec<TcpStream> = ["Content-Length: 5000", "Transfer-Encoding: chunked"]
-        .iter()
-        .map(|framing| {
-            let sent = if framing.starts_with("Transfer") {
-                format!("1388\r\n{body}")
-            } else {
-                body.clone()
-            };
-            let mut sock = TcpStream::connect(s.addr).unwrap();
-            sock.write_all(
-                format!("PUT /alarms/{id} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{sent}")
-                    .as_bytes(),
-            )
-            .unwrap();
-            sock
-        })
-        .collect();
-    // Both are read on request threads, which wait for the rest...
-    wait_for("two request threads reading", || {
-        (s.threads_of("request") == 2).then_some(())
-    });
-    // ...until the sweep cuts the connections at the deadline: the threads end, the client sees
-    // the connection close, and the half body is not applied.
-    for sock in stalled.iter_mut() {
-        let got = read_all(sock, PATIENCE);
-        assert!(got.closed, "{}", got.text);
-    }
-    wait_for("the request threads freed", || {
-        (s.threads_of("request") == 0).then_some(())
-    });
-    let idle = s.metric("syncast_idle_closed_total");
-    assert!(
-        idle >= 2.0,
-        "cut as idle: {idle}; as header time-outs: {}",
-        s.metric("syncast_header_timeouts_total")
-    );
-    let r = s.request("GET", &format!("/alarms/{id}"), None);
-    assert_eq!(r.json()["alarm"], false);
-    drop(stalled);
-}
-
-#[test]
 fn a_body_left_unread_on_a_kept_alive_connection_closes_it_and_what_follows_is_not_served() {
     let s = start(|_| {});
     let name = unique("after");
@@ -312,4 +266,38 @@ fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
         "the new connection was not served: {}",
         got.text
     );
+}
+
+#[test]
+fn a_body_that_stalls_is_cut_at_the_body_deadline_and_not_acted_on() {
+    // The body deadline shuts only the read half (so the 408 can still be written): tiny_http's
+    // chunked decoder then sees the end of the socket as the end of the body, and the half body
+    // was applied (the alarm set to true, then a 408).
+    let s = start(|c| c.body_timeout = Duration::from_millis(500));
+    for framing in ["Content-Length: 5000", "Transfer-Encoding: chunked"] {
+        let id = unique("cut");
+        let body = format!("true{}", " ".repeat(96));
+        let sent = if framing.starts_with("Transfer") {
+            format!("1388\r\n{body}")
+        } else {
+            body
+        };
+        let mut sock = TcpStream::connect(s.addr).unwrap();
+        sock.write_all(
+            format!("PUT /alarms/{id} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{sent}").as_bytes(),
+        )
+        .unwrap();
+        let got = read_all(&mut sock, PATIENCE);
+        assert_eq!(got.statuses(), vec![408], "{framing}: {}", got.text);
+        let r = s.request("GET", &format!("/alarms/{id}"), None);
+        assert_eq!(
+            r.json()["alarm"],
+            false,
+            "{framing}: the half body was applied"
+        );
+    }
+    wait_for("the request threads freed", || {
+        (s.threads_of("request") == 0).then_some(())
+    });
+    assert_eq!(s.metric("syncast_body_timeouts_total"), 2.0);
 }
