@@ -259,6 +259,65 @@ impl Admission {
         });
     }
 
+    /// Like [`Admission::spawn_stream_prepared`], for a `prepare` that waits for I/O (the chat
+    /// on Redis asks Redis to attach): it runs on a request thread (under `--max-requests`),
+    /// which then spawns the stream's own thread, so neither the dispatcher waits nor the
+    /// stream thread keeps what preparing allocated (see `spawn_stream_prepared`). The stream
+    /// slot is taken first, on the calling thread, as there.
+    pub(crate) fn spawn_stream_prepared_off<P, G, F>(
+        self: &Arc<Self>,
+        role: Role,
+        request: Request,
+        prepare: G,
+        body: F,
+    ) where
+        P: Send + 'static,
+        G: FnOnce(&Request) -> Result<P, Reply> + Send + 'static,
+        F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
+    {
+        let conn = self.next_conn();
+        let name = format!("{}-{conn}", role.stream_prefix());
+        let Some(slot) = self.stream_slot() else {
+            self.count(Refusal::MaxClients);
+            log::warn!("stream refused reason=max-clients max={}", self.max_clients);
+            self.respond(request, Refusal::MaxClients.reply());
+            return;
+        };
+        let max = self.max_requests;
+        if self
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            self.count(Refusal::MaxRequests);
+            self.respond(request, Refusal::MaxRequests.reply());
+            return;
+        }
+        let request_slot = RequestSlot(self.clone());
+        let admit = self.clone();
+        self.spawn_with(
+            Role::Request,
+            format!("req-{}", self.next_conn()),
+            SERVICE_STACK,
+            request,
+            move |rq| {
+                let prepared = prepare(&rq);
+                drop(request_slot);
+                match prepared {
+                    Ok(p) => admit.spawn_with(role, name, admit.stream_stack, rq, move |rq| {
+                        body(rq, p, slot, conn)
+                    }),
+                    Err(reply) => {
+                        drop(slot);
+                        admit.respond(rq, reply);
+                    }
+                }
+            },
+        );
+    }
+
     /// Spawns a short request thread (store access, bodies); over `--max-requests` answers 503.
     pub(crate) fn spawn_request<F>(self: &Arc<Self>, request: Request, handler: F)
     where

@@ -58,7 +58,6 @@ pub(crate) enum Retry {
     /// The call can run twice without harm (`HSET`, `HMGET`, `PING`).
     Idempotent,
     /// It must not (an `INCR` + `XADD` script): a failure is returned as it is.
-    #[allow(dead_code)] // the chat on Redis (issue 16 part B, docs/design-redis-chat.md)
     Never,
 }
 
@@ -218,6 +217,59 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Runs `call` on `con`, a connection of the caller's own that is never pooled (the chat
+    /// reader's, blocked in `XREAD` most of the time): opened here when `None` (or the failure,
+    /// also while backing off), with `read_timeout` as its read time-out instead of
+    /// `--redis-timeout` (a blocking read waits longer by design). The same bookkeeping as
+    /// [`Link::run`]: health, back-off, log lines, figures; a connection that failed is dropped
+    /// (`con` is `None` afterwards).
+    pub(crate) fn run_own<T>(
+        &self,
+        con: &mut Option<Connection>,
+        read_timeout: Duration,
+        call: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        if con.is_none() {
+            let fresh = self.connect()?;
+            if let Err(e) = fresh.set_read_timeout(Some(read_timeout)) {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let text = describe(&e);
+                self.down(&text);
+                return Err(RedisError::Unavailable(text));
+            }
+            *con = Some(fresh);
+        }
+        let Some(c) = con.as_mut() else {
+            return Err(RedisError::Unavailable("no connection".into()));
+        };
+        match call(c) {
+            Ok(v) => {
+                self.up();
+                Ok(v)
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                match classify(&e) {
+                    Failure::Unavailable => {
+                        *con = None;
+                        let text = describe(&e);
+                        self.down(&text);
+                        Err(RedisError::Unavailable(text))
+                    }
+                    Failure::Reply => {
+                        self.up();
+                        Err(RedisError::Reply(describe(&e)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `--redis-timeout` every pooled connection has.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A new connection with the time-outs set, or the failure (also while backing off).

@@ -34,6 +34,10 @@ pub(crate) enum Role {
     Request,
     /// Sees streams' clients leave (one, while any stream runs).
     Watcher,
+    /// The chat on Redis: follows the room's stream into this node's mirror (one).
+    ChatReader,
+    /// The chat on Redis: presence, expiry, grace and leases, every 250 ms (one).
+    ChatKeeper,
 }
 
 impl Role {
@@ -46,6 +50,8 @@ impl Role {
             Role::ChatStream => "chat-stream",
             Role::Request => "request",
             Role::Watcher => "watcher",
+            Role::ChatReader => "chat-reader",
+            Role::ChatKeeper => "chat-keeper",
         }
     }
 
@@ -58,13 +64,15 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 6] = [
+    pub(crate) const ALL: [Role; 8] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
         Role::ChatStream,
         Role::Request,
         Role::Watcher,
+        Role::ChatReader,
+        Role::ChatKeeper,
     ];
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{at, never, select, tick};
 
 use super::reply::error_reply;
-use super::room::{Attached, Encoded, Kick, Room, Take, TAKE_EVENTS};
+use super::room::{Attached, ChatError, Encoded, Kick, Room, Take, TAKE_EVENTS};
 use super::session::Token;
 use crate::admit::StreamSlot;
 use crate::http::response::Reply;
@@ -109,26 +109,45 @@ impl Drop for Prepared {
     }
 }
 
-/// Joins (`?name=`) or attaches (`?token=`) for a new stream, on the calling thread; a refusal
-/// is the reply to answer with.
+/// Joins (`?name=`) or attaches (`?token=`; with `expect`, the session's name must be that)
+/// for a new stream, on the calling thread; a refusal is the room's (see [`refusal`]).
 pub(crate) fn prepare(
     cx: &ChatStreams,
     member: &Member,
     last_event_id: Option<u64>,
-) -> Result<Prepared, Reply> {
+    expect: Option<&str>,
+) -> Result<Prepared, ChatError> {
     let room = &cx.room;
-    let attached = match member {
+    let att = match member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
-        Member::Resume(token) => room.attach(token, last_event_id),
-    };
-    match attached {
-        Ok(att) => Ok(Prepared {
-            room: room.clone(),
-            att: Some(att),
-        }),
-        Err(e) => Err(error_reply(&cx.metrics, &e)),
+        Member::Resume(token) => room.attach_as(token, last_event_id, expect),
+    }?;
+    Ok(Prepared {
+        room: room.clone(),
+        att: Some(att),
+    })
+}
+
+/// What a stream the room refused answers. A room that cannot be reached now (the chat on
+/// Redis, Redis unavailable) comes back by itself: the answer is `200` with `event: refused`
+/// and a `retry:`, which `EventSource` retries (it gives up for good on any other status);
+/// every other refusal is for the client to act on: its 4xx (or 503) as for a request.
+pub(crate) fn refusal(metrics: &Metrics, e: &ChatError) -> Reply {
+    match e {
+        ChatError::Unavailable(why) => {
+            metrics.reject("chat-unavailable");
+            log::debug!("chat stream refused reason=unavailable error={why:?}");
+            let data = serde_json::json!({ "reason": "unavailable", "retry_ms": REFUSED_RETRY_MS });
+            let mut body = sse::retry(Duration::from_millis(REFUSED_RETRY_MS));
+            body.extend_from_slice(&sse::encode_event(Some("refused"), None, &data.to_string()));
+            crate::http::response::with_type(200, body, "text/event-stream; charset=utf-8")
+        }
+        e => error_reply(metrics, e),
     }
 }
+
+/// How long a stream refused because the room is unavailable asks its client to wait.
+const REFUSED_RETRY_MS: u64 = 1000;
 
 /// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
 /// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's

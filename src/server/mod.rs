@@ -36,6 +36,9 @@ use crate::auth::keys::KeyError;
 use crate::auth::{Auth, KeyReload};
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
+use crate::chat::shared::keeper::Keeper;
+use crate::chat::shared::reader::Reader;
+use crate::chat::shared::SharedChat;
 use crate::chat::stream::ChatStreams;
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
@@ -197,7 +200,17 @@ impl Server {
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
         let health: Health = Arc::default();
-        let room = Room::new(&config, metrics.clone());
+        // With --redis the chat room is the one all nodes on that Redis share.
+        let shared_chat = match &link {
+            Some(link) => Some(Arc::new(
+                SharedChat::new(&config, link.clone()).map_err(StartError::Spawn)?,
+            )),
+            None => None,
+        };
+        let room = match &shared_chat {
+            Some(sh) => Room::on_redis(&config, metrics.clone(), sh.clone()),
+            None => Room::new(&config, metrics.clone()),
+        };
         let conns = Arc::new(ConnTable::new(local));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
             .map_err(StartError::Watch)?;
@@ -239,7 +252,9 @@ impl Server {
                 hub: hub.clone(),
                 admit: admit.clone(),
                 redis: link.clone(),
-                redis_in_health: store.shared(),
+                // The chat is on Redis whenever --redis is given: the node needs it.
+                redis_in_health: store.shared() || shared_chat.is_some(),
+                chat: shared_chat.clone(),
             },
             admit: admit.clone(),
             conns: conns.clone(),
@@ -258,6 +273,21 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             fault_panic_id: config.fault_panic_id.clone(),
         };
+        let chat_threads = shared_chat.map(|sh| {
+            (
+                Reader {
+                    room: room.clone(),
+                    shared: sh.clone(),
+                    shutdown: shutdown_rx.clone(),
+                },
+                Keeper {
+                    room: room.clone(),
+                    shared: sh,
+                    metrics: metrics.clone(),
+                    shutdown: shutdown_rx.clone(),
+                },
+            )
+        });
         let dispatcher = Dispatcher {
             router,
             room,
@@ -280,15 +310,33 @@ impl Server {
                 move || refresher.run_restarting(),
             )
             .map_err(StartError::Spawn)?;
-        let spawned = threads.spawn(
+        let mut spawned = Ok(0);
+        if let Some((reader, keeper)) = chat_threads {
+            spawned = threads
+                .spawn(
+                    Role::ChatReader,
+                    "chat-reader".into(),
+                    SERVICE_STACK,
+                    move || reader.run(),
+                )
+                .and_then(|_| {
+                    threads.spawn(
+                        Role::ChatKeeper,
+                        "chat-keeper".into(),
+                        SERVICE_STACK,
+                        move || keeper.run(),
+                    )
+                });
+        }
+        let spawned = spawned.and_then(|_| threads.spawn(
             Role::Dispatcher,
             "dispatcher".into(),
             SERVICE_STACK,
             move || dispatcher.run(Supervisor::new(local, panics_at_start)),
-        );
+        ));
         if let Err(e) = spawned {
-            // The refresher runs already: stop it and join it, so a failed start leaves no
-            // thread behind.
+            // The refresher (and the chat's reader and keeper) run already: stop them and join
+            // them, so a failed start leaves no thread behind.
             drop(shutdown_tx);
             threads.join_all(Instant::now() + Duration::from_secs(5));
             return Err(StartError::Spawn(e));
