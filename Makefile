@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
 
-.PHONY: run build release test check lint fmt unit root-tests redis-tests test-deps deb package e2e stress bench clean
+.PHONY: run build release test check lint fmt unit root-tests redis-tests test-deps deb package e2e eventsource stress bench clean
 
 run: release
 	./target/release/syncast --listen $(LISTEN) --db $(DB)
@@ -63,9 +63,9 @@ root-tests:
 test-deps:
 	./scripts/test-deps.sh
 
-# Every test: fmt and clippy, unit and integration tests, the package, and the page in a real
-# browser.
-test: lint unit package e2e
+# Every test: fmt and clippy, unit and integration tests, the package, the streams under a real
+# EventSource client, and the page in a real browser.
+test: lint unit package eventsource e2e
 
 # The quick loop without the browser.
 check: lint unit
@@ -84,6 +84,11 @@ package:
 # The page at / in Debian's headless Chromium (scripts/e2e.sh); screenshots in target/e2e/.
 e2e:
 	CARGO=$(CARGO) ./scripts/e2e.sh
+
+# The streams under the npm `eventsource` client (scripts/eventsource.sh): refusals retried by
+# the same EventSource, 4xx ending it, resume hints it cannot use. Needs node >= 20, no browser.
+eventsource:
+	CARGO=$(CARGO) ./scripts/eventsource.sh
 
 stress:
 	CARGO="$(CARGO)" ./scripts/stress.sh

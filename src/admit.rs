@@ -7,19 +7,35 @@
 //! and answered here, from [`Refusal`], so what a refused client sees is decided in one place.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 use tiny_http::Request;
 
 use crate::config::Config;
+use crate::http::pipeline::{self, Pipelines, Serving};
 use crate::http::response::{self, Cors, Reply};
+use crate::http::socket;
+use crate::http::sse;
+use crate::http::sweep::ConnTable;
 use crate::metrics::Metrics;
 use crate::threads::{Role, Threads, SERVICE_STACK};
 
-/// Why a request was refused before it got a thread of its own.
+/// How long one write of a buffered answer may block (`SO_SNDTIMEO`, set on the listening
+/// socket and inherited by every accepted one: Linux copies it to the accepted socket, checked
+/// in `tests/it/http.rs`). Only a client that leaves its answers unread fills the socket's
+/// buffers so far that a write waits at all; the dispatcher writes most answers itself, and
+/// must not wait on such a client for longer than this. Streams set their own (`--write-timeout`).
+pub(crate) const REPLY_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a request was refused before it got a thread of its own (or, for a stream, before it
+/// could start). Every one of these is worth retrying: a refusal the user must act on (a bad
+/// id, an unknown token, a taken name) is a 4xx from its handler instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// `--max-clients` streams run already.
@@ -28,27 +44,89 @@ pub(crate) enum Refusal {
     MaxRequests,
     /// The OS refused the thread.
     ThreadSpawn,
+    /// The server is shutting down (a stream opened during shutdown).
+    ShuttingDown,
+    /// The store fails and the stream has nothing to show (an alarm id nobody watches).
+    StoreUnavailable,
+    /// `--max-members` chat sessions already (a join by `GET /chat/stream?name=`).
+    RoomFull,
+    /// The chat on Redis cannot reach Redis now, or this node has not read the room yet.
+    ChatUnavailable,
 }
 
 impl Refusal {
-    /// The `reason` label of `syncast_rejected_total`.
-    fn reason(self) -> &'static str {
+    /// The `reason` label of `syncast_rejected_total`, and the `reason` of a `refused` event.
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refusal::MaxClients => "max-clients",
             Refusal::MaxRequests => "max-requests",
             Refusal::ThreadSpawn => "thread-spawn",
+            Refusal::ShuttingDown => "shutting-down",
+            Refusal::StoreUnavailable => "store-unavailable",
+            Refusal::RoomFull => "room-full",
+            Refusal::ChatUnavailable => "chat-unavailable",
         }
     }
 
-    /// What the client gets: a 503 it may retry after a second.
+    /// The base delay before a refused stream should come back; each refusal sends this
+    /// jittered by ±50 % ([`Admission::retry_ms`]). A full server or a thread the OS refused
+    /// frees up as streams end: soon. A store that fails, a full room (sessions expire after
+    /// `--grace`) and a restart take longer.
+    pub(crate) fn base_retry(self) -> Duration {
+        match self {
+            Refusal::MaxClients | Refusal::MaxRequests | Refusal::ThreadSpawn => {
+                Duration::from_secs(2)
+            }
+            Refusal::ShuttingDown | Refusal::ChatUnavailable => Duration::from_secs(3),
+            Refusal::StoreUnavailable | Refusal::RoomFull => Duration::from_secs(5),
+        }
+    }
+
+    /// What a client that is not a stream gets: a 503 it may retry after a second.
     fn reply(self) -> Reply {
         let message = match self {
             Refusal::MaxClients => "too many clients",
             Refusal::MaxRequests => "server busy",
             Refusal::ThreadSpawn => "cannot start a thread",
+            Refusal::ShuttingDown => "shutting down",
+            Refusal::StoreUnavailable => "store unavailable",
+            Refusal::RoomFull => "the room is full: try again later",
+            Refusal::ChatUnavailable => "chat unavailable",
         };
         response::retry_later(503, 1, message)
     }
+}
+
+/// A delay of `base` ± 50 %, picked by `random` (any 64 bits): uniform over
+/// `[base / 2, base * 3 / 2]`, in whole milliseconds.
+pub(crate) fn jittered_ms(base: Duration, random: u64) -> u64 {
+    let base = base.as_millis().min(u64::MAX as u128 / 4) as u64;
+    base / 2 + random % (base + 1)
+}
+
+/// splitmix64: a fast, well-mixed sequence for jitter (not for secrets).
+fn splitmix64(state: &AtomicU64) -> u64 {
+    let mut z = state
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Why a stream's preparation refused it (see [`Admission::spawn_stream_prepared`]).
+pub(crate) enum Unprepared {
+    /// A reply the user must act on (a 4xx).
+    Reply(Reply),
+    /// A refusal that passes by itself: `event: refused`, retried by `EventSource`.
+    Retry(Refusal),
+}
+
+/// What routes a request: the server's router, which a request thread calls for the requests
+/// its connection pipelined behind the one it served (see [`crate::http::pipeline`]).
+pub(crate) trait Route: Send + Sync {
+    /// Routes one request, as the dispatcher does.
+    fn route(&self, request: Request);
 }
 
 /// Who gets a thread, and the replies of those who do not.
@@ -56,9 +134,18 @@ pub(crate) struct Admission {
     max_clients: usize,
     max_requests: usize,
     stream_stack: usize,
+    body_timeout: Duration,
     cors: Cors,
     metrics: Arc<Metrics>,
     threads: Threads,
+    /// The connections: a stream refusal finds its socket here.
+    conns: Arc<ConnTable>,
+    /// State of the jitter sequence of refusals' retry delays.
+    jitter: AtomicU64,
+    /// What is in flight on each connection, and the requests waiting behind it.
+    pipelines: Pipelines,
+    /// The router, for the requests a request thread serves after its first.
+    router: OnceLock<Weak<dyn Route>>,
     next_conn: AtomicU64,
     streams: AtomicUsize,
     requests: AtomicUsize,
@@ -74,6 +161,8 @@ pub(crate) struct StreamSlot {
     admit: Arc<Admission>,
     key: u64,
     closed: Receiver<()>,
+    /// The stream's connection (requests pipelined behind the stream are held until it ends).
+    peer: Option<SocketAddr>,
 }
 
 impl StreamSlot {
@@ -99,6 +188,7 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.admit.closers.lock().open.remove(&self.key);
         self.admit.streams.fetch_sub(1, Ordering::AcqRel);
+        self.admit.pipelines.end_stream(self.peer);
     }
 }
 
@@ -138,14 +228,30 @@ impl Drop for RequestSlot {
 
 impl Admission {
     /// Admission under `config`'s caps; threads are spawned in `threads`.
-    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>, threads: Threads) -> Arc<Admission> {
+    pub(crate) fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        threads: Threads,
+        conns: Arc<ConnTable>,
+    ) -> Arc<Admission> {
+        // Seeded apart per process and start, so two servers restarted together do not send
+        // their crowds back in step.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (u64::from(std::process::id()) << 32);
         Arc::new(Admission {
             max_clients: config.max_clients,
             max_requests: config.max_requests,
             stream_stack: config.stream_stack,
+            body_timeout: config.body_timeout,
             cors: Cors::new(config.cors_origin.clone()),
             metrics,
             threads,
+            pipelines: Pipelines::new(conns.clone()),
+            router: OnceLock::new(),
+            conns,
+            jitter: AtomicU64::new(seed),
             next_conn: AtomicU64::new(0),
             streams: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
@@ -159,8 +265,36 @@ impl Admission {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// The router, for the requests a connection pipelines behind one on a request thread.
+    pub(crate) fn set_router(&self, router: Weak<dyn Route>) {
+        let _ = self.router.set(router);
+    }
+
+    /// Whether `request` is served now (`Some`), or waits behind its connection's request in
+    /// flight or its stream (see [`crate::http::pipeline`]); the router asks first.
+    pub(crate) fn turn(&self, request: Request) -> Option<Request> {
+        match self.pipelines.turn(request) {
+            pipeline::Turn::Now(rq) => Some(rq),
+            pipeline::Turn::Later => None,
+        }
+    }
+
+    /// Periodic work on the dispatcher: drops requests that will never be answered.
+    pub(crate) fn housekeeping(&self) {
+        self.pipelines.reap();
+    }
+
+    /// Routes a request on the calling (request) thread.
+    fn route_here(&self, request: Request) {
+        match self.router.get().and_then(Weak::upgrade) {
+            Some(router) => router.route(request),
+            // The server is gone: the request's drop answers it (500).
+            None => drop(request),
+        }
+    }
+
     /// Takes a streaming slot, or `None` at `--max-clients`.
-    fn stream_slot(self: &Arc<Self>) -> Option<StreamSlot> {
+    fn stream_slot(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<StreamSlot> {
         let max = self.max_clients;
         self.streams
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -168,10 +302,12 @@ impl Admission {
             })
             .ok()?;
         let (key, closed) = self.closers.lock().open();
+        self.pipelines.begin_stream(peer);
         Some(StreamSlot {
             admit: self.clone(),
             key,
             closed,
+            peer,
         })
     }
 
@@ -190,9 +326,24 @@ impl Admission {
         self.closers.lock().shut();
     }
 
-    /// Sends `reply` for `request` (with the CORS headers, when configured).
+    /// Sends `reply` for `request` (with the CORS headers, when configured). A write that
+    /// stays blocked past [`REPLY_WRITE_TIMEOUT`] (a client that sends requests and reads no
+    /// answer, so its socket buffers are full) fails, and the connection is shut: whatever else
+    /// it pipelined then fails at once instead of blocking the dispatcher again.
     pub(crate) fn respond(&self, request: Request, reply: Reply) {
-        self.cors.respond(request, reply);
+        let peer = request.remote_addr().copied();
+        let Err(e) = self.cors.respond(request, reply) else {
+            return;
+        };
+        let blocked = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        if let (true, Some(peer)) = (blocked, peer) {
+            log::info!("connection closed peer={peer} reason=write-timeout");
+            self.metrics.write_timeouts.inc();
+            self.pipelines.shut(peer);
+        }
     }
 
     /// Counts a refusal (once per refusal, however many requests it turns away).
@@ -201,22 +352,61 @@ impl Admission {
     }
 
     /// Spawns a stream thread for `request`, named after its role and a new connection number
-    /// (`sse-17`, `chat-18`), which `body` gets too; on refusal (slot or OS) answers 503 itself.
+    /// (`sse-17`, `chat-18`), which `body` gets too. A refusal (no slot, the server shutting
+    /// down, the OS refusing the thread) is answered here with [`Admission::refuse_stream`],
+    /// without a thread.
     pub(crate) fn spawn_stream<F>(self: &Arc<Self>, role: Role, request: Request, body: F)
     where
         F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
-        let Some(slot) = self.stream_slot() else {
-            self.count(Refusal::MaxClients);
+        let peer = request.remote_addr().copied();
+        if self.closers.lock().shut {
+            log::warn!("stream refused reason=shutting-down");
+            return self.refuse_stream(request, Refusal::ShuttingDown);
+        }
+        let Some(slot) = self.stream_slot(peer) else {
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            self.respond(request, Refusal::MaxClients.reply());
-            return;
+            return self.refuse_stream(request, Refusal::MaxClients);
         };
-        self.spawn_with(role, name, self.stream_stack, request, move |rq| {
+        self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
             body(rq, slot, conn)
         });
+    }
+
+    /// A retry delay for `why`: its base ± 50 %, in milliseconds.
+    pub(crate) fn retry_ms(&self, why: Refusal) -> u64 {
+        jittered_ms(why.base_retry(), splitmix64(&self.jitter))
+    }
+
+    /// Counts a stream request refused for `why` and answers it so that `EventSource` comes
+    /// back by itself: `200 text/event-stream`, `retry:` with a jittered delay, one `event:
+    /// refused` with `{"reason","retry_ms"}`, then the connection is closed (a `503` would end
+    /// an `EventSource` for good: WHATWG HTML, "Server-sent events", and the web-platform test
+    /// `request-status-error`). No thread is spawned: the few hundred bytes are written on the
+    /// calling thread, never blocking ([`socket::answer_and_close`]).
+    pub(crate) fn refuse_stream(&self, request: Request, why: Refusal) {
+        self.count(why);
+        self.write_refusal(request, why);
+    }
+
+    /// The answer of [`Admission::refuse_stream`], not counted.
+    fn write_refusal(&self, request: Request, why: Refusal) {
+        let retry_ms = self.retry_ms(why);
+        let bytes = sse::refusal(&self.cors.sse_headers(), why.reason(), retry_ms);
+        let peer = request.remote_addr().copied();
+        let mut writer = request.into_writer();
+        match peer {
+            Some(peer) => {
+                let skip = self.conns.stream_fds();
+                let _ = socket::answer_and_close(self.conns.local(), peer, &skip, &bytes);
+            }
+            // Only a request without a socket (a test's) has no peer: nothing can block there.
+            None => {
+                let _ = writer.write_all(&bytes).and_then(|()| writer.flush());
+            }
+        }
     }
 
     /// Like [`Admission::spawn_stream`], but `prepare` runs first, on the calling thread, once
@@ -227,6 +417,10 @@ impl Admission {
     /// Why: what is allocated and freed on a stream thread stays in that thread's malloc cache
     /// (glibc's tcache) for the stream's whole life. The chat room's work for a new stream
     /// (a token, the welcome's JSON) freed ~7 KiB of small blocks per member there.
+    ///
+    /// `prepare` may refuse with a reply (a 4xx the user acts on) or with a [`Refusal`] the
+    /// client should retry (a full room): that one is answered as [`Admission::refuse_stream`]
+    /// does, `event: refused`.
     pub(crate) fn spawn_stream_prepared<P, G, F>(
         self: &Arc<Self>,
         role: Role,
@@ -235,26 +429,34 @@ impl Admission {
         body: F,
     ) where
         P: Send + 'static,
-        G: FnOnce(&Request) -> Result<P, Reply>,
+        G: FnOnce(&Request) -> Result<P, Unprepared>,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
-        let Some(slot) = self.stream_slot() else {
-            self.count(Refusal::MaxClients);
+        let peer = request.remote_addr().copied();
+        if self.closers.lock().shut {
+            log::warn!("stream refused reason=shutting-down");
+            return self.refuse_stream(request, Refusal::ShuttingDown);
+        }
+        let Some(slot) = self.stream_slot(peer) else {
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            self.respond(request, Refusal::MaxClients.reply());
-            return;
+            return self.refuse_stream(request, Refusal::MaxClients);
         };
         let prepared = match prepare(&request) {
             Ok(p) => p,
-            Err(reply) => {
+            Err(Unprepared::Reply(reply)) => {
                 drop(slot);
                 self.respond(request, reply);
                 return;
             }
+            Err(Unprepared::Retry(why)) => {
+                drop(slot);
+                log::warn!("stream refused reason={}", why.reason());
+                return self.refuse_stream(request, why);
+            }
         };
-        self.spawn_with(role, name, self.stream_stack, request, move |rq| {
+        self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
             body(rq, prepared, slot, conn)
         });
     }
@@ -272,17 +474,44 @@ impl Admission {
         body: F,
     ) where
         P: Send + 'static,
-        G: FnOnce(&Request) -> Result<P, Reply> + Send + 'static,
+        G: FnOnce(&Request) -> Result<P, Unprepared> + Send + 'static,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
-        let Some(slot) = self.stream_slot() else {
-            self.count(Refusal::MaxClients);
+        let peer = request.remote_addr().copied();
+        if self.closers.lock().shut {
+            log::warn!("stream refused reason=shutting-down");
+            return self.refuse_stream(request, Refusal::ShuttingDown);
+        }
+        let Some(slot) = self.stream_slot(peer) else {
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            self.respond(request, Refusal::MaxClients.reply());
-            return;
+            return self.refuse_stream(request, Refusal::MaxClients);
         };
+        let admit = self.clone();
+        let run = move |rq: Request| {
+            let prepared = prepare(&rq);
+            match prepared {
+                Ok(p) => {
+                    admit.spawn_with(role, name, admit.stream_stack, rq, true, move |rq| {
+                        body(rq, p, slot, conn)
+                    });
+                }
+                Err(Unprepared::Reply(reply)) => {
+                    drop(slot);
+                    admit.respond(rq, reply);
+                }
+                Err(Unprepared::Retry(why)) => {
+                    drop(slot);
+                    log::warn!("stream refused reason={}", why.reason());
+                    admit.refuse_stream(rq, why);
+                }
+            }
+        };
+        if pipeline::serving(peer) {
+            // A request thread already (the stream was pipelined behind a request it served).
+            return run(request);
+        }
         let max = self.max_requests;
         if self
             .requests
@@ -291,29 +520,21 @@ impl Admission {
             })
             .is_err()
         {
-            self.count(Refusal::MaxRequests);
-            self.respond(request, Refusal::MaxRequests.reply());
-            return;
+            // The closure (and the stream slot in it) is dropped first: the slot is free again.
+            drop(run);
+            log::warn!("stream refused reason=max-requests max={max}");
+            return self.refuse_stream(request, Refusal::MaxRequests);
         }
         let request_slot = RequestSlot(self.clone());
-        let admit = self.clone();
         self.spawn_with(
             Role::Request,
             format!("req-{}", self.next_conn()),
             SERVICE_STACK,
             request,
+            true,
             move |rq| {
-                let prepared = prepare(&rq);
-                drop(request_slot);
-                match prepared {
-                    Ok(p) => admit.spawn_with(role, name, admit.stream_stack, rq, move |rq| {
-                        body(rq, p, slot, conn)
-                    }),
-                    Err(reply) => {
-                        drop(slot);
-                        admit.respond(rq, reply);
-                    }
-                }
+                let _request_slot = request_slot;
+                run(rq);
             },
         );
     }
@@ -323,6 +544,13 @@ impl Admission {
     where
         F: FnOnce(&mut Request) -> Reply + Send + 'static,
     {
+        let peer = request.remote_addr().copied();
+        if pipeline::serving(peer) {
+            // This thread serves the connection already (a request pipelined behind its first).
+            let mut rq = request;
+            let reply = self.serve(&mut rq, handler);
+            return self.respond(rq, reply);
+        }
         let max = self.max_requests;
         if self
             .requests
@@ -337,17 +565,30 @@ impl Admission {
         }
         let slot = RequestSlot(self.clone());
         let name = format!("req-{}", self.next_conn());
-        self.spawn_with(
+        self.pipelines.begin_requests(peer);
+        let spawned = self.spawn_with(
             Role::Request,
             name,
             SERVICE_STACK,
             request,
+            false,
             move |mut rq| {
                 let slot = slot;
-                let reply = handler(&mut rq);
-                slot.0.respond(rq, reply);
+                let admit = &slot.0;
+                let _serving = Serving::begin(peer);
+                // However this thread ends (a panic included), the connection's turn ends.
+                let _turn = EndTurn(admit, peer);
+                let reply = admit.serve(&mut rq, handler);
+                admit.respond(rq, reply);
+                // Then the requests its connection pipelined behind this one, in order.
+                while let Some(next) = admit.pipelines.next(peer) {
+                    admit.route_here(next);
+                }
             },
         );
+        if !spawned {
+            self.pipelines.end_requests(peer);
+        }
     }
 
     /// Runs `handler` for a request whose work is in memory (no store, no socket): inline on the
@@ -363,16 +604,55 @@ impl Admission {
     {
         let buffered = request.body_length().is_some_and(|n| n <= 1024)
             && !request.headers().iter().any(|h| h.field.equiv("Expect"));
-        if buffered {
-            let reply = handler(&mut request);
+        if buffered || pipeline::serving(request.remote_addr().copied()) {
+            let reply = self.serve(&mut request, handler);
             self.respond(request, reply);
         } else {
             self.spawn_request(request, handler);
         }
     }
 
-    /// Spawns `body` with `request`; if the OS refuses the thread, answers 503 and counts it.
-    fn spawn_with<F>(&self, role: Role, name: String, stack: usize, request: Request, body: F)
+    /// Runs `handler` for `request` on the calling thread; a body still to come from the socket
+    /// must arrive within `--body-timeout` of now, or the sweep cuts it and the answer is 408
+    /// (whatever the handler made of the short body), the connection closed.
+    fn serve<F>(&self, request: &mut Request, handler: F) -> Reply
+    where
+        F: FnOnce(&mut Request) -> Reply,
+    {
+        let watch = match request.remote_addr() {
+            Some(peer) if body_on_socket(request) => Some(BodyWatch {
+                conns: &self.conns,
+                peer: *peer,
+                cut: self
+                    .conns
+                    .body_started(*peer, std::time::Instant::now() + self.body_timeout),
+            }),
+            _ => None,
+        };
+        let reply = handler(request);
+        match watch {
+            Some(w) if w.cut.load(Ordering::Acquire) => {
+                let message = format!(
+                    "request body not received within {} ms (--body-timeout)",
+                    self.body_timeout.as_millis()
+                );
+                response::add_header(response::error(408, &message), "Connection", "close")
+            }
+            _ => reply,
+        }
+    }
+
+    /// Spawns `body` with `request`; if the OS refuses the thread, counts it and answers it
+    /// (a stream with [`Admission::refuse_stream`], anything else 503) and returns `false`.
+    fn spawn_with<F>(
+        &self,
+        role: Role,
+        name: String,
+        stack: usize,
+        request: Request,
+        stream: bool,
+        body: F,
+    ) -> bool
     where
         F: FnOnce(Request) + Send + 'static,
     {
@@ -388,13 +668,54 @@ impl Admission {
             }
         });
         if let Err(e) = spawned {
-            self.count(Refusal::ThreadSpawn);
             log::error!("thread spawn failed role={} error={e}", role.as_str());
+            self.count(Refusal::ThreadSpawn);
             // The refused closure was dropped, and its handover passed the request back.
             while let Ok(rq) = self.refused.1.try_recv() {
-                self.respond(*rq, Refusal::ThreadSpawn.reply());
+                if stream {
+                    self.write_refusal(*rq, Refusal::ThreadSpawn);
+                } else {
+                    self.respond(*rq, Refusal::ThreadSpawn.reply());
+                }
             }
+            return false;
         }
+        true
+    }
+}
+
+/// Whether reading `request`'s body means reading the socket: more than the 1 KiB tiny_http
+/// reads itself, chunked, or held back by `Expect: 100-continue` (src/request.rs,
+/// `new_request`).
+fn body_on_socket(request: &Request) -> bool {
+    let header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
+    match request.body_length() {
+        Some(0) => false,
+        Some(n) => n > 1024 || header("Expect"),
+        None => header("Transfer-Encoding"),
+    }
+}
+
+/// A body being read under `--body-timeout`; unregistered from the sweep when dropped.
+struct BodyWatch<'a> {
+    conns: &'a ConnTable,
+    peer: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for BodyWatch<'_> {
+    fn drop(&mut self) {
+        self.conns.body_ended(self.peer);
+    }
+}
+
+/// Ends a request thread's turn on its connection when dropped (see
+/// [`Pipelines::end_requests`]).
+struct EndTurn<'a>(&'a Admission, Option<SocketAddr>);
+
+impl Drop for EndTurn<'_> {
+    fn drop(&mut self) {
+        self.0.pipelines.end_requests(self.1);
     }
 }
 
@@ -413,6 +734,66 @@ impl Drop for Handover {
             // Never blocks (this runs inside the failed spawn, on the dispatcher). Full only if
             // more spawns failed at once than it holds: that request then gets tiny_http's 500.
             let _ = self.refused.try_send(rq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::threads::Role;
+    use tiny_http::TestRequest;
+
+    fn admission(config: &Config) -> (Arc<Admission>, Arc<Metrics>, Threads) {
+        let metrics = Arc::new(Metrics::default());
+        let threads = Threads::new();
+        let conns = Arc::new(ConnTable::new(config.listen));
+        let admit = Admission::new(config, metrics.clone(), threads.clone(), conns);
+        (admit, metrics, threads)
+    }
+
+    #[test]
+    fn a_stream_asked_for_during_shutdown_is_refused_to_retry() {
+        let (admit, metrics, threads) = admission(&Config::default());
+        admit.close_streams();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let request: Request = TestRequest::new().with_path("/sse/call/1").into();
+        admit.spawn_stream(Role::AlarmStream, request, move |_, _, _| {
+            flag.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(threads.live(), 0, "no thread for a refusal");
+        assert!(!ran.load(Ordering::SeqCst));
+        assert_eq!(admit.stream_count(), 0, "no slot taken");
+        assert!(metrics
+            .render(Default::default(), crate::metrics::Format::Prometheus)
+            .contains("syncast_rejected_total{reason=\"shutting-down\"} 1\n"));
+    }
+
+    #[test]
+    fn retry_delays_are_the_base_plus_or_minus_half() {
+        let base = Duration::from_secs(2);
+        assert_eq!(jittered_ms(base, 0), 1000);
+        assert_eq!(jittered_ms(base, 2000), 3000);
+        assert_eq!(jittered_ms(base, 2001), 1000);
+        let (admit, _, _) = admission(&Config::default());
+        let delays: Vec<u64> = (0..1000)
+            .map(|_| admit.retry_ms(Refusal::RoomFull))
+            .collect();
+        assert!(delays.iter().all(|d| (2500..=7500).contains(d)));
+        let mean = delays.iter().sum::<u64>() as f64 / delays.len() as f64;
+        assert!((4500.0..5500.0).contains(&mean), "mean {mean}");
+        for why in [
+            Refusal::MaxClients,
+            Refusal::ThreadSpawn,
+            Refusal::ShuttingDown,
+            Refusal::StoreUnavailable,
+            Refusal::RoomFull,
+        ] {
+            assert!(
+                crate::metrics::REJECT_REASONS.contains(&why.reason()),
+                "{why:?}"
+            );
         }
     }
 }

@@ -268,6 +268,16 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "body-timeout",
+        value: "DUR",
+        help: "cut a request body not all sent this long after its headers (408)",
+        default: |o| Some(format_duration(o.config.body_timeout)),
+        set: |o, flag, v| {
+            o.config.body_timeout = duration(flag, v)?;
+            Ok(())
+        },
+    },
+    Flag {
         name: "max-pending",
         value: "N",
         help: "connections waiting for their headers at once",

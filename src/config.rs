@@ -65,6 +65,10 @@ pub struct Config {
     /// A connection that has not sent a complete request line and headers this long after it
     /// was seen (or after its previous request, for keep-alive) is closed. Default 10 s.
     pub header_timeout: Duration,
+    /// A request body read on a request thread (more than tiny_http's 1 KiB, chunked, or after
+    /// `Expect: 100-continue`) that has not all arrived this long after its headers is cut:
+    /// `408`, and the connection closed. Default 2 s.
+    pub body_timeout: Duration,
     /// Connections waiting for their headers at once; the oldest beyond this are closed.
     /// Capped separately from streaming clients. Default 2048.
     pub max_pending: usize,
@@ -101,8 +105,10 @@ pub struct Config {
     /// The connect, read and write time-out of every Redis connection: a Redis that is down,
     /// frozen or slow costs a request at most about this long. Default 2 s.
     pub redis_timeout: Duration,
-    /// Test-only fault injection: a stream or refresh that meets this alarm id panics, so tests
-    /// can show panics are caught, counted and survived. Never set by the binary.
+    /// Test-only fault injection: an alarm stream, a refresh or a `GET /alarms/{id}` (on its
+    /// request thread) that meets this alarm id panics, and so does the chat stream of a member
+    /// of this name, so tests can show panics are caught, counted and survived. Never set by
+    /// the binary.
     #[doc(hidden)]
     pub fault_panic_id: Option<String>,
     /// Test-only: the watcher's sweep reads `TCP_INFO` of each socket in turn, as where
@@ -138,6 +144,7 @@ impl Default for Config {
             max_members: 10_000,
             stream_stack: 64 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(2),
             max_pending: 2048,
             cors_origin: None,
             jwt_secret_file: None,
@@ -347,6 +354,11 @@ impl Config {
             (50..=3_600_000).contains(&ms(self.header_timeout)),
             "--header-timeout",
             "50ms..1h",
+        )?;
+        check(
+            (10..=3_600_000).contains(&ms(self.body_timeout)),
+            "--body-timeout",
+            "10ms..1h",
         )?;
         check(
             (1..=100_000).contains(&self.max_pending),

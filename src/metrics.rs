@@ -51,7 +51,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 10] = [
+pub(crate) const REJECT_REASONS: [&str; 12] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -62,6 +62,8 @@ pub(crate) const REJECT_REASONS: [&str; 10] = [
     "rate-limited",
     "too-large",
     "room-full",
+    "shutting-down",
+    "store-unavailable",
 ];
 
 /// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of
@@ -143,6 +145,10 @@ pub(crate) struct Metrics {
     pub(crate) header_timeouts: Counter,
     /// Keep-alive connections closed for idling.
     pub(crate) idle_closed: Counter,
+    /// Request bodies cut for not arriving within `--body-timeout`.
+    pub(crate) body_timeouts: Counter,
+    /// Connections shut because a buffered answer's write stayed blocked.
+    pub(crate) write_timeouts: Counter,
     /// Connections closed because too many were waiting for headers.
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
@@ -545,7 +551,7 @@ impl Collector for Scrape {
         use Value::{Count, Seconds};
         let secs_of = |us: u64| Seconds(us as f64 / 1e6);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, Kind, &str, Value); 32] = [
+        let rows: [(&str, Kind, &str, Value); 34] = [
             ("syncast_process_threads", G, "Threads of this process (/proc/self/status).", Count(status.threads)),
             ("syncast_process_rss_bytes", G, "Resident set size of this process.", Count(status.rss_bytes)),
             ("syncast_alarm_streams_open", G, "Alarm streams open now.", Count(m.alarm_streams.get())),
@@ -568,6 +574,8 @@ impl Collector for Scrape {
             ("syncast_accept_restarts_total", C, "Accept loop restarts after an accept error.", Count(m.accept_restarts.get())),
             ("syncast_header_timeouts_total", C, "Connections closed for not finishing their headers in time.", Count(m.header_timeouts.get())),
             ("syncast_idle_closed_total", C, "Keep-alive connections closed for idling.", Count(m.idle_closed.get())),
+            ("syncast_body_timeouts_total", C, "Request bodies cut for not arriving within --body-timeout.", Count(m.body_timeouts.get())),
+            ("syncast_write_timeouts_total", C, "Connections shut because an answer's write stayed blocked (answers left unread).", Count(m.write_timeouts.get())),
             ("syncast_pending_over_cap_total", C, "Connections closed because too many waited for headers.", Count(m.pending_over_cap.get())),
             ("syncast_pending_connections", G, "Connections waiting for headers at the last sweep.", Count(m.pending_connections.get())),
             ("syncast_streams_watched", G, "Stream sockets the watcher watches for a client that left.", Count(m.streams_watched.get())),

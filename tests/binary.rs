@@ -122,6 +122,32 @@ fn sigterm_with_1000_streams_open_exits_0_after_joining_every_thread() {
 }
 
 #[test]
+fn sigint_shuts_down_like_sigterm() {
+    let mut server = run_server();
+    let mut streams: Vec<Sse> = (0..10)
+        .map(|i| Sse::open(server.addr, &format!("/sse/call/int{i}?mode=change"), &[]))
+        .collect();
+    for sse in streams.iter_mut() {
+        sse.next_data();
+    }
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGINT) };
+    let status = wait_for("the server to exit", || server.child.try_wait().unwrap());
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGINT is an orderly stop, not a kill"
+    );
+    for sse in streams.iter_mut() {
+        assert_eq!(sse.next_event().unwrap().0, "shutdown");
+    }
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(log.contains("signal received signal=2"), "{log}");
+    assert!(log.contains("shutdown complete: joined"), "{log}");
+    assert_eq!(log.matches("reason=shutdown").count(), 10);
+}
+
+#[test]
 fn sigterm_while_syncast_stress_runs_1000_clients_exits_0_with_every_thread_joined() {
     let mut server = run_server();
     let url = format!("http://{}", server.addr);

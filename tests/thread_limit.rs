@@ -24,7 +24,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -375,17 +375,49 @@ impl Cap for Nproc {
     }
 }
 
-/// `GET /sse/call/{id}` on a fresh connection; the status and, for a 503, its body.
-fn open_stream(addr: SocketAddr, id: &str) -> (u16, String, Option<common::Sse>) {
+/// `GET path` (a stream) on a fresh connection: the status, then for a 200 the first event's
+/// name and data (the stream kept open unless it was `refused`), else the body.
+fn open_path(addr: SocketAddr, path: &str) -> (u16, String, Option<common::Sse>) {
     let mut sock = TcpStream::connect(addr).expect("connect");
     sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
-    let rq = format!("GET /sse/call/{id}?mode=change HTTP/1.1\r\nHost: x\r\n\r\n");
+    let rq = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n");
     sock.write_all(rq.as_bytes()).unwrap();
-    let sse = common::Sse::read_head(sock);
+    let mut sse = common::Sse::read_head(sock);
     match sse.status {
-        200 => (200, String::new(), Some(sse)),
+        200 => match sse.next_event() {
+            Some((event, _, data)) if event == "refused" => (200, format!("refused {data}"), None),
+            Some((event, _, data)) => (200, format!("{event} {data}"), Some(sse)),
+            None => (200, "end of stream".into(), None),
+        },
         status => (status, sse.body(), None),
     }
+}
+
+/// `GET /sse/call/{id}?mode=change`, as [`open_path`].
+fn open_stream(addr: SocketAddr, id: &str) -> (u16, String, Option<common::Sse>) {
+    open_path(addr, &format!("/sse/call/{id}?mode=change"))
+}
+
+/// A `PUT /alarms/{id}` whose body (over tiny_http's 1 KiB) needs a request thread: the status
+/// and body of the answer.
+fn put_on_a_request_thread(addr: SocketAddr, id: &str) -> (u16, String) {
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let body = format!("{{\"alarm\":true,\"pad\":\"{}\"}}", "x".repeat(2000));
+    let rq = format!(
+        "PUT /alarms/{id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(rq.as_bytes()).unwrap();
+    let mut text = String::new();
+    let _ = sock.read_to_string(&mut text);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
 }
 
 /// The scenario: `cmd` (the real binary, without `--listen`) is started, capped by `cap` once
@@ -408,22 +440,35 @@ fn refused_threads_then_recovery(mut cmd: Command, run: &common::RunDir, cap: &m
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     cap.freeze().unwrap();
 
-    // 1. syncast's own stream thread is refused: a 503 from the dispatcher, counted, logged.
-    let (status, body, _) = open_stream(addr, "refused");
+    // 1. syncast's own threads are refused, each answered by the dispatcher, counted, logged:
+    // an alarm stream and a chat stream get a `refused` event (EventSource retries it), a
+    // request that needs a request thread a 503.
+    let (status, first, _) = open_stream(addr, "refused");
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first.starts_with("refused ") && first.contains(r#""reason":"thread-spawn""#),
+        "{first}"
+    );
+    let (status, first, _) = open_path(addr, "/chat/stream?name=refused");
+    assert_eq!(status, 200, "{first}");
+    assert!(first.contains(r#""reason":"thread-spawn""#), "{first}");
+    let (status, body) = put_on_a_request_thread(addr, "refused");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body, r#"{"error":"cannot start a thread"}"#);
-    let line = wait_for("the spawn failure logged", || {
-        log()
-            .lines()
-            .find(|l| l.contains("thread spawn failed role=alarm-stream"))
-            .map(str::to_string)
-    });
-    assert!(line.contains("error="), "{line}");
-    eprintln!("refused: {line}");
+    for role in ["alarm-stream", "chat-stream", "request"] {
+        let line = wait_for("the spawn failure logged", || {
+            log()
+                .lines()
+                .find(|l| l.contains(&format!("thread spawn failed role={role}")))
+                .map(str::to_string)
+        });
+        assert!(line.contains("error="), "{line}");
+        eprintln!("refused: {line}");
+    }
     let metrics = raw_get(addr, "/metrics", common::PATIENCE).expect("metrics");
     assert_eq!(
         metric_in(&metrics, r#"syncast_rejected_total{reason="thread-spawn"}"#),
-        Some(1.0),
+        Some(3.0),
         "{metrics}"
     );
 
@@ -447,16 +492,15 @@ fn refused_threads_then_recovery(mut cmd: Command, run: &common::RunDir, cap: &m
     // 3. Threads are free again: new streams are served.
     cap.release().unwrap();
     drop(idle);
-    let mut sse =
-        wait_for_within(
-            Duration::from_secs(60),
-            "a stream served again",
-            || match open_stream(addr, "after") {
-                (200, _, sse) => sse,
-                _ => None,
-            },
-        );
-    assert_eq!(sse.next_data(), r#"{"alarm":false}"#);
+    let sse = wait_for_within(
+        Duration::from_secs(60),
+        "a stream served again",
+        || match open_stream(addr, "after") {
+            (200, first, Some(sse)) => Some((first, sse)),
+            _ => None,
+        },
+    );
+    assert_eq!(sse.0, r#"message {"alarm":false}"#);
     drop(sse);
     let metrics = raw_get(addr, "/metrics", common::PATIENCE).expect("metrics");
     assert!(metric_in(&metrics, "syncast_accept_restarts_total").unwrap_or(0.0) >= 1.0);
@@ -488,8 +532,9 @@ mod pids_cgroup {
 
     #[test]
     #[ignore = "needs root: a pids cgroup (v2 or v1); `make test` runs it as root"]
-    fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again() {
-        let test = "pids_cgroup::a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again";
+    fn a_refused_stream_request_or_chat_thread_is_answered_and_the_server_recovers_when_threads_are_free_again(
+    ) {
+        let test = "pids_cgroup::a_refused_stream_request_or_chat_thread_is_answered_and_the_server_recovers_when_threads_are_free_again";
         let mut group = create().unwrap_or_else(|why| root::cannot_run(test, &why));
         let run = common::RunDir::new("syncast-threads-");
         refused_threads_then_recovery(syncast_bin(), &run, &mut group);
@@ -504,8 +549,9 @@ mod rlimit_nproc {
 
     #[test]
     #[ignore = "needs root: runs the server as an unused uid; `make test` runs it as root"]
-    fn a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again() {
-        let test = "rlimit_nproc::a_refused_thread_is_a_503_and_the_server_recovers_when_threads_are_free_again";
+    fn a_refused_stream_request_or_chat_thread_is_answered_and_the_server_recovers_when_threads_are_free_again(
+    ) {
+        let test = "rlimit_nproc::a_refused_stream_request_or_chat_thread_is_answered_and_the_server_recovers_when_threads_are_free_again";
         let uid = root::need_root()
             .and_then(|()| root::unused_uid(47_000 + std::process::id() % 1000))
             .unwrap_or_else(|why| root::cannot_run(test, &why));

@@ -9,7 +9,7 @@ use tiny_http::{Method, Request};
 use super::refresher::Health;
 use super::store::{Backend, StoreError};
 use super::stream::{self, AlarmStreams, Mode};
-use crate::admit::Admission;
+use crate::admit::{Admission, Refusal};
 use crate::auth::{self, Auth, Need};
 use crate::http::request::{read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
@@ -25,7 +25,8 @@ pub(crate) struct AlarmService {
     pub(crate) streams: Arc<AlarmStreams>,
     /// The store (a connection per request).
     pub(crate) store: Backend,
-    /// The store's health: a write that fails for a fault of the store degrades it.
+    /// The store's health: a write that fails for a fault of the store degrades it; a
+    /// stream for an id nobody watches is refused while reads fail.
     pub(crate) health: Health,
     /// Who gets a thread.
     pub(crate) admit: Arc<Admission>,
@@ -62,6 +63,15 @@ pub(crate) fn stream(alarms: &Arc<AlarmService>, request: Request, params: &Para
             return alarms.admit.respond(request, reply);
         }
     };
+    // While the store fails, a stream for an id nobody watches would have nothing to show
+    // (its first value comes from the store): it is refused, to come back later, instead of
+    // opening silent. An id already watched streams its last known value.
+    if alarms.health.read_failing() && alarms.streams.hub.get(&id).is_none() {
+        log::warn!("stream refused reason=store-unavailable id={id}");
+        return alarms
+            .admit
+            .refuse_stream(request, Refusal::StoreUnavailable);
+    }
     let cx = alarms.streams.clone();
     alarms
         .admit
@@ -93,6 +103,9 @@ pub(crate) fn rest(alarms: &Arc<AlarmService>, request: Request, params: &Params
 
 /// The store's answer to `method` on `id` (on the request's own thread).
 fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &Method) -> Reply {
+    if *method == Method::Get && alarms.streams.fault_panic_id.as_deref() == Some(id) {
+        injected_fault(id);
+    }
     let body = match method {
         Method::Put => match read_body(&alarms.metrics, request) {
             Ok(body) => match parse_alarm_body(&body) {
@@ -146,6 +159,12 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
     result.unwrap_or_else(unavailable)
 }
 
+#[cold]
+#[inline(never)]
+fn injected_fault(id: &str) -> ! {
+    panic!("injected fault in request id={id}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +196,7 @@ mod tests {
         AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub,
-                streams: Streams::new(conns, watcher, &config, metrics.clone()),
+                streams: Streams::new(conns.clone(), watcher, &config, metrics.clone()),
                 metrics: metrics.clone(),
                 tick: config.tick,
                 heartbeat: config.heartbeat,
@@ -185,7 +204,7 @@ mod tests {
             }),
             store,
             health: Default::default(),
-            admit: Admission::new(&config, metrics.clone(), Threads::new()),
+            admit: Admission::new(&config, metrics.clone(), Threads::new(), conns.clone()),
             metrics,
             auth: Arc::new(Auth::new(&config).unwrap()),
         }

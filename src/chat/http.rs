@@ -27,7 +27,7 @@ use super::reply::error_reply;
 use super::room::{ChatError, Room};
 use super::session::Token;
 use super::stream::{self, ChatStreams, Member};
-use crate::admit::Admission;
+use crate::admit::{Admission, Unprepared};
 use crate::auth::{self, Auth, Denied, Grant, Need};
 use crate::http::request::{header, read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
@@ -134,7 +134,7 @@ pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<
                             lacks: NOT_YOUR_NAME,
                             sub: sub.clone(),
                         };
-                        auth::refusal(&metrics, rq, &denied)
+                        Unprepared::Reply(auth::refusal(&metrics, rq, &denied))
                     }
                     (e, _) => stream::refusal(&metrics, &e),
                 }
@@ -315,13 +315,7 @@ fn stream_request(
 ) -> Result<(Member, Option<u64>), StreamRefusal> {
     let last = header(request, "Last-Event-ID")
         .or_else(|| query_get(query, "last_event_id").map(str::to_string))
-        .filter(|v| !v.is_empty());
-    let last = match last {
-        None => None,
-        Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
-            StreamRefusal::Bad("invalid Last-Event-ID: use the id of an event received")
-        })?),
-    };
+        .map(|hint| resume_point(&hint));
     let member = match (query_get(query, "name"), query_get(query, "token")) {
         (Some(_), Some(_)) => {
             return Err(StreamRefusal::Bad("give either name or token, not both"))
@@ -347,6 +341,19 @@ fn stream_request(
         },
     };
     Ok((member, last))
+}
+
+/// Where a stream resumes from a `Last-Event-ID` hint: the id it names, or, for a hint that
+/// names no event (empty, not a decimal number, too large), [`u64::MAX`]: beyond every id, so
+/// the room answers it as it does an id from another run, with `reset` and everything it kept.
+/// Never an error: `Last-Event-ID` is whatever the client last saw (an old format, another
+/// node's id, a proxy's garbage), and an `EventSource` given a 4xx never reconnects.
+pub(crate) fn resume_point(hint: &str) -> u64 {
+    let hint = hint.trim();
+    if hint.is_empty() || !hint.bytes().all(|b| b.is_ascii_digit()) {
+        return u64::MAX;
+    }
+    hint.parse().unwrap_or(u64::MAX)
 }
 
 /// The session token from `Authorization: Bearer T` or `?token=T`; `None` if absent or
@@ -440,5 +447,29 @@ fn leave_reply(chat: &ChatService, token: &Token) -> Reply {
     match chat.room.leave(token) {
         Ok(_) => response::no_content(),
         Err(e) => error_reply(&chat.metrics, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_point;
+
+    #[test]
+    fn a_resume_hint_is_the_id_it_names_or_beyond_every_id() {
+        assert_eq!(resume_point("42"), 42);
+        assert_eq!(resume_point(" 7 "), 7);
+        assert_eq!(resume_point("0"), 0);
+        for unusable in [
+            "",
+            " ",
+            "abc",
+            "-1",
+            "+1",
+            "1.5",
+            "0x10",
+            "99999999999999999999",
+        ] {
+            assert_eq!(resume_point(unusable), u64::MAX, "{unusable:?}");
+        }
     }
 }

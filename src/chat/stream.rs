@@ -14,8 +14,7 @@ use crossbeam_channel::{at, never, select, tick};
 use super::reply::error_reply;
 use super::room::{Attached, ChatError, Encoded, Kick, Room, Take, TAKE_EVENTS};
 use super::session::Token;
-use crate::admit::StreamSlot;
-use crate::http::response::Reply;
+use crate::admit::{Refusal, StreamSlot, Unprepared};
 use crate::http::socket::Liveness;
 use crate::http::sse::{self, SseWriter};
 use crate::metrics::Metrics;
@@ -32,6 +31,9 @@ pub(crate) struct ChatStreams {
     pub(crate) metrics: Arc<Metrics>,
     /// Keepalive interval.
     pub(crate) heartbeat: Duration,
+    /// Test-only: a stream of a member of this name panics once its backlog is written (see
+    /// `Config::fault_panic_id`).
+    pub(crate) fault_panic_id: Option<String>,
 }
 
 /// Who the stream is for.
@@ -128,26 +130,21 @@ pub(crate) fn prepare(
     })
 }
 
-/// What a stream the room refused answers. A room that cannot be reached now (the chat on
-/// Redis, Redis unavailable) comes back by itself: the answer is `200` with `event: refused`
-/// and a `retry:`, which `EventSource` retries (it gives up for good on any other status);
-/// every other refusal is for the client to act on: its 4xx (or 503) as for a request.
-pub(crate) fn refusal(metrics: &Metrics, e: &ChatError) -> Reply {
+/// What a stream the room refused answers. A refusal that passes by itself comes back by
+/// itself: a full room (sessions expire after `--grace`) and a room that cannot be reached now
+/// (the chat on Redis: Redis unavailable, or this node still reading the room) get `event:
+/// refused`, which `EventSource` retries (it gives up for good on any non-200). A bad name, a
+/// taken name or an unknown token is for the user to act on: its 4xx as for a request.
+pub(crate) fn refusal(metrics: &Metrics, e: &ChatError) -> Unprepared {
     match e {
+        ChatError::RoomFull => Unprepared::Retry(Refusal::RoomFull),
         ChatError::Unavailable(why) => {
-            metrics.reject("chat-unavailable");
             log::debug!("chat stream refused reason=unavailable error={why:?}");
-            let data = serde_json::json!({ "reason": "unavailable", "retry_ms": REFUSED_RETRY_MS });
-            let mut body = sse::retry(Duration::from_millis(REFUSED_RETRY_MS));
-            body.extend_from_slice(&sse::encode_event(Some("refused"), None, &data.to_string()));
-            crate::http::response::with_type(200, body, "text/event-stream; charset=utf-8")
+            Unprepared::Retry(Refusal::ChatUnavailable)
         }
-        e => error_reply(metrics, e),
+        e => Unprepared::Reply(error_reply(metrics, e)),
     }
 }
-
-/// How long a stream refused because the room is unavailable asks its client to wait.
-const REFUSED_RETRY_MS: u64 = 1000;
 
 /// Serves one chat stream until the client leaves, the room closes it, the server shuts down,
 /// or the token it was opened with expires (`expires`: none with auth off). Runs on the stream's
@@ -231,6 +228,9 @@ fn run(
         // How long to wait, with nothing to do, before giving back the stack pages the last
         // delivery or keepalive touched (see SETTLE); forever once given back.
         let mut settle = Duration::MAX;
+        if cx.fault_panic_id.as_deref() == Some(life.name.as_str()) {
+            injected_fault(&life.name);
+        }
         loop {
             select! {
                 recv(ticker) -> _ => {
@@ -286,6 +286,12 @@ fn run(
             None => CloseReason::from_write_error(&e),
         },
     };
+}
+
+#[cold]
+#[inline(never)]
+fn injected_fault(name: &str) -> ! {
+    panic!("injected fault in chat stream name={name}");
 }
 
 /// Quiet time after a delivery or a keepalive before a stream gives back the stack pages it

@@ -3,6 +3,7 @@
 //! what clients send.
 
 pub(crate) mod accept;
+pub(crate) mod pipeline;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod socket;

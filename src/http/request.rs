@@ -42,6 +42,12 @@ pub(crate) fn read_body(metrics: &Metrics, request: &mut Request) -> Result<Vec<
                 "request body too large (max 65536 bytes)",
             ))
         }
+        // The connection ended before the declared length (the client gave up, or the sweep
+        // cut a body past `--body-timeout`): what arrived is not the body.
+        Ok(n) if request.body_length().is_some_and(|want| n < want) => Err(response::error(
+            400,
+            "cannot read body: the connection ended before the declared length",
+        )),
         Ok(_) => Ok(body),
         Err(e) => Err(response::error(400, &format!("cannot read body: {e}"))),
     }

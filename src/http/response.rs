@@ -76,14 +76,17 @@ impl Cors {
     }
 
     /// Sends `reply` for `request`, adding `Server` and, when configured, the CORS headers.
-    /// Every buffered reply of the server goes through here.
-    pub(crate) fn respond(&self, request: Request, reply: Reply) {
+    /// Every buffered reply of the server goes through here. The error is the write's
+    /// (tiny_http already ignores a peer that closed: src/request.rs,
+    /// `ignore_client_closing_errors`); a write past the reply write deadline fails with
+    /// `WouldBlock`.
+    pub(crate) fn respond(&self, request: Request, reply: Reply) -> std::io::Result<()> {
         let mut reply = add_header(reply, "Server", SERVER);
         if let Some(origin) = &self.0 {
             reply = add_header(reply, "Access-Control-Allow-Origin", origin);
             reply = add_header(reply, "Vary", "Origin");
         }
-        let _ = request.respond(reply);
+        request.respond(reply)
     }
 
     /// Extra header lines every SSE response carries (CORS, when configured).

@@ -152,6 +152,41 @@ impl StreamSocket {
     }
 }
 
+/// Writes a whole short response (`bytes`, a few hundred bytes at most) straight onto the socket
+/// of the connection `local` ⇄ `peer` and ends the connection (`SHUT_RDWR`: the peer gets our
+/// bytes, then FIN; tiny_http's pool thread, parked reading the next request, sees EOF).
+///
+/// It never blocks, whatever the client does: the send is non-blocking. A fresh connection's
+/// send buffer is empty and at least 4.6 KiB (the kernel's floor for `SO_SNDBUF`), so the bytes
+/// always fit unless the client left earlier responses on this connection unread; such a client
+/// gets what fitted and the FIN. Returns whether every byte was taken; `false` too when the
+/// socket was not found (the peer has gone).
+///
+/// The caller has taken the request's writer (`into_writer`) and writes nothing through it: no
+/// earlier response of this connection may be pending in tiny_http's writer (admission makes
+/// sure: a connection with a request in flight has its later requests queued behind it).
+pub(crate) fn answer_and_close(
+    local: SocketAddr,
+    peer: SocketAddr,
+    skip: &FdSet,
+    bytes: &[u8],
+) -> bool {
+    let fds = fd::find_connection(local, peer, skip);
+    let Some(&first) = fds.first() else {
+        return false;
+    };
+    let sent = match fd::send_nonblocking(first, bytes) {
+        Ok(n) => n == bytes.len(),
+        Err(_) => false,
+    };
+    for fd in fds {
+        if fd::addrs_match(fd, local, peer) {
+            fd::shut_both(fd);
+        }
+    }
+    sent
+}
+
 /// Liveness of an optional socket (no socket: unknown).
 pub(crate) fn liveness_of(socket: &mut Option<StreamSocket>) -> Liveness {
     socket

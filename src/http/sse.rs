@@ -81,6 +81,34 @@ pub(crate) const KEEPALIVE: &[u8] = b": keepalive\n\n";
 /// The last event of every stream when the server shuts down.
 pub(crate) const SHUTDOWN: &[u8] = b"event: shutdown\ndata: {}\n\n";
 
+/// The status line and headers of every SSE response, up to (not including) the extra header
+/// lines and the blank line that ends the head.
+pub(crate) const HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+    Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n";
+
+/// A whole refusal response an `EventSource` retries: the SSE head (plus `extra` header lines,
+/// each without CRLF), `retry: retry_ms`, then one `event: refused` with
+/// `{"reason":reason,"retry_ms":retry_ms}`. It carries no `id:`, so a client's last event id
+/// (what a chat stream resumes from) is left as it was. `reason` is a fixed word.
+pub(crate) fn refusal(extra: &[String], reason: &str, retry_ms: u64) -> Vec<u8> {
+    debug_assert!(!reason.contains(['"', '\\', '\r', '\n']));
+    let mut out = Vec::with_capacity(320);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(b"Server: ");
+    out.extend_from_slice(super::response::SERVER.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for line in extra {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    let data = format!("{{\"reason\":\"{reason}\",\"retry_ms\":{retry_ms}}}");
+    out.extend_from_slice(&encode_event(Some("refused"), None, &data));
+    out
+}
+
 /// The last event of a stream whose token expired: the client must come back with a new one.
 pub(crate) const EXPIRED: &[u8] = b"event: expired\ndata: {}\n\n";
 
@@ -178,11 +206,8 @@ impl SseWriter {
         let out = &mut writer.out;
         // Written in pieces into tiny_http's buffered writer (1 KiB) and flushed once: one
         // system call, and no temporary string freed into this thread's malloc cache.
-        out.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
-              Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\
-              Server: ",
-        )?;
+        out.write_all(HEAD)?;
+        out.write_all(b"Server: ")?;
         out.write_all(super::response::SERVER.as_bytes())?;
         out.write_all(b"\r\n")?;
         for line in extra {
@@ -352,5 +377,21 @@ mod tests {
         assert_eq!(retry(Duration::from_secs(2)), b"retry: 2000\n\n");
         assert_eq!(KEEPALIVE, comment("keepalive"));
         assert_eq!(SHUTDOWN, encode_event(Some("shutdown"), None, "{}"));
+    }
+
+    #[test]
+    fn a_refusal_is_a_whole_sse_response_with_retry_and_one_refused_event() {
+        let r = refusal(&["Vary: Origin".to_string()], "max-clients", 1234);
+        let text = String::from_utf8(r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("\r\nContent-Type: text/event-stream; charset=utf-8"));
+        assert!(head.contains("\r\nConnection: close"));
+        assert!(head.ends_with("\r\nVary: Origin"), "{head}");
+        assert_eq!(
+            body,
+            "retry: 1234\n\nevent: refused\ndata: {\"reason\":\"max-clients\",\"retry_ms\":1234}\n\n"
+        );
+        assert!(text.len() < 400, "a few hundred bytes: {}", text.len());
     }
 }

@@ -10,6 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sys::fd::{self, FdSet};
@@ -42,6 +44,9 @@ struct ConnInner {
     first_seen: HashMap<SocketAddr, Instant>,
     /// Peers whose connection is a running stream: never swept.
     streaming: HashSet<SocketAddr>,
+    /// Peers whose request body a request thread is reading: its deadline, and the flag the
+    /// sweep sets when it cut the body (`--body-timeout`).
+    bodies: HashMap<SocketAddr, (Instant, Arc<AtomicBool>)>,
     /// Sweeps so far (every [`FULL_SCAN_EVERY`]th lists `/proc/self/fd`).
     sweeps: u32,
     /// The highest descriptor number of a non-stream connection the last sweep found (-1 or 0:
@@ -61,6 +66,8 @@ pub(crate) struct Sweep {
     pub(crate) over_cap: usize,
     /// Connections waiting for headers after the sweep.
     pub(crate) pending: usize,
+    /// Request bodies cut for not arriving by their deadline.
+    pub(crate) body_timeouts: usize,
 }
 
 impl ConnTable {
@@ -114,6 +121,23 @@ impl ConnTable {
         inner.last_request.insert(peer, Instant::now());
     }
 
+    /// A request thread starts reading `peer`'s request body, which must have arrived by
+    /// `deadline`; past it the sweep shuts the connection's read side (the blocked read then
+    /// ends) and sets the returned flag. Undone by [`ConnTable::body_ended`].
+    pub(crate) fn body_started(&self, peer: SocketAddr, deadline: Instant) -> Arc<AtomicBool> {
+        let cut = Arc::new(AtomicBool::new(false));
+        self.inner
+            .lock()
+            .bodies
+            .insert(peer, (deadline, cut.clone()));
+        cut
+    }
+
+    /// `peer`'s request body has been read (or given up on).
+    pub(crate) fn body_ended(&self, peer: SocketAddr) {
+        self.inner.lock().bodies.remove(&peer);
+    }
+
     /// `peer`'s connection became a stream (until [`ConnTable::stream_ended`]).
     pub(crate) fn stream_started(&self, peer: SocketAddr) {
         self.inner.lock().streaming.insert(peer);
@@ -151,6 +175,35 @@ impl ConnTable {
             }
         }
         let mut result = Sweep::default();
+        // Bodies past their deadline: shut the read side only, so the request thread's read
+        // ends and it can still write its 408.
+        let overdue: Vec<(SocketAddr, Arc<AtomicBool>)> = {
+            let mut inner = self.inner.lock();
+            let due: Vec<SocketAddr> = inner
+                .bodies
+                .iter()
+                .filter(|(_, (at, _))| now >= *at)
+                .map(|(p, _)| *p)
+                .collect();
+            due.into_iter()
+                .filter_map(|p| inner.bodies.remove(&p).map(|(_, cut)| (p, cut)))
+                .collect()
+        };
+        for (peer, cut) in overdue {
+            // Flagged first: the request thread reads the flag once its read has ended.
+            cut.store(true, Ordering::Release);
+            let fds = match conns.get(&peer) {
+                Some(fds) => fds.clone(),
+                None => fd::find_connection(self.local, peer, &FdSet::default()),
+            };
+            for fd in fds {
+                if fd::addrs_match(fd, self.local, peer) {
+                    fd::shut_read(fd);
+                }
+            }
+            log::info!("connection closed peer={peer} reason=body-timeout");
+            result.body_timeouts += 1;
+        }
         let mut pending: Vec<(Instant, SocketAddr)> = Vec::new();
         let mut shut: Vec<(SocketAddr, &'static str)> = Vec::new();
         {
@@ -158,7 +211,8 @@ impl ConnTable {
             inner.first_seen.retain(|p, _| conns.contains_key(p));
             inner.last_request.retain(|p, _| conns.contains_key(p));
             for peer in conns.keys() {
-                if inner.streaming.contains(peer) {
+                // A body still within its deadline is not an idle connection.
+                if inner.streaming.contains(peer) || inner.bodies.contains_key(peer) {
                     continue;
                 }
                 if let Some(&t) = inner.last_request.get(peer) {

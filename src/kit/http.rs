@@ -304,13 +304,43 @@ pub fn request(
 pub enum Opened {
     /// `200` with an event-stream body: read it with [`EventStream::next_item`].
     Stream(EventStream),
-    /// Any other answer (e.g. 503 at the client cap), body read.
+    /// Any other answer (e.g. a 4xx), body read.
     Refused(Response),
+    /// `200` whose first event is `refused`: the server asks to come back after `retry_ms`
+    /// (at the client cap, out of threads, shutting down, the store failing, the room full).
+    Retry(RetryLater),
+}
+
+/// A stream refused with `event: refused`: why, and when to come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryLater {
+    /// The `reason` of the event (`max-clients`, `thread-spawn`, `shutting-down`, ...).
+    pub reason: String,
+    /// The delay the server asked for (also sent as `retry:`).
+    pub retry_ms: u64,
+}
+
+impl RetryLater {
+    /// The delay asked for.
+    pub fn after(&self) -> Duration {
+        Duration::from_millis(self.retry_ms)
+    }
+
+    /// Reads a `refused` event's data; `None` if it is not one.
+    pub fn parse(data: &str) -> Option<RetryLater> {
+        let v: serde_json::Value = serde_json::from_str(data).ok()?;
+        Some(RetryLater {
+            reason: v.get("reason")?.as_str()?.to_string(),
+            retry_ms: v.get("retry_ms")?.as_u64()?,
+        })
+    }
 }
 
 /// An open SSE response.
 pub struct EventStream {
     items: sse::Reader<BufReader<TcpStream>>,
+    /// Items read ahead by [`open_stream`] (up to the first event), handed out first.
+    pending: std::collections::VecDeque<Item>,
     closer: TcpStream,
 }
 
@@ -358,10 +388,31 @@ pub fn open_stream(
         ));
     }
     reader.get_ref().set_read_timeout(Some(idle))?;
-    Ok(Opened::Stream(EventStream {
+    let mut es = EventStream {
         items: sse::Reader::new(reader),
+        pending: Default::default(),
         closer,
-    }))
+    };
+    // A refusal is a 200 whose first event is `refused`: read up to the first event to tell.
+    loop {
+        match es.items.next_item()? {
+            None => break,
+            Some(Item::Event { event, data, .. }) if event == "refused" => {
+                return match RetryLater::parse(&data) {
+                    Some(r) => Ok(Opened::Retry(r)),
+                    None => Err(HttpError::BadResponse(format!("bad refused event: {data}"))),
+                };
+            }
+            Some(item) => {
+                let first_event = matches!(item, Item::Event { .. });
+                es.pending.push_back(item);
+                if first_event {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(Opened::Stream(es))
 }
 
 impl EventStream {
@@ -372,6 +423,9 @@ impl EventStream {
 
     /// The next event, comment or retry; `Ok(None)` at the end of the stream.
     pub fn next_item(&mut self) -> Result<Option<Item>, HttpError> {
+        if let Some(item) = self.pending.pop_front() {
+            return Ok(Some(item));
+        }
         Ok(self.items.next_item()?)
     }
 }

@@ -104,7 +104,7 @@ pub(crate) type CurrentHttp = Arc<Mutex<Option<Arc<tiny_http::Server>>>>;
 /// What the dispatcher owns and reads.
 pub(crate) struct Dispatcher {
     /// Routes each request.
-    pub(crate) router: Router,
+    pub(crate) router: Arc<Router>,
     /// The chat room: its wakes are held while a run of queued requests is routed.
     pub(crate) room: Arc<Room>,
     /// Finished threads are reaped here.
@@ -125,6 +125,8 @@ pub(crate) struct Dispatcher {
     pub(crate) shutdown: Receiver<()>,
     /// `--header-timeout`.
     pub(crate) header_timeout: Duration,
+    /// `--body-timeout` (the sweep runs at least twice per deadline).
+    pub(crate) body_timeout: Duration,
     /// `--max-pending`.
     pub(crate) max_pending: usize,
 }
@@ -134,7 +136,9 @@ impl Dispatcher {
     pub(crate) fn run(mut self, mut accept: Supervisor) {
         let housekeeping = Duration::from_millis(250);
         let mut trim = Trim::default();
-        let sweep_every = Duration::from_secs(1).min(self.header_timeout / 2);
+        let sweep_every = Duration::from_secs(1)
+            .min(self.header_timeout / 2)
+            .min(self.body_timeout / 2);
         let mut next_housekeeping = Instant::now() + housekeeping;
         let mut next_sweep = Instant::now() + sweep_every;
         loop {
@@ -207,6 +211,7 @@ impl Dispatcher {
             if now >= next_housekeeping {
                 self.threads.reap();
                 self.room.housekeeping();
+                self.admit.housekeeping();
                 // Stream threads still live, not only slots taken: a thread frees its malloc
                 // caches when it exits, after giving back its slot.
                 let streams = self.admit.stream_count().max(self.threads.streams_live());
@@ -223,6 +228,7 @@ impl Dispatcher {
                 let m = &self.metrics;
                 m.header_timeouts.add(swept.header_timeouts as u64);
                 m.idle_closed.add(swept.idle as u64);
+                m.body_timeouts.add(swept.body_timeouts as u64);
                 m.pending_over_cap.add(swept.over_cap as u64);
                 m.pending_connections.set(swept.pending as u64);
                 next_sweep = now + sweep_every;

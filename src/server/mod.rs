@@ -170,6 +170,13 @@ impl Server {
         }
         let listener = TcpListener::bind(config.listen).map_err(StartError::Bind)?;
         let local = listener.local_addr().map_err(StartError::Bind)?;
+        // Every accepted socket inherits it: no buffered answer waits long on a client that
+        // does not read (see `REPLY_WRITE_TIMEOUT`).
+        crate::sys::fd::set_send_timeout(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            crate::admit::REPLY_WRITE_TIMEOUT,
+        )
+        .map_err(StartError::Bind)?;
         let admin = match config.admin_listen {
             Some(addr) => Some(AdminHttp::start(addr).map_err(StartError::AdminBind)?),
             None => None,
@@ -214,7 +221,7 @@ impl Server {
         let conns = Arc::new(ConnTable::new(local));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
             .map_err(StartError::Watch)?;
-        let admit = Admission::new(&config, metrics.clone(), threads.clone());
+        let admit = Admission::new(&config, metrics.clone(), threads.clone(), conns.clone());
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),
@@ -237,12 +244,13 @@ impl Server {
                 streams: Streams::new(conns.clone(), watcher.clone(), &config, metrics.clone()),
                 metrics: metrics.clone(),
                 heartbeat: config.heartbeat,
+                fault_panic_id: config.fault_panic_id.clone(),
             }),
             admit: admit.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
         });
-        let router = Router {
+        let router = Arc::new(Router {
             alarms,
             chat,
             ops: Ops {
@@ -262,7 +270,9 @@ impl Server {
             cors: config.cors_origin.is_some(),
             auth: auth.clone(),
             admin_listener: admin_local.map(|a| a.ip().is_loopback()),
-        };
+        });
+        let route: Arc<dyn crate::admit::Route> = router.clone();
+        admit.set_router(Arc::downgrade(&route));
         let refresher = Refresher {
             store,
             every: config.refresh,
@@ -300,6 +310,7 @@ impl Server {
             admin,
             shutdown: shutdown_rx,
             header_timeout: config.header_timeout,
+            body_timeout: config.body_timeout,
             max_pending: config.max_pending,
         };
         threads
@@ -356,6 +367,11 @@ impl Server {
                 "auth off: --insecure serves every stream, alarm and chat without a token \
                  addr={local}"
             );
+        }
+        // What starting up touched all over the binary need not stay resident (see the function).
+        match crate::sys::mem::release_clean_file_pages() {
+            Ok(bytes) => log::debug!("start-up pages released mapped_kib={}", bytes / 1024),
+            Err(e) => log::debug!("start-up pages not released error={e}"),
         }
         Ok(Server {
             local,

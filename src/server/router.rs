@@ -241,6 +241,17 @@ impl Router {
                 self.conns.request_seen(*peer);
             }
         }
+        // One request of a connection at a time, in order (src/http/pipeline.rs): a request
+        // pipelined behind one in flight waits for its turn, behind a stream for ever. (The
+        // admin listener's few requests are answered as they come.)
+        let request = if from == Listener::Public {
+            let Some(request) = self.admit.turn(request) else {
+                return;
+            };
+            request
+        } else {
+            request
+        };
         // tiny_http reads request lines and headers without a limit; refuse oversized ones here.
         if request.url().len() > MAX_URL {
             self.metrics.reject("too-large");
@@ -316,6 +327,14 @@ impl Router {
                 .admit
                 .respond(request, response::error(404, "not found")),
         }
+    }
+}
+
+impl crate::admit::Route for Router {
+    /// A request a request thread takes from its connection's queue: only the public
+    /// listener's requests are ever queued (see `Router::route`).
+    fn route(&self, request: Request) {
+        Router::route(self, request, Listener::Public);
     }
 }
 

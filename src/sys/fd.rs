@@ -181,6 +181,26 @@ pub(crate) fn shut_read(fd: RawFd) {
     unsafe { libc::shutdown(fd, libc::SHUT_RD) };
 }
 
+/// Sends `bytes` on socket `fd` without ever blocking (`MSG_DONTWAIT`, and `MSG_NOSIGNAL` so a
+/// closed peer is an `EPIPE`, not a signal); returns how many the kernel took (fewer when the
+/// send buffer is full).
+pub(crate) fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: bytes is a valid buffer of the length passed; a bad fd just fails.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr() as *const libc::c_void,
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `shutdown(fd, SHUT_RDWR)`: both directions end; the descriptor stays open.
 pub(crate) fn shut_both(fd: RawFd) {
     // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.

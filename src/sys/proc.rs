@@ -113,8 +113,20 @@ pub(crate) fn figures() -> Figures {
         0 => limit.rlim_cur,
         _ => 0,
     };
+    // CPU time from getrusage, in microseconds: /proc's clock ticks (10 ms) read 0 for a
+    // process that has just started.
+    // SAFETY: rusage is plain data, filled in by getrusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an rusage.
+    let cpu_seconds = match unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } {
+        0 => {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            secs(usage.ru_utime) + secs(usage.ru_stime)
+        }
+        _ => (field(14) + field(15)) as f64 / hz,
+    };
     Figures {
-        cpu_seconds: (field(14) + field(15)) as f64 / hz,
+        cpu_seconds,
         start_time_seconds: boot as f64 + field(22) as f64 / hz,
         virtual_bytes: field(23),
         resident_bytes: field(24) * page,

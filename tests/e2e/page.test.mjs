@@ -233,6 +233,30 @@ test("the alarm panel says it is reconnecting when its stream drops, then is liv
   r.close();
 });
 
+test("a page refused at --max-clients says the server is busy and comes back by itself", async () => {
+  const full = await startServer(undefined, { args: ["--max-clients", "1"], log: "server-busy.log" });
+  const first = await newPage(full.base);
+  await first.locator("#alarm-id").fill(`e2e-first-${process.pid}`);
+  await first.locator("#alarm-id").press("Enter");
+  await waitText(first, "#alarm-conn", "live");
+  const second = await newPage(full.base);
+  await second.locator("#alarm-id").fill(`e2e-second-${process.pid}`);
+  await second.locator("#alarm-id").press("Enter");
+  const busy = await waitFor("the busy notice", async () => {
+    const t = await text(second, "#alarm-conn");
+    return /^server busy, retrying in \d+ s$/.test(t) && t;
+  });
+  assert.equal(await second.locator("#alarm-conn").getAttribute("data-state"), "busy", busy);
+  await second.locator("#alarm-panel").screenshot({ path: path.join(OUT, "alarm-busy.png") });
+  await first.context().close(); // frees the slot
+  await waitText(second, "#alarm-conn", "live");
+  await waitText(second, "#alarm-state", "OFF");
+  assert.deepEqual(second.errors, []);
+  await second.context().close();
+  await stopServer(full);
+  fs.rmSync(full.dir, { recursive: true, force: true });
+});
+
 test("two people chat; one drops off, comes back, and sees what it missed exactly once", async () => {
   const r = await relay(server.port);
   const alice = await newPage(server.base);

@@ -289,7 +289,7 @@ fn shutdown_with_streams_open_ends_each_stream_and_joins_every_thread() {
 }
 
 #[test]
-fn one_stream_over_max_clients_gets_503_with_retry_after() {
+fn one_stream_over_max_clients_is_refused_with_an_event_eventsource_retries() {
     let s = start(|c| c.max_clients = 3);
     let mut open: Vec<Sse> = (0..3)
         .map(|_| s.sse(&format!("/sse/call/{}", unique("cap"))))
@@ -298,20 +298,140 @@ fn one_stream_over_max_clients_gets_503_with_retry_after() {
         assert_eq!(sse.status, 200);
         sse.next_data();
     }
-    let extra = s.sse("/sse/call/one-more");
-    assert_eq!(extra.status, 503);
-    assert_eq!(extra.header("Retry-After").as_deref(), Some("1"));
-    let body = extra.body();
-    assert!(body.contains("\"error\""), "{body}");
+    // A 503 would end a browser's EventSource for good: the refusal is a 200 event stream with
+    // a retry delay and one `refused` event, then the end of the response.
+    let mut extra = s.sse("/sse/call/one-more");
+    assert_eq!(extra.status, 200);
+    assert_eq!(
+        extra.header("Content-Type").as_deref(),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(extra.header("Retry-After"), None);
+    let Some(Item::Retry(retry)) = extra.next_item() else {
+        panic!("a retry: line first");
+    };
+    // 2 s jittered by ±50 %.
+    assert!((1000..=3000).contains(&retry), "retry {retry}");
+    let (event, id, data) = extra.next_event().expect("the refused event");
+    assert_eq!((event.as_str(), id), ("refused", None));
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data["reason"], "max-clients");
+    assert_eq!(data["retry_ms"].as_u64().map(u128::from), Some(retry));
+    assert_eq!(
+        extra.next_item(),
+        None,
+        "then the server closes the connection"
+    );
     assert_eq!(
         s.metric("syncast_rejected_total{reason=\"max-clients\"}"),
         1.0
     );
+    wait_log(&["stream refused reason=max-clients max=3"]);
+    assert_eq!(s.threads_of("alarm-stream"), 3, "no thread for the refusal");
     // A slot frees when a stream leaves.
     drop(open.pop());
     wait_for("a free slot", || {
         let mut sse = s.sse(&format!("/sse/call/{}", unique("cap")));
-        (sse.status == 200).then(|| sse.next_data())
+        match sse.next_event() {
+            Some((event, _, data)) if event == "message" => Some(data),
+            _ => None,
+        }
+    });
+}
+
+#[test]
+fn refused_retry_delays_spread_over_half_to_one_and_a_half_times_the_base() {
+    let s = start(|c| c.max_clients = 1);
+    let _held = s.sse(&format!("/sse/call/{}", unique("spread")));
+    let delays: Vec<u128> = (0..40)
+        .map(|_| {
+            let mut sse = s.sse("/sse/call/spread");
+            match sse.next_item() {
+                Some(Item::Retry(ms)) => ms,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert!(
+        delays.iter().all(|d| (1000..=3000).contains(d)),
+        "{delays:?}"
+    );
+    // Spread out, not one value: a crowd refused together comes back apart.
+    let lo = delays.iter().filter(|&&d| d < 2000).count();
+    let hi = delays.iter().filter(|&&d| d > 2000).count();
+    assert!(lo >= 5 && hi >= 5, "{delays:?}");
+}
+
+#[test]
+fn a_new_alarm_stream_while_the_store_fails_is_refused_to_retry_and_a_watched_one_streams_on() {
+    let s = start(|_| {});
+    let watched = unique("watched");
+    s.request("PUT", &format!("/alarms/{watched}"), Some("true"));
+    let mut on = s.sse(&format!("/sse/call/{watched}?mode=change"));
+    assert_eq!(on.next_data(), r#"{"alarm":true}"#);
+    let outside = rusqlite::Connection::open(&s.db).unwrap();
+    outside
+        .execute_batch("ALTER TABLE alarms RENAME TO alarms_moved")
+        .unwrap();
+    wait_for("degraded health", || {
+        (s.request("GET", "/healthz", None).status == 503).then_some(())
+    });
+    let mut fresh = s.sse(&format!("/sse/call/{}", unique("fresh")));
+    assert_eq!(fresh.status, 200);
+    let (event, _, data) = fresh.next_event().expect("an event");
+    assert_eq!(event, "refused", "{data}");
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(data["reason"], "store-unavailable");
+    let ms = data["retry_ms"].as_u64().unwrap();
+    assert!((2500..=7500).contains(&ms), "5 s ± 50 %: {ms}");
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"store-unavailable\"}"),
+        1.0
+    );
+    // The id someone watches has a value to show: a second stream of it opens.
+    let mut again = s.sse(&format!("/sse/call/{watched}"));
+    assert_eq!(again.next_data(), r#"{"alarm":true}"#);
+    drop(on);
+    // Once the store is back, the refused id streams.
+    outside
+        .execute_batch("ALTER TABLE alarms_moved RENAME TO alarms")
+        .unwrap();
+    wait_for("the refused id served", || {
+        let mut sse = s.sse(&format!("/sse/call/{}", unique("fresh")));
+        let (event, _, data) = sse.next_event()?;
+        (event == "message").then_some(data)
+    });
+}
+
+#[test]
+fn non_stream_requests_over_max_requests_keep_503_with_retry_after() {
+    let s = start(|c| c.max_requests = 1);
+    // One request thread held: a PUT whose body is still on its way (more than tiny_http's
+    // 1 KiB it reads itself, so the request thread reads it).
+    let body = format!("{{\"alarm\":true,\"pad\":\"{}\"}}", "x".repeat(2000));
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    let head = format!(
+        "PUT /alarms/held HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    std::io::Write::write_all(&mut slow, head.as_bytes()).unwrap();
+    std::io::Write::write_all(&mut slow, &body.as_bytes()[..10]).unwrap();
+    wait_for("the request thread busy", || {
+        (s.threads_of("request") == 1).then_some(())
+    });
+    let r = s.request("PUT", &format!("/alarms/{}", unique("busy")), Some("true"));
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
+    assert_eq!(r.error(), "server busy");
+    let r = s.request("GET", "/alarms/x", None);
+    assert_eq!((r.status, r.error().as_str()), (503, "server busy"));
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"max-requests\"}"),
+        2.0
+    );
+    // The slot comes back when the request ends.
+    std::io::Write::write_all(&mut slow, &body.as_bytes()[10..]).unwrap();
+    wait_for("a request slot free again", || {
+        (s.request("GET", "/alarms/x", None).status == 200).then_some(())
     });
 }
 

@@ -287,7 +287,7 @@ fn subscribe_and_publish_patterns_grant_exact_ids_everything_or_a_prefix() {
 
 #[test]
 fn refusals_are_decided_before_admission_and_spend_no_stream_slot_or_thread() {
-    // One stream slot, taken: a refused token still gets its 401/403, not the cap's 503.
+    // One stream slot, taken: a refused token still gets its 401/403, not the cap's refusal.
     let s = start_secured(|c| c.max_clients = 1);
     let id = unique("cap");
     let token = remember(hs256(&claims(&id)));
@@ -303,11 +303,16 @@ fn refusals_are_decided_before_admission_and_spend_no_stream_slot_or_thread() {
         assert_eq!(stream_status(&s, &id, None).0, 401);
         assert_eq!(stream_status(&s, &unique("x"), Some(&token)).0, 403);
     }
-    assert_eq!(
-        stream_status(&s, &id, Some(&token)).0,
-        503,
-        "the cap itself"
+    // The cap itself: a stream EventSource retries (`event: refused`), not a 4xx.
+    let mut capped = stream(
+        &s,
+        &format!("/sse/call/{id}?mode=change"),
+        &[bearer(&token).as_pair()],
     );
+    assert_eq!(capped.status, 200, "the cap itself");
+    let (event, _, data) = capped.next_event().expect("the refused event");
+    assert_eq!(event, "refused");
+    assert!(data.contains(r#""reason":"max-clients""#), "{data}");
     assert_eq!(s.metric("syncast_streaming_clients"), 1.0);
     assert_eq!(
         s.json("/debug/threads")["spawned_live"].as_u64().unwrap(),

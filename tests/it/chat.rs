@@ -442,6 +442,132 @@ fn a_resume_older_than_the_history_starts_with_reset() {
     );
 }
 
+#[test]
+fn an_unusable_or_future_last_event_id_starts_with_reset_and_everything_kept() {
+    let s = start(|c| c.history = 4);
+    let poster = join_only(&s, &unique("p"));
+    let ids: Vec<u64> = (0..6).map(|i| say(&s, &poster, &format!("m{i}"))).collect();
+    let far = (ids[5] + 1000).to_string();
+    let hints: [(&str, Option<&str>, &str); 7] = [
+        ("an empty header", Some(""), ""),
+        ("a word", Some("abc"), ""),
+        ("a negative number", Some("-3"), ""),
+        (
+            "a number too large for 64 bits",
+            Some("99999999999999999999999"),
+            "",
+        ),
+        (
+            "an id beyond the newest (another run)",
+            Some(far.as_str()),
+            "",
+        ),
+        ("a word in the query", None, "&last_event_id=abc"),
+        ("an empty query", None, "&last_event_id="),
+    ];
+    for (what, header, query) in hints {
+        let token = join_only(&s, &unique("hint"));
+        let headers: Vec<(&str, &str)> = header.map(|h| ("Last-Event-ID", h)).into_iter().collect();
+        let mut sse = Sse::open(
+            s.addr,
+            &format!("/chat/stream?token={token}{query}"),
+            &headers,
+        );
+        assert_eq!(sse.status, 200, "{what}");
+        assert_eq!(next(&mut sse).unwrap().event, "welcome", "{what}");
+        let reset = next(&mut sse).unwrap();
+        assert_eq!(reset.event, "reset", "{what}");
+        // Every join is a room event too: the history's oldest moves with each member joined.
+        let oldest = reset.data["oldest"].as_u64().expect("oldest");
+        let replayed: Vec<Option<u64>> = (0..4).map(|_| next(&mut sse).unwrap().id).collect();
+        let kept: Vec<Option<u64>> = (oldest..oldest + 4).map(Some).collect();
+        assert_eq!(replayed, kept, "{what}: everything kept follows the reset");
+    }
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"bad-request\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn names_people_cannot_spoof_are_one_name_whatever_their_case_or_encoding() {
+    let s = start(|_| {});
+    let tag = unique("");
+    let join = |name: &str| s.request("POST", "/chat/join", Some(name));
+    let r = join(&format!("Stra\u{df}e{tag}"));
+    assert_eq!(r.status, 201, "{}", r.body);
+    // Full case folding: ß is ss.
+    assert_eq!(join(&format!("STRASSE{tag}")).status, 409);
+    assert_eq!(join(&format!("strasse{tag}")).status, 409);
+    // The Kelvin sign is a K.
+    assert_eq!(join(&format!("kelvin{tag}")).status, 201);
+    assert_eq!(join(&format!("\u{212A}ELVIN{tag}")).status, 409);
+    // Kept in NFC: e + COMBINING DIAERESIS comes back as ë, and the composed form is taken.
+    let r = join(&format!("Zoe\u{308}{tag}"));
+    assert_eq!(r.json()["name"], format!("Zo\u{eb}{tag}"));
+    assert_eq!(join(&format!("ZO\u{cb}{tag}")).status, 409);
+    // Invisible and reordering characters are refused.
+    for c in [
+        '\u{200B}', '\u{202E}', '\u{2066}', '\u{FEFF}', '\u{AD}', '\u{200D}',
+    ] {
+        let r = join(&format!("ann{c}{tag}"));
+        assert_eq!(r.status, 400, "U+{:04X}", c as u32);
+        assert!(r.error().starts_with("invalid name"), "{}", r.body);
+    }
+    // The length is what a person sees: 32 flags (64 code points) are 32 characters.
+    let flags = "\u{1F1EB}\u{1F1F7}".repeat(32);
+    assert_eq!(join(&flags).status, 201);
+    assert_eq!(join(&format!("{flags}\u{1F1EB}\u{1F1F7}")).status, 400);
+    // A rename follows the same rules.
+    let token = join_only(&s, &unique("mover"));
+    let rename = |to: &str| {
+        s.request_with(
+            "POST",
+            "/chat/name",
+            Some(to),
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    };
+    assert_eq!(rename(&format!("KELVIN{tag}")).status, 409);
+    assert_eq!(rename("a\u{202E}b").status, 400);
+    let r = rename(&format!("Ame\u{301}lie{tag}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["to"], format!("Am\u{e9}lie{tag}"));
+}
+
+#[test]
+fn renames_count_against_the_rate_limit() {
+    // A burst of 3 and almost no refill: whatever takes a token shows in the fourth action.
+    let s = start(|c| {
+        c.rate = 0.01;
+        c.burst = 3.0;
+    });
+    let token = join_only(&s, &unique("renamer"));
+    let auth = format!("Bearer {token}");
+    let rename =
+        |to: &str| s.request_with("POST", "/chat/name", Some(to), &[("Authorization", &auth)]);
+    let post = |text: &str| {
+        s.request_with(
+            "POST",
+            "/chat/messages",
+            Some(text),
+            &[("Authorization", &auth)],
+        )
+    };
+    assert_eq!(rename(&unique("r1")).status, 200);
+    assert_eq!(rename(&unique("r2")).status, 200);
+    assert_eq!(post("one message").status, 202);
+    // Three tokens spent, two of them by renames: both a message and a rename are refused now.
+    let r = post("one too many");
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.header("Retry-After").is_some());
+    assert_eq!(rename(&unique("r3")).status, 429);
+    assert_eq!(
+        s.metric("syncast_rejected_total{reason=\"rate-limited\"}"),
+        2.0
+    );
+}
+
 /// Asks for `path` and never reads. The kernel buffers on both ends absorb a few MB first
 /// (loopback send buffers autotune), so callers post until the cut-off rather than a fixed count.
 /// (A tiny SO_RCVBUF does not help: reading back afterwards then crawls on zero-window probes.)
@@ -597,10 +723,12 @@ fn bad_names_bodies_tokens_and_floods_get_400_401_409_429() {
         401
     );
     assert_eq!(s.sse(&format!("/chat/stream?token={forged}")).status, 401);
+    // A resume hint that names no event is not the client's fault: a stream, never a 400
+    // (`an_unusable_or_future_last_event_id_starts_with_reset_and_everything_kept`).
     assert_eq!(
         s.sse(&format!("/chat/stream?token={token}&last_event_id=x"))
             .status,
-        400
+        200
     );
     assert_eq!(
         s.sse(&format!("/chat/stream?token={token}&name=x")).status,
@@ -841,17 +969,19 @@ fn joining_by_name_with_last_event_id_replays_what_came_after_it() {
 }
 
 #[test]
-fn a_full_room_answers_503_with_retry_after_until_someone_leaves() {
+fn a_full_room_answers_503_to_a_join_and_refused_to_a_stream_until_someone_leaves() {
     let s = start(|c| c.max_members = 2);
     let a = join_only(&s, &unique("one"));
     join_only(&s, &unique("two"));
     let r = s.request("POST", "/chat/join", Some(&unique("three")));
     assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")));
-    assert_eq!(
-        s.sse(&format!("/chat/stream?name={}", unique("four")))
-            .status,
-        503
-    );
+    // A join by stream is an EventSource: it must come back by itself, so not a 503.
+    let mut es = s.sse(&format!("/chat/stream?name={}", unique("four")));
+    assert_eq!(es.status, 200);
+    let (event, _, data) = es.next_event().expect("an event");
+    assert_eq!(event, "refused");
+    assert!(data.contains(r#""reason":"room-full""#), "{data}");
+    assert_eq!(es.next_item(), None);
     let r = s.request_with(
         "POST",
         "/chat/leave",

@@ -363,3 +363,91 @@ fn the_checker_reads_links_headings_and_mentions_as_github_does() {
     assert!(mentions("| `GET /` | page |", "GET /"));
     assert!(!mentions("| `GET /healthz` |", "GET /"));
 }
+
+/// The test names of `docs/operations.md`'s "Which test covers each row" table, by file: each
+/// backticked `path` (`tests/…`, `src/…`), then the backticked snake_case names and the quoted
+/// titles (node tests) after it in the same cell.
+fn coverage_table() -> Vec<(String, String)> {
+    let ops = read(&repo().join("docs/operations.md"));
+    let section = ops
+        .split("### Which test covers each row")
+        .nth(1)
+        .expect("the coverage section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut named = Vec::new();
+    for row in section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| row"))
+    {
+        let Some(cell) = row.split(" | ").nth(1) else {
+            continue;
+        };
+        let mut file: Option<String> = None;
+        let mut rest = cell;
+        while let Some(start) = rest.find(['`', '"']) {
+            let quote = &rest[start..start + 1];
+            let after = &rest[start + 1..];
+            let Some(end) = after.find(quote) else { break };
+            let token = &after[..end];
+            rest = &after[end + 1..];
+            if token.starts_with("tests/") || token.starts_with("src/") {
+                file = Some(token.to_string());
+            } else if let Some(f) = &file {
+                let is_name = quote == "\""
+                    || (token.matches('_').count() >= 2
+                        && token.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':'
+                        }));
+                if is_name {
+                    named.push((f.clone(), token.to_string()));
+                }
+            }
+        }
+    }
+    named
+}
+
+/// Whether any Rust file under `src/` contains `text`.
+fn in_src(text: &str) -> bool {
+    fn walk(dir: &Path, text: &str) -> bool {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, text)
+                } else {
+                    p.extension().is_some_and(|x| x == "rs")
+                        && std::fs::read_to_string(&p).is_ok_and(|t| t.contains(text))
+                }
+            })
+    }
+    walk(&repo().join("src"), text)
+}
+
+#[test]
+fn every_test_named_in_the_coverage_table_exists() {
+    let named = coverage_table();
+    assert!(named.len() >= 40, "too few names read: {named:?}");
+    let missing: Vec<String> = named
+        .iter()
+        .filter(|(file, name)| {
+            let text = std::fs::read_to_string(repo().join(file)).unwrap_or_default();
+            if file.ends_with(".mjs") {
+                return !text.contains(&format!("test(\"{name}\""));
+            }
+            let last = name.rsplit("::").next().unwrap_or(name);
+            let wanted = format!("fn {last}(");
+            // A unit test named by its module path (`config::tests::…`) may sit in src/.
+            let found = text.contains(&wanted) || (name.contains("::tests::") && in_src(&wanted));
+            !found
+        })
+        .map(|(file, name)| format!("{file}: {name}"))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/operations.md names tests that do not exist: {missing:#?}"
+    );
+}

@@ -114,8 +114,16 @@ fn a_client_that_never_reads_is_closed_as_stalled_and_its_thread_ends() {
     (&sock)
         .write_all(format!("GET /sse/call/{id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
-    // Never read. The server fills both buffers, its write blocks, the time-out ends it.
-    let line = wait_log(&["sse stream closed", &format!("id={id} ")]);
+    // Never read. The server fills both buffers, its write blocks, the time-out ends it. At
+    // ~2.4 KB/s of small events the kernel's buffers (which collapse small segments) take
+    // 15-20 s to fill on an idle machine, so this wait gets more than the usual patience.
+    let closed = format!("id={id} ");
+    let line =
+        crate::common::wait_for_within(3 * PATIENCE, "the stalled stream's close line", || {
+            crate::common::log_lines(&["sse stream closed", &closed])
+                .into_iter()
+                .next()
+        });
     assert!(line.contains("reason=stalled"), "{line}");
     assert!(s.metric("syncast_streams_stalled_total") >= 1.0);
     wait_for("the stalled thread gone", || {
@@ -125,19 +133,21 @@ fn a_client_that_never_reads_is_closed_as_stalled_and_its_thread_ends() {
 }
 
 #[test]
-fn a_flood_beyond_the_client_cap_gets_fast_503s_without_threads() {
+fn a_flood_beyond_the_client_cap_gets_fast_refusals_without_threads() {
     let s = start(|c| c.max_clients = 5);
     let mut kept = Vec::new();
     let mut refused = 0;
     for i in 0..60 {
-        let sse = s.sse(&format!("/sse/call/flood{i}"));
-        match sse.status {
-            200 => kept.push(sse),
-            503 => {
-                assert_eq!(sse.header("Retry-After").as_deref(), Some("1"));
+        let mut sse = s.sse(&format!("/sse/call/flood{i}"));
+        assert_eq!(sse.status, 200);
+        match sse.next_event() {
+            Some((event, _, _)) if event == "message" => kept.push(sse),
+            Some((event, _, data)) if event == "refused" => {
+                assert!(data.contains(r#""reason":"max-clients""#), "{data}");
+                assert_eq!(sse.next_item(), None, "closed after the refusal");
                 refused += 1;
             }
-            other => panic!("unexpected {other}"),
+            other => panic!("unexpected {other:?}"),
         }
         assert!(s.threads_of("alarm-stream") <= 5);
     }
@@ -314,6 +324,158 @@ fn panics_in_a_stream_and_in_the_refresher_are_caught_counted_and_survived() {
     assert_eq!(sse.next_data(), T);
     assert_eq!(s.threads_of("refresher"), 1);
     assert_eq!(s.metric("syncast_alarm_ids_registered"), 1.0);
+}
+
+#[test]
+fn panics_in_a_request_thread_and_in_a_chat_stream_are_caught_counted_and_survived() {
+    let bad = unique("boom");
+    let s = start(|c| c.fault_panic_id = Some(bad.clone()));
+    // A request thread: the client gets tiny_http's 500 (the request dropped while unwinding).
+    let r = s.request("GET", &format!("/alarms/{bad}"), None);
+    assert_eq!(r.status, 500);
+    wait_log(&[
+        "thread panicked name=req-",
+        "cause=\"injected fault in request",
+    ]);
+    // A chat stream: the welcome arrives, then the thread panics and the stream ends; the
+    // session is detached (its grace period starts), as after any end of a stream.
+    let mut chat = s.sse(&format!("/chat/stream?name={bad}"));
+    assert_eq!(chat.status, 200);
+    assert_eq!(chat.next_event().expect("welcome").0, "welcome");
+    while chat.next_item().is_some() {}
+    wait_log(&[
+        "thread panicked name=chat-",
+        "cause=\"injected fault in chat stream",
+    ]);
+    wait_log(&["chat stream closed", &format!("name={bad} ")]);
+    assert!(s.metric("syncast_thread_panics_total") >= 2.0);
+    assert_eq!(s.metric("syncast_chat_streams_attached"), 0.0);
+    // Both kinds of thread go on serving others.
+    let id = unique("fine");
+    assert_eq!(
+        s.request("PUT", &format!("/alarms/{id}"), Some("true"))
+            .status,
+        204
+    );
+    assert_eq!(s.json(&format!("/alarms/{id}"))["alarm"], true);
+    let mut other = s.sse(&format!("/chat/stream?name={}", unique("other")));
+    assert_eq!(other.next_event().expect("welcome").0, "welcome");
+    wait_for("the panicked threads joined", || {
+        (s.threads_of("request") == 0).then_some(())
+    });
+}
+
+#[test]
+fn alarm_and_chat_streams_share_max_clients() {
+    let s = start(|c| c.max_clients = 2);
+    let mut alarm = s.sse(&format!("/sse/call/{}", unique("share")));
+    assert_eq!(alarm.next_data(), F);
+    let mut chat = s.sse(&format!("/chat/stream?name={}", unique("share")));
+    assert_eq!(chat.next_event().unwrap().0, "welcome");
+    assert_eq!(s.metric("syncast_streaming_clients"), 2.0);
+    // The third stream is refused, whichever kind it is.
+    for path in [
+        format!("/sse/call/{}", unique("third")),
+        format!("/chat/stream?name={}", unique("third")),
+    ] {
+        let mut third = s.sse(&path);
+        let (event, _, data) = third.next_event().unwrap();
+        assert_eq!(event, "refused", "{path}");
+        assert!(data.contains(r#""reason":"max-clients""#), "{data}");
+    }
+    // An alarm stream leaving makes room for a chat stream.
+    drop(alarm);
+    wait_for("a chat stream in the alarm's place", || {
+        let mut next = s.sse(&format!("/chat/stream?name={}", unique("fourth")));
+        (next.next_event()?.0 == "welcome").then_some(())
+    });
+    drop(chat);
+}
+
+#[test]
+fn a_chunked_body_is_refused_at_64_kib_plus_1_and_taken_at_64_kib() {
+    let s = start(|_| {});
+    let chunked = |len: usize| {
+        // A valid alarm body padded with white space (trimmed by the parser) to `len` bytes.
+        let body = format!("{}true", " ".repeat(len - 4));
+        let mut sock = TcpStream::connect(s.addr).unwrap();
+        sock.set_read_timeout(Some(crate::common::PATIENCE))
+            .unwrap();
+        let mut rq = "PUT /alarms/chunky HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n"
+            .to_string();
+        for part in body.as_bytes().chunks(10_000) {
+            rq.push_str(&format!(
+                "{:x}\r\n{}\r\n",
+                part.len(),
+                String::from_utf8_lossy(part)
+            ));
+        }
+        rq.push_str("0\r\n\r\n");
+        std::io::Write::write_all(&mut sock, rq.as_bytes()).unwrap();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut sock, &mut text);
+        text
+    };
+    let at_cap = chunked(65_536);
+    assert!(at_cap.starts_with("HTTP/1.1 204 "), "{at_cap}");
+    let over = chunked(65_537);
+    assert!(over.starts_with("HTTP/1.1 413 "), "{over}");
+    assert!(
+        over.contains("request body too large (max 65536 bytes)"),
+        "{over}"
+    );
+    assert!(s.metric("syncast_rejected_total{reason=\"too-large\"}") >= 1.0);
+}
+
+#[test]
+fn more_than_100_header_lines_get_431_and_100_are_fine() {
+    let s = start(|_| {});
+    let with_headers = |n: usize| {
+        let mut sock = TcpStream::connect(s.addr).unwrap();
+        sock.set_read_timeout(Some(crate::common::PATIENCE))
+            .unwrap();
+        // Host and Connection are two of the `n` lines.
+        let mut rq = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".to_string();
+        for i in 0..n - 2 {
+            rq.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        rq.push_str("\r\n");
+        std::io::Write::write_all(&mut sock, rq.as_bytes()).unwrap();
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut sock, &mut text);
+        text
+    };
+    let ok = with_headers(100);
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    let over = with_headers(101);
+    assert!(over.starts_with("HTTP/1.1 431 "), "{over}");
+    assert!(over.contains("100 lines"), "{over}");
+}
+
+#[test]
+fn a_stream_socket_has_a_64_kib_send_buffer() {
+    let s = start(|_| {});
+    let mut sse = s.sse(&format!("/sse/call/{}", unique("sndbuf")));
+    assert_eq!(sse.next_data(), F);
+    // The server's side of this connection, in this process: its SO_SNDBUF as the kernel
+    // reports it (twice what was set, for its bookkeeping: socket(7)).
+    let fds = syncast::kit::socket_fds(s.addr, sse.local_addr());
+    assert_eq!(fds.len(), 1, "{fds:?}");
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) into a c_int of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fds[0],
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0);
+    assert_eq!(value, 2 * 64 * 1024);
 }
 
 #[test]

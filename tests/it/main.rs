@@ -14,6 +14,7 @@ mod auth;
 mod chat;
 mod docs;
 mod hostile;
+mod http;
 mod leaving;
 mod metrics;
 mod web;

@@ -237,11 +237,12 @@ fn stream(
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
         match http::open_stream(&ctx.target, &path, &headers, REQUEST_TIMEOUT, plan.idle) {
             Ok(Opened::Stream(es)) => break es,
-            Ok(Opened::Refused(r))
-                if r.status == 503
-                    && retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) =>
-            {
-                ctx.error("stream-503");
+            // The server's answer at a cap: come back when it says (`retry_ms`, jittered).
+            Ok(Opened::Retry(r)) if retry.wait(r.after()) => ctx.refused(&r.reason),
+            Ok(Opened::Retry(r)) => {
+                ctx.error(&format!("stream-refused-{}", r.reason));
+                let _ = ready.take().map(|r| r.send(false));
+                return Err(());
             }
             Ok(Opened::Refused(r)) => {
                 ctx.error(&format!("stream-{}", r.status));

@@ -477,12 +477,14 @@ fn read(
             Ok(Opened::Stream(es)) => es,
             // The member left while we reconnected: its session is gone, and that is fine.
             _ if stream.leaving.load(Ordering::Acquire) => break Ok(()),
-            Ok(Opened::Refused(r))
-                if r.status == 503
-                    && retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) =>
-            {
-                ctx.error("stream-503");
+            // The server's answer at a cap: come back when it says (`retry_ms`, jittered).
+            Ok(Opened::Retry(r)) if retry.wait(r.after()) => {
+                ctx.refused(&r.reason);
                 continue;
+            }
+            Ok(Opened::Retry(r)) => {
+                ctx.error(&format!("stream-refused-{}", r.reason));
+                break Err(());
             }
             Ok(Opened::Refused(r)) => {
                 ctx.error(&format!("stream-{}", r.status));

@@ -489,6 +489,7 @@ fn run(o: Opts) -> Result<Summary, String> {
         alarm,
         server: leak,
         errors: ctx.errors(),
+        refused: ctx.refusals(),
         verdict: if reasons.is_empty() { "PASS" } else { "FAIL" },
         reasons,
     })

@@ -91,6 +91,8 @@ pub struct Summary {
     pub server: Option<Leak>,
     /// Errors met, by kind (retried or not).
     pub errors: BTreeMap<String, u64>,
+    /// Streams refused with `event: refused` and then retried, by reason.
+    pub refused: BTreeMap<String, u64>,
     /// `PASS` or `FAIL`.
     pub verdict: &'static str,
     /// Why it failed (empty on PASS).
@@ -206,6 +208,16 @@ impl Summary {
                 .map(|(k, n)| format!("{k} {n}"))
                 .collect();
             let _ = writeln!(o, "errors             {}", list.join(", "));
+        }
+        if self.refused.is_empty() {
+            let _ = writeln!(o, "refused, retried   none");
+        } else {
+            let list: Vec<String> = self
+                .refused
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            let _ = writeln!(o, "refused, retried   {}", list.join(", "));
         }
         let _ = writeln!(o, "verdict            {}", self.verdict);
         for r in &self.reasons {

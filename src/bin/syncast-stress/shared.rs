@@ -76,6 +76,7 @@ pub struct Ctx {
     /// Live counters.
     pub progress: Progress,
     errors: Mutex<BTreeMap<String, u64>>,
+    refused: Mutex<BTreeMap<String, u64>>,
     ramp_next: Mutex<Instant>,
     ramp_gap: Duration,
 }
@@ -91,6 +92,7 @@ impl Ctx {
             t0,
             progress: Progress::default(),
             errors: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
             ramp_next: Mutex::new(t0),
             ramp_gap: Duration::from_secs_f64(1.0 / ramp),
         }
@@ -144,6 +146,17 @@ impl Ctx {
     /// Errors so far, by kind.
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors.lock().clone()
+    }
+
+    /// Counts one stream the server refused with `event: refused` (and that the client then
+    /// retried after the `retry_ms` it was given), by the event's `reason`.
+    pub fn refused(&self, reason: &str) {
+        *self.refused.lock().entry(reason.to_string()).or_default() += 1;
+    }
+
+    /// Streams refused and retried so far, by reason.
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refused.lock().clone()
     }
 
     /// Waits for this caller's turn to open a connection: turns are `1/ramp` seconds apart.

@@ -42,6 +42,7 @@ use parking_lot::Mutex;
 use super::session::Token;
 use super::shared::SharedChat;
 use crate::config::Config;
+use crate::http::validate::normalize_name;
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
 pub(crate) use state::UsersPage;
@@ -147,6 +148,8 @@ impl Room {
     /// Creates a session without a stream (`POST /chat/join`); its join is announced in the
     /// next `presence` event.
     pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
+        // The name as it is kept and shown: NFC (see `normalize_name`).
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         if let Some(sh) = &self.shared {
             return self.join_shared(sh, name);
         }
@@ -167,6 +170,7 @@ impl Room {
         name: &str,
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         if let Some(sh) = &self.shared {
             return self.join_and_attach_shared(sh, name, last_event_id);
         }
@@ -249,14 +253,14 @@ impl Room {
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
     /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub(crate) fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
-        let from = match &self.shared {
+        let (from, to) = match &self.shared {
             Some(sh) => self.rename_shared(sh, token, to)?,
             None => self.locked(|inner| inner.rename(token, to))?,
         };
         if from != to {
             log::info!("chat renamed from={from} to={to}");
         }
-        Ok((from, to.to_string()))
+        Ok((from, to))
     }
 }
 

@@ -10,7 +10,7 @@ use super::{new_token, Attached, ChatError, Joined, Room};
 use crate::chat::session::Token;
 use crate::chat::shared::entry::{Entry, EntryId};
 use crate::chat::shared::SharedChat;
-use crate::http::validate::valid_name;
+use crate::http::validate::{normalize_name, valid_name};
 use crate::stream::CloseReason;
 
 /// What feeding a batch of entries to the mirror did.
@@ -110,10 +110,16 @@ impl Room {
         sh: &SharedChat,
         token: &Token,
         to: &str,
-    ) -> Result<String, ChatError> {
-        let bad = !valid_name(to);
-        let folded = if bad { String::new() } else { fold(to) };
-        sh.rename(token, if bad { "" } else { to }, &folded, bad)
+    ) -> Result<(String, String), ChatError> {
+        // The name as it is kept and shown: NFC. A bad one is refused by the script, after it
+        // checked the session (an unknown token is 401 whatever the name).
+        let to = normalize_name(to);
+        let (sent, folded) = match &to {
+            Some(n) => (n.as_str(), fold(n)),
+            None => ("", String::new()),
+        };
+        let from = sh.rename(token, sent, &folded, to.is_none())?;
+        Ok((from, to.unwrap_or_default()))
     }
 
     pub(super) fn leave_shared(&self, sh: &SharedChat, token: &Token) -> Result<String, ChatError> {

@@ -15,7 +15,7 @@ use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
-use crate::http::validate::valid_name;
+use crate::http::validate::{name_key, normalize_name};
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
 
@@ -130,10 +130,10 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What names are compared by: two names that fold alike are one name. The chat on Redis folds
-/// with this too (its scripts only compare the folded strings).
+/// What names are compared by (see [`name_key`]): two names with the same key are one name.
+/// The chat on Redis folds with this too (its scripts only compare the folded strings).
 pub(crate) fn fold(name: &str) -> String {
-    name.to_lowercase()
+    name_key(name)
 }
 
 impl Inner {
@@ -455,9 +455,7 @@ impl Inner {
     /// Creates a session named `name` holding `token`; its join goes out in the next
     /// `presence` event.
     pub(crate) fn join(&mut self, name: &str, token: Token) -> Result<u64, ChatError> {
-        if !valid_name(name) {
-            return Err(ChatError::InvalidName);
-        }
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let folded = fold(name);
         if self.names.contains_key(&folded) {
             return Err(ChatError::NameTaken);
@@ -536,17 +534,25 @@ impl Inner {
     /// What a stream of session `key` resuming after `k` gets first, into `backlog`: `reset` if
     /// the events after `k` are no longer all kept, or `k` is beyond `top` (the newest id the
     /// room knows of: from another run), then the kept events after `k` but the session's own.
-    fn replay(&self, key: u64, k: u64, top: u64, backlog: &mut Vec<Encoded>) {
+    ///
+    /// An id beyond `top` is from another run, or names no event at all (a hint that is not a
+    /// number comes as `u64::MAX`): where the client stands is unknown, as for an id older than
+    /// the history. Both get `reset`, then everything kept. Returns the id the replay went
+    /// from (`k`, or 0 for an unknown one).
+    fn replay(&self, key: u64, k: u64, top: u64, backlog: &mut Vec<Encoded>) -> u64 {
         let oldest = self.history.front().map_or(self.last_id + 1, |e| e.id);
-        if k.saturating_add(1) < oldest || k > top {
+        let unknown = k > top;
+        if unknown || k.saturating_add(1) < oldest {
             backlog.push(events::reset(oldest));
         }
+        let after = if unknown { 0 } else { k };
         backlog.extend(
             self.history
                 .iter()
-                .filter(|e| e.id > k && e.from != Some(key))
+                .filter(|e| e.id > after && e.from != Some(key))
                 .map(|e| e.bytes.clone()),
         );
+        after
     }
 
     /// Removes session `key`, closing its stream with `reason`; its leave (`why`: `left` or
@@ -598,13 +604,15 @@ impl Inner {
         Ok(id)
     }
 
-    /// [`super::Room::rename`] under the lock; returns the old name.
-    pub(crate) fn rename(&mut self, token: &Token, to: &str) -> Result<String, ChatError> {
+    /// [`super::Room::rename`] under the lock; returns the old name and the new one (in NFC).
+    pub(crate) fn rename(
+        &mut self,
+        token: &Token,
+        to: &str,
+    ) -> Result<(String, String), ChatError> {
         let session = self.session(token)?;
         let key = session.token.selector();
-        if !valid_name(to) {
-            return Err(ChatError::InvalidName);
-        }
+        let to = &normalize_name(to).ok_or(ChatError::InvalidName)?;
         // A rename is broadcast like a message, so it draws on the same bucket.
         session
             .limiter
@@ -616,8 +624,8 @@ impl Inner {
         }
         let session = self.sessions.get_mut(&key).expect("found above");
         let from = std::mem::replace(&mut session.name, to.to_string());
-        if from == to {
-            return Ok(from);
+        if from == *to {
+            return Ok((from, to.clone()));
         }
         self.names.remove(&fold(&from));
         self.names.insert(folded, key);
@@ -627,6 +635,6 @@ impl Inner {
         // The waiting joins go out first: the rename's own join among them, if it is that new.
         self.flush_presence();
         self.push_event("rename", data, None);
-        Ok(from)
+        Ok((from, to.clone()))
     }
 }

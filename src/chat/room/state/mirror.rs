@@ -73,12 +73,8 @@ impl Inner {
             // already are taken at once).
             None => r.last_id,
             Some(k) => {
-                self.replay(key, k, top, &mut backlog);
-                if k > top {
-                    top
-                } else {
-                    k.max(head)
-                }
+                // An unknown id (beyond `top`) replays all the mirror holds: live after it.
+                self.replay(key, k, top, &mut backlog).max(head)
             }
         };
         let limits = self.limits;
