@@ -52,13 +52,15 @@ impl std::fmt::Display for RedisError {
 impl std::error::Error for RedisError {}
 
 /// Whether a call may be sent again on a fresh connection when the pooled connection it was
-/// sent on turns out to be dead (Redis restarted, or closed it as idle).
+/// sent on turns out to be dead (Redis restarted, or closed it as idle). Every call syncast
+/// makes may: the chat's scripts that append know their own second run (see
+/// `chat::shared::SharedChat::ask`); a call that could not would need a variant here that
+/// returns the failure as it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Retry {
-    /// The call can run twice without harm (`HSET`, `HMGET`, `PING`).
+    /// The call can run twice without harm (`HSET`, `HMGET`, `PING`, a script that knows it
+    /// ran).
     Idempotent,
-    /// It must not (an `INCR` + `XADD` script): a failure is returned as it is.
-    Never,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,6 +191,7 @@ impl Link {
                 // it): that says nothing about Redis now, so try a fresh one.
                 drop(con);
                 con = self.connect()?;
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
                 result = call(&mut con);
             }
         }
@@ -224,27 +227,34 @@ impl Link {
     /// also while backing off), with `read_timeout` as its read time-out instead of
     /// `--redis-timeout` (a blocking read waits longer by design). The same bookkeeping as
     /// [`Link::run`]: health, back-off, log lines, figures; a connection that failed is dropped
-    /// (`con` is `None` afterwards).
+    /// (`con` is `None` afterwards). `call` must be one that may run twice: as in
+    /// [`Link::run`], a call that failed because the connection was dead before it (Redis
+    /// closed it: `CLIENT KILL`, a restart) is sent once more on a new connection, so a dropped
+    /// connection is not taken for Redis being down (which would refuse everyone's calls for
+    /// the back-off).
     pub(crate) fn run_own<T>(
         &self,
         con: &mut Option<Connection>,
         read_timeout: Duration,
-        call: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        mut call: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, RedisError> {
+        let had = con.is_some();
         if con.is_none() {
-            let fresh = self.connect()?;
-            if let Err(e) = fresh.set_read_timeout(Some(read_timeout)) {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                let text = describe(&e);
-                self.down(&text);
-                return Err(RedisError::Unavailable(text));
-            }
-            *con = Some(fresh);
+            *con = Some(self.open_own(read_timeout)?);
         }
         let Some(c) = con.as_mut() else {
             return Err(RedisError::Unavailable("no connection".into()));
         };
-        match call(c) {
+        let mut result = call(c);
+        if let Err(e) = &result {
+            if had && e.is_connection_dropped() {
+                *con = None;
+                let fresh = con.insert(self.open_own(read_timeout)?);
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                result = call(fresh);
+            }
+        }
+        match result {
             Ok(v) => {
                 self.up();
                 Ok(v)
@@ -265,6 +275,18 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// A connection of a caller's own (see [`Link::run_own`]), with `read_timeout`.
+    fn open_own(&self, read_timeout: Duration) -> Result<Connection, RedisError> {
+        let fresh = self.connect()?;
+        if let Err(e) = fresh.set_read_timeout(Some(read_timeout)) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let text = describe(&e);
+            self.down(&text);
+            return Err(RedisError::Unavailable(text));
+        }
+        Ok(fresh)
     }
 
     /// The `--redis-timeout` every pooled connection has.

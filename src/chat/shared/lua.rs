@@ -96,10 +96,16 @@ local function take(S, tokens, last, now, rate, burst)
 end
 
 local function join(name, fold, sel, token, max, grace, burst)
+  local S = skey(sel)
+  local had = redis.call('HMGET', S, 'token', 'after')
+  if had[1] then
+    -- The token is new at every join: the same one is this join sent again (its first reply
+    -- was lost with a dead connection), which changes nothing.
+    if same_token(had[1], token) then return {'ok', had[2]} end
+    return {'collision'}
+  end
   if redis.call('HEXISTS', NAMES, fold) == 1 then return {'taken'} end
   if redis.call('HLEN', NAMES) >= max then return {'full'} end
-  local S = skey(sel)
-  if redis.call('EXISTS', S) == 1 then return {'collision'} end
   note(name, false)
   local now = now_ms()
   local after = redis.call('GET', SEQ) or '0'
@@ -125,22 +131,27 @@ local function attach(sel, token, node, serial, lease, n, expect)
           redis.call('GET', EPOCHK) or '', first}
 end
 
-local function post(sel, token, bad, text, rate, burst)
+local function post(sel, token, bad, text, rate, burst, req)
   local S = skey(sel)
-  local s = redis.call('HMGET', S, 'token', 'name', 'bucket', 'bucket_ms')
+  local s = redis.call('HMGET', S, 'token', 'name', 'bucket', 'bucket_ms', 'req', 'res')
   if not same_token(s[1], token) then return {'unauthorized'} end
+  -- This post sent again (its reply was lost with a dead connection): its id, once.
+  if s[5] == req then return {'ok', tonumber(s[6])} end
   if bad ~= '0' then return {'invalid'} end
   local now = now_ms()
   local wait = take(S, s[3], s[4], now, rate, burst)
   if wait then return {'rate', wait} end
   flush()
-  return {'ok', append({'k', 'message', 'f', sel, 'n', s[2], 't', text, 'ts', now})}
+  local id = append({'k', 'message', 'f', sel, 'n', s[2], 't', text, 'ts', now})
+  redis.call('HSET', S, 'req', req, 'res', id)
+  return {'ok', id}
 end
 
-local function rename(sel, token, bad, to, fold, rate, burst)
+local function rename(sel, token, bad, to, fold, rate, burst, req)
   local S = skey(sel)
-  local s = redis.call('HMGET', S, 'token', 'name', 'fold', 'bucket', 'bucket_ms')
+  local s = redis.call('HMGET', S, 'token', 'name', 'fold', 'bucket', 'bucket_ms', 'req', 'res')
   if not same_token(s[1], token) then return {'unauthorized'} end
+  if s[6] == req then return {'ok', s[7]} end
   if bad ~= '0' then return {'invalid'} end
   local wait = take(S, s[4], s[5], now_ms(), rate, burst)
   if wait then return {'rate', wait} end
@@ -151,7 +162,7 @@ local function rename(sel, token, bad, to, fold, rate, burst)
   flush()
   if redis.call('HGET', NAMES, s[3]) == sel then redis.call('HDEL', NAMES, s[3]) end
   redis.call('HSET', NAMES, fold, sel)
-  redis.call('HSET', S, 'name', to, 'fold', fold)
+  redis.call('HSET', S, 'name', to, 'fold', fold, 'req', req, 'res', from)
   redis.call('ZREM', USERS, from)
   redis.call('ZADD', USERS, 0, to)
   redis.call('ZREM', ANN, from)
@@ -162,9 +173,17 @@ end
 
 local function leave(sel, token, node)
   local S = skey(sel)
+  local GONE = P .. 'chat:left:' .. sel
   local s = redis.call('HMGET', S, 'token', 'name', 'fold', 'node', 'serial')
-  if not same_token(s[1], token) then return {'unauthorized'} end
+  if not same_token(s[1], token) then
+    -- This leave sent again (its reply was lost with a dead connection): what it answered.
+    local g = redis.call('HMGET', GONE, 'token', 'name', 'node', 'serial')
+    if same_token(g[1], token) then return {'ok', g[2], g[3], g[4]} end
+    return {'unauthorized'}
+  end
   redis.call('DEL', S)
+  redis.call('HSET', GONE, 'token', s[1], 'name', s[2], 'node', s[4] or '', 'serial', s[5] or '')
+  redis.call('PEXPIRE', GONE, 60000)
   if redis.call('HGET', NAMES, s[3]) == sel then redis.call('HDEL', NAMES, s[3]) end
   redis.call('ZREM', USERS, s[2])
   redis.call('ZREM', DL, sel)
@@ -262,18 +281,21 @@ pub(crate) static ATTACH: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// `ARGV[5..10]`: selector, token, whether the text is bad (`0`: no), text, `--rate`, `--burst`.
+/// `ARGV[5..11]`: selector, token, whether the text is bad (`0`: no), text, `--rate`, `--burst`,
+/// the request's own word (the same when it is sent again).
 pub(crate) static POST: LazyLock<Script> = LazyLock::new(|| {
     script(
-        "return post(ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]))",
+        "return post(ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10]), \
+         ARGV[11])",
     )
 });
 
-/// `ARGV[5..11]`: selector, token, whether the name is bad, new name, its fold, rate, burst.
+/// `ARGV[5..12]`: selector, token, whether the name is bad, new name, its fold, rate, burst,
+/// the request's own word.
 pub(crate) static RENAME: LazyLock<Script> = LazyLock::new(|| {
     script(
         "return rename(ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10]), \
-         tonumber(ARGV[11]))",
+         tonumber(ARGV[11]), ARGV[12])",
     )
 });
 

@@ -110,6 +110,9 @@ pub(crate) struct SharedChat {
     max_members: usize,
     /// The highest id this node has seen (see [`lua`]'s floor).
     floor: AtomicU64,
+    /// Numbers the posts and renames this node sends: with the node's name, a request's own
+    /// word, by which a script sent again knows it ran already ([`SharedChat::ask`]).
+    requests: AtomicU64,
     /// The reader has filled the mirror once: streams may attach.
     synced: AtomicBool,
     detach_tx: Sender<(u64, u64)>,
@@ -189,6 +192,7 @@ impl SharedChat {
             burst: config.burst,
             max_members: config.max_members,
             floor: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             synced: AtomicBool::new(false),
             detach_tx,
             detach_rx,
@@ -260,8 +264,15 @@ impl SharedChat {
     }
 
     /// Runs a script that answers `{'ok', ...}` or a refusal; the items after `ok`.
+    ///
+    /// Every such script may be sent twice: a pooled connection Redis closed while it was
+    /// idle (`CLIENT KILL`, its `timeout`, a restart) fails the first send, and the link sends
+    /// it again on a new connection (only then: never after a time-out). A script that changes
+    /// the room knows its own second run and answers what the first did (a join by its new
+    /// token, a post or rename by its request word, a leave by a tombstone), so the room
+    /// changes once and a post keeps its one id.
     fn ask(&self, script: &Script, args: &[&str]) -> Result<Vec<Value>, ChatError> {
-        let mut reply = items(self.call(Retry::Never, script, args).map_err(unavailable)?);
+        let mut reply = items(self.call(Retry::Idempotent, script, args).map_err(unavailable)?);
         if reply.is_empty() {
             return Err(ChatError::Unavailable("redis: empty reply".into()));
         }
@@ -272,6 +283,12 @@ impl SharedChat {
         } else {
             Err(refusal(&status, &rest))
         }
+    }
+
+    /// A word no other request of any node has: this node's name and a number.
+    fn request_word(&self) -> String {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.node)
     }
 
     /// A new session `name` (folded `fold`) holding `token`; its join goes into the next
@@ -388,7 +405,7 @@ impl SharedChat {
         let rest = self
             .ask(
                 &lua::POST,
-                &[&sel, token.as_str(), flag, text_, &rate, &burst],
+                &[&sel, token.as_str(), flag, text_, &rate, &burst, &self.request_word()],
             )
             .map_err(|e| match (e, &bad) {
                 (ChatError::InvalidName, Some(why)) => why.clone(),
@@ -413,7 +430,16 @@ impl SharedChat {
         let (rate, burst) = (self.rate.to_string(), self.burst.to_string());
         let rest = self.ask(
             &lua::RENAME,
-            &[&sel, token.as_str(), flag, to, fold, &rate, &burst],
+            &[
+                &sel,
+                token.as_str(),
+                flag,
+                to,
+                fold,
+                &rate,
+                &burst,
+                &self.request_word(),
+            ],
         )?;
         Ok(text(rest.first()))
     }
@@ -481,8 +507,9 @@ impl SharedChat {
     /// The housekeeping tick: expires (with `sweep`) and announces. Returns the sessions in the
     /// room and the names this call expired.
     pub(crate) fn tick(&self, sweep: bool) -> Result<(u64, Vec<String>), RedisError> {
+        // Twice is harmless: a second run claims nothing the first did, and finds nothing noted.
         let reply = items(self.call(
-            Retry::Never,
+            Retry::Idempotent,
             &lua::TICK,
             &[if sweep { "1" } else { "0" }],
         )?);
