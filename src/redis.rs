@@ -227,16 +227,18 @@ impl Link {
     /// also while backing off), with `read_timeout` as its read time-out instead of
     /// `--redis-timeout` (a blocking read waits longer by design). The same bookkeeping as
     /// [`Link::run`]: health, back-off, log lines, figures; a connection that failed is dropped
-    /// (`con` is `None` afterwards). `call` must be one that may run twice: as in
-    /// [`Link::run`], a call that failed because the connection was dead before it (Redis
-    /// closed it: `CLIENT KILL`, a restart) is sent once more on a new connection, so a dropped
-    /// connection is not taken for Redis being down (which would refuse everyone's calls for
-    /// the back-off).
+    /// (`con` is `None` afterwards).
+    ///
+    /// A connection that was open before and turns out dropped (Redis closed it: `CLIENT
+    /// KILL`, its `timeout`, a restart) is not taken for Redis being down, which would refuse
+    /// every caller for the back-off: it is dropped, its failure returned, and the caller's
+    /// next call opens a new one (the caller sees `con` is `None`, and may check what it must
+    /// on a new connection first).
     pub(crate) fn run_own<T>(
         &self,
         con: &mut Option<Connection>,
         read_timeout: Duration,
-        mut call: impl FnMut(&mut Connection) -> RedisResult<T>,
+        call: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, RedisError> {
         let had = con.is_some();
         if con.is_none() {
@@ -245,13 +247,14 @@ impl Link {
         let Some(c) = con.as_mut() else {
             return Err(RedisError::Unavailable("no connection".into()));
         };
-        let mut result = call(c);
+        let result = call(c);
         if let Err(e) = &result {
             if had && e.is_connection_dropped() {
                 *con = None;
-                let fresh = con.insert(self.open_own(read_timeout)?);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                // The next call opens the new connection: counted as opened after a failure.
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
-                result = call(fresh);
+                return Err(RedisError::Unavailable(describe(e)));
             }
         }
         match result {
