@@ -80,6 +80,18 @@ fn post(addr: SocketAddr, token: &str, text: &str) -> u64 {
     r.json()["id"].as_u64().unwrap()
 }
 
+/// `text` percent-encoded for a query string (every byte but unreserved ASCII).
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// One event as a member saw it.
 #[derive(Debug, Clone, PartialEq)]
 struct Ev {
@@ -162,6 +174,18 @@ impl Stream {
             out.push(m);
             if done {
                 return out;
+            }
+        }
+    }
+
+    /// Reads `presence` events until every one of `names` has joined (several joins may share
+    /// one event, in any order).
+    fn joins_of(&mut self, names: &[&String]) {
+        let mut seen: Vec<String> = Vec::new();
+        while !names.iter().all(|n| seen.contains(n)) {
+            let ev = self.next_of("presence");
+            for j in ev.data["joined"].as_array().unwrap() {
+                seen.push(j.as_str().unwrap().to_string());
             }
         }
     }
@@ -265,7 +289,7 @@ fn names_are_unique_across_nodes_case_folded_also_when_asked_at_once() {
         assert_eq!(got, [201, 409], "round {round}: {name} / {other}");
         // Afterwards on either node, and through a stream join too.
         assert_eq!(call(a.addr, "POST", "/chat/join", None, &other).status, 409);
-        let sse = b.sse(&format!("/chat/stream?name={}", name.to_lowercase()));
+        let sse = b.sse(&format!("/chat/stream?name={}", percent(&name.to_lowercase())));
         assert_eq!(sse.status, 409);
     }
     // A rename to a name taken on the other node is refused too; a free one is taken.
@@ -334,11 +358,8 @@ fn three_nodes_one_member_each_and_every_member_sees_the_same_order() {
         .map(|i| Stream::open(nodes[i].addr, &tokens[i], None))
         .collect();
     for (i, s) in streams.iter_mut().enumerate() {
-        for n in &names {
-            if *n != names[i] {
-                s.presence_of(n, true);
-            }
-        }
+        let others: Vec<&String> = names.iter().filter(|n| **n != names[i]).collect();
+        s.joins_of(&others);
     }
     // Every member posts 30, on its own node, all at once; then an end marker from member 0.
     let posters: Vec<_> = (0..3)
