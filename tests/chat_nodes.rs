@@ -656,14 +656,25 @@ fn a_frozen_redis_answers_503_within_the_timeout_streams_stay_and_nothing_accept
 #[ignore = "needs redis-server: make unit runs it where installed (docs/testing.md)"]
 fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
     let redis = need_redis("a_member_whose_node_is_killed");
-    let fast = ["--rate", "1000", "--burst", "1000", "--heartbeat", "1s"];
+    // A short grace, so that the session left behind on the dead node expires within the test
+    // (its lease: the grace and two renewal periods of a second).
+    let fast = [
+        "--rate", "1000", "--burst", "1000", "--heartbeat", "1s", "--grace", "2s",
+    ];
     let (mut a_child, a, a_run) = node_bin(&redis, &fast);
     let (_b_child, b, _b_run) = node_bin(&redis, &fast);
-    let (m, p) = (unique("mover"), unique("poster"));
+    let (m, p, left) = (unique("mover"), unique("poster"), unique("leftbehind"));
     let tm = join(b, &m);
     let tp = join(b, &p);
+    let tl = join(b, &left);
+    // The poster streams on B (a session without a stream would expire while it posts).
+    let mut sp = Stream::open(b, &tp, None);
+    sp.next_of("welcome");
+    // Another member streams on A and never comes back after A dies.
+    let mut sl = Stream::open(a, &tl, None);
+    sl.next_of("welcome");
     let mut sm = Stream::open(a, &tm, None);
-    sm.presence_of(&p, true);
+    sm.joins_of(&[&p, &left]);
     // The poster keeps posting on node B while the member's node A dies.
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
@@ -709,8 +720,32 @@ fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
     assert_eq!(w.data["name"], m.as_str());
     stop.store(true, Ordering::Release);
     let last = poster.join().unwrap();
-    for (id, from, text) in again.messages_until(&last) {
-        got.push((id, from, text));
+    // The messages (and, maybe among them already, the leave of the member left behind).
+    let mut left_reasons: Vec<String> = Vec::new();
+    let leaves_of = |ev: &Ev, out: &mut Vec<String>| {
+        for l in ev.data["left"].as_array().unwrap() {
+            if l["name"] == left.as_str() {
+                out.push(l["reason"].as_str().unwrap().to_string());
+            }
+        }
+    };
+    loop {
+        let ev = again.next().expect("the stream on B stays open");
+        match ev.event.as_str() {
+            "presence" => leaves_of(&ev, &mut left_reasons),
+            "message" => {
+                let text = ev.data["text"].as_str().unwrap().to_string();
+                got.push((
+                    ev.data["id"].as_u64().unwrap(),
+                    ev.data["from"].as_str().unwrap().to_string(),
+                    text.clone(),
+                ));
+                if text == last {
+                    break;
+                }
+            }
+            _ => {}
+        }
     }
     let want: Vec<(u64, String, String)> = sent
         .lock()
@@ -719,6 +754,38 @@ fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
         .map(|(id, t)| (*id, p.clone(), t.clone()))
         .collect();
     assert_eq!(got, want, "every message once, in order, across the node's death");
+    // The member left behind on the dead node: no goodbye reached Redis, its lease runs out
+    // and a live node claims it, once, as a timeout.
+    drop(sl);
+    let deadline = Instant::now() + PATIENCE;
+    while left_reasons.is_empty() {
+        assert!(Instant::now() < deadline, "no leave for the member left on the dead node");
+        let ev = again.next().expect("open");
+        if ev.event == "presence" {
+            leaves_of(&ev, &mut left_reasons);
+        }
+    }
+    assert_eq!(left_reasons, vec!["timeout".to_string()]);
+    // Nobody announces it again: a marker posted after a few more keeper ticks comes after
+    // no second leave.
+    std::thread::sleep(Duration::from_secs(1));
+    let marker = post(b, &tp, "marker");
+    loop {
+        let ev = again.next().expect("open");
+        if ev.event == "presence" {
+            leaves_of(&ev, &mut left_reasons);
+        }
+        if ev.id == Some(marker) {
+            break;
+        }
+    }
+    assert_eq!(left_reasons, vec!["timeout".to_string()], "one leave");
+    assert_eq!(
+        call(b, "POST", "/chat/messages", Some(&tl), "x").status,
+        401,
+        "its session is gone"
+    );
+    assert_eq!(call(b, "POST", "/chat/messages", Some(&tm), "still here").status, 202);
 }
 
 #[test]
