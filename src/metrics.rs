@@ -51,7 +51,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 12] = [
+pub(crate) const REJECT_REASONS: [&str; 13] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -64,6 +64,7 @@ pub(crate) const REJECT_REASONS: [&str; 12] = [
     "room-full",
     "shutting-down",
     "store-unavailable",
+    "chat-unavailable",
 ];
 
 /// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of

@@ -232,7 +232,10 @@ fn a_member_joined_on_node_a_streams_on_node_b_and_both_rooms_are_one() {
     let tb = join(b.addr, &bob);
     let id = post(a.addr, &tb, "hello across nodes");
     let got = sa.messages_until("hello across nodes");
-    assert_eq!(got, vec![(id, bob.clone(), "hello across nodes".to_string())]);
+    assert_eq!(
+        got,
+        vec![(id, bob.clone(), "hello across nodes".to_string())]
+    );
     // GET /chat/users on either node is the whole room.
     for node in [&a, &b] {
         let users = node.request("GET", "/chat/users", None).json();
@@ -242,7 +245,10 @@ fn a_member_joined_on_node_a_streams_on_node_b_and_both_rooms_are_one() {
             .iter()
             .map(|n| n.as_str().unwrap())
             .collect();
-        assert!(names.contains(&alice.as_str()) && names.contains(&bob.as_str()), "{users}");
+        assert!(
+            names.contains(&alice.as_str()) && names.contains(&bob.as_str()),
+            "{users}"
+        );
         assert_eq!(users["count"], 2);
         assert!(users["last_id"].as_u64().unwrap() >= id);
     }
@@ -289,7 +295,10 @@ fn names_are_unique_across_nodes_case_folded_also_when_asked_at_once() {
         assert_eq!(got, [201, 409], "round {round}: {name} / {other}");
         // Afterwards on either node, and through a stream join too.
         assert_eq!(call(a.addr, "POST", "/chat/join", None, &other).status, 409);
-        let sse = b.sse(&format!("/chat/stream?name={}", percent(&name.to_lowercase())));
+        let sse = b.sse(&format!(
+            "/chat/stream?name={}",
+            percent(&name.to_lowercase())
+        ));
         assert_eq!(sse.status, 409);
     }
     // A rename to a name taken on the other node is refused too; a free one is taken.
@@ -400,7 +409,11 @@ fn three_nodes_one_member_each_and_every_member_sees_the_same_order() {
             "member {i}: ids in one increasing order: {ids:?}"
         );
         let messages = view.iter().filter(|(_, d)| d.contains("\"text\"")).count();
-        assert_eq!(messages, 60 + 1, "member {i}: the others' 60 and one end marker");
+        assert_eq!(
+            messages,
+            60 + 1,
+            "member {i}: the others' 60 and one end marker"
+        );
     }
     // The same id is the same event everywhere (the order is the ids' order).
     let mut by_id: HashMap<u64, &str> = HashMap::new();
@@ -542,7 +555,10 @@ fn grace_expiry_with_three_nodes_running_gives_exactly_one_leave() {
         .sum();
     assert_eq!(claimed, gone.len() as f64);
     // And the names are free again.
-    assert_eq!(call(nodes[2].addr, "POST", "/chat/join", None, &gone[0]).status, 201);
+    assert_eq!(
+        call(nodes[2].addr, "POST", "/chat/join", None, &gone[0]).status,
+        201
+    );
 }
 
 #[test]
@@ -568,12 +584,18 @@ fn a_frozen_redis_answers_503_within_the_timeout_streams_stay_and_nothing_accept
         (r, t0.elapsed())
     };
     for (what, (r, took)) in [
-        ("post", timed(b.addr, "/chat/messages", Some(&tb), "while frozen")),
+        (
+            "post",
+            timed(b.addr, "/chat/messages", Some(&tb), "while frozen"),
+        ),
         ("join", timed(a.addr, "/chat/join", None, &unique("late"))),
     ] {
         assert_eq!(r.status, 503, "{what}: {}", r.body);
         assert!(
-            r.json()["error"].as_str().unwrap().starts_with("chat unavailable: redis: "),
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("chat unavailable: redis: "),
             "{what}: {}",
             r.body
         );
@@ -588,7 +610,10 @@ fn a_frozen_redis_answers_503_within_the_timeout_streams_stay_and_nothing_accept
         });
         assert_eq!(health.json()["status"], "degraded");
         assert!(
-            health.json()["reason"].as_str().unwrap().starts_with("redis: "),
+            health.json()["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("redis: "),
             "{}",
             health.body
         );
@@ -642,7 +667,11 @@ fn a_frozen_redis_answers_503_within_the_timeout_streams_stay_and_nothing_accept
     let ids: Vec<u64> = got.iter().map(|m| m.0).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     for id in &accepted {
-        assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} in {got:?}");
+        assert_eq!(
+            ids.iter().filter(|i| *i == id).count(),
+            1,
+            "{id} in {got:?}"
+        );
     }
     for m in &got {
         assert!(
@@ -659,7 +688,14 @@ fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
     // A short grace, so that the session left behind on the dead node expires within the test
     // (its lease: the grace and two renewal periods of a second).
     let fast = [
-        "--rate", "1000", "--burst", "1000", "--heartbeat", "1s", "--grace", "2s",
+        "--rate",
+        "1000",
+        "--burst",
+        "1000",
+        "--heartbeat",
+        "1s",
+        "--grace",
+        "2s",
     ];
     let (mut a_child, a, a_run) = node_bin(&redis, &fast);
     let (_b_child, b, _b_run) = node_bin(&redis, &fast);
@@ -753,13 +789,19 @@ fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
         .iter()
         .map(|(id, t)| (*id, p.clone(), t.clone()))
         .collect();
-    assert_eq!(got, want, "every message once, in order, across the node's death");
+    assert_eq!(
+        got, want,
+        "every message once, in order, across the node's death"
+    );
     // The member left behind on the dead node: no goodbye reached Redis, its lease runs out
     // and a live node claims it, once, as a timeout.
     drop(sl);
     let deadline = Instant::now() + PATIENCE;
     while left_reasons.is_empty() {
-        assert!(Instant::now() < deadline, "no leave for the member left on the dead node");
+        assert!(
+            Instant::now() < deadline,
+            "no leave for the member left on the dead node"
+        );
         let ev = again.next().expect("open");
         if ev.event == "presence" {
             leaves_of(&ev, &mut left_reasons);
@@ -785,7 +827,10 @@ fn a_member_whose_node_is_killed_resumes_on_another_node_and_misses_nothing() {
         401,
         "its session is gone"
     );
-    assert_eq!(call(b, "POST", "/chat/messages", Some(&tm), "still here").status, 202);
+    assert_eq!(
+        call(b, "POST", "/chat/messages", Some(&tm), "still here").status,
+        202
+    );
 }
 
 #[test]
@@ -833,7 +878,10 @@ fn presence_renames_and_leaves_cross_nodes_and_a_stream_closes_wherever_it_runs(
         .clone();
     assert_eq!(entry["reason"], "left");
     // The token is no good anywhere now.
-    assert_eq!(call(b.addr, "POST", "/chat/messages", Some(&tp), "x").status, 401);
+    assert_eq!(
+        call(b.addr, "POST", "/chat/messages", Some(&tp), "x").status,
+        401
+    );
     // The rate limit is the session's wherever it posts.
     let slow = chat_node(&redis, |c| {
         c.rate = 1.0;
@@ -844,8 +892,14 @@ fn presence_renames_and_leaves_cross_nodes_and_a_stream_closes_wherever_it_runs(
         c.burst = 2.0;
     });
     let ts = join(slow.addr, &unique("slowpoke"));
-    assert_eq!(call(slow.addr, "POST", "/chat/messages", Some(&ts), "1").status, 202);
-    assert_eq!(call(slow2.addr, "POST", "/chat/messages", Some(&ts), "2").status, 202);
+    assert_eq!(
+        call(slow.addr, "POST", "/chat/messages", Some(&ts), "1").status,
+        202
+    );
+    assert_eq!(
+        call(slow2.addr, "POST", "/chat/messages", Some(&ts), "2").status,
+        202
+    );
     let r = call(slow2.addr, "POST", "/chat/messages", Some(&ts), "3");
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.retry_after.is_some());
@@ -863,7 +917,8 @@ fn a_reader_whose_connection_is_killed_catches_up_by_id_and_an_old_id_gets_reset
     let (ta, tb) = (join(a.addr, &na), join(b.addr, &nb));
     let mut sa = Stream::open(a.addr, &ta, None);
     sa.presence_of(&nb, true);
-    let before = b.metric("syncast_redis_reconnects_total") + a.metric("syncast_redis_reconnects_total");
+    let before =
+        b.metric("syncast_redis_reconnects_total") + a.metric("syncast_redis_reconnects_total");
     let mut sent = Vec::new();
     for k in 0..20 {
         sent.push(post(b.addr, &tb, &format!("k{k}")));
@@ -881,8 +936,8 @@ fn a_reader_whose_connection_is_killed_catches_up_by_id_and_an_old_id_gets_reset
     let got = sa.messages_until("k19");
     assert_eq!(got.iter().map(|m| m.0).collect::<Vec<_>>(), sent);
     wait_for("the readers reconnected", || {
-        let now = b.metric("syncast_redis_reconnects_total")
-            + a.metric("syncast_redis_reconnects_total");
+        let now =
+            b.metric("syncast_redis_reconnects_total") + a.metric("syncast_redis_reconnects_total");
         (now > before).then_some(())
     });
     // A resume from an id older than the kept history (50): reset, then what is kept.
@@ -897,7 +952,11 @@ fn a_reader_whose_connection_is_killed_catches_up_by_id_and_an_old_id_gets_reset
     let oldest = reset.data["oldest"].as_u64().unwrap();
     assert!(oldest > sent[0] + 1, "{}", reset.data);
     let first = sc.next().unwrap();
-    assert_eq!(first.id, Some(oldest), "then everything kept, from the oldest: {first:?}");
+    assert_eq!(
+        first.id,
+        Some(oldest),
+        "then everything kept, from the oldest: {first:?}"
+    );
 }
 
 #[test]
@@ -1008,7 +1067,9 @@ fn a_node_shuts_down_promptly_joining_its_reader_and_keeper_even_with_redis_froz
         }
         let server = a.server.take().unwrap();
         let started = Instant::now();
-        let done = server.shutdown_until(&mut || false).expect("not interrupted");
+        let done = server
+            .shutdown_until(&mut || false)
+            .expect("not interrupted");
         assert_eq!(done.still_running, 0, "frozen={frozen}: {done:?}");
         // dispatcher, refresher, chat-reader, chat-keeper, the stream (and the watcher).
         assert!(done.joined >= 5, "frozen={frozen}: {done:?}");

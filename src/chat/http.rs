@@ -56,7 +56,11 @@ impl ChatService {
     /// Runs `handler` where the room's calls may run: with the local room inline on the
     /// dispatcher when the body is buffered ([`Admission::run_request`]); with the chat on Redis
     /// always on a request thread (each call waits for Redis).
-    fn run(self: &Arc<Self>, request: Request, handler: impl FnOnce(&mut Request) -> Reply + Send + 'static) {
+    fn run(
+        self: &Arc<Self>,
+        request: Request,
+        handler: impl FnOnce(&mut Request) -> Reply + Send + 'static,
+    ) {
         if self.room.shared().is_some() {
             self.admit.spawn_request(request, handler);
         } else {
@@ -127,17 +131,15 @@ pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<
         request,
         move |rq| {
             let expect = grant.expect.as_ref().map(|(name, _)| name.as_str());
-            stream::prepare(&streams, &member, last, expect).map_err(|e| {
-                match (e, &grant.expect) {
-                    (ChatError::NotYourName, Some((_, sub))) => {
-                        let denied = Denied::Forbidden {
-                            lacks: NOT_YOUR_NAME,
-                            sub: sub.clone(),
-                        };
-                        Unprepared::Reply(auth::refusal(&metrics, rq, &denied))
-                    }
-                    (e, _) => stream::refusal(&metrics, &e),
+            stream::prepare(&streams, &member, last, expect).map_err(|e| match (e, &grant.expect) {
+                (ChatError::NotYourName, Some((_, sub))) => {
+                    let denied = Denied::Forbidden {
+                        lacks: NOT_YOUR_NAME,
+                        sub: sub.clone(),
+                    };
+                    Unprepared::Reply(auth::refusal(&metrics, rq, &denied))
                 }
+                (e, _) => stream::refusal(&metrics, &e),
             })
         },
         move |rq, prepared, slot, conn| stream::serve(cx, rq, prepared, conn, slot, expires),

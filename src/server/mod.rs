@@ -339,12 +339,14 @@ impl Server {
                     )
                 });
         }
-        let spawned = spawned.and_then(|_| threads.spawn(
-            Role::Dispatcher,
-            "dispatcher".into(),
-            SERVICE_STACK,
-            move || dispatcher.run(Supervisor::new(local, panics_at_start)),
-        ));
+        let spawned = spawned.and_then(|_| {
+            threads.spawn(
+                Role::Dispatcher,
+                "dispatcher".into(),
+                SERVICE_STACK,
+                move || dispatcher.run(Supervisor::new(local, panics_at_start)),
+            )
+        });
         if let Err(e) = spawned {
             // The refresher (and the chat's reader and keeper) run already: stop them and join
             // them, so a failed start leaves no thread behind.

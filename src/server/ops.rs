@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::admit::Admission;
-use crate::chat::shared::SharedChat;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
+use crate::chat::shared::SharedChat;
 use crate::http::response::{self, Reply};
 use crate::metrics::{Format, Gauges, Metrics};
 use crate::redis::Link;

@@ -3,9 +3,9 @@
 //! stream, attaches it to the node's mirror under the lock. And what the node's reader and
 //! keeper ask of the room.
 
+use super::state::WELCOME_NAMES;
 use super::state::{fold, Applied};
 use super::types::check_text;
-use super::state::WELCOME_NAMES;
 use super::{new_token, Attached, ChatError, Joined, Room};
 use crate::chat::session::Token;
 use crate::chat::shared::entry::{Entry, EntryId};
@@ -69,10 +69,13 @@ impl Room {
         ready(sh)?;
         let serial = self.inner.lock().reserve_serial();
         let r = sh.attach(token, serial, WELCOME_NAMES, expect)?;
-        Ok(self
-            .inner
-            .lock()
-            .attach_mirrored(token.selector(), token.clone(), serial, &r, last_event_id))
+        Ok(self.inner.lock().attach_mirrored(
+            token.selector(),
+            token.clone(),
+            serial,
+            &r,
+            last_event_id,
+        ))
     }
 
     /// Like [`Room::attach`], and the session's name must be `expect` (auth on: the token's

@@ -210,7 +210,13 @@ impl Inner {
     /// mirror through here too), and every encoding of it is made here, once. Keeps it and
     /// queues it for every attached member except its sender `from`; members too far behind are
     /// cut off as slow. `id` must be `last_id + 1` (the history's ids are consecutive).
-    pub(crate) fn append(&mut self, id: u64, kind: &str, data: serde_json::Value, from: Option<u64>) {
+    pub(crate) fn append(
+        &mut self,
+        id: u64,
+        kind: &str,
+        data: serde_json::Value,
+        from: Option<u64>,
+    ) {
         debug_assert_eq!(id, self.last_id + 1, "consecutive ids");
         self.last_id = id;
         let mut data = data;

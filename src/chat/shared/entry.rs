@@ -256,11 +256,17 @@ mod tests {
                 id: 8,
                 event: Event::Presence {
                     joined: vec!["bob".into(), "carol".into()],
-                    left: vec![("dave".into(), "left".into()), ("eve".into(), "timeout".into())],
+                    left: vec![
+                        ("dave".into(), "left".into()),
+                        ("eve".into(), "timeout".into())
+                    ],
                 }
             }
         );
-        let empty = entry("9-0", &[("k", "presence"), ("j", "x"), ("l", ""), ("r", "")]);
+        let empty = entry(
+            "9-0",
+            &[("k", "presence"), ("j", "x"), ("l", ""), ("r", "")],
+        );
         assert_eq!(
             decode(&empty).unwrap().1,
             Entry::Event {
@@ -295,7 +301,10 @@ mod tests {
                 }
             ))
         );
-        assert_eq!(decode(&entry("3-1", &[("k", "later")])).unwrap().1, Entry::Other);
+        assert_eq!(
+            decode(&entry("3-1", &[("k", "later")])).unwrap().1,
+            Entry::Other
+        );
         assert_eq!(
             decode(&entry("4-0", &[("k", "later")])).unwrap().1,
             Entry::Event {
@@ -308,7 +317,10 @@ mod tests {
 
     #[test]
     fn xread_and_xrange_replies_list_their_entries() {
-        let one = entry("1-0", &[("k", "rename"), ("s", "01"), ("a", "x"), ("b", "y")]);
+        let one = entry(
+            "1-0",
+            &[("k", "rename"), ("s", "01"), ("a", "x"), ("b", "y")],
+        );
         let xread = Value::Array(vec![Value::Array(vec![
             b("syncast:chat:events"),
             Value::Array(vec![one.clone()]),
@@ -317,10 +329,7 @@ mod tests {
         assert_eq!(entries(&Value::Nil, true), Some(vec![]));
         assert_eq!(entries(&Value::Array(vec![one]), false).unwrap().len(), 1);
         assert_eq!(entries(&b("x"), false), None);
-        assert_eq!(
-            EntryId::parse("12-3"),
-            Some(EntryId { id: 12, sub: 3 })
-        );
+        assert_eq!(EntryId::parse("12-3"), Some(EntryId { id: 12, sub: 3 }));
         assert_eq!(EntryId { id: 5, sub: 0 }.to_string(), "5-0");
         assert_eq!(hex_of(255), "00000000000000ff");
         assert_eq!(key_of(&hex_of(u64::MAX)), Some(u64::MAX));

@@ -90,7 +90,9 @@ impl Keeper {
                 Err(_) => ok = false,
             }
         }
-        let sweep = ok && r.up_since.is_some_and(|t| t.elapsed() >= 2 * sh.renew_every);
+        let sweep = ok
+            && r.up_since
+                .is_some_and(|t| t.elapsed() >= 2 * sh.renew_every);
         if ok {
             match sh.tick(sweep) {
                 Ok((members, expired)) => {

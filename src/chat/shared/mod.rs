@@ -209,7 +209,9 @@ impl SharedChat {
     /// `None` while the room can be used; otherwise why not, as `/healthz` shows it (Redis
     /// unavailable: the link's reason; or the reader's).
     pub(crate) fn health(&self) -> Option<String> {
-        self.link.health().or_else(|| self.reader_error.lock().clone())
+        self.link
+            .health()
+            .or_else(|| self.reader_error.lock().clone())
     }
 
     pub(crate) fn set_reader_error(&self, e: Option<String>) {
@@ -272,7 +274,10 @@ impl SharedChat {
     /// token, a post or rename by its request word, a leave by a tombstone), so the room
     /// changes once and a post keeps its one id.
     fn ask(&self, script: &Script, args: &[&str]) -> Result<Vec<Value>, ChatError> {
-        let mut reply = items(self.call(Retry::Idempotent, script, args).map_err(unavailable)?);
+        let mut reply = items(
+            self.call(Retry::Idempotent, script, args)
+                .map_err(unavailable)?,
+        );
         if reply.is_empty() {
             return Err(ChatError::Unavailable("redis: empty reply".into()));
         }
@@ -405,7 +410,15 @@ impl SharedChat {
         let rest = self
             .ask(
                 &lua::POST,
-                &[&sel, token.as_str(), flag, text_, &rate, &burst, &self.request_word()],
+                &[
+                    &sel,
+                    token.as_str(),
+                    flag,
+                    text_,
+                    &rate,
+                    &burst,
+                    &self.request_word(),
+                ],
             )
             .map_err(|e| match (e, &bad) {
                 (ChatError::InvalidName, Some(why)) => why.clone(),
@@ -536,7 +549,8 @@ mod tests {
 
     #[test]
     fn the_lease_outlasts_two_missed_renewals_and_renewals_are_at_least_a_tick_apart() {
-        let link = Arc::new(Link::new("redis://127.0.0.1:1/0", "p:", Duration::from_millis(100)).unwrap());
+        let link =
+            Arc::new(Link::new("redis://127.0.0.1:1/0", "p:", Duration::from_millis(100)).unwrap());
         let c = Config {
             grace: Duration::from_millis(1),
             ..Config::default()

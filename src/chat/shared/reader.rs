@@ -175,8 +175,9 @@ impl Reader {
                     .arg(PAGE)
                     .query::<Value>(c)
             })?;
-            let batch = entries(&reply, false)
-                .ok_or_else(|| RedisError::Reply("XRANGE: a reply of an unexpected shape".into()))?;
+            let batch = entries(&reply, false).ok_or_else(|| {
+                RedisError::Reply("XRANGE: a reply of an unexpected shape".into())
+            })?;
             if !started {
                 // After the event before the first one kept (a node with a smaller --history
                 // may have trimmed more), or after the last id if nothing is kept.

@@ -107,7 +107,11 @@ impl Inner {
     /// After a stream of session `key` ended: forgets the session here if no stream of it is
     /// left on this node (Redis keeps it for its grace).
     pub(crate) fn forget_unattached(&mut self, key: u64) {
-        if self.sessions.get(&key).is_some_and(|s| s.attached.is_none()) {
+        if self
+            .sessions
+            .get(&key)
+            .is_some_and(|s| s.attached.is_none())
+        {
             self.sessions.remove(&key);
         }
     }
