@@ -172,11 +172,8 @@ pub(crate) fn entries(reply: &Value, xread: bool) -> Option<Vec<(EntryId, Entry)
             Value::Nil => return Some(Vec::new()),
             Value::Array(streams) => match streams.as_slice() {
                 [] => return Some(Vec::new()),
-                [stream] => match stream {
-                    Value::Array(kv) => match kv.as_slice() {
-                        [_name, Value::Array(list)] => list,
-                        _ => return None,
-                    },
+                [Value::Array(kv)] => match kv.as_slice() {
+                    [_name, Value::Array(list)] => list,
                     _ => return None,
                 },
                 _ => return None,
