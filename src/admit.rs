@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use tiny_http::Request;
 
 use crate::config::Config;
+use crate::http::body::{self, Bodies};
 use crate::http::pipeline::{self, Pipelines, Serving};
-use crate::http::response::{self, Cors, Reply};
+use crate::http::response::{self, bad_request, Cors, Reply};
 use crate::http::socket;
 use crate::http::sse;
 use crate::http::sweep::ConnTable;
@@ -136,6 +137,8 @@ pub(crate) struct Admission {
     stream_stack: usize,
     body_timeout: Duration,
     cors: Cors,
+    /// Where every reply goes out, and bodies left unread are disposed of.
+    bodies: Arc<Bodies>,
     metrics: Arc<Metrics>,
     threads: Threads,
     /// The connections: a stream refusal finds its socket here.
@@ -161,7 +164,9 @@ pub(crate) struct StreamSlot {
     admit: Arc<Admission>,
     key: u64,
     closed: Receiver<()>,
-    /// The stream's connection (requests pipelined behind the stream are held until it ends).
+    /// The stream's connection: claimed as a stream's from the moment the dispatcher routed its
+    /// request, so requests tiny_http parses behind it are discarded or held unanswered until
+    /// it ends (see `ConnTable::admit` and [`crate::http::pipeline`]).
     peer: Option<SocketAddr>,
 }
 
@@ -188,6 +193,9 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.admit.closers.lock().open.remove(&self.key);
         self.admit.streams.fetch_sub(1, Ordering::AcqRel);
+        if let Some(peer) = self.peer {
+            self.admit.bodies.stream_released(peer);
+        }
         self.admit.pipelines.end_stream(self.peer);
     }
 }
@@ -227,12 +235,14 @@ impl Drop for RequestSlot {
 }
 
 impl Admission {
-    /// Admission under `config`'s caps; threads are spawned in `threads`.
+    /// Admission under `config`'s caps; threads are spawned in `threads`, replies go out through
+    /// `bodies`.
     pub(crate) fn new(
         config: &Config,
         metrics: Arc<Metrics>,
         threads: Threads,
         conns: Arc<ConnTable>,
+        bodies: Arc<Bodies>,
     ) -> Arc<Admission> {
         // Seeded apart per process and start, so two servers restarted together do not send
         // their crowds back in step.
@@ -246,6 +256,7 @@ impl Admission {
             stream_stack: config.stream_stack,
             body_timeout: config.body_timeout,
             cors: Cors::new(config.cors_origin.clone()),
+            bodies,
             metrics,
             threads,
             pipelines: Pipelines::new(conns.clone()),
@@ -303,6 +314,11 @@ impl Admission {
             .ok()?;
         let (key, closed) = self.closers.lock().open();
         self.pipelines.begin_stream(peer);
+        if let Some(peer) = peer {
+            // Claimed now, on the dispatcher: a request tiny_http parses behind this one is
+            // discarded from here on, even before the stream's thread runs.
+            self.conns.stream_started(peer);
+        }
         Some(StreamSlot {
             admit: self.clone(),
             key,
@@ -326,13 +342,14 @@ impl Admission {
         self.closers.lock().shut();
     }
 
-    /// Sends `reply` for `request` (with the CORS headers, when configured). A write that
-    /// stays blocked past [`REPLY_WRITE_TIMEOUT`] (a client that sends requests and reads no
+    /// Sends `reply` for `request` (with the CORS headers, when configured), closing the
+    /// connection when the request's body was left unread (see [`Bodies::respond`]). A write
+    /// that stays blocked past [`REPLY_WRITE_TIMEOUT`] (a client that sends requests and reads no
     /// answer, so its socket buffers are full) fails, and the connection is shut: whatever else
     /// it pipelined then fails at once instead of blocking the dispatcher again.
     pub(crate) fn respond(&self, request: Request, reply: Reply) {
         let peer = request.remote_addr().copied();
-        let Err(e) = self.cors.respond(request, reply) else {
+        let Err(e) = self.bodies.respond(request, self.cors.apply(reply)) else {
             return;
         };
         let blocked = matches!(
@@ -344,6 +361,12 @@ impl Admission {
             self.metrics.write_timeouts.inc();
             self.pipelines.shut(peer);
         }
+    }
+
+    /// Request bodies: read them with `http::request::read_body(admit.bodies(), ..)`, so that one
+    /// read to its end keeps its connection open.
+    pub(crate) fn bodies(&self) -> &Bodies {
+        &self.bodies
     }
 
     /// Counts a refusal (once per refusal, however many requests it turns away).
@@ -359,6 +382,12 @@ impl Admission {
     where
         F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
+        if body::location(&request) == body::Location::OnSocket {
+            // A stream never reads a body, and one left on the socket would close it anyway.
+            let reply = bad_request(&self.metrics, "a stream request carries no body");
+            self.respond(request, reply);
+            return;
+        }
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
         let peer = request.remote_addr().copied();
@@ -432,6 +461,12 @@ impl Admission {
         G: FnOnce(&Request) -> Result<P, Unprepared>,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
+        if body::location(&request) == body::Location::OnSocket {
+            // As in spawn_stream: a stream never reads a body.
+            let reply = bad_request(&self.metrics, "a stream request carries no body");
+            self.respond(request, reply);
+            return;
+        }
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
         let peer = request.remote_addr().copied();
@@ -477,6 +512,12 @@ impl Admission {
         G: FnOnce(&Request) -> Result<P, Unprepared> + Send + 'static,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
+        if body::location(&request) == body::Location::OnSocket {
+            // As in spawn_stream: a stream never reads a body.
+            let reply = bad_request(&self.metrics, "a stream request carries no body");
+            self.respond(request, reply);
+            return;
+        }
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
         let peer = request.remote_addr().copied();
@@ -620,7 +661,7 @@ impl Admission {
         F: FnOnce(&mut Request) -> Reply,
     {
         let watch = match request.remote_addr() {
-            Some(peer) if body_on_socket(request) => Some(BodyWatch {
+            Some(peer) if body::location(request) == body::Location::OnSocket => Some(BodyWatch {
                 conns: &self.conns,
                 peer: *peer,
                 cut: self
@@ -629,6 +670,8 @@ impl Admission {
             }),
             _ => None,
         };
+        // A handler that panics leaves no mark of a body read to its end (http::body).
+        let _read = self.bodies.guard(request);
         let reply = handler(request);
         match watch {
             Some(w) if w.cut.load(Ordering::Acquire) => {
@@ -684,18 +727,6 @@ impl Admission {
     }
 }
 
-/// Whether reading `request`'s body means reading the socket: more than the 1 KiB tiny_http
-/// reads itself, chunked, or held back by `Expect: 100-continue` (src/request.rs,
-/// `new_request`).
-fn body_on_socket(request: &Request) -> bool {
-    let header = |name: &'static str| request.headers().iter().any(|h| h.field.equiv(name));
-    match request.body_length() {
-        Some(0) => false,
-        Some(n) => n > 1024 || header("Expect"),
-        None => header("Transfer-Encoding"),
-    }
-}
-
 /// A body being read under `--body-timeout`; unregistered from the sweep when dropped.
 struct BodyWatch<'a> {
     conns: &'a ConnTable,
@@ -748,7 +779,8 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let threads = Threads::new();
         let conns = Arc::new(ConnTable::new(config.listen));
-        let admit = Admission::new(config, metrics.clone(), threads.clone(), conns);
+        let bodies = Arc::new(Bodies::new(conns.clone(), None, metrics.clone()));
+        let admit = Admission::new(config, metrics.clone(), threads.clone(), conns, bodies);
         (admit, metrics, threads)
     }
 

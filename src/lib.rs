@@ -17,6 +17,7 @@
 
 mod admit;
 mod alarm;
+pub mod alloc;
 mod auth;
 mod chat;
 pub mod cli;

@@ -13,6 +13,10 @@ use signal_hook::iterator::Signals;
 use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
 use syncast::cli::{self, Command};
 
+// A hostile request's declared body must not be able to abort the process: see syncast::alloc.
+#[global_allocator]
+static ALLOC: syncast::alloc::LazyHuge = syncast::alloc::LazyHuge;
+
 /// The `--log-file` the logger writes to, reopened in place on SIGHUP.
 ///
 /// The logger owns the open file; this keeps its path and its descriptor number. Reopening

@@ -51,7 +51,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 13] = [
+pub(crate) const REJECT_REASONS: [&str; 14] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -62,6 +62,7 @@ pub(crate) const REJECT_REASONS: [&str; 13] = [
     "rate-limited",
     "too-large",
     "room-full",
+    "bad-framing",
     "shutting-down",
     "store-unavailable",
     "chat-unavailable",
@@ -154,6 +155,16 @@ pub(crate) struct Metrics {
     pub(crate) pending_over_cap: Counter,
     /// Connections waiting for their headers at the last sweep.
     pub(crate) pending_connections: Counter,
+    /// Connections closed because a request's body was left unread on the socket, or its
+    /// framing was refused or said to close (`http::body`).
+    pub(crate) connections_closed_unread: Counter,
+    /// Requests tiny_http parsed from a closing connection or from behind a stream, dropped
+    /// unanswered.
+    pub(crate) requests_discarded: Counter,
+    /// Panics caught while tiny_http dropped a request (its drain of a length over `isize::MAX`).
+    pub(crate) request_drop_panics: Counter,
+    /// Ended connections whose descriptors tiny_http still holds, at the last sweep.
+    pub(crate) connections_stuck: Counter,
     /// Stream sockets the watcher watches now.
     pub(crate) streams_watched: Counter,
     /// 1 while the watcher's sweep uses `sock_diag`, 0 while it reads `TCP_INFO`.
@@ -552,7 +563,7 @@ impl Collector for Scrape {
         use Value::{Count, Seconds};
         let secs_of = |us: u64| Seconds(us as f64 / 1e6);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, Kind, &str, Value); 34] = [
+        let rows: [(&str, Kind, &str, Value); 39] = [
             ("syncast_process_threads", G, "Threads of this process (/proc/self/status).", Count(status.threads)),
             ("syncast_process_rss_bytes", G, "Resident set size of this process.", Count(status.rss_bytes)),
             ("syncast_alarm_streams_open", G, "Alarm streams open now.", Count(m.alarm_streams.get())),
@@ -579,6 +590,11 @@ impl Collector for Scrape {
             ("syncast_write_timeouts_total", C, "Connections shut because an answer's write stayed blocked (answers left unread).", Count(m.write_timeouts.get())),
             ("syncast_pending_over_cap_total", C, "Connections closed because too many waited for headers.", Count(m.pending_over_cap.get())),
             ("syncast_pending_connections", G, "Connections waiting for headers at the last sweep.", Count(m.pending_connections.get())),
+            ("syncast_connections_closed_unread_total", C, "Connections closed because a body was left unread or the framing required it.", Count(m.connections_closed_unread.get())),
+            ("syncast_requests_discarded_total", C, "Requests parsed from a closing connection or behind a stream, dropped unanswered.", Count(m.requests_discarded.get())),
+            ("syncast_request_drop_panics_total", C, "Panics caught while tiny_http dropped a request (a declared length over isize::MAX).", Count(m.request_drop_panics.get())),
+            ("syncast_alloc_windows_total", C, "Allocations no mapping could hold, served as a 16 MiB guarded window (tiny_http draining a declared length past the address space); process-wide.", Count(crate::alloc::windows())),
+            ("syncast_connections_stuck", G, "Ended connections whose descriptors tiny_http still holds (a deadlocked thread each).", Count(m.connections_stuck.get())),
             ("syncast_streams_watched", G, "Stream sockets the watcher watches for a client that left.", Count(m.streams_watched.get())),
             ("syncast_watcher_sock_diag", G, "1 while the watcher's sweep uses sock_diag, 0 while it reads TCP_INFO.", Count(m.watcher_sock_diag.get())),
             ("syncast_watcher_last_sweep_seconds", G, "Duration of the watcher's last sweep (a sock_diag dump or a TCP_INFO batch).", secs_of(m.watcher_sweep_us.get())),

@@ -107,7 +107,7 @@ fn store_reply(alarms: &AlarmService, request: &mut Request, id: &str, method: &
         injected_fault(id);
     }
     let body = match method {
-        Method::Put => match read_body(&alarms.metrics, request) {
+        Method::Put => match read_body(alarms.admit.bodies(), request) {
             Ok(body) => match parse_alarm_body(&body) {
                 Some(v) => Some(v),
                 None => {
@@ -169,6 +169,7 @@ fn injected_fault(id: &str) -> ! {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::http::body::Bodies;
     use crate::http::sweep::ConnTable;
     use crate::http::watch::{Paths, Watcher};
     use crate::stream::Streams;
@@ -191,6 +192,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let (hub, _load_now) = crate::alarm::hub::AlarmHub::new();
         let conns = Arc::new(ConnTable::new(config.listen));
+        let bodies = Arc::new(Bodies::new(conns.clone(), None, metrics.clone()));
         let watcher =
             Watcher::new(config.listen, Threads::new(), metrics.clone(), Paths::ALL).unwrap();
         AlarmService {
@@ -204,7 +206,13 @@ mod tests {
             }),
             store,
             health: Default::default(),
-            admit: Admission::new(&config, metrics.clone(), Threads::new(), conns.clone()),
+            admit: Admission::new(
+                &config,
+                metrics.clone(),
+                Threads::new(),
+                conns.clone(),
+                bodies,
+            ),
             metrics,
             auth: Arc::new(Auth::new(&config).unwrap()),
         }

@@ -376,9 +376,10 @@ fn is_json(request: &Request) -> bool {
 }
 
 /// Reads the body as UTF-8, and from JSON `{field: "..."}` when sent as `application/json`.
-fn body_text(metrics: &Metrics, request: &mut Request, field: &str) -> Result<String, Reply> {
+fn body_text(chat: &ChatService, request: &mut Request, field: &str) -> Result<String, Reply> {
+    let metrics = &*chat.metrics;
     let json = is_json(request);
-    let body = read_body(metrics, request)?;
+    let body = read_body(chat.admit.bodies(), request)?;
     let text = String::from_utf8(body).map_err(|_| bad_request(metrics, "body is not UTF-8"))?;
     if !json {
         return Ok(text);
@@ -399,7 +400,7 @@ fn join_reply(
     request: &mut Request,
     named: Option<(String, Option<String>)>,
 ) -> Reply {
-    let asked = match body_text(&chat.metrics, request, "name") {
+    let asked = match body_text(chat, request, "name") {
         Ok(name) => name.trim().to_string(),
         Err(reply) => return reply,
     };
@@ -422,7 +423,7 @@ fn join_reply(
 
 /// `POST /chat/messages`, on a session found.
 fn post_message(chat: &ChatService, request: &mut Request, token: &Token) -> Reply {
-    let text = match body_text(&chat.metrics, request, "text") {
+    let text = match body_text(chat, request, "text") {
         Ok(text) => text,
         Err(reply) => return reply,
     };
@@ -434,7 +435,7 @@ fn post_message(chat: &ChatService, request: &mut Request, token: &Token) -> Rep
 
 /// `POST /chat/name`, on a session found.
 fn rename(chat: &ChatService, request: &mut Request, token: &Token) -> Reply {
-    let name = match body_text(&chat.metrics, request, "name") {
+    let name = match body_text(chat, request, "name") {
         Ok(name) => name.trim().to_string(),
         Err(reply) => return reply,
     };

@@ -3,6 +3,8 @@
 //! what clients send.
 
 pub(crate) mod accept;
+pub(crate) mod body;
+pub(crate) mod framing;
 pub(crate) mod pipeline;
 pub(crate) mod request;
 pub(crate) mod response;

@@ -217,8 +217,13 @@ impl Pipelines {
             inner.orphans = young;
             old.into_iter().map(|(_, rq)| rq).collect()
         };
-        // Each drop makes tiny_http write a 500 onto the shut socket: it fails at once.
-        drop(old);
+        // Each drop makes tiny_http write a 500 onto the shut socket: it fails at once. A drop
+        // can panic (a declared length over isize::MAX, see http::body): contained.
+        crate::http::body::drop_contained(
+            old.into_iter()
+                .map(|rq| Box::new(rq) as Box<dyn Send>)
+                .collect(),
+        );
     }
 
     /// Connections busy now (for tests and `/debug`).
@@ -241,9 +246,11 @@ impl Pipelines {
     pub(crate) fn shut(&self, peer: SocketAddr) {
         let local = self.conns.local();
         let skip = crate::sys::fd::FdSet::default();
+        // Through checked dups (fd::own_connection): tiny_http may close a number and a new
+        // connection get it between a check and an action.
         for fd in fd::find_connection(local, peer, &skip) {
-            if fd::addrs_match(fd, local, peer) {
-                fd::shut_both(fd);
+            if let Some(s) = fd::own_connection(fd, local, Some(peer)) {
+                s.shutdown(std::net::Shutdown::Both);
             }
         }
     }

@@ -1,12 +1,10 @@
 //! What the server accepts in a request: the size limits tiny_http lacks, reading a body within
 //! them, and the parts of a request a handler reads (headers, the path's `{id}`, the query).
 
-use std::io::Read;
-
 use tiny_http::Request;
 
-use super::response::{self, Reply};
-use crate::metrics::Metrics;
+use super::body::{Bodies, ReadError};
+use super::response::{self, bad_request, Reply};
 
 /// Largest request body read; a larger one gets 413 without being read.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -27,29 +25,27 @@ pub(crate) struct Params<'a> {
     pub(crate) query: &'a [(String, String)],
 }
 
-/// Reads a request body of at most [`MAX_BODY`] bytes (also when no length was declared).
-pub(crate) fn read_body(metrics: &Metrics, request: &mut Request) -> Result<Vec<u8>, Reply> {
-    let mut body = Vec::new();
-    match request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body)
-    {
-        Ok(n) if n > MAX_BODY => {
+/// Reads a request body of at most [`MAX_BODY`] bytes (also when no length was declared),
+/// through `bodies`, which notes a body read to its end (its answer then keeps the connection
+/// open) and refuses one that ended early.
+pub(crate) fn read_body(bodies: &Bodies, request: &mut Request) -> Result<Vec<u8>, Reply> {
+    let metrics = bodies.metrics();
+    match bodies.read(request, MAX_BODY) {
+        Ok(body) => Ok(body),
+        Err(ReadError::TooLarge) => {
             metrics.reject("too-large");
             Err(response::error(
                 413,
                 "request body too large (max 65536 bytes)",
             ))
         }
-        // The connection ended before the declared length (the client gave up, or the sweep
-        // cut a body past `--body-timeout`): what arrived is not the body.
-        Ok(n) if request.body_length().is_some_and(|want| n < want) => Err(response::error(
-            400,
-            "cannot read body: the connection ended before the declared length",
+        // The connection ended before the declared length or the last chunk (the client gave
+        // up, or the sweep cut a body past `--body-timeout`): what arrived is not the body.
+        Err(ReadError::Incomplete) => Err(bad_request(
+            metrics,
+            "the body ended early: the connection ended before the declared length",
         )),
-        Ok(_) => Ok(body),
-        Err(e) => Err(response::error(400, &format!("cannot read body: {e}"))),
+        Err(ReadError::Io(e)) => Err(response::error(400, &format!("cannot read body: {e}"))),
     }
 }
 

@@ -44,7 +44,6 @@ pub(crate) enum Liveness {
 
 impl StreamSocket {
     /// Finds the socket of the connection `local` ⇄ `peer` among this process's descriptors.
-    #[cfg(test)]
     pub(crate) fn find(local: SocketAddr, peer: SocketAddr) -> Option<StreamSocket> {
         StreamSocket::find_skipping(local, peer, &FdSet::default())
     }
@@ -84,14 +83,24 @@ impl StreamSocket {
         self.fds.first().copied()
     }
 
+    /// A descriptor of this connection's socket that is this process's own (see
+    /// [`fd::own_connection`]: a checked `dup`, closed when the result is dropped), to act on.
+    pub(crate) fn own(&mut self) -> Option<fd::OwnedSocket> {
+        let (local, peer) = (self.local, self.peer);
+        self.fds()
+            .into_iter()
+            .find_map(|fd| fd::own_connection(fd, local, Some(peer)))
+    }
+
     /// Shuts the read half so tiny_http's pool thread, parked reading the next request on this
     /// connection, sees EOF and is freed; then waits (bounded) until that thread has closed its
     /// duplicate descriptor, so one verified descriptor remains: ours, the one every later call
     /// uses and the watcher watches. (On a loaded machine the pool thread can take a while to
     /// run: at 200 ms some streams kept both, and later the reader's number, reused.)
     pub(crate) fn release_reader(&mut self) {
-        if let Some(fd) = self.fd() {
-            fd::shut_read(fd);
+        // Through a checked dup: tiny_http's pool thread closes its own number when it likes.
+        if let Some(socket) = self.own() {
+            socket.shutdown(std::net::Shutdown::Read);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.fds.len() > 1 && Instant::now() < deadline {
@@ -171,18 +180,21 @@ pub(crate) fn answer_and_close(
     skip: &FdSet,
     bytes: &[u8],
 ) -> bool {
-    let fds = fd::find_connection(local, peer, skip);
-    let Some(&first) = fds.first() else {
+    // Acted on through checked dups (fd::own_connection): tiny_http may close a number and a
+    // new connection get it between a check and an action.
+    let owned: Vec<fd::OwnedSocket> = fd::find_connection(local, peer, skip)
+        .into_iter()
+        .filter_map(|fd| fd::own_connection(fd, local, Some(peer)))
+        .collect();
+    let Some(first) = owned.first() else {
         return false;
     };
-    let sent = match fd::send_nonblocking(first, bytes) {
+    let sent = match fd::send_nonblocking(first.raw(), bytes) {
         Ok(n) => n == bytes.len(),
         Err(_) => false,
     };
-    for fd in fds {
-        if fd::addrs_match(fd, local, peer) {
-            fd::shut_both(fd);
-        }
+    for s in &owned {
+        s.shutdown(std::net::Shutdown::Both);
     }
     sent
 }

@@ -166,7 +166,23 @@ impl Drop for SseWriter {
         drop(self.watched.take());
         self.conns.stream_fds_closed(&self.fds);
         if let Some(peer) = self.peer {
-            self.conns.stream_ended(peer);
+            let held = self.conns.stream_ended(peer);
+            let own = self.socket.as_mut().and_then(StreamSocket::own);
+            // The answer said Connection: close: whatever tiny_http still parses from this
+            // connection is discarded (this connection's, by its socket).
+            let local = self.conns.local();
+            let socket = own.as_ref().and_then(|s| s.inode()).map(|i| (local, i));
+            self.conns.close_after(peer, socket);
+            if !held.is_empty() {
+                // Writers of requests that followed this one on the connection, discarded
+                // unanswered (http::body): tiny_http writes a connection's answers in order, so
+                // they go only after ours, and with the write half shut they write nothing.
+                self.out = Box::new(io::sink());
+                if let Some(s) = &own {
+                    s.shutdown(std::net::Shutdown::Write);
+                }
+                super::body::drop_contained(held);
+            }
         }
     }
 }
@@ -202,7 +218,10 @@ impl SseWriter {
             write_timeout: limits.timeout,
             metrics: metrics.clone(),
         };
-        writer.out = request.into_writer();
+        // A body left on the socket (the router refuses a stream request with one): its read
+        // side is closed first, so tiny_http's drain inside into_writer ends at once.
+        super::body::release_body(conns, &request);
+        writer.out = super::body::into_writer(request)?;
         let out = &mut writer.out;
         // Written in pieces into tiny_http's buffered writer (1 KiB) and flushed once: one
         // system call, and no temporary string freed into this thread's malloc cache.
@@ -211,6 +230,10 @@ impl SseWriter {
         out.write_all(super::response::SERVER.as_bytes())?;
         out.write_all(b"\r\n")?;
         for line in extra {
+            if !super::response::header_line_is_safe(line) {
+                log::error!("sse header line refused line={line:?}: not a safe header");
+                continue;
+            }
             out.write_all(line.as_bytes())?;
             out.write_all(b"\r\n")?;
         }

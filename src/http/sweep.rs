@@ -44,6 +44,13 @@ struct ConnInner {
     first_seen: HashMap<SocketAddr, Instant>,
     /// Peers whose connection is a running stream: never swept.
     streaming: HashSet<SocketAddr>,
+    /// Peers whose connection is closing (a body left unread, a framing refusal, a stream's
+    /// end): any further request tiny_http parses from that connection is discarded (see
+    /// [`ConnTable::admit`]).
+    closing: HashMap<SocketAddr, Closing>,
+    /// Discarded requests' writers (or whole requests), dropped once the stream of that peer has
+    /// written its last byte (see [`ConnTable::hold_for_stream`]).
+    held: HashMap<SocketAddr, Vec<Box<dyn Send>>>,
     /// Peers whose request body a request thread is reading: its deadline, and the flag the
     /// sweep sets when it cut the body (`--body-timeout`).
     bodies: HashMap<SocketAddr, (Instant, Arc<AtomicBool>)>,
@@ -54,6 +61,31 @@ struct ConnInner {
     /// when a gap of closed numbers opens below it.
     ceiling: RawFd,
 }
+
+/// A closing mark: which connection of a peer address it is for, and since when.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    since: Instant,
+    /// The listener's address and the inode of the connection's socket when it was marked
+    /// (`None`: its socket was already gone). A peer address is not a connection: loopback
+    /// reuses a closed connection's address for a new one at once (`tcp_tw_reuse`), and the new
+    /// one's requests are its own.
+    socket: Option<(SocketAddr, u64)>,
+}
+
+/// What [`ConnTable::admit`] decided for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Serve it.
+    Route,
+    /// Drop it unanswered: its connection is closing.
+    Discard,
+    /// Drop it unanswered: it follows a stream's request on the same connection.
+    DiscardBehindStream,
+}
+
+/// How long a closing mark outlives a sweep that did not find the connection.
+pub(crate) const CLOSING_KEPT: Duration = Duration::from_secs(5);
 
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +98,11 @@ pub(crate) struct Sweep {
     pub(crate) over_cap: usize,
     /// Connections waiting for headers after the sweep.
     pub(crate) pending: usize,
+    /// Accepted connections that have ended (TCP state `CLOSE`) while their descriptors are still
+    /// open: tiny_http never closes them, because the pool thread that owns them waits forever
+    /// (an `HTTP/2.0` or `HTTP/3.0` request line deadlocks it, see tests/http2_deadlock.rs). Each
+    /// is a thread and two descriptors for good.
+    pub(crate) stuck: usize,
     /// Request bodies cut for not arriving by their deadline.
     pub(crate) body_timeouts: usize,
 }
@@ -105,8 +142,14 @@ impl ConnTable {
 
     /// The accepted connections of this server that are not running streams, as (peer,
     /// descriptor); see [`crate::sys::fd::connections`].
-    fn connections(&self, streams: &FdSet, full: bool, ceiling: RawFd) -> Vec<(SocketAddr, RawFd)> {
-        fd::connections(self.local, streams, full, ceiling)
+    fn connections(
+        &self,
+        streams: &FdSet,
+        full: bool,
+        ceiling: RawFd,
+        dead: &mut HashSet<u64>,
+    ) -> Vec<(SocketAddr, RawFd)> {
+        fd::connections(self.local, streams, full, ceiling, dead)
     }
 
     /// The server's listening address.
@@ -114,11 +157,87 @@ impl ConnTable {
         self.local
     }
 
-    /// A complete request arrived from `peer`.
-    pub(crate) fn request_seen(&self, peer: SocketAddr) {
+    /// A complete request from `peer` reached the dispatcher: [`Admit::Route`] it (and, if
+    /// `idle_clock` — the public listener's connections, which the sweep watches — count it as
+    /// the connection's latest request, which restarts its idle clock), or discard it
+    /// unanswered because the connection is closing or is a stream. tiny_http keeps parsing
+    /// requests from what it has buffered after the one syncast closed the connection on (an
+    /// unread chunked body is parsed as requests: smuggling) or after a stream's request
+    /// (pipelining); they must not be served, and a stream's must not even be answered (tiny_http
+    /// would hold the answer until the stream ends, and the dispatcher with it).
+    pub(crate) fn admit(&self, peer: SocketAddr, idle_clock: bool) -> Admit {
+        let marked = {
+            let inner = self.inner.lock();
+            if inner.streaming.contains(&peer) {
+                return Admit::DiscardBehindStream;
+            }
+            inner.closing.get(&peer).copied()
+        };
+        // Outside the lock: it reads the process's descriptors.
+        if let Some(mark) = marked {
+            if self.is_marked_connection(peer, mark) {
+                return Admit::Discard;
+            }
+        }
         let mut inner = self.inner.lock();
-        inner.first_seen.remove(&peer);
-        inner.last_request.insert(peer, Instant::now());
+        if marked.is_some() {
+            inner.closing.remove(&peer);
+        }
+        if idle_clock {
+            inner.first_seen.remove(&peer);
+            inner.last_request.insert(peer, Instant::now());
+        }
+        Admit::Route
+    }
+
+    /// Whether a request from `peer` comes from the connection `mark` was made for, not from a
+    /// new connection that reuses its address: the peer's live socket is the marked one (same
+    /// inode), or it has no live socket at all (the request is what tiny_http had buffered from
+    /// the marked one, which has ended).
+    fn is_marked_connection(&self, peer: SocketAddr, mark: Closing) -> bool {
+        let (local, marked) = match mark.socket {
+            Some((local, inode)) => (local, Some(inode)),
+            None => (self.local, None),
+        };
+        let live: Vec<u64> = fd::find_connection(local, peer, &self.stream_fds())
+            .into_iter()
+            .filter_map(fd::inode)
+            .collect();
+        match marked {
+            _ if live.is_empty() => true,
+            Some(inode) => live.contains(&inode),
+            None => false,
+        }
+    }
+
+    /// `peer`'s connection — the socket `socket` (the listener's address and the socket's
+    /// inode; `None` if it is gone already) — is being closed: from now on [`ConnTable::admit`]
+    /// discards the requests tiny_http parses from it, until the sweep finds its descriptors
+    /// gone (and at least [`CLOSING_KEPT`] has passed, so a connection a probing sweep misses
+    /// keeps its mark). A new connection from the same address is not affected.
+    pub(crate) fn close_after(&self, peer: SocketAddr, socket: Option<(SocketAddr, u64)>) {
+        let mark = Closing {
+            since: Instant::now(),
+            socket,
+        };
+        self.inner.lock().closing.insert(peer, mark);
+    }
+
+    /// Keeps `item` (a discarded request's writer) until `peer`'s stream ends: tiny_http chains
+    /// the writers of one connection, so releasing it earlier would let tiny_http write into the
+    /// stream (its 400 for the bytes that follow, say). Gives `item` back if the stream has
+    /// already ended.
+    pub(crate) fn hold_for_stream(
+        &self,
+        peer: SocketAddr,
+        item: Box<dyn Send>,
+    ) -> Result<(), Box<dyn Send>> {
+        let mut inner = self.inner.lock();
+        if !inner.streaming.contains(&peer) {
+            return Err(item);
+        }
+        inner.held.entry(peer).or_default().push(item);
+        Ok(())
     }
 
     /// A request thread starts reading `peer`'s request body, which must have arrived by
@@ -143,11 +262,17 @@ impl ConnTable {
         self.inner.lock().streaming.insert(peer);
     }
 
-    /// `peer`'s stream ended.
-    pub(crate) fn stream_ended(&self, peer: SocketAddr) {
+    /// `peer`'s stream ended (it writes nothing more), or its request was refused before it
+    /// started. Returns what [`ConnTable::hold_for_stream`] kept for it: the caller drops that
+    /// once the stream's own writer is gone, after shutting the write half, and marks the
+    /// connection closing ([`ConnTable::close_after`]) when its answer said `Connection: close`
+    /// or a request behind it was discarded (and got no answer).
+    #[must_use]
+    pub(crate) fn stream_ended(&self, peer: SocketAddr) -> Vec<Box<dyn Send>> {
         let mut inner = self.inner.lock();
         inner.streaming.remove(&peer);
         inner.last_request.remove(&peer);
+        inner.held.remove(&peer).unwrap_or_default()
     }
 
     /// Shuts every connection that has not completed a request within `deadline` of being
@@ -158,6 +283,7 @@ impl ConnTable {
         let now = Instant::now();
         // Group descriptors by peer first (tiny_http holds two per connection).
         let mut conns: HashMap<SocketAddr, Vec<RawFd>> = Default::default();
+        let stuck;
         {
             let stream_fds = self.stream_fds();
             let (full, ceiling) = {
@@ -165,7 +291,9 @@ impl ConnTable {
                 inner.sweeps = inner.sweeps.wrapping_add(1);
                 (inner.sweeps.is_multiple_of(FULL_SCAN_EVERY), inner.ceiling)
             };
-            let found = self.connections(&stream_fds, full, ceiling);
+            let mut dead = HashSet::new();
+            let found = self.connections(&stream_fds, full, ceiling, &mut dead);
+            stuck = dead.len();
             let mut inner = self.inner.lock();
             inner.ceiling = found.iter().map(|&(_, fd)| fd).max().unwrap_or(-1);
             for (peer, fd) in found {
@@ -174,7 +302,10 @@ impl ConnTable {
                 }
             }
         }
-        let mut result = Sweep::default();
+        let mut result = Sweep {
+            stuck,
+            ..Sweep::default()
+        };
         // Bodies past their deadline: shut the read side only, so the request thread's read
         // ends and it can still write its 408.
         let overdue: Vec<(SocketAddr, Arc<AtomicBool>)> = {
@@ -197,8 +328,8 @@ impl ConnTable {
                 None => fd::find_connection(self.local, peer, &FdSet::default()),
             };
             for fd in fds {
-                if fd::addrs_match(fd, self.local, peer) {
-                    fd::shut_read(fd);
+                if let Some(socket) = fd::own_connection(fd, self.local, Some(peer)) {
+                    socket.shutdown(std::net::Shutdown::Read);
                 }
             }
             log::info!("connection closed peer={peer} reason=body-timeout");
@@ -210,6 +341,14 @@ impl ConnTable {
             let mut inner = self.inner.lock();
             inner.first_seen.retain(|p, _| conns.contains_key(p));
             inner.last_request.retain(|p, _| conns.contains_key(p));
+            let ConnInner {
+                closing, streaming, ..
+            } = &mut *inner;
+            closing.retain(|p, mark| {
+                conns.contains_key(p)
+                    || streaming.contains(p)
+                    || now.duration_since(mark.since) < CLOSING_KEPT
+            });
             for peer in conns.keys() {
                 // A body still within its deadline is not an idle connection.
                 if inner.streaming.contains(peer) || inner.bodies.contains_key(peer) {
@@ -238,10 +377,12 @@ impl ConnTable {
         }
         result.pending = pending.len();
         for (peer, reason) in shut {
-            // Re-check each descriptor's addresses right before acting on it.
+            // Through a checked dup: tiny_http may have closed the number since the scan, and a
+            // new connection got it. Its two descriptors are one socket: one shutdown does.
             for &fd in &conns[&peer] {
-                if fd::addrs_match(fd, self.local, peer) {
-                    fd::shut_both(fd);
+                if let Some(socket) = fd::own_connection(fd, self.local, Some(peer)) {
+                    socket.shutdown(std::net::Shutdown::Both);
+                    break;
                 }
             }
             log::info!("connection closed peer={peer} reason={reason}");
@@ -283,11 +424,11 @@ mod tests {
         let has =
             |found: Vec<(SocketAddr, RawFd)>| found.iter().any(|&(_, fd)| fd == side.as_raw_fd());
         assert!(
-            has(table.connections(&none, true, -1)),
+            has(table.connections(&none, true, -1, &mut HashSet::new())),
             "the listing sees it"
         );
         assert!(
-            has(table.connections(&none, false, side.as_raw_fd())),
+            has(table.connections(&none, false, side.as_raw_fd(), &mut HashSet::new())),
             "a probe reaches a connection an earlier sweep saw, whatever the gap below it"
         );
         // A table that never saw it: found by the first full scan at the latest.
@@ -317,7 +458,9 @@ mod tests {
         let streams = table.stream_fds();
         for full in [false, true] {
             assert!(
-                table.connections(&streams, full, -1).is_empty(),
+                table
+                    .connections(&streams, full, -1, &mut HashSet::new())
+                    .is_empty(),
                 "full={full}"
             );
         }

@@ -231,6 +231,7 @@ impl Dispatcher {
                 m.body_timeouts.add(swept.body_timeouts as u64);
                 m.pending_over_cap.add(swept.over_cap as u64);
                 m.pending_connections.set(swept.pending as u64);
+                m.connections_stuck.set(swept.stuck as u64);
                 next_sweep = now + sweep_every;
             }
         }

@@ -42,6 +42,7 @@ use crate::chat::shared::SharedChat;
 use crate::chat::stream::ChatStreams;
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
+use crate::http::body::Bodies;
 use crate::http::sweep::ConnTable;
 use crate::http::watch::{Paths, Watcher};
 use crate::metrics::Metrics;
@@ -219,9 +220,16 @@ impl Server {
             None => Room::new(&config, metrics.clone()),
         };
         let conns = Arc::new(ConnTable::new(local));
+        let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
             .map_err(StartError::Watch)?;
-        let admit = Admission::new(&config, metrics.clone(), threads.clone(), conns.clone());
+        let admit = Admission::new(
+            &config,
+            metrics.clone(),
+            threads.clone(),
+            conns.clone(),
+            bodies.clone(),
+        );
         let alarms = Arc::new(AlarmService {
             streams: Arc::new(AlarmStreams {
                 hub: hub.clone(),

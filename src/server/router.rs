@@ -1,7 +1,9 @@
-//! The router: the limits tiny_http lacks (414, 431, 413), CORS preflight, and the table of
-//! routes — (method, path pattern) → handler — which also decides 404 and 405 (with `Allow`),
-//! and which listener serves a route ([`Access`]): the ops endpoints move to `--admin-listen`
-//! when it is given, and need an admin token on the public listener when auth is on.
+//! The router: discarding what tiny_http parses from a closing or streaming connection, the
+//! framing check (400 for what request smuggling needs), the limits tiny_http lacks (414, 431,
+//! 413), CORS preflight, and the table of routes — (method, path pattern) → handler — which also
+//! decides 404 and 405 (with `Allow`), and which listener serves a route ([`Access`]): the ops
+//! endpoints move to `--admin-listen` when it is given, and need an admin token on the public
+//! listener when auth is on.
 
 use std::sync::Arc;
 
@@ -12,9 +14,10 @@ use crate::admit::Admission;
 use crate::alarm::http::{self as alarm, AlarmService};
 use crate::auth::{self, Auth, Need};
 use crate::chat::http::{self as chat, ChatService};
+use crate::http::framing;
 use crate::http::request::{Params, MAX_BODY, MAX_HEADERS, MAX_HEADER_BYTES, MAX_URL};
 use crate::http::response::{self, method_not_allowed};
-use crate::http::sweep::ConnTable;
+use crate::http::sweep::{Admit, ConnTable};
 use crate::http::validate::split_url;
 use crate::metrics::Metrics;
 use crate::web;
@@ -29,7 +32,8 @@ pub(crate) struct Router {
     pub(crate) ops: Ops,
     /// Replies (with CORS) and threads.
     pub(crate) admit: Arc<Admission>,
-    /// Connections: each request restarts its connection's idle clock.
+    /// Connections: each request restarts its connection's idle clock, or is discarded when its
+    /// connection is closing or carries a stream.
     pub(crate) conns: Arc<ConnTable>,
     /// Counters.
     pub(crate) metrics: Arc<Metrics>,
@@ -236,9 +240,13 @@ impl Router {
     /// store work on threads.
     pub(crate) fn route(&self, request: Request, from: Listener) {
         self.metrics.requests.inc();
-        if let Some(peer) = request.remote_addr() {
-            if from == Listener::Public {
-                self.conns.request_seen(*peer);
+        if let Some(peer) = request.remote_addr().copied() {
+            let bodies = self.admit.bodies();
+            // Only the public listener's connections have an idle clock (the sweep's).
+            match self.conns.admit(peer, from == Listener::Public) {
+                Admit::Route => {}
+                Admit::Discard => return bodies.discard(request, false),
+                Admit::DiscardBehindStream => return bodies.discard(request, true),
             }
         }
         // One request of a connection at a time, in order (src/http/pipeline.rs): a request
@@ -252,6 +260,13 @@ impl Router {
         } else {
             request
         };
+        // Before anything else reads the request: framing smuggling needs is refused, and the
+        // connection closed (RFC 9112 section 6; see http::framing).
+        if let Err(refusal) = framing::of_request(&request) {
+            self.metrics.reject("bad-framing");
+            let reply = response::error(refusal.status, refusal.message);
+            return self.admit.respond(request, reply);
+        }
         // tiny_http reads request lines and headers without a limit; refuse oversized ones here.
         if request.url().len() > MAX_URL {
             self.metrics.reject("too-large");

@@ -7,11 +7,16 @@
 //! (src/util/refined_tcp_stream.rs: the read half is a `try_clone`, i.e. a `dup`). A descriptor
 //! number can be reused the moment it is closed, so callers re-check a descriptor's addresses
 //! ([`addrs_match`]) right before every use and never act on a number they have not verified.
+//! A check and a system call on a number are two steps, though: tiny_http can close the number
+//! between them and a new connection get it. So what *acts* on a socket (shutdown, options that
+//! change it, sending) goes through [`own_connection`]: a `dup` of our own, checked after it is
+//! made, so the check and the action are about the same socket whatever happens to the number.
 
+use std::collections::HashSet;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// How far past the highest open descriptor [`find_connection`] and [`connections`] probe.
@@ -47,6 +52,107 @@ impl FdSet {
             *w &= !(1 << (i % 64));
         }
     }
+}
+
+/// A connection's socket held by a descriptor of our own (see [`own_connection`]).
+#[derive(Debug)]
+pub(crate) enum OwnedSocket {
+    /// Our `dup`: can never turn into another connection's socket; closed on drop.
+    Owned(OwnedFd),
+    /// The checked number itself, because no descriptor was free for a dup (`EMFILE`): the one
+    /// case that still acts on a number another part of the process may close (see
+    /// [`own_connection`]).
+    Borrowed(RawFd),
+}
+
+impl OwnedSocket {
+    pub(crate) fn raw(&self) -> RawFd {
+        match self {
+            OwnedSocket::Owned(fd) => fd.as_raw_fd(),
+            OwnedSocket::Borrowed(fd) => *fd,
+        }
+    }
+
+    /// `shutdown(2)` of one or both halves (the socket stays open for its other holders).
+    pub(crate) fn shutdown(&self, how: std::net::Shutdown) {
+        let how = match how {
+            std::net::Shutdown::Read => libc::SHUT_RD,
+            std::net::Shutdown::Write => libc::SHUT_WR,
+            std::net::Shutdown::Both => libc::SHUT_RDWR,
+        };
+        // SAFETY: shutdown(2) on a descriptor touches no memory, and does not close it.
+        unsafe { libc::shutdown(self.raw(), how) };
+    }
+
+    /// Sets `SO_RCVBUF` (best effort: the kernel clamps it, and doubles it for bookkeeping).
+    pub(crate) fn set_receive_buffer(&self, bytes: usize) {
+        let value = bytes.min(i32::MAX as usize) as libc::c_int;
+        set_int_option(self.raw(), libc::SOL_SOCKET, libc::SO_RCVBUF, value);
+    }
+
+    /// `SO_RCVBUF` as the kernel keeps it (twice what was set), if it can be read.
+    #[cfg(test)]
+    pub(crate) fn receive_buffer(&self) -> Option<usize> {
+        let mut value: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: value is a writable c_int of the size passed; a bad fd just fails.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.raw(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                &mut value as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(value.max(0) as usize)
+    }
+
+    /// The socket's inode: the same for every descriptor of it, and never another socket's
+    /// while this one is open.
+    pub(crate) fn inode(&self) -> Option<u64> {
+        inode(self.raw())
+    }
+
+    /// Whether the connection is `ESTABLISHED`: the peer has not closed its side, and nobody has
+    /// shut ours (`TCP_INFO`).
+    pub(crate) fn established(&self) -> bool {
+        established(self.raw()) == Some(true)
+    }
+}
+
+/// The one way to act on a socket whose descriptor number someone else owns (tiny_http closes
+/// its numbers when it likes): `dup` the number, check the *dup*'s addresses — a connection
+/// accepted by the listener on `local`, with `peer` as its peer if given (any peer otherwise) —
+/// and hand back the dup, which the caller acts on and drops (closing it). Whatever happens to
+/// the number after the dup, the dup stays the socket that was checked; without it, a number
+/// closed between a check and a `shutdown` and handed to a new connection gets that connection
+/// shut (seen: 3 of 1000 new streams got EOF in one version).
+///
+/// `None` if the number is closed or is not that connection now. When no descriptor is free for
+/// the dup (`EMFILE`) the number itself is checked and returned as [`OwnedSocket::Borrowed`]:
+/// under descriptor exhaustion the sweep must still be able to shut connections (that is how
+/// descriptors come back), so that one case keeps the old check-then-act window.
+pub(crate) fn own_connection(
+    fd: RawFd,
+    local: SocketAddr,
+    peer: Option<SocketAddr>,
+) -> Option<OwnedSocket> {
+    let is_it = |fd: RawFd| match peer {
+        Some(peer) => addrs_match(fd, local, peer),
+        None => listens_on(local, sock_addr(fd, true)) && sock_addr(fd, false).is_some(),
+    };
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a number touches no memory; a closed one just fails.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup >= 0 {
+        // SAFETY: dup is a new descriptor nobody else owns; OwnedFd closes it once.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        return is_it(dup.as_raw_fd()).then_some(OwnedSocket::Owned(dup));
+    }
+    if io::Error::last_os_error().raw_os_error() == Some(libc::EMFILE) && is_it(fd) {
+        return Some(OwnedSocket::Borrowed(fd));
+    }
+    None
 }
 
 /// The descriptors of the connection `local` ⇄ `peer` among this process's descriptors (at
@@ -98,13 +204,33 @@ pub(crate) fn find_connection(local: SocketAddr, peer: SocketAddr, skip: &FdSet)
 }
 
 /// Every descriptor of this process that is the connection `local` ⇄ `peer`, from the full
-/// `/proc/self/fd` listing (none if it cannot be read).
+/// `/proc/self/fd` listing. Without a descriptor to list it with (`EMFILE`), every number up to
+/// the descriptor limit is probed instead: slower, but a connection is never missed.
 pub fn socket_fds(local: SocketAddr, peer: SocketAddr) -> Vec<RawFd> {
-    list_fds()
-        .unwrap_or_default()
+    all_fds()
         .into_iter()
         .filter(|&fd| addrs_match(fd, local, peer))
         .collect()
+}
+
+/// This process's open descriptors from `/proc/self/fd`, or, when that cannot be listed (it needs
+/// a descriptor of its own: `EMFILE`), every number below the descriptor limit (closed ones
+/// just fail the calls made on them).
+fn all_fds() -> Vec<RawFd> {
+    list_fds().unwrap_or_else(|_| (0..fd_limit()).collect())
+}
+
+/// The soft `RLIMIT_NOFILE`: no descriptor number reaches it (capped at 1 << 20).
+fn fd_limit() -> RawFd {
+    // SAFETY: rlimit is plain data; zeroed is a valid value.
+    let mut lim: libc::rlimit = unsafe { mem::zeroed() };
+    // SAFETY: a valid pointer to an rlimit; getrlimit only writes it.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok {
+        lim.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1 << 20
+    }
 }
 
 /// The accepted connections of the server listening on `local` that are not in `streams`, as
@@ -118,17 +244,29 @@ pub fn socket_fds(local: SocketAddr, peer: SocketAddr) -> Vec<RawFd> {
 /// lower neighbours all closed, before any sweep saw it, leaving a gap wider than the slack; a
 /// full listing finds it. The listener (no peer), files, pipes and sockets with another local
 /// address are not listed.
+///
+/// Accepted connections that have *ended* (TCP state `CLOSE`, no peer any more) while their
+/// descriptors are still open go into `dead`, by socket inode (tiny_http holds two descriptors
+/// of each): tiny_http never closes them when the pool thread that owns them waits forever.
 pub(crate) fn connections(
     local: SocketAddr,
     streams: &FdSet,
     full: bool,
     ceiling: RawFd,
+    dead: &mut HashSet<u64>,
 ) -> Vec<(SocketAddr, RawFd)> {
     let mut found = Vec::new();
     let mut ours = |fd: RawFd, own: Option<SocketAddr>| {
         if listens_on(local, own) {
-            if let Some(peer) = sock_addr(fd, false) {
-                found.push((peer, fd));
+            match sock_addr(fd, false) {
+                Some(peer) => found.push((peer, fd)),
+                // No peer: the listener, or a connection that has ended.
+                None if tcp_state(fd) == Some(TCP_CLOSE) => {
+                    if let Some(inode) = inode(fd) {
+                        dead.insert(inode);
+                    }
+                }
+                None => {}
             }
         }
     };
@@ -162,22 +300,29 @@ pub(crate) fn connections(
 }
 
 /// Shuts both halves of every accepted connection of the server listening on `local`; returns
-/// how many it shut. The descriptors stay open (their owners close them).
+/// how many it shut. The descriptors stay open (their owners close them); each is shut through
+/// a checked dup ([`own_connection`]), so a number closed and reused meanwhile is left alone.
+/// Without a descriptor to list `/proc/self/fd` with, every number is probed.
 pub(crate) fn shutdown_accepted(local: SocketAddr) -> usize {
     let mut n = 0;
-    for fd in list_fds().unwrap_or_default() {
-        if listens_on(local, sock_addr(fd, true)) && sock_addr(fd, false).is_some() {
-            shut_both(fd);
+    for fd in all_fds() {
+        // The cheap check first (two system calls), the dup only for a candidate.
+        if !(listens_on(local, sock_addr(fd, true)) && sock_addr(fd, false).is_some()) {
+            continue;
+        }
+        if let Some(socket) = own_connection(fd, local, None) {
+            socket.shutdown(std::net::Shutdown::Both);
             n += 1;
         }
     }
     n
 }
 
-/// `shutdown(fd, SHUT_RD)`: a read blocked on the socket (in this process or not) sees EOF;
-/// writes go on.
+/// `shutdown(fd, SHUT_RD)` of a descriptor the caller owns (tests). A number someone else owns
+/// is shut through [`own_connection`].
+#[cfg(test)]
 pub(crate) fn shut_read(fd: RawFd) {
-    // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.
+    // SAFETY: shutdown(2) on a number touches no memory; the caller owns the descriptor.
     unsafe { libc::shutdown(fd, libc::SHUT_RD) };
 }
 
@@ -199,12 +344,6 @@ pub(crate) fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-/// `shutdown(fd, SHUT_RDWR)`: both directions end; the descriptor stays open.
-pub(crate) fn shut_both(fd: RawFd) {
-    // SAFETY: shutdown(2) on a number touches no memory; the caller verified the socket.
-    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
 /// A TCP connection to `addr` begun without waiting for the handshake: the socket is
@@ -342,6 +481,7 @@ fn tcp_state(fd: RawFd) -> Option<u8> {
 }
 
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE: u8 = 7;
 
 /// This process's open descriptors, from `/proc/self/fd` (which needs a descriptor of its own:
 /// fails with `EMFILE` when none is free).
@@ -445,6 +585,105 @@ pub(crate) fn fd_layout() -> std::sync::MutexGuard<'static, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::os::fd::IntoRawFd;
+
+    /// Whether the peer of `client` has shut its side: a read gives EOF (within a generous
+    /// time-out) rather than timing out.
+    fn sees_eof(client: &mut TcpStream) -> bool {
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        matches!(client.read(&mut buf), Ok(0))
+    }
+
+    /// The race the old code had, made deterministic: a number is checked, then closed by its
+    /// owner and handed to a new connection, then acted on. Acting through the checked dup
+    /// shuts the connection that was checked, and never the one that took the number.
+    #[test]
+    fn acting_through_the_checked_dup_never_reaches_a_reused_number() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let mut client_a = TcpStream::connect(local).unwrap();
+        let (side_a, peer_a) = listener.accept().unwrap();
+        let number = side_a.into_raw_fd();
+        // The check (and the dup it acts on later).
+        let checked = own_connection(number, local, Some(peer_a)).expect("connection A");
+        assert!(matches!(checked, OwnedSocket::Owned(_)));
+        // Between check and action, the owner closes the number and a new connection gets it
+        // (dup2 does both in one step, so no other thread can take the number meanwhile).
+        let mut client_b = TcpStream::connect(local).unwrap();
+        let (side_b, _) = listener.accept().unwrap();
+        // SAFETY: `number` is ours (taken from side_a); dup2 closes A's descriptor there and
+        // makes it B's socket; `side_b_there` then owns it.
+        let side_b_there = unsafe {
+            assert_eq!(libc::dup2(side_b.as_raw_fd(), number), number);
+            TcpStream::from_raw_fd(number)
+        };
+        drop(side_b);
+        assert!(
+            !addrs_match(number, local, peer_a),
+            "the number is another connection's now: acting on it would shut B"
+        );
+        // The action.
+        checked.shutdown(std::net::Shutdown::Both);
+        drop(checked);
+        assert!(sees_eof(&mut client_a), "the checked connection is shut");
+        assert!(
+            !sees_eof(&mut client_b),
+            "the one that took the number is not"
+        );
+        client_b.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        let mut side_b_there = side_b_there;
+        side_b_there.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        // And a check on the reused number now refuses it for A.
+        assert!(own_connection(number, local, Some(peer_a)).is_none());
+    }
+
+    /// What freeing tiny_http's reader depends on: after `SHUT_RD` a read on the socket returns
+    /// EOF at once, and writes still reach the client.
+    #[test]
+    fn a_socket_shut_for_reading_reads_eof_and_still_writes() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut side, _) = listener.accept().unwrap();
+        shut_read(side.as_raw_fd());
+        side.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(side.read(&mut buf).unwrap(), 0);
+        side.write_all(b"data").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"data");
+    }
+
+    #[test]
+    fn only_accepted_connections_of_the_listener_are_owned() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local = listener.local_addr().unwrap();
+        let client = TcpStream::connect(local).unwrap();
+        let (side, peer) = listener.accept().unwrap();
+        assert!(own_connection(side.as_raw_fd(), local, Some(peer)).is_some());
+        assert!(
+            own_connection(side.as_raw_fd(), local, None).is_some(),
+            "any peer"
+        );
+        let someone = SocketAddr::from(([127, 0, 0, 1], 1));
+        assert!(own_connection(side.as_raw_fd(), local, Some(someone)).is_none());
+        // The listener (no peer), our client's side (another local address), a file, a closed
+        // number.
+        assert!(own_connection(listener.as_raw_fd(), local, None).is_none());
+        assert!(own_connection(client.as_raw_fd(), local, None).is_none());
+        let file = std::fs::File::open("/dev/null").unwrap();
+        assert!(own_connection(file.as_raw_fd(), local, None).is_none());
+        let closed = file.into_raw_fd();
+        // SAFETY: our own descriptor, closed once.
+        unsafe { libc::close(closed) };
+        assert!(own_connection(closed, local, None).is_none());
+    }
 
     #[test]
     fn a_fd_set_holds_numbers() {

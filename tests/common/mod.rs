@@ -14,8 +14,15 @@ use syncast::kit::{http, sse};
 use syncast::{Config, Server};
 
 pub mod auth;
+pub mod raw;
 pub mod redis;
 pub mod root;
+
+// Every test binary that includes this harness (tests/it and the separate ones) runs the server
+// with the allocator the real binary uses (src/main.rs): a hostile declared body is drained into
+// a lazy mapping (syncast::alloc), not an allocation that aborts the process.
+#[global_allocator]
+static ALLOC: syncast::alloc::LazyHuge = syncast::alloc::LazyHuge;
 
 /// A generous upper bound used only as a time-out, never as an expected duration.
 pub const PATIENCE: Duration = Duration::from_secs(20);
