@@ -944,6 +944,17 @@ fn a_reader_whose_connection_is_killed_catches_up_by_id_and_an_old_id_gets_reset
     for k in 0..60 {
         post(b.addr, &tb, &format!("more {k}"));
     }
+    // The stream in Redis keeps exactly --history events, the newest.
+    let newest = post(b.addr, &tb, "the newest");
+    let kept: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("syncast:chat:events")
+        .arg("-")
+        .arg("+")
+        .query(&mut outside(&redis))
+        .unwrap();
+    let ids: Vec<String> = kept.iter().map(|(id, _)| id.clone()).collect();
+    let want: Vec<String> = (newest - 49..=newest).map(|i| format!("{i}-0")).collect();
+    assert_eq!(ids, want, "the last 50 events, one entry each");
     let tc = join(b.addr, &unique("late"));
     let mut sc = Stream::open(a.addr, &tc, Some(sent[0]));
     sc.next_of("welcome");
