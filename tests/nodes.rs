@@ -97,7 +97,9 @@ fn an_alarm_set_by_another_program_with_hset_reaches_streams_and_odd_values_read
         .arg("*")
         .query(&mut outside(&redis))
         .unwrap();
-    assert_eq!(keys, vec!["other:alarms".to_string()]);
+    // (The chat on Redis has its keys too, `other:chat:…`, under the same prefix.)
+    assert!(keys.contains(&"other:alarms".to_string()), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("other:")), "{keys:?}");
 }
 
 #[test]
