@@ -79,6 +79,9 @@ struct State {
     backoff: Duration,
     /// No new connection is tried before this (while `Down`).
     retry_at: Option<Instant>,
+    /// When it went `Down` last: a call that started before then and succeeded is no news
+    /// (its reply may have been read late, on a busy machine) and does not make it `Up`.
+    down_at: Option<Instant>,
 }
 
 /// The shared Redis: what every user of it (the alarm store, later the chat) goes through.
@@ -129,6 +132,7 @@ impl Link {
                 error: None,
                 backoff: FIRST_BACKOFF,
                 retry_at: None,
+                down_at: None,
             }),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -178,6 +182,7 @@ impl Link {
         retry: Retry,
         mut call: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, RedisError> {
+        let started = Instant::now();
         let pooled = self.idle.lock().pop();
         let first_pooled = pooled.is_some();
         let mut con = match pooled {
@@ -197,7 +202,7 @@ impl Link {
         }
         match result {
             Ok(v) => {
-                self.up();
+                self.up(started);
                 self.give_back(con);
                 Ok(v)
             }
@@ -213,7 +218,7 @@ impl Link {
                     Failure::Reply => {
                         // Redis is there and the connection is in step (the whole reply was
                         // read): keep both.
-                        self.up();
+                        self.up(started);
                         self.give_back(con);
                         Err(RedisError::Reply(describe(&e)))
                     }
@@ -240,6 +245,7 @@ impl Link {
         read_timeout: Duration,
         call: impl FnOnce(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, RedisError> {
+        let started = Instant::now();
         let had = con.is_some();
         if con.is_none() {
             *con = Some(self.open_own(read_timeout)?);
@@ -259,7 +265,7 @@ impl Link {
         }
         match result {
             Ok(v) => {
-                self.up();
+                self.up(started);
                 Ok(v)
             }
             Err(e) => {
@@ -272,7 +278,7 @@ impl Link {
                         Err(RedisError::Unavailable(text))
                     }
                     Failure::Reply => {
-                        self.up();
+                        self.up(started);
                         Err(RedisError::Reply(describe(&e)))
                     }
                 }
@@ -341,10 +347,13 @@ impl Link {
     }
 
     /// Redis answered: logs the change if it was not known to be up.
-    fn up(&self) {
+    fn up(&self, started: Instant) {
         let was = {
             let mut s = self.state.lock();
             let was = s.phase;
+            if was == Phase::Down && s.down_at.is_some_and(|at| started < at) {
+                return;
+            }
             s.phase = Phase::Up;
             s.error = None;
             s.backoff = FIRST_BACKOFF;
@@ -369,6 +378,7 @@ impl Link {
                 s.backoff = FIRST_BACKOFF;
             }
             s.phase = Phase::Down;
+            s.down_at = Some(Instant::now());
             s.error = Some(error.to_string());
             s.retry_at = Some(Instant::now() + s.backoff);
             was
@@ -467,8 +477,22 @@ mod tests {
             link.down("x");
         }
         assert_eq!(link.state.lock().backoff, MAX_BACKOFF);
-        link.up();
+        link.up(Instant::now());
         assert_eq!(link.state.lock().backoff, FIRST_BACKOFF);
+        assert_eq!(link.health(), None);
+    }
+
+    #[test]
+    fn a_success_of_a_call_that_started_before_the_failure_does_not_say_redis_is_back() {
+        let url = format!("redis://127.0.0.1:{}/0", dead_port());
+        let link = Link::new(&url, "", Duration::from_millis(100)).unwrap();
+        let before = Instant::now();
+        link.down("timed out");
+        // A reply read late (the thread was not scheduled) for a call sent before the freeze.
+        link.up(before);
+        assert_eq!(link.health(), Some("redis: timed out".into()));
+        // A call that started after the failure and succeeded: it is back.
+        link.up(Instant::now());
         assert_eq!(link.health(), None);
     }
 }
