@@ -82,6 +82,9 @@ struct State {
     /// When it went `Down` last: a call that started before then and succeeded is no news
     /// (its reply may have been read late, on a busy machine) and does not make it `Up`.
     down_at: Option<Instant>,
+    /// When it went `Up` last: likewise, a call that started before then and failed (it waited
+    /// out its time-out through the recovery) does not make it `Down` again.
+    up_at: Option<Instant>,
 }
 
 /// The shared Redis: what every user of it (the alarm store, later the chat) goes through.
@@ -133,6 +136,7 @@ impl Link {
                 backoff: FIRST_BACKOFF,
                 retry_at: None,
                 down_at: None,
+                up_at: None,
             }),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -212,7 +216,7 @@ impl Link {
                     Failure::Unavailable => {
                         drop(con);
                         let text = describe(&e);
-                        self.down(&text);
+                        self.down(&text, started);
                         Err(RedisError::Unavailable(text))
                     }
                     Failure::Reply => {
@@ -274,7 +278,7 @@ impl Link {
                     Failure::Unavailable => {
                         *con = None;
                         let text = describe(&e);
-                        self.down(&text);
+                        self.down(&text, started);
                         Err(RedisError::Unavailable(text))
                     }
                     Failure::Reply => {
@@ -288,11 +292,12 @@ impl Link {
 
     /// A connection of a caller's own (see [`Link::run_own`]), with `read_timeout`.
     fn open_own(&self, read_timeout: Duration) -> Result<Connection, RedisError> {
+        let started = Instant::now();
         let fresh = self.connect()?;
         if let Err(e) = fresh.set_read_timeout(Some(read_timeout)) {
             self.errors.fetch_add(1, Ordering::Relaxed);
             let text = describe(&e);
-            self.down(&text);
+            self.down(&text, started);
             return Err(RedisError::Unavailable(text));
         }
         Ok(fresh)
@@ -305,6 +310,7 @@ impl Link {
 
     /// A new connection with the time-outs set, or the failure (also while backing off).
     fn connect(&self) -> Result<Connection, RedisError> {
+        let started = Instant::now();
         {
             let s = self.state.lock();
             if let (Phase::Down, Some(at)) = (s.phase, s.retry_at) {
@@ -333,7 +339,7 @@ impl Link {
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let text = describe(&e);
-                self.down(&text);
+                self.down(&text, started);
                 Err(RedisError::Unavailable(text))
             }
         }
@@ -355,6 +361,9 @@ impl Link {
                 return;
             }
             s.phase = Phase::Up;
+            if was != Phase::Up {
+                s.up_at = Some(Instant::now());
+            }
             s.error = None;
             s.backoff = FIRST_BACKOFF;
             s.retry_at = None;
@@ -368,10 +377,13 @@ impl Link {
     }
 
     /// Redis failed: logs the change if it was not known to be down, and sets the back-off.
-    fn down(&self, error: &str) {
+    fn down(&self, error: &str, started: Instant) {
         let was = {
             let mut s = self.state.lock();
             let was = s.phase;
+            if was == Phase::Up && s.up_at.is_some_and(|at| started < at) {
+                return;
+            }
             if was == Phase::Down {
                 s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
             } else {
@@ -474,7 +486,7 @@ mod tests {
         let url = format!("redis://127.0.0.1:{}/0", dead_port());
         let link = Link::new(&url, "", Duration::from_millis(100)).unwrap();
         for _ in 0..10 {
-            link.down("x");
+            link.down("x", Instant::now());
         }
         assert_eq!(link.state.lock().backoff, MAX_BACKOFF);
         link.up(Instant::now());
@@ -483,16 +495,22 @@ mod tests {
     }
 
     #[test]
-    fn a_success_of_a_call_that_started_before_the_failure_does_not_say_redis_is_back() {
+    fn a_call_that_started_before_the_last_change_does_not_change_the_state_back() {
         let url = format!("redis://127.0.0.1:{}/0", dead_port());
         let link = Link::new(&url, "", Duration::from_millis(100)).unwrap();
         let before = Instant::now();
-        link.down("timed out");
+        link.down("timed out", Instant::now());
         // A reply read late (the thread was not scheduled) for a call sent before the freeze.
         link.up(before);
         assert_eq!(link.health(), Some("redis: timed out".into()));
         // A call that started after the failure and succeeded: it is back.
+        let during = Instant::now();
         link.up(Instant::now());
         assert_eq!(link.health(), None);
+        // A call that was waiting through the recovery and timed out: no news either.
+        link.down("timed out", during);
+        assert_eq!(link.health(), None);
+        link.down("timed out", Instant::now());
+        assert_eq!(link.health(), Some("redis: timed out".into()));
     }
 }

@@ -170,7 +170,11 @@ fn a_frozen_redis_gives_503_within_the_timeout_healthz_503_streams_stay_and_reco
     assert_eq!(sse.next_data(), F, "the stream goes on after the recovery");
     // Each state change logged once, whatever number of calls failed meanwhile.
     let changes = log_lines(&["redis ", &shown]);
-    assert_eq!(log_lines(&["redis unavailable", &shown]).len(), 1, "{changes:#?}");
+    assert_eq!(
+        log_lines(&["redis unavailable", &shown]).len(),
+        1,
+        "{changes:#?}"
+    );
     assert_eq!(log_lines(&["redis recovered", &shown]).len(), 1);
     assert_eq!(log_lines(&["redis connected", &shown]).len(), 1);
     assert_eq!(s.metric("syncast_redis_up"), 1.0);
