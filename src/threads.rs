@@ -32,12 +32,17 @@ pub(crate) enum Role {
     ChatStream,
     /// Serves one short request that reads a body or touches the store.
     Request,
-    /// Sees streams' clients leave (one, while any stream runs).
+    /// Sees streams' clients leave (one, while any stream runs), and reads the chat's TCP
+    /// clients' lines.
     Watcher,
     /// The chat on Redis: follows the room's stream into this node's mirror (one).
     ChatReader,
     /// The chat on Redis: presence, expiry, grace and leases, every 250 ms (one).
     ChatKeeper,
+    /// Accepts the chat's plain-TCP connections (one, with `--chat-tcp`).
+    TcpAccept,
+    /// Serves one chat member over plain TCP.
+    ChatTcp,
 }
 
 impl Role {
@@ -52,6 +57,8 @@ impl Role {
             Role::Watcher => "watcher",
             Role::ChatReader => "chat-reader",
             Role::ChatKeeper => "chat-keeper",
+            Role::TcpAccept => "tcp-accept",
+            Role::ChatTcp => "chat-tcp",
         }
     }
 
@@ -59,12 +66,13 @@ impl Role {
     pub(crate) fn stream_prefix(self) -> &'static str {
         match self {
             Role::ChatStream => "chat",
+            Role::ChatTcp => "tcp",
             _ => "sse",
         }
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 8] = [
+    pub(crate) const ALL: [Role; 10] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
@@ -73,6 +81,8 @@ impl Role {
         Role::Watcher,
         Role::ChatReader,
         Role::ChatKeeper,
+        Role::TcpAccept,
+        Role::ChatTcp,
     ];
 }
 
@@ -271,7 +281,12 @@ impl Threads {
         inner
             .live
             .values()
-            .filter(|e| matches!(e.info.role, Role::AlarmStream | Role::ChatStream))
+            .filter(|e| {
+                matches!(
+                    e.info.role,
+                    Role::AlarmStream | Role::ChatStream | Role::ChatTcp
+                )
+            })
             .count()
     }
 

@@ -1094,3 +1094,86 @@ fn a_node_shuts_down_promptly_joining_its_reader_and_keeper_even_with_redis_froz
         }
     }
 }
+
+/// A line client on `addr` (the chat over TCP); reads with the usual patience.
+struct Line {
+    sock: std::net::TcpStream,
+    read: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Line {
+    fn connect(addr: SocketAddr) -> Line {
+        let sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        let read = std::io::BufReader::new(sock.try_clone().unwrap());
+        let mut l = Line { sock, read };
+        assert!(l.line().starts_with("* "), "greeting");
+        l
+    }
+
+    fn send(&mut self, text: &str) {
+        use std::io::Write;
+        self.sock.write_all(format!("{text}\n").as_bytes()).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let n = self.read.read_line(&mut line).unwrap();
+        assert!(n > 0, "the connection ended");
+        line.trim_end().to_string()
+    }
+
+    /// Lines until one that `want` accepts (returned).
+    fn until(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let l = self.line();
+            if want(&l) {
+                return l;
+            }
+            assert!(!l.starts_with("! "), "waiting for {what}, got {l:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs redis-server: make unit runs it where installed (docs/testing.md)"]
+fn a_tcp_member_on_one_node_and_an_sse_member_on_another_share_the_room() {
+    let redis = need_redis("a_tcp_member_on_one_node_and_an_sse_member_on_another");
+    let a = chat_node(&redis, |c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let b = chat_node(&redis, |_| {});
+    let tcp = a.server.as_ref().unwrap().chat_tcp_addr().unwrap();
+    let carol = unique("carol");
+    let dave = unique("dave");
+    // Dave streams on node B.
+    let td = join(b.addr, &dave);
+    let mut sd = Stream::open(b.addr, &td, None);
+    sd.next_of("welcome");
+    // Carol dials node A's TCP port: her name is the room's across nodes.
+    let mut lc = Line::connect(tcp);
+    lc.send(&format!("/name {dave}"));
+    assert_eq!(lc.line(), "! name taken", "dave's name, held on node B");
+    lc.send(&format!("/name {carol}"));
+    lc.until("the name", |l| l.starts_with("* ") && l.contains(&carol));
+    let r = call(b.addr, "POST", "/chat/join", None, &carol.to_uppercase());
+    assert_eq!(r.status, 409, "carol's name, held through node A: {}", r.body);
+    sd.presence_of(&carol, true);
+    // Carol → dave: a line on A, an event on B.
+    lc.send("hello from a socket");
+    let got = sd.messages_until("hello from a socket");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, carol);
+    // Dave → carol: a post on B, a line on A.
+    post(b.addr, &td, "hello from a stream");
+    let line = lc.until("dave's message", |l| l.contains("hello from a stream"));
+    assert_eq!(line, format!("<{dave}> hello from a stream"));
+    // /who on node A lists the whole room.
+    lc.send("/who");
+    let who = lc.until("who", |l| l.starts_with("* online:"));
+    assert!(who.contains(&carol) && who.contains(&dave), "{who}");
+    // /quit: a leave, seen on node B.
+    lc.send("/quit");
+    sd.presence_of(&carol, false);
+    let users = b.request("GET", "/chat/users", None).json();
+    assert_eq!(users["count"], 1, "{users}");
+}

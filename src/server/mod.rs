@@ -40,9 +40,11 @@ use crate::chat::shared::keeper::Keeper;
 use crate::chat::shared::reader::Reader;
 use crate::chat::shared::SharedChat;
 use crate::chat::stream::ChatStreams;
+use crate::chat::tcp::{ChatTcp, Members};
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::body::Bodies;
+use crate::http::sse::WriteLimits;
 use crate::http::sweep::ConnTable;
 use crate::http::watch::{Paths, Watcher};
 use crate::metrics::Metrics;
@@ -63,6 +65,8 @@ pub enum StartError {
     Bind(std::io::Error),
     /// The `--admin-listen` socket could not be bound.
     AdminBind(std::io::Error),
+    /// The `--chat-tcp` socket could not be bound.
+    ChatTcpBind(std::io::Error),
     /// A key file (`--jwt-secret-file`, `--jwt-public-key-file`) cannot be used.
     Key(KeyError),
     /// The store could not be opened or created.
@@ -79,6 +83,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
             StartError::AdminBind(e) => write!(f, "cannot listen on --admin-listen: {e}"),
+            StartError::ChatTcpBind(e) => write!(f, "cannot listen on --chat-tcp: {e}"),
             StartError::Key(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
@@ -93,6 +98,7 @@ impl std::error::Error for StartError {
             StartError::Config(e) => Some(e),
             StartError::Bind(e)
             | StartError::AdminBind(e)
+            | StartError::ChatTcpBind(e)
             | StartError::Spawn(e)
             | StartError::Watch(e) => Some(e),
             StartError::Key(e) => Some(e),
@@ -128,6 +134,8 @@ pub struct Shutdown {
 pub struct Server {
     local: SocketAddr,
     admin_local: Option<SocketAddr>,
+    /// The chat's plain-TCP listener (`--chat-tcp`).
+    chat_tcp: Option<ChatTcp>,
     auth: Arc<Auth>,
     threads: Threads,
     admit: Arc<Admission>,
@@ -183,6 +191,10 @@ impl Server {
             None => None,
         };
         let admin_local = admin.as_ref().map(|a| a.local);
+        let chat_listener = match config.chat_tcp {
+            Some(addr) => Some(ChatTcp::bind(addr).map_err(StartError::ChatTcpBind)?),
+            None => None,
+        };
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
         // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
@@ -244,6 +256,24 @@ impl Server {
             admit: admit.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+        });
+        let members = Arc::new(Members {
+            room: room.clone(),
+            watcher: watcher.clone(),
+            conns: conns.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            limits: WriteLimits::of(&config),
+            header_timeout: config.header_timeout,
+            keepalive: config.heartbeat,
+            // On Redis a member's own thread runs the room's scripts (join, post, rename,
+            // leave): a Redis round trip needs a service thread's stack, not a stream's (a
+            // TCP member's thread overflowed 64 KiB in a debug build). Only touched pages cost.
+            stack: if config.redis.is_some() {
+                config.stream_stack.max(SERVICE_STACK)
+            } else {
+                config.stream_stack
+            },
         });
         let chat = Arc::new(ChatService {
             room: room.clone(),
@@ -355,13 +385,26 @@ impl Server {
                 move || dispatcher.run(Supervisor::new(local, panics_at_start)),
             )
         });
-        if let Err(e) = spawned {
-            // The refresher (and the chat's reader and keeper) run already: stop them and join
-            // them, so a failed start leaves no thread behind.
-            drop(shutdown_tx);
-            threads.join_all(Instant::now() + Duration::from_secs(5));
-            return Err(StartError::Spawn(e));
-        }
+        let chat_tcp = match (spawned, chat_listener) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Ok(None),
+            (Ok(_), Some(listener)) => {
+                ChatTcp::start(listener, members, admit.clone(), threads.clone()).map(Some)
+            }
+        };
+        let chat_tcp = match chat_tcp {
+            Ok(t) => t,
+            Err(e) => {
+                // The refresher (the chat's reader and keeper, the dispatcher) run already: stop
+                // them and join them, so a failed start leaves no thread behind.
+                drop(shutdown_tx);
+                if let Some(http) = http.lock().as_ref() {
+                    http.unblock();
+                }
+                threads.join_all(Instant::now() + Duration::from_secs(5));
+                return Err(StartError::Spawn(e));
+            }
+        };
         log::info!("server listening addr={local}");
         if let Some(admin) = admin_local {
             log::info!("admin listening addr={admin}");
@@ -386,6 +429,7 @@ impl Server {
         Ok(Server {
             local,
             admin_local,
+            chat_tcp,
             auth,
             threads,
             admit,
@@ -404,6 +448,11 @@ impl Server {
     /// The `--admin-listen` address, if there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_local
+    }
+
+    /// The `--chat-tcp` address, if there is one.
+    pub fn chat_tcp_addr(&self) -> Option<SocketAddr> {
+        self.chat_tcp.as_ref().map(ChatTcp::addr)
     }
 
     /// Reads the key files again (what `SIGHUP` does, through the `keys` reload hook): each one
@@ -457,6 +506,10 @@ impl Server {
         drop(tx);
         self.admit.close_streams();
         self.watcher.shutdown();
+        if let Some(tcp) = self.chat_tcp.as_mut() {
+            tcp.shutdown();
+        }
+        let chat_local = self.chat_tcp.as_ref().map(ChatTcp::addr);
         if let Some(http) = self.http.lock().as_ref() {
             http.unblock();
         }
@@ -470,6 +523,9 @@ impl Server {
             cut = crate::sys::fd::shutdown_accepted(self.local);
             if let Some(admin) = self.admin_local {
                 cut += crate::sys::fd::shutdown_accepted(admin);
+            }
+            if let Some(tcp) = chat_local {
+                cut += crate::sys::fd::shutdown_accepted(tcp);
             }
             log::warn!(
                 "shutdown cut connections={cut} still_running={left} after_ms={}",

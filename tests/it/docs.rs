@@ -402,6 +402,35 @@ fn the_readme_stays_short() {
     );
 }
 
+/// Issue 17: `make run` opens the chat's TCP port, and the README shows how to dial it.
+#[test]
+fn make_run_serves_chat_over_tcp_and_the_readme_shows_nc() {
+    let makefile = read(&repo().join("Makefile"));
+    let run: Vec<&str> = makefile
+        .lines()
+        .skip_while(|l| !l.starts_with("run:"))
+        .skip(1)
+        .take_while(|l| l.starts_with('\t'))
+        .collect();
+    assert!(
+        run.iter().any(|l| l.contains("--chat-tcp $(CHAT_TCP)")),
+        "make run passes --chat-tcp: {run:?}"
+    );
+    assert!(
+        makefile.contains("CHAT_TCP ?= 127.0.0.1:7070"),
+        "make run's --chat-tcp is 127.0.0.1:7070 unless CHAT_TCP= says otherwise"
+    );
+    let readme = read(&repo().join("README.md"));
+    assert!(
+        readme.contains("nc 127.0.0.1 7070"),
+        "the README dials the chat with nc"
+    );
+    assert!(
+        readme.contains("/chat/stream?name="),
+        "and has the SSE side of the same conversation"
+    );
+}
+
 #[test]
 fn the_checker_reads_links_headings_and_mentions_as_github_does() {
     assert_eq!(slug("The web page at `/`"), "the-web-page-at-");

@@ -44,6 +44,26 @@ impl Room {
         name: &str,
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
+        Ok(self.join_attach_on_redis(sh, name, last_event_id, false)?.1)
+    }
+
+    /// [`Room::join_lines`] on Redis: the session is the room's across nodes, its member reads
+    /// the events' text lines from this node's mirror.
+    pub(super) fn join_lines_shared(
+        &self,
+        sh: &SharedChat,
+        name: &str,
+    ) -> Result<(Token, Attached), ChatError> {
+        self.join_attach_on_redis(sh, name, None, true)
+    }
+
+    fn join_attach_on_redis(
+        &self,
+        sh: &SharedChat,
+        name: &str,
+        last_event_id: Option<u64>,
+        lines: bool,
+    ) -> Result<(Token, Attached), ChatError> {
         if !valid_name(name) {
             return Err(ChatError::InvalidName);
         }
@@ -53,10 +73,11 @@ impl Room {
         let r = sh.join_attach(name, &fold(name), &token, serial, WELCOME_NAMES)?;
         log::info!("chat joined name={name}");
         let key = token.selector();
-        Ok(self
-            .inner
-            .lock()
-            .attach_mirrored(key, token, serial, &r, last_event_id))
+        let attached =
+            self.inner
+                .lock()
+                .attach_mirrored(key, token.clone(), serial, &r, last_event_id, lines);
+        Ok((token, attached))
     }
 
     pub(super) fn attach_shared(
@@ -75,6 +96,7 @@ impl Room {
             serial,
             &r,
             last_event_id,
+            false,
         ))
     }
 

@@ -49,6 +49,7 @@ impl Inner {
         serial: u64,
         r: &AttachReply,
         last_event_id: Option<u64>,
+        lines: bool,
     ) -> Attached {
         // A stream of the session on this node; one on another node was told by the script.
         self.kick(key, CloseReason::Replaced);
@@ -56,18 +57,23 @@ impl Inner {
         let slot = self.wakers.add(Waker { key, wake: wake_tx });
         let head = self.last_id;
         let top = r.last_id.max(head);
+        // A line member (TCP) gets no welcome and no history: live from the join on.
         let after = match last_event_id {
+            _ if lines => None,
             Some(k) => Some(k),
             None if !r.attached_before => Some(r.joined_after),
             None => None,
         };
-        let mut backlog: Vec<Encoded> = vec![events::welcome(
-            &r.name,
-            token.as_str(),
-            &r.first,
-            r.count,
-            r.last_id,
-        )];
+        let mut backlog: Vec<Encoded> = Vec::new();
+        if !lines {
+            backlog.push(events::welcome(
+                &r.name,
+                token.as_str(),
+                &r.first,
+                r.count,
+                r.last_id,
+            ));
+        }
         let cursor = match after {
             // Live from the welcome's last id on (events after it that the mirror holds
             // already are taken at once).
@@ -93,6 +99,7 @@ impl Inner {
             serial,
             cursor,
             slot,
+            lines,
         });
         session.detached_since = None;
         Attached {
@@ -101,6 +108,7 @@ impl Inner {
             serial,
             backlog,
             wake: wake_rx,
+            online_count: r.count,
         }
     }
 
@@ -186,6 +194,7 @@ impl Inner {
                     id,
                     from: None,
                     bytes: Encoded::from(&b""[..]),
+                    line: None,
                     at: crate::metrics::now_ns(),
                 });
                 while self.history.len() > self.limits.history {
