@@ -393,6 +393,23 @@ fn code_paths_are_read_from_inline_code_and_foreign_ones_left_out() {
 }
 
 #[test]
+fn no_merge_conflict_markers_are_left_in_the_docs() {
+    let mut left = Vec::new();
+    for file in markdown_files() {
+        for (n, line) in read(&file).lines().enumerate() {
+            if line.starts_with("<<<<<<< ") || line.starts_with(">>>>>>> ") {
+                left.push(format!("{}:{}: {line}", shown(&file), n + 1));
+            }
+        }
+    }
+    assert!(
+        left.is_empty(),
+        "merge conflict markers:\n{}",
+        left.join("\n")
+    );
+}
+
+#[test]
 fn the_readme_stays_short() {
     let lines = read(&repo().join("README.md")).lines().count();
     assert!(
