@@ -1140,7 +1140,9 @@ impl Line {
 #[ignore = "needs redis-server: make unit runs it where installed (docs/testing.md)"]
 fn a_tcp_member_on_one_node_and_an_sse_member_on_another_share_the_room() {
     let redis = need_redis("a_tcp_member_on_one_node_and_an_sse_member_on_another");
-    let a = chat_node(&redis, |c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let a = chat_node(&redis, |c| {
+        c.chat_tcp = Some("127.0.0.1:0".parse().unwrap())
+    });
     let b = chat_node(&redis, |_| {});
     let tcp = a.server.as_ref().unwrap().chat_tcp_addr().unwrap();
     let carol = unique("carol");
@@ -1156,7 +1158,11 @@ fn a_tcp_member_on_one_node_and_an_sse_member_on_another_share_the_room() {
     lc.send(&format!("/name {carol}"));
     lc.until("the name", |l| l.starts_with("* ") && l.contains(&carol));
     let r = call(b.addr, "POST", "/chat/join", None, &carol.to_uppercase());
-    assert_eq!(r.status, 409, "carol's name, held through node A: {}", r.body);
+    assert_eq!(
+        r.status, 409,
+        "carol's name, held through node A: {}",
+        r.body
+    );
     sd.presence_of(&carol, true);
     // Carol → dave: a line on A, an event on B.
     lc.send("hello from a socket");

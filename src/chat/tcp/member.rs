@@ -517,8 +517,10 @@ impl Member<'_> {
             Err(e) => {
                 // The room is on Redis and Redis does not answer: say so, keep the connection.
                 log::debug!("chat tcp who failed conn={} error={e}", self.conn);
-                self.out.send(b"! the room is unavailable, try again
-")?;
+                self.out.send(
+                    b"! the room is unavailable, try again
+",
+                )?;
                 return Ok(None);
             }
         };
