@@ -40,7 +40,7 @@ root_only = if [ "$$(id -u)" = 0 ] || [ "$${CI:-}" = true ]; then $(2); \
 # The tests that start their own redis-server are #[ignore = "needs redis-server: ..."] the same
 # way: `unit` runs exactly them where redis-server is installed or under CI=true (test-deps
 # installs it there; one that then finds none fails), otherwise it says they did not run.
-REDIS_TESTS = --lib --test nodes
+REDIS_TESTS = --lib --test nodes --test chat_nodes
 # The same tests built with the redis-tls feature add the one against a TLS-only redis-server.
 REDIS_TLS_TESTS = --features redis-tls --test nodes -- --ignored tls
 redis_only = if command -v redis-server >/dev/null || [ -n "$${REDIS_SERVER:-}" ] || [ "$${CI:-}" = true ]; \

@@ -51,6 +51,8 @@ pub(crate) enum Refusal {
     StoreUnavailable,
     /// `--max-members` chat sessions already (a join by `GET /chat/stream?name=`).
     RoomFull,
+    /// The chat on Redis cannot reach Redis now, or this node has not read the room yet.
+    ChatUnavailable,
 }
 
 impl Refusal {
@@ -63,6 +65,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting-down",
             Refusal::StoreUnavailable => "store-unavailable",
             Refusal::RoomFull => "room-full",
+            Refusal::ChatUnavailable => "chat-unavailable",
         }
     }
 
@@ -75,7 +78,7 @@ impl Refusal {
             Refusal::MaxClients | Refusal::MaxRequests | Refusal::ThreadSpawn => {
                 Duration::from_secs(2)
             }
-            Refusal::ShuttingDown => Duration::from_secs(3),
+            Refusal::ShuttingDown | Refusal::ChatUnavailable => Duration::from_secs(3),
             Refusal::StoreUnavailable | Refusal::RoomFull => Duration::from_secs(5),
         }
     }
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::ShuttingDown => "shutting down",
             Refusal::StoreUnavailable => "store unavailable",
             Refusal::RoomFull => "the room is full: try again later",
+            Refusal::ChatUnavailable => "chat unavailable",
         };
         response::retry_later(503, 1, message)
     }
@@ -510,6 +514,90 @@ impl Admission {
         self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
             body(rq, prepared, slot, conn)
         });
+    }
+
+    /// Like [`Admission::spawn_stream_prepared`], for a `prepare` that waits for I/O (the chat
+    /// on Redis asks Redis to attach): it runs on a request thread (under `--max-requests`),
+    /// which then spawns the stream's own thread, so neither the dispatcher waits nor the
+    /// stream thread keeps what preparing allocated (see `spawn_stream_prepared`). The stream
+    /// slot is taken first, on the calling thread, as there.
+    pub(crate) fn spawn_stream_prepared_off<P, G, F>(
+        self: &Arc<Self>,
+        role: Role,
+        request: Request,
+        prepare: G,
+        body: F,
+    ) where
+        P: Send + 'static,
+        G: FnOnce(&Request) -> Result<P, Unprepared> + Send + 'static,
+        F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
+    {
+        if body::location(&request) == body::Location::OnSocket {
+            // As in spawn_stream: a stream never reads a body.
+            let reply = bad_request(&self.metrics, "a stream request carries no body");
+            self.respond(request, reply);
+            return;
+        }
+        let conn = self.next_conn();
+        let name = format!("{}-{conn}", role.stream_prefix());
+        let peer = request.remote_addr().copied();
+        if self.closers.lock().shut {
+            log::warn!("stream refused reason=shutting-down");
+            return self.refuse_stream(request, Refusal::ShuttingDown);
+        }
+        let Some(slot) = self.stream_slot(peer) else {
+            log::warn!("stream refused reason=max-clients max={}", self.max_clients);
+            return self.refuse_stream(request, Refusal::MaxClients);
+        };
+        let admit = self.clone();
+        let run = move |rq: Request| {
+            let prepared = prepare(&rq);
+            match prepared {
+                Ok(p) => {
+                    admit.spawn_with(role, name, admit.stream_stack, rq, true, move |rq| {
+                        body(rq, p, slot, conn)
+                    });
+                }
+                Err(Unprepared::Reply(reply)) => {
+                    drop(slot);
+                    admit.respond(rq, reply);
+                }
+                Err(Unprepared::Retry(why)) => {
+                    drop(slot);
+                    log::warn!("stream refused reason={}", why.reason());
+                    admit.refuse_stream(rq, why);
+                }
+            }
+        };
+        if pipeline::serving(peer) {
+            // A request thread already (the stream was pipelined behind a request it served).
+            return run(request);
+        }
+        let max = self.max_requests;
+        if self
+            .requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            // The closure (and the stream slot in it) is dropped first: the slot is free again.
+            drop(run);
+            log::warn!("stream refused reason=max-requests max={max}");
+            return self.refuse_stream(request, Refusal::MaxRequests);
+        }
+        let request_slot = RequestSlot(self.clone());
+        self.spawn_with(
+            Role::Request,
+            format!("req-{}", self.next_conn()),
+            SERVICE_STACK,
+            request,
+            true,
+            move |rq| {
+                let _request_slot = request_slot;
+                run(rq);
+            },
+        );
     }
 
     /// Spawns a short request thread (store access, bodies); over `--max-requests` answers 503.

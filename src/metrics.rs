@@ -51,7 +51,7 @@ impl Counter {
 }
 
 /// Why a request or connection was refused; a label of `syncast_rejected_total`.
-pub(crate) const REJECT_REASONS: [&str; 13] = [
+pub(crate) const REJECT_REASONS: [&str; 14] = [
     "max-clients",
     "max-requests",
     "thread-spawn",
@@ -65,6 +65,7 @@ pub(crate) const REJECT_REASONS: [&str; 13] = [
     "bad-framing",
     "shutting-down",
     "store-unavailable",
+    "chat-unavailable",
 ];
 
 /// Why a chat TCP line was refused: the `why` label of `syncast_chat_tcp_bad_lines_total`, in
@@ -491,6 +492,16 @@ pub(crate) struct Gauges {
     pub(crate) store_writable: bool,
     /// The shared Redis's figures, with `--redis` (none shown without it).
     pub(crate) redis: Option<crate::redis::Figures>,
+    /// The chat on Redis's figures, with `--redis`.
+    pub(crate) chat_redis: Option<ChatRedisFigures>,
+}
+
+/// What `/metrics` shows of the chat on Redis (see `crate::chat::shared::Figures`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ChatRedisFigures {
+    pub(crate) entries_read: u64,
+    pub(crate) resyncs: u64,
+    pub(crate) expired: u64,
 }
 
 /// How one scrape reads the server's numbers: the library asks it to encode them.
@@ -636,6 +647,28 @@ impl Collector for Scrape {
                 ),
             ] {
                 encode_value(series(&mut enc, name, help, kind)?, kind, Count(value))?;
+            }
+        }
+        if let Some(c) = g.chat_redis {
+            for (name, help, value) in [
+                (
+                    "syncast_chat_redis_entries_read_total",
+                    "Chat on Redis: stream entries this node's reader read into its mirror.",
+                    c.entries_read,
+                ),
+                (
+                    "syncast_chat_redis_mirror_restarts_total",
+                    "Chat on Redis: times the mirror was filled anew (at start, after the reader \
+                     fell more than --history behind, or after Redis lost the room).",
+                    c.resyncs,
+                ),
+                (
+                    "syncast_chat_redis_expired_total",
+                    "Chat on Redis: sessions whose expiry this node claimed.",
+                    c.expired,
+                ),
+            ] {
+                encode_value(series(&mut enc, name, help, C)?, C, Count(value))?;
             }
         }
         for (name, help, h) in [

@@ -52,14 +52,15 @@ impl std::fmt::Display for RedisError {
 impl std::error::Error for RedisError {}
 
 /// Whether a call may be sent again on a fresh connection when the pooled connection it was
-/// sent on turns out to be dead (Redis restarted, or closed it as idle).
+/// sent on turns out to be dead (Redis restarted, or closed it as idle). Every call syncast
+/// makes may: the chat's scripts that append know their own second run (see
+/// `chat::shared::SharedChat::ask`); a call that could not would need a variant here that
+/// returns the failure as it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Retry {
-    /// The call can run twice without harm (`HSET`, `HMGET`, `PING`).
+    /// The call can run twice without harm (`HSET`, `HMGET`, `PING`, a script that knows it
+    /// ran).
     Idempotent,
-    /// It must not (an `INCR` + `XADD` script): a failure is returned as it is.
-    #[allow(dead_code)] // the chat on Redis (issue 16 part B, docs/design-redis-chat.md)
-    Never,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +79,12 @@ struct State {
     backoff: Duration,
     /// No new connection is tried before this (while `Down`).
     retry_at: Option<Instant>,
+    /// When it went `Down` last: a call that started before then and succeeded is no news
+    /// (its reply may have been read late, on a busy machine) and does not make it `Up`.
+    down_at: Option<Instant>,
+    /// When it went `Up` last: likewise, a call that started before then and failed (it waited
+    /// out its time-out through the recovery) does not make it `Down` again.
+    up_at: Option<Instant>,
 }
 
 /// The shared Redis: what every user of it (the alarm store, later the chat) goes through.
@@ -128,6 +135,8 @@ impl Link {
                 error: None,
                 backoff: FIRST_BACKOFF,
                 retry_at: None,
+                down_at: None,
+                up_at: None,
             }),
             errors: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -177,6 +186,7 @@ impl Link {
         retry: Retry,
         mut call: impl FnMut(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, RedisError> {
+        let started = Instant::now();
         let pooled = self.idle.lock().pop();
         let first_pooled = pooled.is_some();
         let mut con = match pooled {
@@ -190,12 +200,13 @@ impl Link {
                 // it): that says nothing about Redis now, so try a fresh one.
                 drop(con);
                 con = self.connect()?;
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
                 result = call(&mut con);
             }
         }
         match result {
             Ok(v) => {
-                self.up();
+                self.up(started);
                 self.give_back(con);
                 Ok(v)
             }
@@ -205,13 +216,13 @@ impl Link {
                     Failure::Unavailable => {
                         drop(con);
                         let text = describe(&e);
-                        self.down(&text);
+                        self.down(&text, started);
                         Err(RedisError::Unavailable(text))
                     }
                     Failure::Reply => {
                         // Redis is there and the connection is in step (the whole reply was
                         // read): keep both.
-                        self.up();
+                        self.up(started);
                         self.give_back(con);
                         Err(RedisError::Reply(describe(&e)))
                     }
@@ -220,8 +231,86 @@ impl Link {
         }
     }
 
+    /// Runs `call` on `con`, a connection of the caller's own that is never pooled (the chat
+    /// reader's, blocked in `XREAD` most of the time): opened here when `None` (or the failure,
+    /// also while backing off), with `read_timeout` as its read time-out instead of
+    /// `--redis-timeout` (a blocking read waits longer by design). The same bookkeeping as
+    /// [`Link::run`]: health, back-off, log lines, figures; a connection that failed is dropped
+    /// (`con` is `None` afterwards).
+    ///
+    /// A connection that was open before and turns out dropped (Redis closed it: `CLIENT
+    /// KILL`, its `timeout`, a restart) is not taken for Redis being down, which would refuse
+    /// every caller for the back-off: it is dropped, its failure returned, and the caller's
+    /// next call opens a new one (the caller sees `con` is `None`, and may check what it must
+    /// on a new connection first).
+    pub(crate) fn run_own<T>(
+        &self,
+        con: &mut Option<Connection>,
+        read_timeout: Duration,
+        call: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, RedisError> {
+        let started = Instant::now();
+        let had = con.is_some();
+        if con.is_none() {
+            *con = Some(self.open_own(read_timeout)?);
+        }
+        let Some(c) = con.as_mut() else {
+            return Err(RedisError::Unavailable("no connection".into()));
+        };
+        let result = call(c);
+        if let Err(e) = &result {
+            if had && e.is_connection_dropped() {
+                *con = None;
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                // The next call opens the new connection: counted as opened after a failure.
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                return Err(RedisError::Unavailable(describe(e)));
+            }
+        }
+        match result {
+            Ok(v) => {
+                self.up(started);
+                Ok(v)
+            }
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                match classify(&e) {
+                    Failure::Unavailable => {
+                        *con = None;
+                        let text = describe(&e);
+                        self.down(&text, started);
+                        Err(RedisError::Unavailable(text))
+                    }
+                    Failure::Reply => {
+                        self.up(started);
+                        Err(RedisError::Reply(describe(&e)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A connection of a caller's own (see [`Link::run_own`]), with `read_timeout`.
+    fn open_own(&self, read_timeout: Duration) -> Result<Connection, RedisError> {
+        let started = Instant::now();
+        let fresh = self.connect()?;
+        if let Err(e) = fresh.set_read_timeout(Some(read_timeout)) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let text = describe(&e);
+            self.down(&text, started);
+            return Err(RedisError::Unavailable(text));
+        }
+        Ok(fresh)
+    }
+
+    /// The `--redis-timeout` every pooled connection has.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// A new connection with the time-outs set, or the failure (also while backing off).
     fn connect(&self) -> Result<Connection, RedisError> {
+        let started = Instant::now();
         {
             let s = self.state.lock();
             if let (Phase::Down, Some(at)) = (s.phase, s.retry_at) {
@@ -250,7 +339,7 @@ impl Link {
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let text = describe(&e);
-                self.down(&text);
+                self.down(&text, started);
                 Err(RedisError::Unavailable(text))
             }
         }
@@ -264,11 +353,17 @@ impl Link {
     }
 
     /// Redis answered: logs the change if it was not known to be up.
-    fn up(&self) {
+    fn up(&self, started: Instant) {
         let was = {
             let mut s = self.state.lock();
             let was = s.phase;
+            if was == Phase::Down && s.down_at.is_some_and(|at| started < at) {
+                return;
+            }
             s.phase = Phase::Up;
+            if was != Phase::Up {
+                s.up_at = Some(Instant::now());
+            }
             s.error = None;
             s.backoff = FIRST_BACKOFF;
             s.retry_at = None;
@@ -282,16 +377,20 @@ impl Link {
     }
 
     /// Redis failed: logs the change if it was not known to be down, and sets the back-off.
-    fn down(&self, error: &str) {
+    fn down(&self, error: &str, started: Instant) {
         let was = {
             let mut s = self.state.lock();
             let was = s.phase;
+            if was == Phase::Up && s.up_at.is_some_and(|at| started < at) {
+                return;
+            }
             if was == Phase::Down {
                 s.backoff = (s.backoff * 2).min(MAX_BACKOFF);
             } else {
                 s.backoff = FIRST_BACKOFF;
             }
             s.phase = Phase::Down;
+            s.down_at = Some(Instant::now());
             s.error = Some(error.to_string());
             s.retry_at = Some(Instant::now() + s.backoff);
             was
@@ -387,11 +486,31 @@ mod tests {
         let url = format!("redis://127.0.0.1:{}/0", dead_port());
         let link = Link::new(&url, "", Duration::from_millis(100)).unwrap();
         for _ in 0..10 {
-            link.down("x");
+            link.down("x", Instant::now());
         }
         assert_eq!(link.state.lock().backoff, MAX_BACKOFF);
-        link.up();
+        link.up(Instant::now());
         assert_eq!(link.state.lock().backoff, FIRST_BACKOFF);
         assert_eq!(link.health(), None);
+    }
+
+    #[test]
+    fn a_call_that_started_before_the_last_change_does_not_change_the_state_back() {
+        let url = format!("redis://127.0.0.1:{}/0", dead_port());
+        let link = Link::new(&url, "", Duration::from_millis(100)).unwrap();
+        let before = Instant::now();
+        link.down("timed out", Instant::now());
+        // A reply read late (the thread was not scheduled) for a call sent before the freeze.
+        link.up(before);
+        assert_eq!(link.health(), Some("redis: timed out".into()));
+        // A call that started after the failure and succeeded: it is back.
+        let during = Instant::now();
+        link.up(Instant::now());
+        assert_eq!(link.health(), None);
+        // A call that was waiting through the recovery and timed out: no news either.
+        link.down("timed out", during);
+        assert_eq!(link.health(), None);
+        link.down("timed out", Instant::now());
+        assert_eq!(link.health(), Some("redis: timed out".into()));
     }
 }

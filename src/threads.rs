@@ -35,6 +35,10 @@ pub(crate) enum Role {
     /// Sees streams' clients leave (one, while any stream runs), and reads the chat's TCP
     /// clients' lines.
     Watcher,
+    /// The chat on Redis: follows the room's stream into this node's mirror (one).
+    ChatReader,
+    /// The chat on Redis: presence, expiry, grace and leases, every 250 ms (one).
+    ChatKeeper,
     /// Accepts the chat's plain-TCP connections (one, with `--chat-tcp`).
     TcpAccept,
     /// Serves one chat member over plain TCP.
@@ -51,6 +55,8 @@ impl Role {
             Role::ChatStream => "chat-stream",
             Role::Request => "request",
             Role::Watcher => "watcher",
+            Role::ChatReader => "chat-reader",
+            Role::ChatKeeper => "chat-keeper",
             Role::TcpAccept => "tcp-accept",
             Role::ChatTcp => "chat-tcp",
         }
@@ -66,13 +72,15 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 8] = [
+    pub(crate) const ALL: [Role; 10] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
         Role::ChatStream,
         Role::Request,
         Role::Watcher,
+        Role::ChatReader,
+        Role::ChatKeeper,
         Role::TcpAccept,
         Role::ChatTcp,
     ];

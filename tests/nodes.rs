@@ -97,7 +97,9 @@ fn an_alarm_set_by_another_program_with_hset_reaches_streams_and_odd_values_read
         .arg("*")
         .query(&mut outside(&redis))
         .unwrap();
-    assert_eq!(keys, vec!["other:alarms".to_string()]);
+    // (The chat on Redis has its keys too, `other:chat:…`, under the same prefix.)
+    assert!(keys.contains(&"other:alarms".to_string()), "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("other:")), "{keys:?}");
 }
 
 #[test]
@@ -167,7 +169,12 @@ fn a_frozen_redis_gives_503_within_the_timeout_healthz_503_streams_stay_and_reco
     );
     assert_eq!(sse.next_data(), F, "the stream goes on after the recovery");
     // Each state change logged once, whatever number of calls failed meanwhile.
-    assert_eq!(log_lines(&["redis unavailable", &shown]).len(), 1);
+    let changes = log_lines(&["redis ", &shown]);
+    assert_eq!(
+        log_lines(&["redis unavailable", &shown]).len(),
+        1,
+        "{changes:#?}"
+    );
     assert_eq!(log_lines(&["redis recovered", &shown]).len(), 1);
     assert_eq!(log_lines(&["redis connected", &shown]).len(), 1);
     assert_eq!(s.metric("syncast_redis_up"), 1.0);

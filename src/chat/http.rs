@@ -11,10 +11,12 @@
 //! | `POST /chat/leave` (token) | `204` |
 //! | `GET /chat/users[?after=NAME&limit=N]` | `200 {"online":[..],"count","next","last_id"}` |
 //!
-//! Room calls touch only memory, so a request whose body tiny_http has already buffered (at most
-//! 1 KiB) is answered on the dispatcher; a larger body is read on a request thread (tiny_http
-//! reads it lazily from the socket, which must not stall the dispatcher). The stream runs on its
-//! own stream thread.
+//! The local room's calls touch only memory, so a request whose body tiny_http has already
+//! buffered (at most 1 KiB) is answered on the dispatcher; a larger body is read on a request
+//! thread (tiny_http reads it lazily from the socket, which must not stall the dispatcher). With
+//! the chat on Redis every call is a round trip to Redis: each runs on a request thread, and a
+//! stream is joined or attached on one before its own thread starts. The stream runs on its own
+//! stream thread.
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use super::reply::error_reply;
 use super::room::{ChatError, Room};
 use super::session::Token;
 use super::stream::{self, ChatStreams, Member};
-use crate::admit::Admission;
+use crate::admit::{Admission, Unprepared};
 use crate::auth::{self, Auth, Denied, Grant, Need};
 use crate::http::request::{header, read_body, Params};
 use crate::http::response::{self, bad_request, Reply};
@@ -49,6 +51,23 @@ pub(crate) struct ChatService {
 
 /// The 403 of a name other than the token's.
 const NOT_YOUR_NAME: &str = "the name must be the token's name claim (else its sub)";
+
+impl ChatService {
+    /// Runs `handler` where the room's calls may run: with the local room inline on the
+    /// dispatcher when the body is buffered ([`Admission::run_request`]); with the chat on Redis
+    /// always on a request thread (each call waits for Redis).
+    fn run(
+        self: &Arc<Self>,
+        request: Request,
+        handler: impl FnOnce(&mut Request) -> Reply + Send + 'static,
+    ) {
+        if self.room.shared().is_some() {
+            self.admit.spawn_request(request, handler);
+        } else {
+            self.admit.run_request(request, handler);
+        }
+    }
+}
 
 /// With auth on, the grant of a request that wants to chat, and the name the token speaks as;
 /// `Ok(None)` with auth off.
@@ -85,21 +104,53 @@ pub(crate) fn stream(chat: &Arc<ChatService>, request: Request, params: &Params<
             return chat.admit.respond(request, reply);
         }
     };
-    let expires = match stream_grant(chat, &request, params.query, &member) {
-        Ok(expires) => expires,
+    let grant = match stream_grant(chat, &request, params.query, &member) {
+        Ok(grant) => grant,
         Err(denied) => {
             let reply = auth::refusal(&chat.metrics, &request, &denied);
             return chat.admit.respond(request, reply);
         }
     };
-    let cx = chat.streams.clone();
-    // The room's work runs here, on the dispatcher (see `spawn_stream_prepared`).
-    chat.admit.spawn_stream_prepared(
+    let (cx, expires) = (chat.streams.clone(), grant.expires);
+    if chat.room.shared().is_none() {
+        // The room's work runs here, on the dispatcher (see `spawn_stream_prepared`).
+        return chat.admit.spawn_stream_prepared(
+            Role::ChatStream,
+            request,
+            |_| {
+                stream::prepare(&chat.streams, &member, last, None)
+                    .map_err(|e| stream::refusal(&chat.metrics, &e))
+            },
+            move |rq, prepared, slot, conn| stream::serve(cx, rq, prepared, conn, slot, expires),
+        );
+    }
+    // On Redis: on a request thread, then the stream's own (its thread stays as lean).
+    let (streams, metrics) = (chat.streams.clone(), chat.metrics.clone());
+    chat.admit.spawn_stream_prepared_off(
         Role::ChatStream,
         request,
-        |_| stream::prepare(&chat.streams, &member, last),
+        move |rq| {
+            let expect = grant.expect.as_ref().map(|(name, _)| name.as_str());
+            stream::prepare(&streams, &member, last, expect).map_err(|e| match (e, &grant.expect) {
+                (ChatError::NotYourName, Some((_, sub))) => {
+                    let denied = Denied::Forbidden {
+                        lacks: NOT_YOUR_NAME,
+                        sub: sub.clone(),
+                    };
+                    Unprepared::Reply(auth::refusal(&metrics, rq, &denied))
+                }
+                (e, _) => stream::refusal(&metrics, &e),
+            })
+        },
         move |rq, prepared, slot, conn| stream::serve(cx, rq, prepared, conn, slot, expires),
     );
+}
+
+/// What auth decided for a stream: when it must end, and (the chat on Redis, attaching by
+/// token) the name the session must have, with the token's `sub` for the refusal.
+struct StreamGrant {
+    expires: Option<std::time::Instant>,
+    expect: Option<(String, Option<String>)>,
 }
 
 /// With auth on: whether the token may stream as `member`, and when the stream must end.
@@ -108,12 +159,22 @@ fn stream_grant(
     request: &Request,
     query: &[(String, String)],
     member: &Member,
-) -> Result<Option<std::time::Instant>, Denied> {
+) -> Result<StreamGrant, Denied> {
     let Some((grant, name)) = member_grant(chat, request, query)? else {
-        return Ok(None);
+        return Ok(StreamGrant {
+            expires: None,
+            expect: None,
+        });
     };
     let theirs = match member {
         Member::Join(asked) => Some(asked.clone()),
+        // On Redis the attach checks it (no Redis call on the dispatcher).
+        Member::Resume(_) if chat.room.shared().is_some() => {
+            return Ok(StreamGrant {
+                expires: Some(grant.expires),
+                expect: Some((name, grant.sub)),
+            });
+        }
         // An unknown token is the stream thread's 401, as without auth.
         Member::Resume(token) => chat.room.name_of(token),
     };
@@ -123,7 +184,10 @@ fn stream_grant(
             sub: grant.sub,
         });
     }
-    Ok(Some(grant.expires))
+    Ok(StreamGrant {
+        expires: Some(grant.expires),
+        expect: None,
+    })
 }
 
 /// Most names one `GET /chat/users` answers with, and its default `limit`.
@@ -143,22 +207,31 @@ pub(crate) fn users(chat: &Arc<ChatService>, request: Request, params: &Params<'
             .ok()
             .filter(|n| (1..=USERS_PAGE_MAX).contains(n)),
     };
-    let reply = match limit {
-        None => bad_request(&chat.metrics, "invalid limit: use 1-1000"),
-        Some(limit) => {
-            let page = chat.room.users(query_get(params.query, "after"), limit);
-            response::json(
-                200,
-                &json!({
-                    "online": page.names,
-                    "count": page.count,
-                    "next": page.next,
-                    "last_id": page.last_id,
-                }),
-            )
-        }
+    let Some(limit) = limit else {
+        let reply = bad_request(&chat.metrics, "invalid limit: use 1-1000");
+        return chat.admit.respond(request, reply);
     };
-    chat.admit.respond(request, reply);
+    let after = query_get(params.query, "after").map(str::to_string);
+    let page = move |chat: &ChatService| match chat.room.users(after.as_deref(), limit) {
+        Ok(page) => response::json(
+            200,
+            &json!({
+                "online": page.names,
+                "count": page.count,
+                "next": page.next,
+                "last_id": page.last_id,
+            }),
+        ),
+        Err(e) => error_reply(&chat.metrics, &e),
+    };
+    if chat.room.shared().is_some() {
+        let service = chat.clone();
+        chat.admit.spawn_request(request, move |_| page(&service));
+    } else {
+        // From memory, on the dispatcher (no body to read).
+        let reply = page(chat);
+        chat.admit.respond(request, reply);
+    }
 }
 
 /// `POST /chat/join`: body is the name (surrounding white space ignored). With auth on it needs
@@ -172,8 +245,7 @@ pub(crate) fn join(chat: &Arc<ChatService>, request: Request, params: &Params<'_
         }
     };
     let service = chat.clone();
-    chat.admit
-        .run_request(request, move |rq| join_reply(&service, rq, named));
+    chat.run(request, move |rq| join_reply(&service, rq, named));
 }
 
 /// `POST /chat/messages`: body is the text, exactly as sent.
@@ -212,7 +284,7 @@ fn act(chat: &Arc<ChatService>, request: Request, params: &Params<'_>, action: A
     }
     let token = token_of(&request, params.query);
     let service = chat.clone();
-    chat.admit.run_request(request, move |rq| {
+    chat.run(request, move |rq| {
         let token = match token {
             Some(t) => t,
             None => return error_reply(&service.metrics, &ChatError::Unauthorized),

@@ -1,7 +1,8 @@
 //! The chat room (issue 3): named sessions, broadcast with history, resume by `Last-Event-ID`,
-//! and slow-consumer cut-off, served over HTTP + SSE.
+//! and slow-consumer cut-off, served over HTTP + SSE; with `--redis`, one room across nodes.
 //!
 //! - [`room`]: sessions, names, the history ring and broadcast, under one lock.
+//! - [`shared`]: the chat on Redis: the scripts, the reader and the keeper.
 //! - [`session`]: tokens (OS random, compared in constant time) and the rate limiter.
 //! - [`stream`]: one chat stream on its own thread, a `select!` loop.
 //! - [`http`]: the `/chat/...` routes.
@@ -14,5 +15,6 @@ pub(crate) mod line;
 mod reply;
 pub(crate) mod room;
 pub(crate) mod session;
+pub(crate) mod shared;
 pub(crate) mod stream;
 pub(crate) mod tcp;

@@ -12,7 +12,8 @@ pub(crate) fn status_of(e: &ChatError) -> u16 {
         ChatError::Unauthorized => 401,
         ChatError::NameTaken => 409,
         ChatError::RateLimited(_) => 429,
-        ChatError::RoomFull | ChatError::Random(_) => 503,
+        ChatError::NotYourName => 403,
+        ChatError::RoomFull | ChatError::Random(_) | ChatError::Unavailable(_) => 503,
     }
 }
 
@@ -45,5 +46,13 @@ pub(crate) fn error_reply(metrics: &Metrics, e: &ChatError) -> Reply {
             response::retry_later(status, 1, &message)
         }
         ChatError::Random(_) => response::error(status, &message),
+        ChatError::Unavailable(_) => {
+            metrics.reject("chat-unavailable");
+            response::retry_later(status, 1, &message)
+        }
+        ChatError::NotYourName => {
+            metrics.reject("forbidden");
+            response::error(status, &message)
+        }
     }
 }

@@ -111,28 +111,38 @@ impl Drop for Prepared {
     }
 }
 
-/// Joins (`?name=`) or attaches (`?token=`) for a new stream, on the calling thread; a refusal
-/// is the reply to answer with.
+/// Joins (`?name=`) or attaches (`?token=`; with `expect`, the session's name must be that)
+/// for a new stream, on the calling thread; a refusal is the room's (see [`refusal`]).
 pub(crate) fn prepare(
     cx: &ChatStreams,
     member: &Member,
     last_event_id: Option<u64>,
-) -> Result<Prepared, Unprepared> {
+    expect: Option<&str>,
+) -> Result<Prepared, ChatError> {
     let room = &cx.room;
-    let attached = match member {
+    let att = match member {
         Member::Join(name) => room.join_and_attach(name, last_event_id),
-        Member::Resume(token) => room.attach(token, last_event_id),
-    };
-    match attached {
-        Ok(att) => Ok(Prepared {
-            room: room.clone(),
-            att: Some(att),
-        }),
-        // A full room frees up by itself: EventSource must come back, so it gets a `refused`
-        // event, not a 503 that ends it for good. A bad name, a taken name or an unknown token
-        // is for the user to act on: a 4xx.
-        Err(ChatError::RoomFull) => Err(Unprepared::Retry(Refusal::RoomFull)),
-        Err(e) => Err(Unprepared::Reply(error_reply(&cx.metrics, &e))),
+        Member::Resume(token) => room.attach_as(token, last_event_id, expect),
+    }?;
+    Ok(Prepared {
+        room: room.clone(),
+        att: Some(att),
+    })
+}
+
+/// What a stream the room refused answers. A refusal that passes by itself comes back by
+/// itself: a full room (sessions expire after `--grace`) and a room that cannot be reached now
+/// (the chat on Redis: Redis unavailable, or this node still reading the room) get `event:
+/// refused`, which `EventSource` retries (it gives up for good on any non-200). A bad name, a
+/// taken name or an unknown token is for the user to act on: its 4xx as for a request.
+pub(crate) fn refusal(metrics: &Metrics, e: &ChatError) -> Unprepared {
+    match e {
+        ChatError::RoomFull => Unprepared::Retry(Refusal::RoomFull),
+        ChatError::Unavailable(why) => {
+            log::debug!("chat stream refused reason=unavailable error={why:?}");
+            Unprepared::Retry(Refusal::ChatUnavailable)
+        }
+        e => Unprepared::Reply(error_reply(metrics, e)),
     }
 }
 

@@ -36,6 +36,9 @@ use crate::auth::keys::KeyError;
 use crate::auth::{Auth, KeyReload};
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
+use crate::chat::shared::keeper::Keeper;
+use crate::chat::shared::reader::Reader;
+use crate::chat::shared::SharedChat;
 use crate::chat::stream::ChatStreams;
 use crate::chat::tcp::{ChatTcp, Members};
 use crate::config::{Config, ConfigError, ValidConfig};
@@ -217,7 +220,17 @@ impl Server {
         let (hub, load_now) = AlarmHub::new();
         let metrics = Arc::new(Metrics::default());
         let health: Health = Arc::default();
-        let room = Room::new(&config, metrics.clone());
+        // With --redis the chat room is the one all nodes on that Redis share.
+        let shared_chat = match &link {
+            Some(link) => Some(Arc::new(
+                SharedChat::new(&config, link.clone()).map_err(StartError::Spawn)?,
+            )),
+            None => None,
+        };
+        let room = match &shared_chat {
+            Some(sh) => Room::on_redis(&config, metrics.clone(), sh.clone()),
+            None => Room::new(&config, metrics.clone()),
+        };
         let conns = Arc::new(ConnTable::new(local));
         let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))
@@ -253,7 +266,14 @@ impl Server {
             limits: WriteLimits::of(&config),
             header_timeout: config.header_timeout,
             keepalive: config.heartbeat,
-            stack: config.stream_stack,
+            // On Redis a member's own thread runs the room's scripts (join, post, rename,
+            // leave): a Redis round trip needs a service thread's stack, not a stream's (a
+            // TCP member's thread overflowed 64 KiB in a debug build). Only touched pages cost.
+            stack: if config.redis.is_some() {
+                config.stream_stack.max(SERVICE_STACK)
+            } else {
+                config.stream_stack
+            },
         });
         let chat = Arc::new(ChatService {
             room: room.clone(),
@@ -278,7 +298,9 @@ impl Server {
                 hub: hub.clone(),
                 admit: admit.clone(),
                 redis: link.clone(),
-                redis_in_health: store.shared(),
+                // The chat is on Redis whenever --redis is given: the node needs it.
+                redis_in_health: store.shared() || shared_chat.is_some(),
+                chat: shared_chat.clone(),
             },
             admit: admit.clone(),
             conns: conns.clone(),
@@ -299,6 +321,21 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             fault_panic_id: config.fault_panic_id.clone(),
         };
+        let chat_threads = shared_chat.map(|sh| {
+            (
+                Reader {
+                    room: room.clone(),
+                    shared: sh.clone(),
+                    shutdown: shutdown_rx.clone(),
+                },
+                Keeper {
+                    room: room.clone(),
+                    shared: sh,
+                    metrics: metrics.clone(),
+                    shutdown: shutdown_rx.clone(),
+                },
+            )
+        });
         let dispatcher = Dispatcher {
             router,
             room,
@@ -322,12 +359,32 @@ impl Server {
                 move || refresher.run_restarting(),
             )
             .map_err(StartError::Spawn)?;
-        let spawned = threads.spawn(
-            Role::Dispatcher,
-            "dispatcher".into(),
-            SERVICE_STACK,
-            move || dispatcher.run(Supervisor::new(local, panics_at_start)),
-        );
+        let mut spawned = Ok(0);
+        if let Some((reader, keeper)) = chat_threads {
+            spawned = threads
+                .spawn(
+                    Role::ChatReader,
+                    "chat-reader".into(),
+                    SERVICE_STACK,
+                    move || reader.run(),
+                )
+                .and_then(|_| {
+                    threads.spawn(
+                        Role::ChatKeeper,
+                        "chat-keeper".into(),
+                        SERVICE_STACK,
+                        move || keeper.run(),
+                    )
+                });
+        }
+        let spawned = spawned.and_then(|_| {
+            threads.spawn(
+                Role::Dispatcher,
+                "dispatcher".into(),
+                SERVICE_STACK,
+                move || dispatcher.run(Supervisor::new(local, panics_at_start)),
+            )
+        });
         let chat_tcp = match (spawned, chat_listener) {
             (Err(e), _) => Err(e),
             (Ok(_), None) => Ok(None),
@@ -338,8 +395,8 @@ impl Server {
         let chat_tcp = match chat_tcp {
             Ok(t) => t,
             Err(e) => {
-                // The refresher (and the dispatcher) run already: stop them and join them, so
-                // a failed start leaves no thread behind.
+                // The refresher (the chat's reader and keeper, the dispatcher) run already: stop
+                // them and join them, so a failed start leaves no thread behind.
                 drop(shutdown_tx);
                 if let Some(http) = http.lock().as_ref() {
                     http.unblock();

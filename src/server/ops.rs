@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::admit::Admission;
 use crate::alarm::hub::AlarmHub;
 use crate::alarm::refresher::Health;
+use crate::chat::shared::SharedChat;
 use crate::http::response::{self, Reply};
 use crate::metrics::{Format, Gauges, Metrics};
 use crate::redis::Link;
@@ -29,19 +30,25 @@ pub(crate) struct Ops {
     /// The shared Redis, with `--redis` (for `/metrics`).
     pub(crate) redis: Option<Arc<Link>>,
     /// Whether `/healthz` reports Redis: only when something of this node depends on it (the
-    /// alarm store); a Redis nobody uses is not probed, so its state would go stale.
+    /// alarm store, the chat); a Redis nobody uses is not probed, so its state would go stale.
     pub(crate) redis_in_health: bool,
+    /// The chat on Redis, with `--redis` (its reader's health, its figures).
+    pub(crate) chat: Option<Arc<SharedChat>>,
 }
 
 /// `GET /healthz`: 200, or 503 with the reason while the store or Redis fails (read from
 /// memory: never any I/O here, the dispatcher answers it).
 pub(crate) fn healthz(ops: &Ops) -> Reply {
-    let reason = ops.health.degraded().or_else(|| {
-        ops.redis
-            .as_ref()
-            .filter(|_| ops.redis_in_health)
-            .and_then(|l| l.health())
-    });
+    let reason = ops
+        .health
+        .degraded()
+        .or_else(|| {
+            ops.redis
+                .as_ref()
+                .filter(|_| ops.redis_in_health)
+                .and_then(|l| l.health())
+        })
+        .or_else(|| ops.chat.as_ref().and_then(|c| c.health()));
     match reason {
         None => response::json(200, &json!({ "status": "ok" })),
         Some(reason) => response::json(503, &json!({ "status": "degraded", "reason": reason })),
@@ -64,6 +71,7 @@ pub(crate) fn metrics(ops: &Ops, accept: Option<&str>) -> Reply {
             .collect(),
         store_writable: !ops.health.write_failing(),
         redis: ops.redis.as_ref().map(|l| l.figures()),
+        chat_redis: ops.chat.as_ref().map(|c| c.figures.snapshot()),
     };
     let format = Format::of_accept(accept);
     response::with_type(

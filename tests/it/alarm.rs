@@ -468,8 +468,9 @@ fn a_stream_opened_after_an_acknowledged_put_shows_that_put() {
 }
 
 #[test]
-fn a_redis_that_only_the_flag_names_does_not_degrade_healthz_but_shows_in_metrics() {
-    // Nothing listens there: the start's one check fails and is logged; alarms stay in SQLite.
+fn a_redis_for_the_chat_alone_degrades_healthz_while_the_alarms_stay_in_sqlite() {
+    // Nothing listens there. With --redis the chat room is on Redis (the node depends on it,
+    // so /healthz says so); alarms stay in SQLite and keep working.
     let port = syncast::kit::redis_server::free_port().unwrap();
     let s = start(|c| {
         c.redis = Some(format!("redis://127.0.0.1:{port}/0"));
@@ -479,7 +480,16 @@ fn a_redis_that_only_the_flag_names_does_not_degrade_healthz_but_shows_in_metric
         "redis unavailable error=",
         &format!("addr=127.0.0.1:{port}/0"),
     ]);
-    assert_eq!(s.request("GET", "/healthz", None).status, 200);
+    let health = s.request("GET", "/healthz", None);
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["status"], "degraded");
+    assert!(
+        health.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("redis: ")),
+        "{}",
+        health.body
+    );
     assert_eq!(s.metric("syncast_redis_up"), 0.0);
     let id = unique("sqlite");
     assert_eq!(
@@ -487,5 +497,13 @@ fn a_redis_that_only_the_flag_names_does_not_degrade_healthz_but_shows_in_metric
             .status,
         204,
         "the SQLite store is used"
+    );
+    // The chat answers that it is unavailable, to be retried, never 202 or a crash.
+    let join = s.request("POST", "/chat/join", Some("nobody"));
+    assert_eq!(join.status, 503, "{}", join.body);
+    assert!(
+        join.body.contains("chat unavailable: redis: "),
+        "{}",
+        join.body
     );
 }

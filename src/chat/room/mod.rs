@@ -27,6 +27,8 @@
 //! - [`wakes`]: the coalesced wake round.
 //! - [`types`]: what the calls take and return, and the room's refusals.
 
+mod events;
+mod on_redis;
 mod state;
 mod types;
 mod wakes;
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::session::Token;
+use super::shared::SharedChat;
 use crate::config::Config;
 use crate::http::validate::normalize_name;
 use crate::metrics::Metrics;
@@ -49,12 +52,21 @@ pub(crate) use state::{PRESENCE_MAX, WELCOME_NAMES};
 pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take, TAKE_EVENTS};
 
 /// The chat room: sessions are data here, not threads.
+///
+/// Two engines sit behind its calls. Without `--redis`, the local one: everything is
+/// [`state::Inner`], in this process. With it, ids, order, the history, sessions, names, rates
+/// and expiry are Redis's ([`SharedChat`]; each call one script, run before the room's lock is
+/// taken), and `Inner` keeps what is per member on this node: the history as a mirror of
+/// Redis's stream, the streams attached here, their cursors and wakes (`on_redis.rs`). Fan-out,
+/// cursors, the slow cut-off and the coalesced wakes are the same code in both.
 pub(crate) struct Room {
     grace: Duration,
     metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     /// How many [`HeldWakes`] guards live: while any does, broadcasts leave their wakes pending.
     held: AtomicUsize,
+    /// The chat on Redis, with `--redis`.
+    shared: Option<Arc<SharedChat>>,
 }
 
 /// A log line to write once the lock is released.
@@ -66,6 +78,24 @@ impl Room {
     /// A new, empty room sized by `config` (`history`, `queue`, `grace`, `rate`, `burst`,
     /// `max_members`).
     pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> Arc<Room> {
+        Room::with_engine(config, metrics, None)
+    }
+
+    /// The room of the chat on Redis (`--redis`): its node's half of it; the reader and the
+    /// keeper ([`crate::chat::shared`]) do the rest.
+    pub(crate) fn on_redis(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shared: Arc<SharedChat>,
+    ) -> Arc<Room> {
+        Room::with_engine(config, metrics, Some(shared))
+    }
+
+    fn with_engine(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedChat>>,
+    ) -> Arc<Room> {
         let limits = Limits {
             history: config.history,
             queue: config.queue,
@@ -79,7 +109,14 @@ impl Room {
             inner: Mutex::new(Inner::new(limits, metrics.clone())),
             metrics,
             held: AtomicUsize::new(0),
+            shared,
         })
+    }
+
+    /// The chat on Redis, if this room is on it: its calls do I/O then, and must not run on
+    /// the dispatcher.
+    pub(crate) fn shared(&self) -> Option<&Arc<SharedChat>> {
+        self.shared.as_ref()
     }
 
     /// Holds back the wakes of broadcasts (from any thread) until the returned guard drops;
@@ -114,6 +151,9 @@ impl Room {
     pub(crate) fn join(&self, name: &str) -> Result<Joined, ChatError> {
         // The name as it is kept and shown: NFC (see `normalize_name`).
         let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
+        if let Some(sh) = &self.shared {
+            return self.join_shared(sh, name);
+        }
         let token = new_token()?;
         self.locked(|inner| inner.join(name, token.clone()))?;
         log::info!("chat joined name={name}");
@@ -132,6 +172,9 @@ impl Room {
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
         let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
+        if let Some(sh) = &self.shared {
+            return self.join_and_attach_shared(sh, name, last_event_id);
+        }
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token)?;
@@ -146,6 +189,9 @@ impl Room {
     /// thread ever holds (so nothing else can attach to it or act for it).
     pub(crate) fn join_lines(&self, name: &str) -> Result<(Token, Attached), ChatError> {
         let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
+        if let Some(sh) = &self.shared {
+            return self.join_lines_shared(sh, name);
+        }
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token.clone())?;
@@ -171,6 +217,9 @@ impl Room {
         token: &Token,
         last_event_id: Option<u64>,
     ) -> Result<Attached, ChatError> {
+        if let Some(sh) = &self.shared {
+            return self.attach_shared(sh, token, last_event_id, None);
+        }
         let mut inner = self.inner.lock();
         let key = inner.session(token)?;
         let key = key.token.selector();
@@ -180,7 +229,19 @@ impl Room {
     /// Called when a stream ends: if it is still the session's stream, the session starts its
     /// grace period. Returns the session's current name (if it still exists).
     pub(crate) fn detach(&self, key: u64, serial: u64) -> Option<String> {
-        self.inner.lock().detach(key, serial)
+        match &self.shared {
+            None => self.inner.lock().detach(key, serial),
+            Some(sh) => {
+                let name = {
+                    let mut inner = self.inner.lock();
+                    let name = inner.detach(key, serial);
+                    inner.forget_unattached(key);
+                    name
+                };
+                sh.detached(key, serial);
+                name
+            }
+        }
     }
 
     /// Why the room closed the stream `serial` (replaced, left, slow), if it did; asked once,
@@ -210,13 +271,19 @@ impl Room {
 
     /// Posts `text` from the session holding `token` to every other member; returns its id.
     pub(crate) fn post(&self, token: &Token, text: &str) -> Result<u64, ChatError> {
+        if let Some(sh) = &self.shared {
+            return self.post_shared(sh, token, text);
+        }
         self.locked(|inner| inner.post(token, text))
     }
 
     /// Renames the session holding `token`; broadcasts `rename` to everyone. Returns
     /// `(from, to)`. Counts against the session's rate limit, like a message.
     pub(crate) fn rename(&self, token: &Token, to: &str) -> Result<(String, String), ChatError> {
-        let (from, to) = self.locked(|inner| inner.rename(token, to))?;
+        let (from, to) = match &self.shared {
+            Some(sh) => self.rename_shared(sh, token, to)?,
+            None => self.locked(|inner| inner.rename(token, to))?,
+        };
         if from != to {
             log::info!("chat renamed from={from} to={to}");
         }
@@ -228,6 +295,9 @@ impl Room {
     /// Ends the session holding `token`: its stream closes, its leave is announced in the next
     /// `presence` event. Returns the name.
     pub(crate) fn leave(&self, token: &Token) -> Result<String, ChatError> {
+        if let Some(sh) = &self.shared {
+            return self.leave_shared(sh, token);
+        }
         let name = self.locked(|inner| {
             let key = inner.session(token)?.token.selector();
             inner
@@ -238,7 +308,8 @@ impl Room {
         Ok(name)
     }
 
-    /// The name of the session holding `token`, if there is one.
+    /// The name of the session holding `token`, if there is one (the local room only: on
+    /// Redis the attach checks the name, [`Room::attach_as`]).
     pub(crate) fn name_of(&self, token: &Token) -> Option<String> {
         self.inner
             .lock()
@@ -254,8 +325,11 @@ impl Room {
     }
 
     /// A page of the sessions' names (`GET /chat/users`): up to `limit` after `after`.
-    pub(crate) fn users(&self, after: Option<&str>, limit: usize) -> UsersPage {
-        self.inner.lock().users(after, limit)
+    pub(crate) fn users(&self, after: Option<&str>, limit: usize) -> Result<UsersPage, ChatError> {
+        match &self.shared {
+            Some(sh) => sh.users(after, limit),
+            None => Ok(self.inner.lock().users(after, limit)),
+        }
     }
 
     /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
@@ -267,6 +341,10 @@ impl Room {
     /// no stream for the grace period, and announces the joins and leaves since the last
     /// `presence` event.
     pub(crate) fn housekeeping(&self) {
+        if self.shared.is_some() {
+            // Redis's: the keeper thread does it (I/O, not on the dispatcher).
+            return;
+        }
         self.expire(Instant::now());
         self.flush_presence();
     }

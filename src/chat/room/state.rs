@@ -10,6 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::bounded;
 use serde_json::json;
 
+use super::events::{self, presence_data};
 use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
@@ -17,6 +18,9 @@ use crate::http::sse::encode_event;
 use crate::http::validate::{name_key, normalize_name};
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
+
+mod mirror;
+pub(crate) use mirror::Applied;
 
 /// The room's sizes, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -133,8 +137,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What names are compared by (see [`name_key`]).
-fn fold(name: &str) -> String {
+/// What names are compared by (see [`name_key`]): two names with the same key are one name.
+/// The chat on Redis folds with this too (its scripts only compare the folded strings).
+pub(crate) fn fold(name: &str) -> String {
     name_key(name)
 }
 
@@ -180,13 +185,8 @@ impl Inner {
             return false;
         }
         let p = std::mem::take(&mut self.presence);
-        let left: Vec<serde_json::Value> = p
-            .left
-            .iter()
-            .map(|(name, why)| json!({ "name": name, "reason": why }))
-            .collect();
-        let data = json!({ "joined": p.joined, "left": left });
-        self.push_event("presence", data, None);
+        let left: Vec<(&str, &str)> = p.left.iter().map(|(n, why)| (n.as_str(), *why)).collect();
+        self.push_event("presence", presence_data(&p.joined, &left), None);
         true
     }
 
@@ -205,11 +205,27 @@ impl Inner {
         }
     }
 
-    /// Assigns the next id, encodes, keeps and queues an event for every attached member except
-    /// its sender `from`. Members too far behind are cut off as slow. Returns the id.
+    /// Assigns the next id and appends the event (see [`Inner::append`]). Returns the id.
     fn push_event(&mut self, kind: &str, data: serde_json::Value, from: Option<u64>) -> u64 {
-        self.last_id += 1;
-        let id = self.last_id;
+        let id = self.last_id + 1;
+        self.append(id, kind, data, from);
+        id
+    }
+
+    /// The one way into the history: every room event enters it here, with its id (the next
+    /// of the local room's own sequence, or the one Redis gave it: the node's reader feeds its
+    /// mirror through here too), and every encoding of it is made here, once. Keeps it and
+    /// queues it for every attached member except its sender `from`; members too far behind are
+    /// cut off as slow. `id` must be `last_id + 1` (the history's ids are consecutive).
+    pub(crate) fn append(
+        &mut self,
+        id: u64,
+        kind: &str,
+        data: serde_json::Value,
+        from: Option<u64>,
+    ) {
+        debug_assert_eq!(id, self.last_id + 1, "consecutive ids");
+        self.last_id = id;
         let mut data = data;
         if let Some(obj) = data.as_object_mut() {
             if kind == "message" {
@@ -246,7 +262,10 @@ impl Inner {
             if from == Some(*key) && att.cursor + 1 == id {
                 att.cursor = id;
             }
-            if id - att.cursor > self.limits.queue as u64 || att.cursor + 1 < oldest {
+            // A cursor may be ahead of the history's newest id: a stream attached on a node
+            // whose reader has not brought what the member saw elsewhere yet (the chat on
+            // Redis); it is behind by nothing then.
+            if id.saturating_sub(att.cursor) > self.limits.queue as u64 || att.cursor + 1 < oldest {
                 self.kicks.insert(
                     att.serial,
                     Kick {
@@ -267,7 +286,6 @@ impl Inner {
             None => Some(from),
             Some(_) => Some(None),
         };
-        id
     }
 
     /// Forgets the wake channel at `slot` (its stream then sees the channel closed, once a
@@ -513,19 +531,33 @@ impl Inner {
         self.next_serial += 1;
         let serial = self.next_serial;
         let last_id = self.last_id;
-        let oldest = self.history.front().map_or(last_id + 1, |k| k.id);
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
         let slot = self.wakers.add(Waker { key, wake: wake_tx });
-        // A line member is told how many are online, not who (it asks with /who).
+        // A line member is told how many are online, not who (it asks with /who), and gets no
+        // welcome.
         let (first, announced) = self.announced(if lines { 0 } else { WELCOME_NAMES });
-        let first = json!(first);
-        let session = self.sessions.get_mut(&key).expect("caller checked the key");
+        let session = self.sessions.get(&key).expect("caller checked the key");
+        let welcome = (!lines).then(|| {
+            events::welcome(
+                &session.name,
+                session.token.as_str(),
+                first,
+                announced,
+                last_id,
+            )
+        });
         let after = match last_event_id {
             Some(k) => Some(k),
             None if !session.ever_attached => Some(session.joined_after),
             None => None,
         };
+        let mut backlog: Vec<Encoded> = welcome.into_iter().collect();
+        // A line member gets no history (it has no id to resume from).
+        if let Some(k) = after.filter(|_| !lines) {
+            self.replay(key, k, last_id, &mut backlog);
+        }
+        let session = self.sessions.get_mut(&key).expect("caller checked the key");
         session.attached = Some(Attachment {
             serial,
             cursor: last_id,
@@ -534,43 +566,38 @@ impl Inner {
         });
         session.detached_since = None;
         session.ever_attached = true;
-        let name = session.name.clone();
-        let mut backlog: Vec<Encoded> = Vec::new();
-        if !lines {
-            let welcome = json!({
-                "name": session.name,
-                "token": session.token.as_str(),
-                "online": first,
-                "online_count": announced,
-                "last_id": last_id,
-            });
-            backlog.push(encode_event(Some("welcome"), None, &welcome.to_string()).into());
-        }
-        if let Some(k) = after.filter(|_| !lines) {
-            // An id beyond the newest is from another run, or names no event at all (a hint
-            // that is not a number comes as u64::MAX): where the client stands is unknown, as
-            // for an id older than the history. Both get `reset`, then everything kept.
-            let unknown = k > last_id;
-            if unknown || k.saturating_add(1) < oldest {
-                let reset = json!({ "oldest": oldest });
-                backlog.push(encode_event(Some("reset"), None, &reset.to_string()).into());
-            }
-            let after = if unknown { 0 } else { k };
-            backlog.extend(
-                self.history
-                    .iter()
-                    .filter(|e| e.id > after && e.from != Some(key))
-                    .map(|e| e.bytes.clone()),
-            );
-        }
         Attached {
-            name,
+            name: session.name.clone(),
             key,
             serial,
             backlog,
             wake: wake_rx,
             online_count: announced,
         }
+    }
+
+    /// What a stream of session `key` resuming after `k` gets first, into `backlog`: `reset` if
+    /// the events after `k` are no longer all kept, or `k` is beyond `top` (the newest id the
+    /// room knows of: from another run), then the kept events after `k` but the session's own.
+    ///
+    /// An id beyond `top` is from another run, or names no event at all (a hint that is not a
+    /// number comes as `u64::MAX`): where the client stands is unknown, as for an id older than
+    /// the history. Both get `reset`, then everything kept. Returns the id the replay went
+    /// from (`k`, or 0 for an unknown one).
+    fn replay(&self, key: u64, k: u64, top: u64, backlog: &mut Vec<Encoded>) -> u64 {
+        let oldest = self.history.front().map_or(self.last_id + 1, |e| e.id);
+        let unknown = k > top;
+        if unknown || k.saturating_add(1) < oldest {
+            backlog.push(events::reset(oldest));
+        }
+        let after = if unknown { 0 } else { k };
+        backlog.extend(
+            self.history
+                .iter()
+                .filter(|e| e.id > after && e.from != Some(key))
+                .map(|e| e.bytes.clone()),
+        );
+        after
     }
 
     /// Removes session `key`, closing its stream with `reason`; its leave (`why`: `left` or
@@ -616,7 +643,7 @@ impl Inner {
             .map_err(ChatError::RateLimited)?;
         let key = session.token.selector();
         let from = session.name.clone();
-        let data = json!({ "from": from, "text": text, "ts": now_ms() });
+        let data = events::message_data(&from, text, now_ms());
         let id = self.broadcast("message", data, Some(key));
         self.metrics.chat_messages.inc();
         Ok(id)
@@ -649,7 +676,7 @@ impl Inner {
         self.names.insert(folded, key);
         self.online.remove(&from);
         self.online.insert(to.to_string());
-        let data = json!({ "from": from, "to": to });
+        let data = events::rename_data(&from, to);
         // The waiting joins go out first: the rename's own join among them, if it is that new.
         self.flush_presence();
         self.push_event("rename", data, None);

@@ -36,6 +36,11 @@ pub(crate) enum ChatError {
     RoomFull,
     /// The OS random source failed (503).
     Random(String),
+    /// The chat on Redis cannot reach Redis (down, frozen, slow past `--redis-timeout`), or
+    /// this node's reader has not read the room yet (503, to retry). The text is the cause.
+    Unavailable(String),
+    /// Auth on, the chat on Redis: the session's name is not the token's (403).
+    NotYourName,
 }
 
 impl fmt::Display for ChatError {
@@ -50,6 +55,10 @@ impl fmt::Display for ChatError {
             ChatError::InvalidText(why) => write!(f, "invalid message: {why}"),
             ChatError::RoomFull => f.write_str("the room is full: try again later"),
             ChatError::Random(e) => write!(f, "cannot make a token: {e}"),
+            ChatError::Unavailable(e) => write!(f, "chat unavailable: {e}"),
+            ChatError::NotYourName => {
+                f.write_str("the name must be the token's name claim (else its sub)")
+            }
         }
     }
 }

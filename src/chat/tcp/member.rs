@@ -512,7 +512,18 @@ impl Member<'_> {
             self.out.send(b"! authenticate first: /auth TOKEN\n")?;
             return Ok(None);
         }
-        let page = self.cx.room.users(None, WHO_NAMES);
+        let page = match self.cx.room.users(None, WHO_NAMES) {
+            Ok(page) => page,
+            Err(e) => {
+                // The room is on Redis and Redis does not answer: say so, keep the connection.
+                log::debug!("chat tcp who failed conn={} error={e}", self.conn);
+                self.out.send(
+                    b"! the room is unavailable, try again
+",
+                )?;
+                return Ok(None);
+            }
+        };
         let line = who_line(&page.names, page.count);
         self.out.send(line.as_bytes())?;
         Ok(None)
