@@ -2,11 +2,12 @@
 CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DB ?= syncast.db
+CHAT_TCP ?= 127.0.0.1:7070
 
 .PHONY: run build release test check lint deps-check fmt unit root-tests redis-tests test-deps deb package e2e eventsource stress bench clean
 
 run: release
-	./target/release/syncast --listen $(LISTEN) --db $(DB)
+	./target/release/syncast --listen $(LISTEN) --db $(DB) --chat-tcp $(CHAT_TCP)
 
 build:
 	$(CARGO) build --all-targets

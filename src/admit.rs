@@ -323,6 +323,26 @@ impl Admission {
         })
     }
 
+    /// A place under `--max-clients` for a chat TCP connection (which holds a thread like a
+    /// stream), or `None` at the cap; a refusal is counted here, answered by the caller.
+    pub(crate) fn tcp_slot(self: &Arc<Self>) -> Option<StreamSlot> {
+        let slot = self.stream_slot(None);
+        if slot.is_none() {
+            self.count(Refusal::MaxClients);
+        }
+        slot
+    }
+
+    /// Counts a refusal answered elsewhere (a chat TCP connection's thread the OS refused).
+    pub(crate) fn count_refusal(&self, why: Refusal) {
+        self.count(why);
+    }
+
+    /// `--max-clients`.
+    pub(crate) fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
     /// Lets go of the close channels' table after a peak (see [`crate::sys::mem::shrink_map`]).
     /// The request pipelines' and read bodies' tables too.
     pub(crate) fn shrink(&self) {

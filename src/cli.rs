@@ -401,9 +401,19 @@ pub const FLAGS: &[Flag] = &[
         },
     },
     Flag {
+        name: "chat-tcp",
+        value: "ADDR",
+        help: "also serve the chat room as text lines over plain TCP here (PORT: loopback)",
+        default: |_| Some("off".into()),
+        set: |o, flag, v| {
+            o.config.chat_tcp = Some(address(flag, v, true)?);
+            Ok(())
+        },
+    },
+    Flag {
         name: "insecure",
         value: "",
-        help: "allow a non-loopback --listen without any key",
+        help: "allow a non-loopback --listen (or --chat-tcp) without any key",
         default: |_| None,
         set: |o, _, _| {
             o.config.insecure = true;

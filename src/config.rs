@@ -93,6 +93,10 @@ pub struct Config {
     /// Serve on a non-loopback address without any key (`--insecure`). Default false: such a
     /// start is refused.
     pub insecure: bool,
+    /// The chat room's plain-TCP listener (`--chat-tcp`): clients dial it, `/name NAME` and
+    /// send lines, as the Go original's clients did, and meet the SSE members in the same
+    /// room (docs/protocol.md#chat-over-plain-tcp). Default: none (off).
+    pub chat_tcp: Option<SocketAddr>,
     /// The Redis (or Valkey) server several nodes share, as `redis://[:PASSWORD@]HOST[:PORT][/DB]`.
     /// Default: none (one node, nothing needs Redis). `rediss://` (TLS) only in a build with
     /// the `redis-tls` feature (docs/operations.md#tls).
@@ -154,6 +158,7 @@ impl Default for Config {
             jwt_leeway: Duration::from_secs(5),
             admin_listen: None,
             insecure: false,
+            chat_tcp: None,
             redis: None,
             redis_prefix: "syncast:".to_string(),
             alarm_store: AlarmStoreKind::Sqlite,
@@ -413,10 +418,18 @@ impl Config {
             "--admin-listen",
             "another address than --listen",
         )?;
+        check(
+            self.chat_tcp.is_none_or(|a| {
+                a.port() == 0 || (Some(a) != self.admin_listen && a != self.listen)
+            }),
+            "--chat-tcp",
+            "another address than --listen and --admin-listen",
+        )?;
         if !self.auth_on() && !self.insecure {
             let exposed = [
                 ("--listen", Some(self.listen)),
                 ("--admin-listen", self.admin_listen),
+                ("--chat-tcp", self.chat_tcp),
             ]
             .into_iter()
             .find_map(|(flag, a)| a.filter(|a| !a.ip().is_loopback()).map(|a| (flag, a)));

@@ -136,6 +136,9 @@ fn main() -> ExitCode {
     if let Some(admin) = server.admin_addr() {
         println!("syncast admin listening on http://{admin}");
     }
+    if let Some(tcp) = server.chat_tcp_addr() {
+        println!("syncast chat listening on tcp://{tcp}");
+    }
     // The main thread waits here; no extra thread is spent on signals.
     for sig in signals.forever() {
         log::info!("signal received signal={sig}");

@@ -67,6 +67,10 @@ pub(crate) const REJECT_REASONS: [&str; 13] = [
     "store-unavailable",
 ];
 
+/// Why a chat TCP line was refused: the `why` label of `syncast_chat_tcp_bad_lines_total`, in
+/// the order of `Metrics::chat_tcp_bad_lines`.
+pub(crate) const BAD_LINES: [&str; 3] = ["too-long", "not-utf8", "nul"];
+
 /// How the watcher (`crate::http::watch`) found a stream's client gone: the `how` label of
 /// `syncast_streams_gone_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +174,16 @@ pub(crate) struct Metrics {
     pub(crate) watcher_sock_diag: Counter,
     /// Duration of the watcher's last sweep, microseconds.
     pub(crate) watcher_sweep_us: Counter,
+    /// Chat over TCP: connections open now (each one a thread), named or not.
+    pub(crate) chat_tcp_connections: Counter,
+    /// Chat over TCP: members named now (a subset of `chat_members`).
+    pub(crate) chat_tcp_members: Counter,
+    /// Chat over TCP: lines the watcher read from clients and handed to their threads.
+    pub(crate) chat_tcp_lines: Counter,
+    /// Chat over TCP: times the watcher stopped reading a client whose line queue was full.
+    pub(crate) chat_tcp_paused: Counter,
+    /// Chat over TCP: lines answered with `! ` for what they were: too long, not UTF-8, NUL.
+    pub(crate) chat_tcp_bad_lines: [Counter; 3],
     /// Streams the watcher found gone, by how (`Gone::ALL` order).
     streams_gone: [Counter; 3],
     /// The last [`REFRESH_WINDOW`] full refreshes: (duration, write-lock hold), microseconds.
@@ -552,7 +566,7 @@ impl Collector for Scrape {
         use Value::{Count, Seconds};
         let secs_of = |us: u64| Seconds(us as f64 / 1e6);
         // Every plain counter and gauge, in output order: name, type, help, value.
-        let rows: [(&str, Kind, &str, Value); 39] = [
+        let rows: [(&str, Kind, &str, Value); 43] = [
             ("syncast_process_threads", G, "Threads of this process (/proc/self/status).", Count(status.threads)),
             ("syncast_process_rss_bytes", G, "Resident set size of this process.", Count(status.rss_bytes)),
             ("syncast_alarm_streams_open", G, "Alarm streams open now.", Count(m.alarm_streams.get())),
@@ -570,6 +584,10 @@ impl Collector for Scrape {
             ("syncast_chat_messages_total", C, "Chat messages accepted.", Count(m.chat_messages.get())),
             ("syncast_chat_deliveries_total", C, "Chat events taken by member streams to write.", Count(m.chat_deliveries.get())),
             ("syncast_chat_slow_cutoffs_total", C, "Chat streams cut off as slow.", Count(m.chat_slow.get())),
+            ("syncast_chat_tcp_connections", G, "Chat over TCP: connections open now (a thread each), named or not.", Count(m.chat_tcp_connections.get())),
+            ("syncast_chat_tcp_members", G, "Chat over TCP: members with a name now (counted in syncast_chat_members too).", Count(m.chat_tcp_members.get())),
+            ("syncast_chat_tcp_lines_total", C, "Chat over TCP: lines read from clients.", Count(m.chat_tcp_lines.get())),
+            ("syncast_chat_tcp_paused_total", C, "Chat over TCP: times reading a client stopped because its line queue was full.", Count(m.chat_tcp_paused.get())),
             ("syncast_requests_total", C, "HTTP requests received.", Count(m.requests.get())),
             ("syncast_refresher_restarts_total", C, "Refresher restarts after a panic.", Count(m.refresher_restarts.get())),
             ("syncast_accept_restarts_total", C, "Accept loop restarts after an accept error.", Count(m.accept_restarts.get())),
@@ -652,6 +670,17 @@ impl Collector for Scrape {
             Gone::ALL
                 .iter()
                 .map(|&h| (h.as_str(), m.streams_gone[h as usize].get()))
+                .collect(),
+        )?;
+        family(
+            "syncast_chat_tcp_bad_lines_total",
+            "Chat over TCP: lines answered with a ! line for what they were.",
+            C,
+            "why",
+            BAD_LINES
+                .iter()
+                .zip(&m.chat_tcp_bad_lines)
+                .map(|(w, n)| (*w, n.get()))
                 .collect(),
         )?;
         family(

@@ -74,6 +74,10 @@ pub(crate) enum CloseReason {
     Expired,
     /// The token the stream was opened with expired (`event: expired` was sent).
     TokenExpired,
+    /// Chat over TCP: the member sent `/quit`.
+    Quit,
+    /// Chat over TCP: no name (or, with auth on, no token) within `--header-timeout`.
+    HeaderTimeout,
 }
 
 impl CloseReason {
@@ -88,6 +92,8 @@ impl CloseReason {
             CloseReason::Left => "left",
             CloseReason::Expired => "expired",
             CloseReason::TokenExpired => "token-expired",
+            CloseReason::Quit => "quit",
+            CloseReason::HeaderTimeout => "header-timeout",
         }
     }
 

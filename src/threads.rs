@@ -32,8 +32,13 @@ pub(crate) enum Role {
     ChatStream,
     /// Serves one short request that reads a body or touches the store.
     Request,
-    /// Sees streams' clients leave (one, while any stream runs).
+    /// Sees streams' clients leave (one, while any stream runs), and reads the chat's TCP
+    /// clients' lines.
     Watcher,
+    /// Accepts the chat's plain-TCP connections (one, with `--chat-tcp`).
+    TcpAccept,
+    /// Serves one chat member over plain TCP.
+    ChatTcp,
 }
 
 impl Role {
@@ -46,6 +51,8 @@ impl Role {
             Role::ChatStream => "chat-stream",
             Role::Request => "request",
             Role::Watcher => "watcher",
+            Role::TcpAccept => "tcp-accept",
+            Role::ChatTcp => "chat-tcp",
         }
     }
 
@@ -53,18 +60,21 @@ impl Role {
     pub(crate) fn stream_prefix(self) -> &'static str {
         match self {
             Role::ChatStream => "chat",
+            Role::ChatTcp => "tcp",
             _ => "sse",
         }
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 6] = [
+    pub(crate) const ALL: [Role; 8] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
         Role::ChatStream,
         Role::Request,
         Role::Watcher,
+        Role::TcpAccept,
+        Role::ChatTcp,
     ];
 }
 
@@ -263,7 +273,12 @@ impl Threads {
         inner
             .live
             .values()
-            .filter(|e| matches!(e.info.role, Role::AlarmStream | Role::ChatStream))
+            .filter(|e| {
+                matches!(
+                    e.info.role,
+                    Role::AlarmStream | Role::ChatStream | Role::ChatTcp
+                )
+            })
             .count()
     }
 

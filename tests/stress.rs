@@ -95,6 +95,138 @@ fn a_hundred_and_fifty_chat_members_get_every_message_once_and_in_order() {
     assert_eq!(s["server"]["after"]["chat_members"], 0);
 }
 
+/// Issue 17: the Go original's scenario over its own transport, plain TCP lines.
+#[test]
+fn a_hundred_tcp_members_get_every_line_once_and_in_order_and_their_threads_end() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start(|c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let tcp = server.server.as_ref().unwrap().chat_tcp_addr().unwrap();
+    let tcp = tcp.to_string();
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "chat",
+            "--transport",
+            "tcp",
+            "--chat-tcp",
+            &tcp,
+            "--clients",
+            "100",
+            "--messages",
+            "5",
+            "--interval",
+            "20ms..100ms",
+            "--ramp",
+            "500",
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    let chat = &s["chat"];
+    assert_eq!(chat["sent"], 500);
+    // Every member gets every line of the 99 others: the join barrier makes it exact.
+    assert_eq!(chat["expected"], 100 * 99 * 5);
+    assert_eq!(chat["delivered"], 100 * 99 * 5);
+    assert_eq!(s["server"]["after"]["chat_members"], 0);
+    assert_eq!(server.metric("syncast_chat_tcp_connections"), 0.0);
+}
+
+/// Issue 17's mixed room: half the members on the TCP port, half over SSE, in one room; each
+/// must get every message of every other member, whichever transport either uses.
+#[test]
+fn a_mixed_room_of_tcp_and_sse_members_gets_every_message_once_and_in_order() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start(|c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let tcp = server
+        .server
+        .as_ref()
+        .unwrap()
+        .chat_tcp_addr()
+        .unwrap()
+        .to_string();
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "chat",
+            "--transport",
+            "mixed",
+            "--chat-tcp",
+            &tcp,
+            "--clients",
+            "100",
+            "--messages",
+            "5",
+            "--interval",
+            "20ms..100ms",
+            "--ramp",
+            "500",
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    assert_eq!(s["clients_failed"], 0, "{s:#}");
+    assert_eq!(s["chat"]["sent"], 500);
+    assert_eq!(s["chat"]["delivered"], 100 * 99 * 5);
+    assert_eq!(s["server"]["after"]["chat_members"], 0);
+    assert_eq!(server.metric("syncast_chat_tcp_connections"), 0.0);
+    assert_eq!(server.metric("syncast_chat_streams_attached"), 0.0);
+}
+
+/// TCP chat members (each with `/auth` and a token of its own) beside SSE alarm streams.
+#[test]
+fn with_auth_on_tcp_members_authenticate_and_the_mixed_run_with_alarm_streams_passes() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = common::auth::key_dir();
+    let secret = common::auth::secret_file(&dir);
+    let server = common::start_secured(|c| c.chat_tcp = Some("127.0.0.1:0".parse().unwrap()));
+    let tcp = server
+        .server
+        .as_ref()
+        .unwrap()
+        .chat_tcp_addr()
+        .unwrap()
+        .to_string();
+    let (s, code) = stress(
+        &server,
+        &[
+            "--scenario",
+            "mixed",
+            "--transport",
+            "tcp",
+            "--chat-tcp",
+            &tcp,
+            "--clients",
+            "40",
+            "--messages",
+            "3",
+            "--interval",
+            "20ms..100ms",
+            "--duration",
+            "2s",
+            "--refresh",
+            "50ms",
+            "--tick",
+            "100ms",
+            "--slack",
+            "500ms",
+            "--ramp",
+            "500",
+            "--jwt-secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(s["verdict"], "PASS", "{s:#}");
+    assert_eq!(code, Some(0));
+    assert_eq!(s["clients_failed"], 0, "{s:#}");
+    assert_eq!(s["chat"]["delivered"], 40 * 39 * 3);
+    for reason in ["unauthorized", "forbidden"] {
+        let refused = server.metric(&format!("syncast_rejected_total{{reason=\"{reason}\"}}"));
+        assert_eq!(refused, 0.0, "{reason}");
+    }
+}
+
 #[test]
 fn an_unreachable_server_is_exit_2_with_one_line() {
     let out = Command::new(env!("CARGO_BIN_EXE_syncast-stress"))

@@ -296,16 +296,29 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// written from the history's own buffer.
 const GATHER_BYTES: usize = 4096;
 
+/// Where [`deliver`] writes: an SSE stream's socket, or a TCP member's (`super::tcp`).
+pub(crate) trait Sink {
+    /// Writes `bytes` (one or more encoded events) whole; returns when the write ended
+    /// ([`crate::metrics::now_ns`]), for the delivery latency.
+    fn send_event(&mut self, bytes: &[u8]) -> std::io::Result<u64>;
+}
+
+impl Sink for SseWriter {
+    fn send_event(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
+        SseWriter::send_event(self, bytes)
+    }
+}
+
 /// Everything that arrived since the last wake goes out in as few writes as possible: under
 /// fan-out load one wake-up and one system call carry many events. The events are the
 /// history's own buffers (no copy under the room's lock, no heap buffer kept by the stream).
 /// `Some(kick)` when the room closed the stream.
 #[inline(never)]
-fn deliver(
+pub(crate) fn deliver(
     metrics: &Metrics,
     room: &Room,
     att: &Attached,
-    out: &mut SseWriter,
+    out: &mut impl Sink,
 ) -> std::io::Result<Option<Option<Kick>>> {
     let mut events: [Option<Encoded>; TAKE_EVENTS] = [const { None }; TAKE_EVENTS];
     // When each was broadcast, for the delivery latency once it is written.
@@ -355,7 +368,7 @@ fn deliver(
 
 /// The close reason of a kick (a kick channel closed without one means the session is gone),
 /// taking the session's name at that moment for the close line.
-fn kicked(name: &mut String, kick: Option<Kick>) -> CloseReason {
+pub(crate) fn kicked(name: &mut String, kick: Option<Kick>) -> CloseReason {
     match kick {
         Some(kick) => {
             *name = kick.name;

@@ -127,25 +127,11 @@ impl StreamSocket {
         fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, value);
     }
 
-    /// Makes the kernel find a peer that vanished without a FIN or RST, so the connection is
-    /// dropped (the watcher sees `EPOLLERR`/`EPOLLHUP`) and its writes fail:
-    /// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
-    ///   connection. This is the one that matters for a stream: it writes a heartbeat at least
-    ///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes
-    ///   a socket with nothing in flight. Measured before this was set (server in a network
-    ///   namespace, the client's ACKs black-holed, 15 s heartbeat): the socket stayed
-    ///   `ESTABLISHED` with the retransmission timer backing off to its 120 s cap, never a
-    ///   keepalive probe, and the stream closed only after 935 s (`tcp_retries2` = 15).
-    /// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
-    ///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
+    /// Makes the kernel find a peer that vanished without a FIN or RST (see
+    /// [`set_keepalive_fd`]).
     pub(crate) fn set_keepalive(&mut self, user_timeout: Duration) {
         let Some(fd) = self.fd() else { return };
-        fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
-        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
-        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
-        let ms = user_timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
-        fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
+        set_keepalive_fd(fd, user_timeout);
     }
 
     /// Checks the TCP state: anything but `ESTABLISHED` means the client is gone.
@@ -159,6 +145,26 @@ impl StreamSocket {
             Some(false) => Liveness::Gone,
         }
     }
+}
+
+/// Makes the kernel find a peer that vanished without a FIN or RST, so the connection is
+/// dropped (the watcher sees `EPOLLERR`/`EPOLLHUP`) and its writes fail:
+/// - `TCP_USER_TIMEOUT` = `user_timeout`: sent data unacknowledged this long drops the
+///   connection. This is the one that matters for a stream: it writes a heartbeat at least
+///   every `--heartbeat`, so there is nearly always data in flight, and keepalive only probes
+///   a socket with nothing in flight. Measured before this was set (server in a network
+///   namespace, the client's ACKs black-holed, 15 s heartbeat): the socket stayed
+///   `ESTABLISHED` with the retransmission timer backing off to its 120 s cap, never a
+///   keepalive probe, and the stream closed only after 935 s (`tcp_retries2` = 15).
+/// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
+///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
+pub(crate) fn set_keepalive_fd(fd: RawFd, user_timeout: Duration) {
+    fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    let ms = user_timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);
 }
 
 /// Writes a whole short response (`bytes`, a few hundred bytes at most) straight onto the socket

@@ -38,22 +38,31 @@
 //! thread count. At shutdown [`Watcher::shutdown`] wakes it through its eventfd and `join_all`
 //! joins it.
 //!
-//! ## The hook for transports that own their sockets (issue 17)
+//! ## The read path: sockets the watcher reads (the chat's TCP clients, issue 17)
 //!
-//! A plain-TCP transport (sockets syncast accepts itself: no tiny_http, no `SHUT_RD`) would
-//! register with an interest that asks for readability as well, `EPOLLIN | EPOLLRDHUP`, which
-//! do work on such a socket: a FIN is then EOF. The watcher would read the socket (non-blocking,
-//! into a buffer bounded by the line cap) and hand each complete line to the registration's
-//! bounded channel with `try_send` (full: the client is cut off as slow, as a chat stream is),
-//! and tell `gone` on EOF. That is a new [`crate::sys::epoll::Interest`] (level-triggered
-//! readable), a per-entry line buffer and a line channel in [`Entry`]; the registration and
-//! its guard, the token map, the hang-up path, the re-tell, the sweep and the shutdown stay as
-//! they are. Not built: nothing registers such a socket today.
+//! A chat TCP client's socket (accepted by syncast itself: no tiny_http, no `SHUT_RD`) is
+//! registered by [`Watcher::read_lines`] with [`Interest::Lines`] (`EPOLLIN | EPOLLRDHUP`,
+//! edge-triggered), which do work on such a socket: data, the peer's FIN (EOF) and a reset are
+//! each reported once. The watcher then reads it without blocking (`MSG_DONTWAIT`), at most
+//! [`lines::BUFFER_MAX`] bytes held for the client ([`lines::Splitter`]), and hands each whole
+//! line to the client's bounded channel with `try_send`, in order, then [`Input::Eof`]. A
+//! channel that is full is *back-pressure*, not a fault: the watcher stops reading that socket
+//! (the rest waits in the kernel's receive buffer, and TCP's window slows the sender), and the
+//! client's thread, once it took a line, asks for more ([`Watched::resume`]: a poke through
+//! the eventfd); both sides decide under the watcher's lock, so the pause cannot be missed.
+//! So a paste of a thousand lines is read at the pace its thread answers, never cut off, and a
+//! client costs at most its line cap plus its channel here. Such sockets are not in the sweep
+//! (their EOF is reported as readability) and are not told through `gone`: EOF comes after the
+//! lines the client sent before it, through the same channel, so none is lost.
+//!
+//! The socket is shared (`Arc<TcpStream>`): the entry's clone keeps the descriptor open while
+//! the watcher reads it, even if the client's thread drops its own at that moment, so a read
+//! never lands on a reused descriptor number.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +70,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 
+use crate::http::lines::{self, Input, Splitter};
 use crate::metrics::{Gone as How, Metrics};
 use crate::sys::diag::{self, SockDiag};
 use crate::sys::epoll::{Epoll, EventFd, Interest, Ready};
@@ -159,12 +169,48 @@ struct State {
     shut: bool,
     /// The `TCP_INFO` sweep's position: the last token it checked.
     cursor: u64,
+    /// Line readers whose client's thread asked for more after a pause ([`Watched::resume`]).
+    resumed: Vec<u64>,
 }
 
 struct Entry {
     fd: RawFd,
     inode: u64,
-    tell: Sender<()>,
+    kind: Kind,
+}
+
+/// What the watcher does with a socket.
+enum Kind {
+    /// A stream's: tell `tell` when its client left.
+    Stream { tell: Sender<()> },
+    /// A socket it reads: its lines go to the reader's channel.
+    Lines(Box<Reader>),
+}
+
+/// The read side of one socket the watcher reads.
+struct Reader {
+    sock: Arc<TcpStream>,
+    lines: Sender<Input>,
+    /// `None` while the watcher reads the socket (outside its lock).
+    split: Option<Splitter>,
+    /// The channel was full: not read again until the client's thread resumes it.
+    paused: bool,
+}
+
+impl Entry {
+    fn tell(&self) -> Option<&Sender<()>> {
+        match &self.kind {
+            Kind::Stream { tell } => Some(tell),
+            Kind::Lines(_) => None,
+        }
+    }
+
+    fn reader(&mut self) -> Option<&mut Reader> {
+        match &mut self.kind {
+            Kind::Lines(r) => Some(r),
+            Kind::Stream { .. } => None,
+        }
+    }
 }
 
 /// One watched socket; dropping it unregisters the socket, and must happen before the
@@ -210,13 +256,40 @@ impl Watcher {
     /// `try_send` when its client is found gone, and again every [`RETELL`] until the returned
     /// guard is dropped. Starts the watcher thread if none runs. Fails only if `fd` is not open.
     pub(crate) fn watch(&self, fd: RawFd, tell: Sender<()>) -> io::Result<Watched> {
+        self.register(fd, Kind::Stream { tell }, Interest::StateChanges)
+    }
+
+    /// Reads `sock` (a chat TCP client's, which its thread writes) from now on: each whole
+    /// line goes to `lines` in order, then [`Input::Eof`] when the client closes or the
+    /// connection breaks. When `lines` is full the watcher stops reading until the thread
+    /// calls [`Watched::resume`] (after each line it takes). Starts the watcher thread if none
+    /// runs. Fails only if the socket is not open.
+    pub(crate) fn read_lines(
+        &self,
+        sock: Arc<TcpStream>,
+        lines: Sender<Input>,
+    ) -> io::Result<Watched> {
+        let fd = sock.as_raw_fd();
+        let reader = Reader {
+            sock,
+            lines,
+            split: Some(Splitter::default()),
+            paused: false,
+        };
+        self.register(fd, Kind::Lines(Box::new(reader)), Interest::Lines)
+    }
+
+    fn register(&self, fd: RawFd, kind: Kind, interest: Interest) -> io::Result<Watched> {
         let inode = fd::inode(fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
         let (token, start) = {
             let mut st = self.inner.state.lock();
             st.next += 1;
             let token = st.next;
-            st.entries.insert(token, Entry { fd, inode, tell });
-            st.by_inode.insert(inode, token);
+            if let Kind::Stream { .. } = kind {
+                // Only streams are looked up by the sweep's dump.
+                st.by_inode.insert(inode, token);
+            }
+            st.entries.insert(token, Entry { fd, inode, kind });
             self.inner
                 .metrics
                 .streams_watched
@@ -227,7 +300,7 @@ impl Watcher {
         };
         // In the map before epoll has it: a report that comes at once finds its entry (the
         // first comes at once: the socket is writable when added).
-        if let Err(e) = self.inner.epoll.add(fd, token, Interest::StateChanges) {
+        if let Err(e) = self.inner.epoll.add(fd, token, interest) {
             // Then only the sweep and a failed write see this client leave.
             log::warn!("watcher cannot add socket error={e}");
         }
@@ -271,7 +344,26 @@ impl Watched {
     /// [`Watcher::watch`] is dropped).
     pub(crate) fn tell_through(&self, tx: Sender<()>) {
         if let Some(e) = self.inner.state.lock().entries.get_mut(&self.token) {
-            e.tell = tx;
+            if let Kind::Stream { tell } = &mut e.kind {
+                *tell = tx;
+            }
+        }
+    }
+
+    /// A line reader's thread took a line: if the watcher had stopped reading because the
+    /// channel was full, it reads on now (woken through its eventfd). Cheap when not paused.
+    pub(crate) fn resume(&self) {
+        let mut st = self.inner.state.lock();
+        let token = self.token;
+        let paused = st
+            .entries
+            .get_mut(&token)
+            .and_then(Entry::reader)
+            .is_some_and(|r| std::mem::take(&mut r.paused));
+        if paused {
+            st.resumed.push(token);
+            drop(st);
+            self.inner.wake.notify();
         }
     }
 
@@ -350,12 +442,26 @@ impl Inner {
             }
             let mut hung = Vec::new();
             let mut changed = Vec::new();
-            for r in &ready {
-                match (r.token, r.hangup) {
-                    (WAKE, _) => self.wake.drain(),
-                    (t, true) => hung.push(t),
-                    (t, false) => changed.push(t),
+            let mut readable = Vec::new();
+            {
+                let st = &mut *self.state.lock();
+                for r in &ready {
+                    if r.token == WAKE {
+                        self.wake.drain();
+                        readable.append(&mut st.resumed);
+                        continue;
+                    }
+                    match st.entries.get(&r.token).map(|e| &e.kind) {
+                        // A hang-up of a socket we read is read too: EOF, after its lines.
+                        Some(Kind::Lines(_)) => readable.push(r.token),
+                        Some(Kind::Stream { .. }) if r.hangup => hung.push(r.token),
+                        Some(Kind::Stream { .. }) => changed.push(r.token),
+                        None => {}
+                    }
                 }
+            }
+            if !readable.is_empty() {
+                self.read_ready(readable);
             }
             if !hung.is_empty() {
                 tell_all(self.mark(&hung, How::Hangup));
@@ -442,7 +548,7 @@ impl Inner {
         let mut st = self.state.lock();
         let mut tell = Vec::new();
         for &t in tokens {
-            let Some(tx) = st.entries.get(&t).map(|e| e.tell.clone()) else {
+            let Some(tx) = st.entries.get(&t).and_then(|e| e.tell().cloned()) else {
                 continue;
             };
             if st.gone.insert(t) {
@@ -462,7 +568,10 @@ impl Inner {
             let st = self.state.lock();
             tokens
                 .iter()
-                .filter_map(|t| st.entries.get(t).map(|e| (*t, e.fd)))
+                .filter_map(|t| {
+                    let e = st.entries.get(t).filter(|e| e.tell().is_some())?;
+                    Some((*t, e.fd))
+                })
                 .collect()
         };
         fds.into_iter()
@@ -515,11 +624,14 @@ impl Inner {
     /// watched through a whole round is checked exactly once in it, however many come and go).
     fn next_batch(&self) -> Vec<u64> {
         let mut st = self.state.lock();
-        let per = st.entries.len().div_ceil(TCP_INFO_ROUND);
+        // Streams only: the sockets the watcher reads see their EOF as readability.
+        let streams = st.entries.values().filter(|e| e.tell().is_some()).count();
+        let per = streams.div_ceil(TCP_INFO_ROUND);
         let from = st.cursor.saturating_add(1);
         let batch: Vec<u64> = st
             .entries
             .range(from..)
+            .filter(|(_, e)| e.tell().is_some())
             .take(per)
             .map(|(&t, _)| t)
             .collect();
@@ -537,10 +649,105 @@ impl Inner {
             let st = self.state.lock();
             st.gone
                 .iter()
-                .filter_map(|t| st.entries.get(t).map(|e| e.tell.clone()))
+                .filter_map(|t| st.entries.get(t).and_then(|e| e.tell().cloned()))
                 .collect()
         };
         tell_all(tell);
+    }
+}
+
+impl Inner {
+    /// Reads the sockets of `tokens` (line readers reported ready, or resumed) until each has
+    /// nothing more (`EAGAIN`), ended, or filled its channel (then paused). No lock is held
+    /// while a socket is read.
+    fn read_ready(&self, mut tokens: Vec<u64>) {
+        // Every read fits the cap of what one client may have held: on the watcher's stack.
+        let mut scratch = [0u8; lines::BUFFER_MAX];
+        while let Some(t) = tokens.pop() {
+            let taken = {
+                let mut st = self.state.lock();
+                st.entries
+                    .get_mut(&t)
+                    .and_then(Entry::reader)
+                    .filter(|r| !r.paused)
+                    .and_then(|r| {
+                        // Nothing more to read once EOF was handed out.
+                        if r.split.as_ref().is_some_and(|s| !s.done()) {
+                            r.split.take().map(|s| (r.sock.clone(), r.lines.clone(), s))
+                        } else {
+                            None
+                        }
+                    })
+            };
+            let Some((sock, tx, mut split)) = taken else {
+                continue;
+            };
+            let finished = self.read_into(&sock, &tx, &mut split, &mut scratch);
+            let again = {
+                let mut st = self.state.lock();
+                match st.entries.get_mut(&t).and_then(Entry::reader) {
+                    Some(r) => {
+                        r.split = Some(split);
+                        // Paused under the lock the resume takes: a line taken since the channel
+                        // was found full is seen here, or the taker sees `paused` (module text).
+                        let full = !finished && tx.is_full();
+                        r.paused = full;
+                        !finished && !full
+                    }
+                    None => false,
+                }
+            };
+            if again {
+                tokens.push(t);
+            } else if !finished {
+                self.metrics.chat_tcp_paused.inc();
+            }
+            // The last clone may be this one (the client's thread let go meanwhile): the
+            // socket closes here, outside the lock.
+            drop(sock);
+        }
+    }
+
+    /// Hands out what `split` holds and reads `sock` on; `true` once it read everything there
+    /// is (`EAGAIN`) or handed out [`Input::Eof`], `false` when `tx` was full.
+    fn read_into(
+        &self,
+        sock: &TcpStream,
+        tx: &Sender<Input>,
+        split: &mut Splitter,
+        scratch: &mut [u8],
+    ) -> bool {
+        loop {
+            let offered = split.drain(|input| {
+                let line = matches!(input, Input::Line(_));
+                match tx.try_send(input) {
+                    Ok(()) => {
+                        if line {
+                            self.metrics.chat_tcp_lines.inc();
+                        }
+                        true
+                    }
+                    Err(crossbeam_channel::TrySendError::Full(_)) => false,
+                    // The client's thread has ended: nobody wants it.
+                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => true,
+                }
+            });
+            if !offered {
+                return false;
+            }
+            if split.done() {
+                return true;
+            }
+            let room = split.room().min(scratch.len());
+            match fd::recv_nonblocking(sock.as_raw_fd(), &mut scratch[..room]) {
+                Ok(0) => split.close(),
+                Ok(n) => split.push(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Reset, timed out by the kernel: the end, like EOF.
+                Err(_) => split.close(),
+            }
+        }
     }
 }
 
@@ -800,6 +1007,69 @@ mod tests {
         assert!(!r.watcher.running());
         drop((c, late));
         assert_eq!(r.watcher.watched(), 0);
+    }
+
+    /// A client and the accepted side, read by the watcher into a channel of `capacity`.
+    fn lines_conn(r: &Rig, capacity: usize) -> (TcpStream, Watched, Receiver<Input>) {
+        let client = TcpStream::connect(r.listener.local_addr().unwrap()).unwrap();
+        let (side, _) = r.listener.accept().unwrap();
+        let (tx, rx) = bounded(capacity);
+        let watched = r.watcher.read_lines(Arc::new(side), tx).unwrap();
+        (client, watched, rx)
+    }
+
+    fn next_input(rx: &Receiver<Input>) -> Input {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("an input in time")
+    }
+
+    #[test]
+    fn lines_come_in_order_then_eof_and_the_thread_ends_with_the_last_reader() {
+        use std::io::Write;
+        let r = rig(EPOLL);
+        let (mut client, watched, rx) = lines_conn(&r, 16);
+        client.write_all(b"/name bob\r\nhel").unwrap();
+        assert_eq!(next_input(&rx), Input::Line(b"/name bob"[..].into()));
+        client.write_all(b"lo\n").unwrap();
+        assert_eq!(next_input(&rx), Input::Line(b"hello"[..].into()));
+        // The last line and the FIN in one go: the line first, then EOF.
+        client.write_all(b"bye").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(next_input(&rx), Input::Line(b"bye"[..].into()));
+        assert_eq!(next_input(&rx), Input::Eof);
+        assert!(rx.recv_timeout(RETELL * 2).is_err(), "nothing after EOF");
+        assert_eq!(r.metrics.chat_tcp_lines.get(), 3);
+        assert_eq!(r.counts(), vec![0, 0, 0], "not counted as a stream gone");
+        drop(watched);
+        wait_until("the watcher thread to end", || r.threads.live() == 0);
+    }
+
+    #[test]
+    fn a_full_channel_pauses_reading_and_a_resume_reads_on_with_nothing_lost() {
+        use std::io::Write;
+        let r = rig(EPOLL);
+        let (mut client, watched, rx) = lines_conn(&r, 2);
+        let writer = std::thread::spawn(move || {
+            for i in 0..2000 {
+                client.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            }
+            client
+        });
+        let mut got = 0;
+        while got < 2000 {
+            match next_input(&rx) {
+                Input::Line(l) => assert_eq!(&*l, format!("line {got}").as_bytes()),
+                other => panic!("{other:?}"),
+            }
+            got += 1;
+            watched.resume();
+        }
+        assert!(r.metrics.chat_tcp_paused.get() > 0, "it did pause");
+        // A reset after the lines: EOF.
+        let client = writer.join().unwrap();
+        rst(&client);
+        drop(client);
+        assert_eq!(next_input(&rx), Input::Eof);
     }
 
     #[test]

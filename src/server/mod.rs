@@ -37,9 +37,11 @@ use crate::auth::{Auth, KeyReload};
 use crate::chat::http::ChatService;
 use crate::chat::room::Room;
 use crate::chat::stream::ChatStreams;
+use crate::chat::tcp::{ChatTcp, Members};
 use crate::config::{Config, ConfigError, ValidConfig};
 use crate::http::accept::{self, Supervisor};
 use crate::http::body::Bodies;
+use crate::http::sse::WriteLimits;
 use crate::http::sweep::ConnTable;
 use crate::http::watch::{Paths, Watcher};
 use crate::metrics::Metrics;
@@ -60,6 +62,8 @@ pub enum StartError {
     Bind(std::io::Error),
     /// The `--admin-listen` socket could not be bound.
     AdminBind(std::io::Error),
+    /// The `--chat-tcp` socket could not be bound.
+    ChatTcpBind(std::io::Error),
     /// A key file (`--jwt-secret-file`, `--jwt-public-key-file`) cannot be used.
     Key(KeyError),
     /// The store could not be opened or created.
@@ -76,6 +80,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(e) => write!(f, "{e}"),
             StartError::Bind(e) => write!(f, "cannot listen: {e}"),
             StartError::AdminBind(e) => write!(f, "cannot listen on --admin-listen: {e}"),
+            StartError::ChatTcpBind(e) => write!(f, "cannot listen on --chat-tcp: {e}"),
             StartError::Key(e) => write!(f, "{e}"),
             StartError::Store(e) => write!(f, "cannot open store: {e}"),
             StartError::Spawn(e) => write!(f, "cannot spawn thread: {e}"),
@@ -90,6 +95,7 @@ impl std::error::Error for StartError {
             StartError::Config(e) => Some(e),
             StartError::Bind(e)
             | StartError::AdminBind(e)
+            | StartError::ChatTcpBind(e)
             | StartError::Spawn(e)
             | StartError::Watch(e) => Some(e),
             StartError::Key(e) => Some(e),
@@ -125,6 +131,8 @@ pub struct Shutdown {
 pub struct Server {
     local: SocketAddr,
     admin_local: Option<SocketAddr>,
+    /// The chat's plain-TCP listener (`--chat-tcp`).
+    chat_tcp: Option<ChatTcp>,
     auth: Arc<Auth>,
     threads: Threads,
     admit: Arc<Admission>,
@@ -180,6 +188,10 @@ impl Server {
             None => None,
         };
         let admin_local = admin.as_ref().map(|a| a.local);
+        let chat_listener = match config.chat_tcp {
+            Some(addr) => Some(ChatTcp::bind(addr).map_err(StartError::ChatTcpBind)?),
+            None => None,
+        };
         // Read before tiny_http starts: a panic of its accept thread in the moment before the
         // dispatcher first runs (a burst of connections at start-up, out of descriptors) must
         // still be noticed. (Reading it in the dispatcher instead missed exactly that, and the
@@ -231,6 +243,16 @@ impl Server {
             admit: admit.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
+        });
+        let members = Arc::new(Members {
+            room: room.clone(),
+            watcher: watcher.clone(),
+            conns: conns.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            limits: WriteLimits::of(&config),
+            header_timeout: config.header_timeout,
+            stack: config.stream_stack,
         });
         let chat = Arc::new(ChatService {
             room: room.clone(),
@@ -306,13 +328,26 @@ impl Server {
             SERVICE_STACK,
             move || dispatcher.run(Supervisor::new(local, panics_at_start)),
         );
-        if let Err(e) = spawned {
-            // The refresher runs already: stop it and join it, so a failed start leaves no
-            // thread behind.
-            drop(shutdown_tx);
-            threads.join_all(Instant::now() + Duration::from_secs(5));
-            return Err(StartError::Spawn(e));
-        }
+        let chat_tcp = match (spawned, chat_listener) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Ok(None),
+            (Ok(_), Some(listener)) => {
+                ChatTcp::start(listener, members, admit.clone(), threads.clone()).map(Some)
+            }
+        };
+        let chat_tcp = match chat_tcp {
+            Ok(t) => t,
+            Err(e) => {
+                // The refresher (and the dispatcher) run already: stop them and join them, so
+                // a failed start leaves no thread behind.
+                drop(shutdown_tx);
+                if let Some(http) = http.lock().as_ref() {
+                    http.unblock();
+                }
+                threads.join_all(Instant::now() + Duration::from_secs(5));
+                return Err(StartError::Spawn(e));
+            }
+        };
         log::info!("server listening addr={local}");
         if let Some(admin) = admin_local {
             log::info!("admin listening addr={admin}");
@@ -337,6 +372,7 @@ impl Server {
         Ok(Server {
             local,
             admin_local,
+            chat_tcp,
             auth,
             threads,
             admit,
@@ -355,6 +391,11 @@ impl Server {
     /// The `--admin-listen` address, if there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_local
+    }
+
+    /// The `--chat-tcp` address, if there is one.
+    pub fn chat_tcp_addr(&self) -> Option<SocketAddr> {
+        self.chat_tcp.as_ref().map(ChatTcp::addr)
     }
 
     /// Reads the key files again (what `SIGHUP` does, through the `keys` reload hook): each one
@@ -408,6 +449,10 @@ impl Server {
         drop(tx);
         self.admit.close_streams();
         self.watcher.shutdown();
+        if let Some(tcp) = self.chat_tcp.as_mut() {
+            tcp.shutdown();
+        }
+        let chat_local = self.chat_tcp.as_ref().map(ChatTcp::addr);
         if let Some(http) = self.http.lock().as_ref() {
             http.unblock();
         }
@@ -421,6 +466,9 @@ impl Server {
             cut = crate::sys::fd::shutdown_accepted(self.local);
             if let Some(admin) = self.admin_local {
                 cut += crate::sys::fd::shutdown_accepted(admin);
+            }
+            if let Some(tcp) = chat_local {
+                cut += crate::sys::fd::shutdown_accepted(tcp);
             }
             log::warn!(
                 "shutdown cut connections={cut} still_running={left} after_ms={}",

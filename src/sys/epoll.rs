@@ -27,6 +27,11 @@ pub(crate) enum Interest {
     StateChanges,
     /// Readable, level-triggered (the watcher's own wake-up descriptor).
     Readable,
+    /// A socket the watcher reads itself (a chat TCP client's): `EPOLLIN | EPOLLRDHUP`,
+    /// edge-triggered. Reported once when added if data is waiting, then once per arrival of
+    /// data, the peer's FIN (readable: EOF) or a reset; the reader reads until `EAGAIN` (or
+    /// until it stops on purpose and comes back by itself), so no report is needed in between.
+    Lines,
 }
 
 /// One reported event: the token it was registered with, and whether it was a hang-up or an
@@ -61,6 +66,7 @@ impl Epoll {
             // fs/eventpoll.c, do_epoll_ctl.)
             Interest::StateChanges => (libc::EPOLLOUT | libc::EPOLLET) as u32,
             Interest::Readable => libc::EPOLLIN as u32,
+            Interest::Lines => (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
         };
         let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: ev is a valid epoll_event; bad descriptors just fail.

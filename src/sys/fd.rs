@@ -318,6 +318,25 @@ pub(crate) fn shutdown_accepted(local: SocketAddr) -> usize {
     n
 }
 
+/// `recv(fd, buf, MSG_DONTWAIT)`: what is waiting, at most `buf.len()` bytes, without blocking
+/// (`WouldBlock` when nothing is); 0 at EOF.
+pub(crate) fn recv_nonblocking(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is writable for buf.len() bytes; a bad fd just fails.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `shutdown(fd, SHUT_RD)` of a descriptor the caller owns (tests). A number someone else owns
 /// is shut through [`own_connection`].
 #[cfg(test)]

@@ -15,16 +15,16 @@ use serde_json::{json, Value};
 
 /// One room event as a member saw it.
 #[derive(Debug, Clone, PartialEq)]
-struct Ev {
-    event: String,
-    id: Option<u64>,
-    data: Value,
+pub(crate) struct Ev {
+    pub(crate) event: String,
+    pub(crate) id: Option<u64>,
+    pub(crate) data: Value,
 }
 
 /// A member with an open stream.
-struct Member {
-    name: String,
-    token: String,
+pub(crate) struct Member {
+    pub(crate) name: String,
+    pub(crate) token: String,
     sse: Sse,
     /// Id of the last room event this member saw.
     last: u64,
@@ -35,7 +35,7 @@ struct Member {
 
 impl Member {
     /// Joins as `name` through `GET /chat/stream?name=` and reads the welcome.
-    fn join(s: &TestServer, name: &str) -> Member {
+    pub(crate) fn join(s: &TestServer, name: &str) -> Member {
         let mut sse = s.sse(&format!("/chat/stream?name={name}"));
         assert_eq!(sse.status, 200, "join {name}");
         let welcome = next(&mut sse).expect("welcome");
@@ -52,7 +52,7 @@ impl Member {
     }
 
     /// The next room event (welcome/reset included), skipping comments.
-    fn next(&mut self) -> Option<Ev> {
+    pub(crate) fn next(&mut self) -> Option<Ev> {
         let ev = next(&mut self.sse)?;
         if let Some(id) = ev.id {
             self.last = id;
@@ -68,7 +68,7 @@ impl Member {
     }
 
     /// Messages received until (and including) the one with `text`, as (id, from, text).
-    fn messages_until(&mut self, text: &str) -> Vec<(u64, String, String)> {
+    pub(crate) fn messages_until(&mut self, text: &str) -> Vec<(u64, String, String)> {
         let mut out = Vec::new();
         loop {
             let ev = self
@@ -86,7 +86,7 @@ impl Member {
     }
 
     /// Reads events until a `presence` event has said `name` joined (maybe one read before).
-    fn joined(&mut self, name: &str) {
+    pub(crate) fn joined(&mut self, name: &str) {
         while !self.joins.iter().any(|n| n == name) {
             self.next().expect("event before end of stream");
         }
@@ -94,7 +94,7 @@ impl Member {
 
     /// Reads events until a `presence` event has said `name` left (maybe one read before);
     /// returns its entry of `left` (`{"name","reason"}`).
-    fn left(&mut self, name: &str) -> Value {
+    pub(crate) fn left(&mut self, name: &str) -> Value {
         loop {
             if let Some(e) = self.leaves.iter().find(|e| e["name"] == name) {
                 return e.clone();
@@ -104,7 +104,7 @@ impl Member {
     }
 
     /// The next event of type `kind`, skipping others.
-    fn next_of(&mut self, kind: &str) -> Ev {
+    pub(crate) fn next_of(&mut self, kind: &str) -> Ev {
         loop {
             let ev = self.next().expect("event before end of stream");
             if ev.event == kind {
@@ -123,7 +123,7 @@ fn next(sse: &mut Sse) -> Option<Ev> {
     })
 }
 
-fn message(ev: &Ev) -> (u64, String, String) {
+pub(crate) fn message(ev: &Ev) -> (u64, String, String) {
     assert_eq!(ev.data["id"].as_u64(), ev.id, "data id is the SSE id");
     (
         ev.id.unwrap(),
@@ -132,7 +132,7 @@ fn message(ev: &Ev) -> (u64, String, String) {
     )
 }
 
-fn post(s: &TestServer, token: &str, text: &str) -> Reply {
+pub(crate) fn post(s: &TestServer, token: &str, text: &str) -> Reply {
     s.request_with(
         "POST",
         "/chat/messages",
@@ -142,21 +142,21 @@ fn post(s: &TestServer, token: &str, text: &str) -> Reply {
 }
 
 /// Posts and expects 202; returns the id.
-fn say(s: &TestServer, token: &str, text: &str) -> u64 {
+pub(crate) fn say(s: &TestServer, token: &str, text: &str) -> u64 {
     let r = post(s, token, text);
     assert_eq!(r.status, 202, "{}", r.body);
     r.json()["id"].as_u64().unwrap()
 }
 
 /// Posts over one keep-alive connection, for tests that post a lot.
-struct Poster {
+pub(crate) struct Poster {
     agent: ureq::Agent,
     url: String,
     auth: String,
 }
 
 impl Poster {
-    fn new(s: &TestServer, token: &str) -> Poster {
+    pub(crate) fn new(s: &TestServer, token: &str) -> Poster {
         Poster {
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -169,7 +169,7 @@ impl Poster {
     }
 
     /// Posts and expects 202; returns the id.
-    fn say(&self, text: &str) -> u64 {
+    pub(crate) fn say(&self, text: &str) -> u64 {
         let mut r = self
             .agent
             .post(&self.url)
@@ -185,7 +185,7 @@ impl Poster {
 }
 
 /// `POST /chat/join`; returns the token.
-fn join_only(s: &TestServer, name: &str) -> String {
+pub(crate) fn join_only(s: &TestServer, name: &str) -> String {
     let r = s.request("POST", "/chat/join", Some(name));
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["name"], name);
@@ -211,7 +211,7 @@ fn raw(s: &TestServer, head: &str, body: &[u8]) -> (u16, String) {
     (status, body)
 }
 
-fn chat_threads_gone(s: &TestServer) {
+pub(crate) fn chat_threads_gone(s: &TestServer) {
     wait_for("no chat stream thread left", || {
         (s.threads_of("chat-stream") == 0 && s.metric("syncast_chat_streams_attached") == 0.0)
             .then_some(())

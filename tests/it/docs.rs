@@ -329,6 +329,69 @@ fn every_route_of_the_router_is_documented_in_protocol_md() {
     );
 }
 
+/// The paths of this repository that `text` names in inline code (`` `src/...` ``,
+/// `` `tests/...` ``, `` `scripts/...` ``, `` `contrib/...` ``, `` `docs/...` ``), with their line
+/// numbers. A `src/` path on a line that names tiny_http (or glibc) may be that project's file,
+/// and is left out; so are patterns (`{`, `*`) and a trailing `:line`.
+fn code_paths(text: &str) -> Vec<(usize, String)> {
+    const PREFIXES: [&str; 5] = ["src/", "tests/", "scripts/", "contrib/", "docs/"];
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let foreign = line.contains("tiny_http") || line.contains("glibc");
+        for (i, span) in line.split('`').enumerate() {
+            if i % 2 == 0 || !PREFIXES.iter().any(|p| span.starts_with(p)) {
+                continue;
+            }
+            let path = span.split(':').next().unwrap_or(span);
+            let plain = path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+            if !plain || (foreign && path.starts_with("src/")) {
+                continue;
+            }
+            found.push((n + 1, path.trim_end_matches('/').to_string()));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_file_the_docs_name_exists() {
+    let root = repo();
+    let mut missing = Vec::new();
+    // The changelog is left out: it names files as they were when each change was made.
+    let files = markdown_files()
+        .into_iter()
+        .filter(|f| !f.ends_with("CHANGELOG.md"));
+    for file in files {
+        for (line, path) in code_paths(&read(&file)) {
+            if !root.join(&path).exists() {
+                missing.push(format!("{}:{line}: `{path}`", shown(&file)));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the docs name files that do not exist (moved or renamed?):\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn code_paths_are_read_from_inline_code_and_foreign_ones_left_out() {
+    let text = "see `src/http/body.rs:70` and `tests/it/`\n\
+                tiny_http's `src/client.rs`, but `tests/x.rs` there\n\
+                `src/{a,b}.rs`, `cargo test`, src/not_code.rs";
+    assert_eq!(
+        code_paths(text),
+        vec![
+            (1, "src/http/body.rs".to_string()),
+            (1, "tests/it".to_string()),
+            (2, "tests/x.rs".to_string()),
+        ]
+    );
+}
+
 #[test]
 fn the_readme_stays_short() {
     let lines = read(&repo().join("README.md")).lines().count();
@@ -336,6 +399,35 @@ fn the_readme_stays_short() {
         lines <= README_MAX_LINES,
         "README.md has {lines} lines (at most {README_MAX_LINES}): put the new section into the \
          matching file under docs/ and link to it"
+    );
+}
+
+/// Issue 17: `make run` opens the chat's TCP port, and the README shows how to dial it.
+#[test]
+fn make_run_serves_chat_over_tcp_and_the_readme_shows_nc() {
+    let makefile = read(&repo().join("Makefile"));
+    let run: Vec<&str> = makefile
+        .lines()
+        .skip_while(|l| !l.starts_with("run:"))
+        .skip(1)
+        .take_while(|l| l.starts_with('\t'))
+        .collect();
+    assert!(
+        run.iter().any(|l| l.contains("--chat-tcp $(CHAT_TCP)")),
+        "make run passes --chat-tcp: {run:?}"
+    );
+    assert!(
+        makefile.contains("CHAT_TCP ?= 127.0.0.1:7070"),
+        "make run's --chat-tcp is 127.0.0.1:7070 unless CHAT_TCP= says otherwise"
+    );
+    let readme = read(&repo().join("README.md"));
+    assert!(
+        readme.contains("nc 127.0.0.1 7070"),
+        "the README dials the chat with nc"
+    );
+    assert!(
+        readme.contains("/chat/stream?name="),
+        "and has the SSE side of the same conversation"
     );
 }
 

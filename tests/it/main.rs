@@ -22,4 +22,5 @@ mod injection;
 mod leaving;
 mod metrics;
 mod smuggling;
+mod tcp;
 mod web;

@@ -17,6 +17,7 @@ use syncast::kit::sse::Item;
 
 use crate::check::{ChatLog, PresenceSeen, Receipt, Sent, Window};
 use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
+use crate::tcp::{Barriers, Finish};
 
 /// What the chat scenario does.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ struct StreamState {
     ended: bool,
     /// The `presence` events received (this run's members only).
     presence: Vec<PresenceSeen>,
+    /// Messages of the other members received (the mixed room's drain counts them).
+    from_others: u64,
     closer: Option<Closer>,
 }
 
@@ -92,7 +95,7 @@ pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan) -> ChatRun {
     for i in 0..plan.clients {
         let (ctx2, plan2, acked2) = (ctx.clone(), plan.clone(), acked.clone());
         match spawn(format!("chat-{i}"), move || {
-            member(&ctx2, &plan2, i, &acked2)
+            member(&ctx2, &plan2, i, &acked2, None)
         }) {
             Ok(h) => handles.push(Some(h)),
             Err(_) => {
@@ -120,17 +123,17 @@ pub fn run(ctx: &Arc<Ctx>, plan: &ChatPlan) -> ChatRun {
     run
 }
 
-struct Member {
-    sent: Vec<Sent>,
-    received: Vec<Receipt>,
-    window: Option<Window>,
-    presence: Vec<PresenceSeen>,
-    last_seen: u64,
-    failed: bool,
+pub(crate) struct Member {
+    pub(crate) sent: Vec<Sent>,
+    pub(crate) received: Vec<Receipt>,
+    pub(crate) window: Option<Window>,
+    pub(crate) presence: Vec<PresenceSeen>,
+    pub(crate) last_seen: u64,
+    pub(crate) failed: bool,
 }
 
 impl Member {
-    fn failed() -> Member {
+    pub(crate) fn failed() -> Member {
         Member {
             sent: Vec::new(),
             received: Vec::new(),
@@ -180,7 +183,17 @@ fn post(
     }
 }
 
-fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Member {
+/// One member's script. In a mixed room (`mix`: TCP members too, whose lines carry no ids) it
+/// keeps the TCP scenario's barriers instead of room-id windows: see `crate::tcp`.
+pub(crate) fn member(
+    ctx: &Arc<Ctx>,
+    plan: &ChatPlan,
+    i: usize,
+    acked: &[AtomicU64],
+    mix: Option<&Barriers>,
+) -> Member {
+    // Whatever happens below, nobody in a mixed room waits for this member past this point.
+    let mut finish = mix.map(Finish::new);
     let mut me = Member {
         sent: Vec::new(),
         received: Vec::new(),
@@ -252,6 +265,12 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
         me.failed = true;
     } else {
         ctx.progress.connected.fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = mix {
+            b.bump(&b.joined);
+            if !b.wait(&b.joined, plan.clients, Instant::now() + plan.idle) {
+                ctx.error("join-barrier-timeout");
+            }
+        }
         let mut rng = Rng::new(plan.seed, i as u64);
         for seq in 1..=plan.messages {
             std::thread::sleep(rng.between(plan.interval.0, plan.interval.1));
@@ -282,6 +301,11 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
                 }
                 Err(_) => None,
             };
+            let id = match (id, mix) {
+                // The mixed room's order of lines sent, as the TCP members count it.
+                (Some(_), Some(b)) => Some(b.sent_one(i)),
+                (id, _) => id,
+            };
             match id {
                 Some(id) => {
                     acked[i].fetch_max(id, Ordering::AcqRel);
@@ -291,20 +315,37 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, i: usize, acked: &[AtomicU64]) -> Mem
             }
             me.sent.push(Sent { seq, id, at_us });
         }
-        // Everything the others had sent by now must reach us before we leave.
-        let until = acked
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, a)| a.load(Ordering::Acquire))
-            .max()
-            .unwrap_or(0);
-        let after = after.unwrap_or(0);
-        me.window = Some(Window { after, until });
-        if !stream.wait(Instant::now() + plan.drain, |s| {
-            s.last_seen >= until || s.ended
-        }) {
-            ctx.error("drain-timeout");
+        if let Some(b) = mix {
+            if let Some(f) = finish.as_mut() {
+                f.done();
+            }
+            let others = b.others_sent(i, plan);
+            me.window = Some(Window {
+                after: 0,
+                until: u64::MAX,
+            });
+            if !stream.wait(Instant::now() + plan.drain, |s| {
+                s.from_others >= others || s.ended
+            }) {
+                ctx.error("drain-timeout");
+            }
+        }
+        if mix.is_none() {
+            // Everything the others had sent by now must reach us before we leave.
+            let until = acked
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, a)| a.load(Ordering::Acquire))
+                .max()
+                .unwrap_or(0);
+            let after = after.unwrap_or(0);
+            me.window = Some(Window { after, until });
+            if !stream.wait(Instant::now() + plan.drain, |s| {
+                s.last_seen >= until || s.ended
+            }) {
+                ctx.error("drain-timeout");
+            }
         }
         ctx.progress.connected.fetch_sub(1, Ordering::Relaxed);
     }
@@ -457,6 +498,7 @@ fn read(
     stream: &Stream,
 ) -> Result<Vec<Receipt>, Vec<Receipt>> {
     let mut received = Vec::new();
+    let me = sender_index(&plan.tag, name);
     let mut reconnects = 0;
     let mut retry = Retry::new();
     let path = format!("/chat/stream?token={token}");
@@ -516,6 +558,9 @@ fn read(
                             }
                         }),
                         Note::Message { from, seq, id } => {
+                            if Some(from) != me {
+                                stream.update(|s| s.from_others += 1);
+                            }
                             received.push(Receipt {
                                 from,
                                 seq,

@@ -8,6 +8,7 @@ mod check;
 mod probe;
 mod report;
 mod shared;
+mod tcp;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -31,6 +32,9 @@ OPTIONS:
   --url URL            the server                          [default: http://127.0.0.1:8080]
   --scenario NAME      chat | alarm | mixed (both at once) [default: chat]
   --clients N          chat members / alarm streams        [default: 500]
+  --transport T        the chat members': sse | tcp (the server's --chat-tcp) | mixed
+                       (half over each, in one room; also `mixed-transport`) [default: sse]
+  --chat-tcp ADDR      the server's --chat-tcp address, for --transport tcp [default: 127.0.0.1:7070]
   --alarm-clients N    alarm streams in mixed              [default: --clients]
   --messages M         messages per chat member            [default: 11]
   --interval A..B      pause before each message           [default: 1s..3s]
@@ -78,6 +82,11 @@ impl Scenario {
 struct Opts {
     url: String,
     scenario: Scenario,
+    /// Chat over TCP (`--transport tcp`) at this address; `None`: over SSE.
+    chat_tcp: Option<std::net::SocketAddr>,
+    /// With `chat_tcp`: half the members over TCP, half over SSE (`--transport mixed`).
+    mixed_room: bool,
+    chat_tcp_addr: std::net::SocketAddr,
     clients: usize,
     alarm_clients: Option<usize>,
     messages: u32,
@@ -103,6 +112,9 @@ impl Default for Opts {
         Opts {
             url: "http://127.0.0.1:8080".into(),
             scenario: Scenario::Chat,
+            chat_tcp: None,
+            mixed_room: false,
+            chat_tcp_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 7070)),
             clients: 500,
             alarm_clients: None,
             messages: 11,
@@ -146,6 +158,7 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
     use lexopt::prelude::*;
     let mut o = Opts::default();
     let mut p = lexopt::Parser::from_args(args);
+    let mut tcp = false;
     fn text(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
         p.value()
             .map_err(|e| e.to_string())?
@@ -172,6 +185,20 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
                 }
             }
             Long("clients") => o.clients = num(&mut p, "--clients")?,
+            Long("transport") => {
+                (tcp, o.mixed_room) = match text(&mut p, "--transport")?.as_str() {
+                    "sse" => (false, false),
+                    "tcp" => (true, false),
+                    "mixed" | "mixed-transport" => (true, true),
+                    v => return Err(format!("--transport: unknown {v:?} (sse, tcp or mixed)")),
+                }
+            }
+            Long("chat-tcp") => {
+                let v = text(&mut p, "--chat-tcp")?;
+                o.chat_tcp_addr = v
+                    .parse()
+                    .map_err(|_| format!("--chat-tcp: not IP:PORT: {v:?}"))?;
+            }
             Long("alarm-clients") => o.alarm_clients = Some(num(&mut p, "--alarm-clients")?),
             Long("messages") => o.messages = num(&mut p, "--messages")?,
             Long("interval") => {
@@ -206,6 +233,12 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
             }
             _ => return Err(arg.unexpected().to_string()),
         }
+    }
+    if tcp {
+        if o.scenario == Scenario::Alarm {
+            return Err("--transport tcp is for the chat (scenario chat or mixed)".into());
+        }
+        o.chat_tcp = Some(o.chat_tcp_addr);
     }
     if !(o.ramp > 0.0 && o.ramp.is_finite()) {
         return Err("--ramp must be a positive number".into());
@@ -377,6 +410,7 @@ fn run(o: Opts) -> Result<Summary, String> {
     // Each runner holds a sender of `done`; when both have returned it disconnects.
     let (done_tx, done_rx) = bounded::<()>(0);
     let (chat_done_tx, chat_done_rx) = bounded::<()>(0);
+    let (tcp_addr, mixed_room) = (o.chat_tcp, o.mixed_room);
     let chat_handle = chat_on.then(|| {
         let (ctx, plan, done, chat_done) = (
             ctx.clone(),
@@ -388,7 +422,11 @@ fn run(o: Opts) -> Result<Summary, String> {
             .name("chat-runner".into())
             .spawn(move || {
                 let started = Instant::now();
-                let r = chat::run(&ctx, &plan);
+                let r = match tcp_addr {
+                    Some(addr) if mixed_room => tcp::run_mixed(&ctx, &plan, addr),
+                    Some(addr) => tcp::run(&ctx, &plan, addr),
+                    None => chat::run(&ctx, &plan),
+                };
                 drop((done, chat_done));
                 (r, started.elapsed())
             })
@@ -479,7 +517,11 @@ fn run(o: Opts) -> Result<Summary, String> {
     };
     let reasons = check::verdict(&outcome);
     Ok(Summary {
-        scenario: o.scenario.as_str().into(),
+        scenario: match o.chat_tcp {
+            Some(_) if o.mixed_room => format!("{} (chat over tcp and sse)", o.scenario.as_str()),
+            Some(_) => format!("{} (chat over tcp)", o.scenario.as_str()),
+            None => o.scenario.as_str().into(),
+        },
         url: o.url.clone(),
         seed,
         elapsed_s: ctx.t0.elapsed().as_secs_f64(),

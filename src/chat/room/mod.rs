@@ -72,6 +72,7 @@ impl Room {
             rate: config.rate,
             burst: config.burst,
             max_members: config.max_members,
+            lines: config.chat_tcp.is_some(),
         };
         Arc::new(Room {
             grace: config.grace,
@@ -134,10 +135,33 @@ impl Room {
         let token = new_token()?;
         let attached = self.locked(|inner| {
             let key = inner.join(name, token)?;
-            Ok(inner.attach(key, last_event_id))
+            Ok(inner.attach(key, last_event_id, false))
         })?;
         log::info!("chat joined name={name}");
         Ok(attached)
+    }
+
+    /// Creates a session for a TCP member and attaches it in one step: it reads the events'
+    /// text lines (no `welcome`), and acts through the returned token, which only its own
+    /// thread ever holds (so nothing else can attach to it or act for it).
+    pub(crate) fn join_lines(&self, name: &str) -> Result<(Token, Attached), ChatError> {
+        let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
+        let token = new_token()?;
+        let attached = self.locked(|inner| {
+            let key = inner.join(name, token.clone())?;
+            let mut att = inner.attach(key, None, true);
+            // Exact, and counting the new member: what its greeting says.
+            att.online_count = inner.sessions.len();
+            Ok(att)
+        })?;
+        log::info!("chat joined name={name}");
+        Ok((token, attached))
+    }
+
+    /// Whether the room holds `--max-members` sessions now (a join would be refused): checked
+    /// before a TCP connection gets a thread.
+    pub(crate) fn is_full(&self) -> bool {
+        self.inner.lock().is_full()
     }
 
     /// Attaches a stream to the session holding `token`; events after `last_event_id` are
@@ -150,7 +174,7 @@ impl Room {
         let mut inner = self.inner.lock();
         let key = inner.session(token)?;
         let key = key.token.selector();
-        Ok(inner.attach(key, last_event_id))
+        Ok(inner.attach(key, last_event_id, false))
     }
 
     /// Called when a stream ends: if it is still the session's stream, the session starts its

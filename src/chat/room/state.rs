@@ -30,6 +30,8 @@ pub(crate) struct Limits {
     pub(crate) burst: f64,
     /// Sessions at once.
     pub(crate) max_members: usize,
+    /// Members may read the room as text lines (`--chat-tcp`): every event is also encoded so.
+    pub(crate) lines: bool,
 }
 
 pub(crate) struct Attachment {
@@ -38,6 +40,8 @@ pub(crate) struct Attachment {
     cursor: u64,
     /// Where its wake channel sits in [`Inner::wakers`].
     slot: Slot,
+    /// It reads the events' text lines (a TCP member), not their SSE encoding.
+    lines: bool,
 }
 
 pub(crate) struct Session {
@@ -58,7 +62,10 @@ struct Kept {
     id: u64,
     /// The session whose message this is (its own messages are not sent back to it).
     from: Option<u64>,
+    /// The SSE encoding.
     bytes: Encoded,
+    /// The text lines of TCP members ([`crate::chat::line`]), when the room has them.
+    line: Option<Encoded>,
     /// When it was broadcast (the post accepted), [`crate::metrics::now_ns`]: the start of its
     /// delivery latency.
     at: u64,
@@ -209,11 +216,17 @@ impl Inner {
                 obj.insert("id".into(), json!(id));
             }
         }
+        // Every encoding of the event, made here once: this is the one way into the history.
         let bytes: Encoded = encode_event(Some(kind), Some(id), &data.to_string()).into();
+        let line = self
+            .limits
+            .lines
+            .then(|| crate::chat::line::render(kind, &data).into());
         self.history.push_back(Kept {
             id,
             from,
             bytes,
+            line,
             at: crate::metrics::now_ns(),
         });
         while self.history.len() > self.limits.history {
@@ -387,10 +400,23 @@ impl Inner {
                 att.cursor = kept.id;
                 continue;
             }
+            let bytes = if att.lines {
+                match &kept.line {
+                    // A kind line members are not shown.
+                    Some(l) if l.is_empty() => {
+                        att.cursor = kept.id;
+                        continue;
+                    }
+                    Some(l) => l,
+                    None => &kept.bytes,
+                }
+            } else {
+                &kept.bytes
+            };
             let Some(slot) = out.get_mut(taken) else {
                 return Take::More(taken);
             };
-            *slot = Some(kept.bytes.clone());
+            *slot = Some(bytes.clone());
             att.cursor = kept.id;
             if let Some(at) = accepted.get_mut(taken) {
                 *at = kept.at;
@@ -506,8 +532,14 @@ impl Inner {
         Ok(key)
     }
 
-    /// Attaches a new stream to session `key`, closing an older one; see [`Attached`].
-    pub(crate) fn attach(&mut self, key: u64, last_event_id: Option<u64>) -> Attached {
+    /// Whether the room holds `--max-members` sessions (a join now would be refused).
+    pub(crate) fn is_full(&self) -> bool {
+        self.sessions.len() >= self.limits.max_members
+    }
+
+    /// Attaches a new stream to session `key`, closing an older one; see [`Attached`]. A
+    /// `lines` member (TCP) reads the events' text lines and gets no `welcome` or `reset`.
+    pub(crate) fn attach(&mut self, key: u64, last_event_id: Option<u64>, lines: bool) -> Attached {
         self.next_serial += 1;
         let serial = self.next_serial;
         let last_id = self.last_id;
@@ -515,7 +547,8 @@ impl Inner {
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
         let slot = self.wakers.add(Waker { key, wake: wake_tx });
-        let (first, announced) = self.announced(WELCOME_NAMES);
+        // A line member is told how many are online, not who (it asks with /who).
+        let (first, announced) = self.announced(if lines { 0 } else { WELCOME_NAMES });
         let first = json!(first);
         let session = self.sessions.get_mut(&key).expect("caller checked the key");
         let after = match last_event_id {
@@ -527,20 +560,23 @@ impl Inner {
             serial,
             cursor: last_id,
             slot,
+            lines,
         });
         session.detached_since = None;
         session.ever_attached = true;
-        let welcome = json!({
-            "name": session.name,
-            "token": session.token.as_str(),
-            "online": first,
-            "online_count": announced,
-            "last_id": last_id,
-        });
         let name = session.name.clone();
-        let mut backlog: Vec<Encoded> =
-            vec![encode_event(Some("welcome"), None, &welcome.to_string()).into()];
-        if let Some(k) = after {
+        let mut backlog: Vec<Encoded> = Vec::new();
+        if !lines {
+            let welcome = json!({
+                "name": session.name,
+                "token": session.token.as_str(),
+                "online": first,
+                "online_count": announced,
+                "last_id": last_id,
+            });
+            backlog.push(encode_event(Some("welcome"), None, &welcome.to_string()).into());
+        }
+        if let Some(k) = after.filter(|_| !lines) {
             // An id beyond the newest is from another run, or names no event at all (a hint
             // that is not a number comes as u64::MAX): where the client stands is unknown, as
             // for an id older than the history. Both get `reset`, then everything kept.
@@ -563,6 +599,7 @@ impl Inner {
             serial,
             backlog,
             wake: wake_rx,
+            online_count: announced,
         }
     }
 

@@ -80,6 +80,8 @@ pub(crate) struct Attached {
     /// Many events may arrive for one wake. Disconnected once the room closed the stream:
     /// [`super::Room::kick_of`] says why.
     pub(crate) wake: Receiver<()>,
+    /// How many were online as of the room's last event (the `welcome`'s `online_count`).
+    pub(crate) online_count: usize,
 }
 
 /// The room closing a stream: why, and the session's name at that moment (for the close line).
