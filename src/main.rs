@@ -132,12 +132,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("syncast listening on http://{}", server.addr());
+    announce(&format!("syncast listening on http://{}", server.addr()));
     if let Some(admin) = server.admin_addr() {
-        println!("syncast admin listening on http://{admin}");
+        announce(&format!("syncast admin listening on http://{admin}"));
     }
     if let Some(tcp) = server.chat_tcp_addr() {
-        println!("syncast chat listening on tcp://{tcp}");
+        announce(&format!("syncast chat listening on tcp://{tcp}"));
     }
     // The main thread waits here; no extra thread is spent on signals.
     for sig in signals.forever() {
@@ -169,6 +169,15 @@ fn main() -> ExitCode {
             std::process::exit(i32::from(interrupted_status(sig)));
         }
     }
+}
+
+/// Prints one line of the start-up announcement on stdout. A stdout nobody reads any more (a
+/// supervisor that kept only the first line, `syncast | head -1`) must not end the server:
+/// `println!` panics on a closed pipe, which on the main thread shut the server down.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

@@ -607,3 +607,33 @@ fn the_admin_listener_is_announced_on_a_second_line_and_serves_the_ops_endpoints
     let exit = wait_for("exit", || child.0.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));
 }
+
+#[test]
+fn a_stdout_nobody_reads_does_not_stop_the_server() {
+    // A supervisor that keeps only the first line, or `syncast | head -1`: the announcement
+    // lines meet a closed pipe. `println!` panicked there, on the main thread, which shut the
+    // server down at once.
+    let run = common::RunDir::new("syncast-stdout-");
+    let mut cmd = syncast_bin();
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "0"])
+        .args(["--chat-tcp", "127.0.0.1:0"]);
+    run.server_args(&mut cmd);
+    // Replaces the piped stdout: the read end is closed before the server writes a byte.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = KillOnDrop(cmd.stdout(writer).spawn().unwrap());
+    let addr: std::net::SocketAddr = wait_for("the listening log line", || {
+        run.log_text()
+            .lines()
+            .find_map(|l| l.split("server listening addr=").nth(1))
+            .and_then(|a| a.trim().parse().ok())
+    });
+    let got = common::raw_get(addr, "/healthz", PATIENCE).unwrap_or_default();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // The main thread announces before it waits for signals, so whenever SIGTERM comes, a
+    // failed announcement has happened by the time the signal is read: exit 101 (a panic),
+    // where a clean shutdown exits 0.
+    common::sigterm(&child.0);
+    let exit = wait_for("exit", || child.0.try_wait().unwrap());
+    assert_eq!(exit.code(), Some(0), "{}", run.log_text());
+}

@@ -187,3 +187,85 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     drop(ns);
     let _ = std::fs::remove_dir_all(&run.dir);
 }
+
+#[test]
+#[ignore = "needs root: network namespaces (iproute2); `make test` runs it as root"]
+fn a_tcp_chat_member_that_vanishes_from_an_idle_room_is_dropped_by_keepalive() {
+    use std::io::{BufRead, BufReader};
+    let test = "a_tcp_chat_member_that_vanishes_from_an_idle_room_is_dropped_by_keepalive";
+    let ns = match Namespaces::create() {
+        Ok(ns) => ns,
+        Err(why) => root::cannot_run(test, &why),
+    };
+    let run = common::RunDir::new("syncast-nofin-tcp-");
+    let mut cmd = std::process::Command::new("ip");
+    // Nothing is written to a TCP member of an idle room (no keepalive line: an `nc` user would
+    // see it), so only the kernel's keepalive, probing after --heartbeat of silence, can find a
+    // member that vanished; --tcp-user-timeout then bounds the wait for the probe's answer.
+    cmd.args(["netns", "exec", &ns.server])
+        .arg(syncast_bin().get_program())
+        .args(["--listen", &format!("{SERVER_IP}:0"), "--insecure"])
+        .args(["--chat-tcp", &format!("{SERVER_IP}:0")])
+        .args(["--heartbeat", "1s", "--tcp-user-timeout", "2s"]);
+    run.server_args(&mut cmd);
+    let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
+    let addr: SocketAddr = listen_addr(&mut child.0);
+    let tcp: SocketAddr = wait_for_within(common::PATIENCE, "the chat tcp listener", || {
+        run.log_text()
+            .lines()
+            .find_map(|l| l.split("chat tcp listening addr=").nth(1))
+            .and_then(|a| a.trim().parse().ok())
+    });
+
+    let sock = in_netns(&ns.client, move || {
+        TcpStream::connect_timeout(&tcp, Duration::from_secs(10)).expect("connect")
+    });
+    sock.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    let mut lines = BufReader::new(sock.try_clone().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.starts_with("* "), "greeting: {line:?}");
+    (&sock).write_all(b"/name ghost\n").unwrap();
+    line.clear();
+    lines.read_line(&mut line).unwrap();
+    assert!(line.starts_with("* ") && line.contains("ghost"), "{line:?}");
+
+    run_cmd(
+        "ip",
+        &[
+            "-n",
+            &ns.client,
+            "route",
+            "add",
+            "blackhole",
+            &format!("{SERVER_IP}/32"),
+        ],
+    )
+    .expect("blackhole route");
+    let vanished = Instant::now();
+    // Without keepalive the idle member would stay for good (nothing is ever in flight).
+    let closed = wait_for_within(Duration::from_secs(30), "the member closed", || {
+        run.log_text()
+            .lines()
+            .find(|l| l.contains("chat tcp closed") && l.contains("name=ghost"))
+            .map(str::to_string)
+    });
+    assert!(closed.contains("reason=client-gone"), "{closed}");
+    eprintln!(
+        "member closed {:?} after the client vanished",
+        vanished.elapsed()
+    );
+    let left = run.log_text();
+    assert!(
+        left.lines()
+            .any(|l| l.contains("chat left") && l.contains("ghost")),
+        "its session ended: {left}"
+    );
+    let metrics = in_netns(&ns.server, move || {
+        raw_get(addr, "/metrics", common::PATIENCE).expect("metrics")
+    });
+    assert_eq!(metric_in(&metrics, "syncast_streaming_clients"), Some(0.0));
+    drop(child);
+    drop(ns);
+    let _ = std::fs::remove_dir_all(&run.dir);
+}

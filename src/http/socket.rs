@@ -159,9 +159,19 @@ impl StreamSocket {
 /// - keepalive (idle 30 s, then 3 probes 10 s apart) for the rare idle moment; with
 ///   `TCP_USER_TIMEOUT` set, the kernel also gives up on unanswered probes after that time.
 pub(crate) fn set_keepalive_fd(fd: RawFd, user_timeout: Duration) {
+    set_keepalive_probes(fd, Duration::from_secs(30), user_timeout);
+}
+
+/// [`set_keepalive_fd`] with the first probe after `idle` without traffic (whole seconds, at
+/// least 1; then up to 3 probes `idle` apart, at most 10 s). For a connection that may stay
+/// silent for long, such as a chat member over TCP: with nothing in flight only keepalive can
+/// find a peer that vanished, and with `TCP_USER_TIMEOUT` set the kernel gives up on the first
+/// probe left unanswered that long.
+pub(crate) fn set_keepalive_probes(fd: RawFd, idle: Duration, user_timeout: Duration) {
+    let idle_s = idle.as_secs().clamp(1, i32::MAX as u64) as libc::c_int;
     fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
-    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_s);
+    fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, idle_s.min(10));
     fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
     let ms = user_timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
     fd::set_int_option(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms);

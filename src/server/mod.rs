@@ -252,6 +252,7 @@ impl Server {
             metrics: metrics.clone(),
             limits: WriteLimits::of(&config),
             header_timeout: config.header_timeout,
+            keepalive: config.heartbeat,
             stack: config.stream_stack,
         });
         let chat = Arc::new(ChatService {

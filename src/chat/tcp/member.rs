@@ -5,9 +5,10 @@
 //! when the room cuts it off as slow), its own shutdown channel, the naming deadline
 //! (`--header-timeout`, until it has a name) and, with auth on, its token's expiry. It writes
 //! only its own socket, never under the room's lock, with the same write time-out and
-//! `SO_SNDBUF` as an SSE stream; keepalive is the kernel's (`SO_KEEPALIVE` and
-//! `TCP_USER_TIMEOUT` on the socket), so nothing but the room's events and the answers to the
-//! member's own lines appear on the wire (an `nc` user would see a keepalive line).
+//! `SO_SNDBUF` as an SSE stream; keepalive is the kernel's (`SO_KEEPALIVE`, probing after
+//! `--heartbeat` of silence, and `TCP_USER_TIMEOUT` on the socket), so nothing but the room's
+//! events and the answers to the member's own lines appear on the wire (an `nc` user would see
+//! a keepalive line).
 //!
 //! A TCP member has no token to resume with: its session ends with its connection, with a
 //! leave announced in the next `presence` event, whatever ended it (EOF, `/quit`, cut off as
@@ -62,6 +63,9 @@ pub(crate) struct Members {
     pub(crate) limits: WriteLimits,
     /// `--header-timeout`: the time to get a name.
     pub(crate) header_timeout: Duration,
+    /// `--heartbeat`: how long the socket may be silent before the kernel's first keepalive
+    /// probe (the member writes no keepalive line of its own).
+    pub(crate) keepalive: Duration,
     /// Stack of a member's thread (`stream_stack`).
     pub(crate) stack: usize,
 }
@@ -80,7 +84,7 @@ pub(crate) fn serve(
     peer: SocketAddr,
 ) {
     let fd = sock.as_raw_fd();
-    tune(fd, &cx.limits);
+    tune(fd, &cx.limits, cx.keepalive);
     let _ = sock.set_nodelay(true);
     let mut life = Life::new(&cx, sock.clone(), conn, peer);
     let (line_tx, lines) = bounded(LINE_QUEUE);
@@ -121,12 +125,15 @@ pub(crate) fn serve(
     life.end(m.joined.take(), reason);
 }
 
-/// Write time-out, send buffer, keepalive: what an SSE stream's socket gets.
-fn tune(fd: RawFd, limits: &WriteLimits) {
+/// Write time-out, send buffer and `TCP_USER_TIMEOUT` as an SSE stream's socket gets; the
+/// kernel's keepalive probes after `keepalive` of silence (an SSE stream writes a heartbeat
+/// instead, which an `nc` user would see as noise), so a peer that vanished from an idle room
+/// is found within `keepalive` + `--tcp-user-timeout` (tests/no_fin.rs).
+fn tune(fd: RawFd, limits: &WriteLimits, keepalive: Duration) {
     let _ = fd::set_send_timeout(fd, limits.timeout);
     let buffer = limits.send_buffer.min(i32::MAX as usize) as libc::c_int;
     fd::set_int_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, buffer);
-    crate::http::socket::set_keepalive_fd(fd, limits.user_timeout);
+    crate::http::socket::set_keepalive_probes(fd, keepalive, limits.user_timeout);
 }
 
 /// The member's session once it has a name.
