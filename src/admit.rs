@@ -348,8 +348,11 @@ impl Admission {
     }
 
     /// Lets go of the close channels' table after a peak (see [`crate::sys::mem::shrink_map`]).
+    /// The request pipelines' and read bodies' tables too.
     pub(crate) fn shrink(&self) {
         crate::sys::mem::shrink_map(&mut self.closers.lock().open);
+        self.pipelines.shrink();
+        self.bodies.shrink();
     }
 
     /// Streaming clients now.

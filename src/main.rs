@@ -99,6 +99,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before the log file, the signal handlers or any thread exist: on success this does not
+    // return, and the program starts again with the same arguments (see the function).
+    let restart_failed = syncast::restart_with_small_stack_cache();
     let log_file = match init_logging(run.log_level, run.log_file.as_deref()) {
         Ok(f) => f,
         Err(e) => {
@@ -106,6 +109,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(e) = restart_failed {
+        log::warn!("stack cache not bounded error={e}");
+    }
     // Register for signals before starting, so none is lost between the two.
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
         Ok(s) => s,

@@ -121,6 +121,11 @@ pub(crate) struct Bodies {
 }
 
 impl Bodies {
+    /// Lets go of the table after a peak (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        crate::sys::mem::shrink_set(&mut self.read.lock());
+    }
+
     /// For the server whose public connections `conns` tracks, and whose `--admin-listen`
     /// socket, if any, is `admin`.
     pub(crate) fn new(

@@ -88,6 +88,15 @@ pub(crate) fn serving(peer: Option<SocketAddr>) -> bool {
 }
 
 impl Pipelines {
+    /// Lets go of the table after a peak of connections (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        let mut inner = self.inner.lock();
+        crate::sys::mem::shrink_map(&mut inner.busy);
+        if inner.orphans.is_empty() {
+            inner.orphans.shrink_to_fit();
+        }
+    }
+
     /// No connection busy; `conns` finds a connection's socket to shut it.
     pub(crate) fn new(conns: std::sync::Arc<ConnTable>) -> Pipelines {
         Pipelines {

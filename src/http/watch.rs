@@ -319,6 +319,13 @@ impl Watcher {
         self.inner.wake.notify();
     }
 
+    /// Lets go of the inode table after a peak of streams (see [`crate::sys::mem::shrink_map`]).
+    pub(crate) fn shrink(&self) {
+        let mut st = self.inner.state.lock();
+        crate::sys::mem::shrink_map(&mut st.by_inode);
+        crate::sys::mem::shrink_set(&mut st.gone);
+    }
+
     /// Sockets watched now.
     #[cfg(test)]
     pub(crate) fn watched(&self) -> usize {

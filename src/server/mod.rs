@@ -342,6 +342,7 @@ impl Server {
             threads: threads.clone(),
             admit: admit.clone(),
             conns,
+            watcher: watcher.clone(),
             metrics,
             http: http.clone(),
             listener,

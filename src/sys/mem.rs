@@ -8,13 +8,91 @@ use std::time::Instant;
 /// sized for 10,000 streams) is freed, after which every arena keeps up to twice that in free
 /// memory on top of its heap: measured, RSS 10 s after 10,000 streams closed was 19.1 MiB
 /// with the default, 15.7 MiB with these. Called once, at start.
+///
+/// And at most [`ARENAS`] malloc arenas (unless `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` chooses):
+/// `malloc_trim` gives back the free pages inside an arena and the top of the main one, but never
+/// the free top of another arena, and freeing the last blocks of a mass close often leaves each
+/// arena's top at its whole heap (free blocks merged into it by the trim's own consolidation).
+/// glibc's default of 8 arenas a core gave 16 here: measured, 10 s after 10,000 streams closed
+/// (one `/metrics` read during the hold), 14 arenas kept 1.0-1.6 MiB of free top each resident,
+/// 20.1 MiB in all; with 2 arenas 4.1 MiB. Two cores rarely run more than two allocating
+/// threads at once; the fan-out run's futex calls were the same (646k and 632k).
 pub(crate) fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets glibc's malloc parameters.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    {
+        let chosen = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+            || std::env::var_os("GLIBC_TUNABLES")
+                .is_some_and(|t| t.to_string_lossy().contains("glibc.malloc.arena_max"));
+        // SAFETY: mallopt only sets glibc's malloc parameters.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            if !chosen {
+                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            }
+        }
     }
+}
+
+/// The malloc arenas syncast allows (see [`tune_malloc`]).
+pub(crate) const ARENAS: libc::c_int = 2;
+
+/// The glibc tunable that bounds the cache of exited threads' stacks.
+pub(crate) const STACK_CACHE_TUNABLE: &str = "glibc.pthread.stack_cache_size";
+
+/// The bound syncast runs with: 1 MiB, about 15 stream stacks (glibc's default is 40 MiB).
+///
+/// Why: glibc keeps the stacks of joined threads, up to 40 MiB of them, for the next threads to
+/// reuse, and leaves the top 16 KiB of each resident (its `madvise` at thread exit spares that
+/// much below the frame; the thread's descriptor and TLS sit there). With 64 KiB stream stacks
+/// that is ~600 stacks of 8-12 KiB each: measured 10 s after 10,000 chat members closed, 598
+/// cached stacks held 7.2 MiB, a third of what the process then held. Which stacks stay cached
+/// depends on which threads are joined last (after alarm streams, tiny_http's 2 MiB pool stacks
+/// often pushed them out): the cause of runs differing by 10 MiB. A cache of 1 MiB keeps the
+/// reuse for a few threads coming and going; a burst of thousands costs an `mmap` and an
+/// `munmap` per thread, a few microseconds.
+pub(crate) const STACK_CACHE_BYTES: usize = 1024 * 1024;
+
+/// Runs this program again, at once, with [`STACK_CACHE_TUNABLE`] set to [`STACK_CACHE_BYTES`]
+/// in `GLIBC_TUNABLES`: glibc reads its tunables only when a process starts. Returns (having
+/// done nothing) when the variable already sets that tunable (the user's choice, or this
+/// program's own second start), in a set-user-id start (glibc ignores the variable there), or
+/// when the exec fails (the error). Must be called first thing in `main`, before any thread
+/// or descriptor of ours exists.
+pub(crate) fn exec_with_small_stack_cache() -> Option<std::io::Error> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+        let old = std::env::var_os("GLIBC_TUNABLES").unwrap_or_default();
+        let old = old.to_string_lossy();
+        if old.split(':').any(|t| t.starts_with(STACK_CACHE_TUNABLE)) {
+            return None;
+        }
+        // SAFETY: getauxval only reads the auxiliary vector.
+        if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+            return None;
+        }
+        let ours = format!("{STACK_CACHE_TUNABLE}={STACK_CACHE_BYTES}");
+        let tunables = if old.is_empty() {
+            ours
+        } else {
+            format!("{old}:{ours}")
+        };
+        // The program's own path, not `/proc/self/exe`: the process's name is the last part of
+        // the path it was started from (`exe` would be what `ps`, `pgrep` and `top` show).
+        let exe = match std::env::current_exe() {
+            Ok(exe) => exe,
+            Err(e) => return Some(e),
+        };
+        let mut args = std::env::args_os();
+        let mut command = std::process::Command::new(exe);
+        if let Some(arg0) = args.next() {
+            command.arg0(arg0);
+        }
+        return Some(command.args(args).env("GLIBC_TUNABLES", tunables).exec());
+    }
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Shrinks `map` if it holds under a quarter of what it has room for: a table sized for a peak
@@ -27,6 +105,15 @@ pub(crate) fn shrink_map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
     }
 }
 
+/// [`shrink_map`] for a set.
+pub(crate) fn shrink_set<T: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
+    set: &mut std::collections::HashSet<T, S>,
+) {
+    if set.capacity() > 64 && set.len() < set.capacity() / 4 {
+        set.shrink_to_fit();
+    }
+}
+
 /// Gives memory freed by many stream threads back to the system once they are gone.
 ///
 /// Each stream thread allocates in one of glibc's per-thread malloc arenas; when thousands of
@@ -35,6 +122,15 @@ pub(crate) fn shrink_map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
 /// free pages of every arena. It runs on the dispatcher, only once the stream count has fallen
 /// by at least [`Trim::AFTER_LEFT`] from its peak since the last trim and to half of that peak
 /// or less, so a busy server with streams coming and going at a steady level never pays for it.
+///
+/// A mass leave goes on freeing memory for seconds after the last stream thread is gone: the
+/// closing marks of the streams' connections live [`crate::http::sweep::CLOSING_KEPT`] (5 s)
+/// until a sweep drops them, tiny_http's surplus pool threads exit 5 s after their last request,
+/// and the code pages the leave touched stay mapped. So a trim for streams that left is
+/// followed by a few more at [`Trim::FOLLOW_UPS`] after it, the last one also unmapping the clean
+/// file pages ([`release_clean_file_pages`]). Measured, 10 s after 10,000 change streams closed:
+/// 20-36 MiB resident before the follow-ups, of which `malloc_trim` alone (run by hand) gave
+/// back 8-21 MiB.
 #[derive(Debug, Default)]
 pub(crate) struct Trim {
     /// The most streams seen since the last trim.
@@ -42,26 +138,73 @@ pub(crate) struct Trim {
     /// The last call found none left while some had been: the next one trims (by then the
     /// threads that were still exiting have been reaped).
     all_gone: bool,
+    /// After a trim for streams that left: when it ran, the streams then, and how many of
+    /// [`Trim::FOLLOW_UPS`] have run.
+    follow: Option<(Instant, usize, usize)>,
+}
+
+/// What a call to [`Trim::after_streams_left`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trimmed {
+    /// Nothing.
+    No,
+    /// A trim.
+    Trim,
+    /// The last follow-up trim after a leave: the caller unmaps clean file pages too.
+    Settled,
 }
 
 impl Trim {
     /// Streams that must have ended before a trim is worth its cost (a few milliseconds).
     pub(crate) const AFTER_LEFT: usize = 1000;
 
-    /// Called with the number of streams now; trims when the rule above says so (and once the
-    /// last stream has gone: the threads that ended after the previous trim freed theirs too),
-    /// calling `shrink` first (the tables sized for the peak). Returns whether it trimmed.
-    pub(crate) fn after_streams_left(&mut self, now: usize, shrink: impl FnOnce()) -> bool {
+    /// When the follow-up trims run after a trim for streams that left (each costs 5-30 ms,
+    /// once per mass leave): past the closing marks' 5 s and a sweep, inside 10 s.
+    pub(crate) const FOLLOW_UPS: [std::time::Duration; 4] = [
+        std::time::Duration::from_millis(1000),
+        std::time::Duration::from_millis(3000),
+        std::time::Duration::from_millis(6500),
+        std::time::Duration::from_millis(8000),
+    ];
+
+    /// Called with the number of streams now, at `at`; trims when the rule above says so (and
+    /// once the last stream has gone: the threads that ended after the previous trim freed
+    /// theirs too, and at the follow-ups), calling `shrink` first (the tables sized for the peak).
+    pub(crate) fn after_streams_left(
+        &mut self,
+        now: usize,
+        at: Instant,
+        shrink: impl FnOnce(),
+    ) -> Trimmed {
         self.peak = self.peak.max(now);
         let final_due = std::mem::take(&mut self.all_gone) && now == 0;
         let regular = self.peak - now >= Self::AFTER_LEFT && now <= self.peak / 2;
-        if !final_due && !regular {
+        let mut follow_up = None;
+        if let Some((since, level, done)) = self.follow {
+            if now > level + Self::AFTER_LEFT {
+                // Busy again: the regular rule covers the next leave.
+                self.follow = None;
+            } else if at.saturating_duration_since(since) >= Self::FOLLOW_UPS[done] {
+                follow_up = Some(done + 1);
+            }
+        }
+        if !final_due && !regular && follow_up.is_none() {
             self.all_gone = now == 0 && self.peak > 0;
-            return false;
+            return Trimmed::No;
         }
         // A trim that found none left: one more at the next call, once the threads that were
         // still exiting have been reaped.
         self.all_gone = regular && now == 0;
+        let mut settled = false;
+        if regular {
+            self.follow = Some((at, now, 0));
+        } else if let (Some(done), Some(f)) = (follow_up, self.follow.as_mut()) {
+            f.2 = done;
+            if done == Self::FOLLOW_UPS.len() {
+                self.follow = None;
+                settled = true;
+            }
+        }
         shrink();
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
@@ -75,7 +218,11 @@ impl Trim {
             );
         }
         self.peak = now;
-        true
+        if settled {
+            Trimmed::Settled
+        } else {
+            Trimmed::Trim
+        }
     }
 }
 
@@ -148,8 +295,11 @@ mod tests {
     use super::*;
 
     impl Trim {
+        /// Whether it trimmed, every call at the same instant (no follow-up is ever due).
         fn after_streams_left_(&mut self, now: usize) -> bool {
-            self.after_streams_left(now, || {})
+            static AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            let at = *AT.get_or_init(Instant::now);
+            self.after_streams_left(now, at, || {}) != Trimmed::No
         }
     }
 
@@ -182,14 +332,59 @@ mod tests {
         // exiting the first time have been reaped by the next), one more.
         let mut shrunk = false;
         let mut t = Trim::default();
-        assert!(!t.after_streams_left(3, || {}));
-        assert!(!t.after_streams_left(0, || shrunk = true));
+        let at = Instant::now();
+        assert_eq!(t.after_streams_left(3, at, || {}), Trimmed::No);
+        assert_eq!(t.after_streams_left(0, at, || shrunk = true), Trimmed::No);
         assert!(!shrunk);
-        assert!(t.after_streams_left(0, || shrunk = true));
+        assert_eq!(t.after_streams_left(0, at, || shrunk = true), Trimmed::Trim);
         assert!(shrunk, "the tables are shrunk before the trim");
         assert!(!t.after_streams_left_(0), "nothing new left");
         assert!(!t.after_streams_left_(2));
         assert!(!t.after_streams_left_(1), "not all gone");
+    }
+
+    #[test]
+    fn a_mass_leave_is_trimmed_again_at_each_follow_up_then_settles() {
+        use std::time::Duration;
+        let mut t = Trim::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(t.after_streams_left(10_000, at(0), || {}), Trimmed::No);
+        assert_eq!(t.after_streams_left(0, at(250), || {}), Trimmed::Trim);
+        assert_eq!(
+            t.after_streams_left(0, at(500), || {}),
+            Trimmed::Trim,
+            "once more when all are gone"
+        );
+        let mut trims = Vec::new();
+        let mut shrunk = 0;
+        for ms in (750..20_000).step_by(250) {
+            match t.after_streams_left(0, at(ms), || shrunk += 1) {
+                Trimmed::No => {}
+                done => trims.push((ms - 250, done)),
+            }
+        }
+        // Counted from the trim at 250 ms.
+        assert_eq!(
+            trims,
+            vec![
+                (1000, Trimmed::Trim),
+                (3000, Trimmed::Trim),
+                (6500, Trimmed::Trim),
+                (8000, Trimmed::Settled),
+            ]
+        );
+        assert_eq!(shrunk, 4, "the tables are shrunk at each follow-up too");
+        // Streams coming back in numbers cancel the follow-ups; a small steady level does not
+        // trim at all.
+        let mut t = Trim::default();
+        assert_eq!(t.after_streams_left(5000, at(0), || {}), Trimmed::No);
+        assert_eq!(t.after_streams_left(0, at(250), || {}), Trimmed::Trim);
+        assert_eq!(t.after_streams_left(0, at(500), || {}), Trimmed::Trim);
+        assert_eq!(t.after_streams_left(1200, at(750), || {}), Trimmed::No);
+        for ms in (1000..20_000).step_by(250) {
+            assert_eq!(t.after_streams_left(900, at(ms), || {}), Trimmed::No);
+        }
     }
 
     #[test]

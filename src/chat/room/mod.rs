@@ -333,8 +333,10 @@ impl Room {
     }
 
     /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
+    /// Its sessions' names move to fresh memory, the old ones freed after the lock.
     pub(crate) fn shrink(&self) {
-        self.inner.lock().shrink();
+        let old = self.inner.lock().shrink();
+        drop(old);
     }
 
     /// Periodic work, called by the dispatcher (every 250 ms): expires sessions that have had

@@ -317,12 +317,42 @@ impl Inner {
         self.unwake(att.slot);
     }
 
-    /// Shrinks the tables sized for a past peak of sessions.
-    pub(crate) fn shrink(&mut self) {
+    /// Shrinks the tables sized for a past peak of sessions, and moves the sessions' names to
+    /// fresh memory; returns the old names, for the caller to drop once the lock is released.
+    ///
+    /// Why the move: a session's three names (its own, the folded key, the sorted set's) and its
+    /// token's text were
+    /// allocated when it joined, on the dispatcher, between the blocks that opening its stream
+    /// took and that closing it gave back. After a mass close, the sessions still in their grace
+    /// period kept a few live bytes on every page of that stretch, so none could be trimmed:
+    /// measured, 10 s after 10,000 members closed, one arena of 24 MiB was resident for 2.5 MiB
+    /// in use. Copied all at once while the old ones still live, the new names are carved from
+    /// the free space one after another (a few pages); the old ones are then freed together and
+    /// their pages come back at the trim that follows.
+    #[must_use]
+    pub(crate) fn shrink(&mut self) -> Compacted {
         crate::sys::mem::shrink_map(&mut self.sessions);
         crate::sys::mem::shrink_map(&mut self.names);
         crate::sys::mem::shrink_map(&mut self.kicks);
         self.wakers.shrink();
+        let fresh: Vec<(String, Token)> = self
+            .sessions
+            .values()
+            .map(|s| (s.name.clone(), s.token.clone()))
+            .collect();
+        let folded: HashMap<String, u64> =
+            self.names.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let online: BTreeSet<String> = self.online.iter().cloned().collect();
+        let mut old = Vec::with_capacity(fresh.len());
+        for (session, (name, token)) in self.sessions.values_mut().zip(fresh) {
+            let name = std::mem::replace(&mut session.name, name);
+            old.push((name, std::mem::replace(&mut session.token, token)));
+        }
+        Compacted {
+            _names: old,
+            _folded: std::mem::replace(&mut self.names, folded),
+            _online: std::mem::replace(&mut self.online, online),
+        }
     }
 
     /// The kick of attachment `serial`, if the room closed it (taken: asked once).
@@ -617,6 +647,13 @@ impl Inner {
         self.note_presence(&session.name, Some(why));
         Some(session.name)
     }
+}
+
+/// The names [`Inner::shrink`] replaced, dropped after the room's lock.
+pub(crate) struct Compacted {
+    _names: Vec<(String, Token)>,
+    _folded: HashMap<String, u64>,
+    _online: BTreeSet<String>,
 }
 
 /// A page of `GET /chat/users`.
