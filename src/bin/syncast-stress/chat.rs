@@ -15,9 +15,9 @@ use serde_json::Value;
 use syncast::kit::http::{self, Closer, Opened};
 use syncast::kit::sse::Item;
 
+use crate::barriers::{Barriers, Finish};
 use crate::check::{ChatLog, PresenceSeen, Receipt, Sent, Window};
 use crate::shared::{spawn, Ctx, Retry, Rng, REQUEST_TIMEOUT, RETRIES};
-use crate::tcp::{Barriers, Finish};
 
 /// What the chat scenario does.
 #[derive(Debug, Clone)]
@@ -36,6 +36,13 @@ pub struct ChatPlan {
     pub drain: Duration,
     /// Longest silence on a stream before it counts as dead.
     pub idle: Duration,
+}
+
+impl ChatPlan {
+    /// Generous: the slowest member's whole script (M pauses of at most B) and then some.
+    pub(crate) fn longest_script(&self) -> Duration {
+        self.interval.1 * self.messages + self.drain + self.idle
+    }
 }
 
 /// What the members recorded.
@@ -319,7 +326,7 @@ pub(crate) fn member(
             if let Some(f) = finish.as_mut() {
                 f.done();
             }
-            let others = b.others_sent(i, plan);
+            let others = b.others_sent(i, plan.clients, plan.longest_script());
             me.window = Some(Window {
                 after: 0,
                 until: u64::MAX,

@@ -3,6 +3,7 @@
 //! fall back to their baseline afterwards. Exit status 0 only on PASS.
 
 mod alarm;
+mod barriers;
 mod chat;
 mod check;
 mod probe;

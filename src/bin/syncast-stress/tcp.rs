@@ -14,112 +14,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::barriers::{Barriers, Finish};
 use crate::chat::{ChatPlan, ChatRun};
 use crate::check::{ChatLog, Receipt, Sent, Window};
 use crate::shared::{spawn, Ctx, Rng};
-
-/// What every member of a TCP or mixed room shares: the two barriers and the lines sent.
-pub(crate) struct Barriers {
-    /// Members that have a name.
-    pub(crate) joined: AtomicUsize,
-    /// Members that have sent all their lines, or given up.
-    finished: AtomicUsize,
-    /// Lines sent by each member.
-    sent: Vec<AtomicU64>,
-    /// The room-wide order of the lines sent (the checker's ids).
-    next_id: AtomicU64,
-    lock: Mutex<()>,
-    changed: Condvar,
-}
-
-impl Barriers {
-    fn new(clients: usize) -> Barriers {
-        Barriers {
-            joined: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
-            sent: (0..clients).map(|_| AtomicU64::new(0)).collect(),
-            next_id: AtomicU64::new(0),
-            lock: Mutex::new(()),
-            changed: Condvar::new(),
-        }
-    }
-
-    /// Member `i` sent a line: its id in the room-wide order.
-    pub(crate) fn sent_one(&self, i: usize) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel) + 1;
-        self.sent[i].fetch_add(1, Ordering::AcqRel);
-        id
-    }
-
-    /// Waits until every member has sent all its lines (or given up), then returns how many
-    /// lines the members other than `i` sent: what `i` must receive (`u64::MAX` if the wait
-    /// timed out).
-    pub(crate) fn others_sent(&self, i: usize, plan: &ChatPlan) -> u64 {
-        // Generous: the slowest member's whole script (M pauses of at most B) and then some.
-        let longest = plan.interval.1 * plan.messages + plan.drain + plan.idle;
-        if !self.wait(&self.finished, plan.clients, Instant::now() + longest) {
-            return u64::MAX;
-        }
-        self.sent
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.load(Ordering::Acquire))
-            .sum()
-    }
-
-    pub(crate) fn bump(&self, counter: &AtomicUsize) {
-        counter.fetch_add(1, Ordering::AcqRel);
-        let _g = self.lock.lock();
-        self.changed.notify_all();
-    }
-
-    /// Waits until `counter` reaches `n` or `deadline`; returns whether it did.
-    pub(crate) fn wait(&self, counter: &AtomicUsize, n: usize, deadline: Instant) -> bool {
-        let mut g = self.lock.lock();
-        while counter.load(Ordering::Acquire) < n {
-            if self.changed.wait_until(&mut g, deadline).timed_out() {
-                return counter.load(Ordering::Acquire) >= n;
-            }
-        }
-        true
-    }
-}
-
-/// Counts a member as finished sending once, when told or when dropped (a member that gives
-/// up early), so that nobody waits for it.
-pub(crate) struct Finish<'a> {
-    barriers: &'a Barriers,
-    done: bool,
-}
-
-impl<'a> Finish<'a> {
-    pub(crate) fn new(barriers: &'a Barriers) -> Finish<'a> {
-        Finish {
-            barriers,
-            done: false,
-        }
-    }
-
-    pub(crate) fn done(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.barriers.bump(&self.barriers.finished);
-        }
-    }
-}
-
-impl Drop for Finish<'_> {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
 
 /// What a member's reader shares with its script.
 #[derive(Default)]
@@ -370,7 +274,7 @@ fn member(ctx: &Arc<Ctx>, plan: &ChatPlan, room: &Barriers, addr: SocketAddr, i:
     finish.done();
     if named {
         // Everybody has sent (or given up): then every line of the others must reach us.
-        let others = room.others_sent(i, plan);
+        let others = room.others_sent(i, plan.clients, plan.longest_script());
         if others == u64::MAX {
             ctx.error("tcp-finish-barrier-timeout");
         }

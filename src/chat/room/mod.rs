@@ -30,7 +30,7 @@
 mod events;
 mod on_redis;
 mod state;
-mod types;
+pub(crate) mod types;
 mod wakes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,11 +45,10 @@ use crate::config::Config;
 use crate::http::validate::normalize_name;
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
-pub(crate) use state::UsersPage;
 use state::{Inner, Limits};
 #[cfg(test)]
 pub(crate) use state::{PRESENCE_MAX, WELCOME_NAMES};
-pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take, TAKE_EVENTS};
+pub(crate) use types::{Attached, ChatError, Encoded, Joined, Kick, Take, UsersPage, TAKE_EVENTS};
 
 /// The chat room: sessions are data here, not threads.
 ///

@@ -11,7 +11,7 @@ use crossbeam_channel::bounded;
 use serde_json::json;
 
 use super::events::{self, presence_data};
-use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take};
+use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, UsersPage};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
 use crate::chat::session::{RateLimiter, Token};
 use crate::http::sse::encode_event;
@@ -654,19 +654,6 @@ pub(crate) struct Compacted {
     _names: Vec<(String, Token)>,
     _folded: HashMap<String, u64>,
     _online: BTreeSet<String>,
-}
-
-/// A page of `GET /chat/users`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct UsersPage {
-    /// Names, sorted.
-    pub(crate) names: Vec<String>,
-    /// The last name of this page when more follow (the next page's `after`).
-    pub(crate) next: Option<String>,
-    /// Sessions in the room.
-    pub(crate) count: usize,
-    /// The room's last event id.
-    pub(crate) last_id: u64,
 }
 
 impl Inner {

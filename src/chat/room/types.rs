@@ -126,3 +126,16 @@ pub(crate) fn check_text(text: &str) -> Result<(), ChatError> {
         Ok(())
     }
 }
+
+/// A page of `GET /chat/users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UsersPage {
+    /// Names, sorted.
+    pub(crate) names: Vec<String>,
+    /// The last name of this page when more follow (the next page's `after`).
+    pub(crate) next: Option<String>,
+    /// Sessions in the room.
+    pub(crate) count: usize,
+    /// The room's last event id.
+    pub(crate) last_id: u64,
+}

@@ -28,7 +28,8 @@ use std::time::Duration;
 use ::redis::{Script, Value};
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use super::room::{ChatError, UsersPage};
+// The room's plain types, not the room (which holds a SharedChat): no import circle.
+use super::room::types::{ChatError, UsersPage};
 use super::session::Token;
 use crate::config::Config;
 use crate::metrics::Counter;
