@@ -9,7 +9,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use syncast::kit::http::{self, Closer, Opened};
+use syncast::kit::http::{self, Closer, Opened, Target};
 use syncast::kit::sse::Item;
 
 use crate::check::{check_alarm, AlarmMode, AlarmTally, Flip, Seen};
@@ -32,6 +32,30 @@ pub struct AlarmPlan {
     pub tag: String,
     /// Longest silence on a stream before it counts as dead.
     pub idle: Duration,
+    /// Spread over the nodes (`--spread-alarms`): stream `i` on node `i`, its PUTs to node
+    /// `i + 1`; otherwise everything on the first node.
+    pub spread: bool,
+}
+
+impl AlarmPlan {
+    /// Where stream `i` connects.
+    fn stream_node<'a>(&self, ctx: &'a Ctx, i: usize) -> &'a Target {
+        if self.spread {
+            ctx.node(i)
+        } else {
+            &ctx.target
+        }
+    }
+
+    /// Where the PUTs of id `i` go: another node than its stream's when spread, so each flip
+    /// must cross the shared store.
+    fn put_node<'a>(&self, ctx: &'a Ctx, i: usize) -> &'a Target {
+        if self.spread {
+            ctx.node(i + 1)
+        } else {
+            &ctx.target
+        }
+    }
 }
 
 /// What the alarm scenario found.
@@ -160,7 +184,7 @@ fn write(
             let path = format!("/alarms/{}-{i}", plan.tag);
             let body: &[u8] = if value { b"true" } else { b"false" };
             let sent_us = ctx.now_us();
-            if put(ctx, plan, &path, body) {
+            if put(ctx, plan, plan.put_node(ctx, i), &path, body) {
                 flips[i].push(Flip {
                     value,
                     sent_us,
@@ -179,13 +203,13 @@ fn write(
     (flips, ok)
 }
 
-fn put(ctx: &Ctx, plan: &AlarmPlan, path: &str, body: &[u8]) -> bool {
+fn put(ctx: &Ctx, plan: &AlarmPlan, target: &Target, path: &str, body: &[u8]) -> bool {
     let retry = Retry::new();
     loop {
         let auth = ctx.publisher_auth(&plan.tag);
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        match http::request(&ctx.target, "PUT", path, &headers, body, REQUEST_TIMEOUT) {
+        match http::request(target, "PUT", path, &headers, body, REQUEST_TIMEOUT) {
             Ok(r) if r.status == 204 => return true,
             Ok(r) if r.status == 503 => {
                 ctx.error("put-503");
@@ -235,7 +259,13 @@ fn stream(
         let auth = ctx.subscriber_auth(&id);
         let headers: Vec<(&str, &str)> =
             auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        match http::open_stream(&ctx.target, &path, &headers, REQUEST_TIMEOUT, plan.idle) {
+        match http::open_stream(
+            plan.stream_node(ctx, i),
+            &path,
+            &headers,
+            REQUEST_TIMEOUT,
+            plan.idle,
+        ) {
             Ok(Opened::Stream(es)) => break es,
             // The server's answer at a cap: come back when it says (`retry_ms`, jittered).
             Ok(Opened::Retry(r)) if retry.wait(r.after()) => ctx.refused(&r.reason),

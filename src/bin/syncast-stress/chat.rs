@@ -12,7 +12,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::Deserialize;
 use serde_json::Value;
 
-use syncast::kit::http::{self, Closer, Opened};
+use syncast::kit::http::{self, Closer, Opened, Target};
 use syncast::kit::sse::Item;
 
 use crate::barriers::{Barriers, Finish};
@@ -157,6 +157,7 @@ impl Member {
 /// started; `Err` after a transport error or an exhausted budget.
 fn post(
     ctx: &Ctx,
+    target: &Target,
     label: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -165,7 +166,7 @@ fn post(
     let retry = Retry::new();
     loop {
         let at_us = ctx.now_us();
-        match http::request(&ctx.target, "POST", path, headers, body, REQUEST_TIMEOUT) {
+        match http::request(target, "POST", path, headers, body, REQUEST_TIMEOUT) {
             Ok(r) if r.status == 503 || r.status == 429 => {
                 ctx.error(&format!("{label}-{}", r.status));
                 if !retry.wait(r.retry_after().unwrap_or(Duration::from_secs(1))) {
@@ -190,7 +191,8 @@ fn post(
     }
 }
 
-/// One member's script. In a mixed room (`mix`: TCP members too, whose lines carry no ids) it
+/// One member's script. With several nodes member `i` joins, posts and leaves on node `i` and
+/// streams on node `i + 1`, so every session crosses nodes. In a mixed room (`mix`: TCP members too, whose lines carry no ids) it
 /// keeps the TCP scenario's barriers instead of room-id windows: see `crate::tcp`.
 pub(crate) fn member(
     ctx: &Arc<Ctx>,
@@ -210,11 +212,19 @@ pub(crate) fn member(
         failed: false,
     };
     ctx.ramp();
+    let home = ctx.node(i);
     let name = format!("{}-{i}", plan.tag);
     let auth = ctx.member_auth(&name);
     let join_headers: Vec<(&str, &str)> =
         auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    let token = match post(ctx, "join", "/chat/join", &join_headers, name.as_bytes()) {
+    let token = match post(
+        ctx,
+        home,
+        "join",
+        "/chat/join",
+        &join_headers,
+        name.as_bytes(),
+    ) {
         Ok((r, _)) if r.status == 201 => {
             match serde_json::from_slice::<Value>(&r.body)
                 .ok()
@@ -243,7 +253,7 @@ pub(crate) fn member(
         let (ctx, plan, stream, token) = (ctx.clone(), plan.clone(), stream.clone(), token.clone());
         let name = name.clone();
         spawn(format!("chat-{i}-sse"), move || {
-            read(&ctx, &plan, &name, &token, &stream)
+            read(&ctx, ctx.node(i + 1), &plan, &name, &token, &stream)
         })
     };
     let reader = match reader {
@@ -254,6 +264,7 @@ pub(crate) fn member(
             let auth = format!("Bearer {token}");
             let _ = post(
                 ctx,
+                home,
                 "leave",
                 "/chat/leave",
                 &[("Authorization", &auth)],
@@ -285,6 +296,7 @@ pub(crate) fn member(
             let text = format!("seq={seq}");
             let sent = post(
                 ctx,
+                home,
                 "send",
                 "/chat/messages",
                 &[("Authorization", &auth)],
@@ -359,6 +371,7 @@ pub(crate) fn member(
     stream.leaving.store(true, Ordering::Release);
     match post(
         ctx,
+        home,
         "leave",
         "/chat/leave",
         &[("Authorization", &auth)],
@@ -499,6 +512,7 @@ fn sender_index(tag: &str, name: &str) -> Option<u32> {
 /// With auth on, each (re)connect carries a fresh token for `name` besides the session's.
 fn read(
     ctx: &Ctx,
+    target: &Target,
     plan: &ChatPlan,
     name: &str,
     token: &str,
@@ -521,7 +535,7 @@ fn read(
         if let Some(a) = &auth {
             resume.push(("Authorization", a.as_str()));
         }
-        let opened = http::open_stream(&ctx.target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
+        let opened = http::open_stream(target, &path, &resume, REQUEST_TIMEOUT, plan.idle);
         let mut es = match opened {
             Ok(Opened::Stream(es)) => es,
             // The member left while we reconnected: its session is gone, and that is fine.
@@ -722,7 +736,7 @@ mod tests {
         }
         let outcome = Outcome {
             chat: Some(check_chat(&log)),
-            leak: Some(Leak::default()),
+            leaks: vec![Some(Leak::default())],
             ..Outcome::default()
         };
         verdict(&outcome)

@@ -437,8 +437,9 @@ pub struct Outcome {
     pub alarm: Option<AlarmTally>,
     /// Clients that could not finish their script.
     pub clients_failed: u64,
-    /// Thread figures; `None` if the server's figures could not be read.
-    pub leak: Option<Leak>,
+    /// Thread figures of each node (`--url`), in order; `None` where a node's figures could not
+    /// be read.
+    pub leaks: Vec<Option<Leak>>,
 }
 
 /// PASS only with no loss, duplicate, reordering, unexpected or late event, no failed client and
@@ -469,35 +470,46 @@ pub fn verdict(o: &Outcome) -> Vec<String> {
         bad(a.stale, "stale alarm events");
     }
     bad(o.clients_failed, "clients failed");
-    match &o.leak {
-        None => reasons.push("server threads could not be read".into()),
-        Some(l) => {
-            let b = &l.baseline;
-            let a = &l.after;
-            if a.spawned_live > b.spawned_live {
-                reasons.push(format!(
-                    "thread leak: spawned_live {} > baseline {} after {:.1}s",
-                    a.spawned_live, b.spawned_live, l.settle_s
-                ));
-            }
-            if a.process_threads > b.process_threads + POOL_ALLOWANCE {
-                reasons.push(format!(
-                    "thread leak: process_threads {} > baseline {} + {POOL_ALLOWANCE} idle pool threads after {:.1}s",
-                    a.process_threads, b.process_threads, l.settle_s
-                ));
-            }
-            if a.streaming_clients > b.streaming_clients {
-                reasons.push(format!(
-                    "stream leak: streaming_clients {} > baseline {}",
-                    a.streaming_clients, b.streaming_clients
-                ));
-            }
-            if a.chat_members > b.chat_members {
-                reasons.push(format!(
-                    "session leak: chat_members {} > baseline {}",
-                    a.chat_members, b.chat_members
-                ));
-            }
+    if o.leaks.is_empty() {
+        reasons.push("server threads could not be read".into());
+    }
+    let several = o.leaks.len() > 1;
+    for (k, leak) in o.leaks.iter().enumerate() {
+        // With several nodes each reason says whose: node 1 is the first --url.
+        let node = if several {
+            format!("node {}: ", k + 1)
+        } else {
+            String::new()
+        };
+        let Some(l) = leak else {
+            reasons.push(format!("{node}server threads could not be read"));
+            continue;
+        };
+        let b = &l.baseline;
+        let a = &l.after;
+        if a.spawned_live > b.spawned_live {
+            reasons.push(format!(
+                "{node}thread leak: spawned_live {} > baseline {} after {:.1}s",
+                a.spawned_live, b.spawned_live, l.settle_s
+            ));
+        }
+        if a.process_threads > b.process_threads + POOL_ALLOWANCE {
+            reasons.push(format!(
+                "{node}thread leak: process_threads {} > baseline {} + {POOL_ALLOWANCE} idle pool threads after {:.1}s",
+                a.process_threads, b.process_threads, l.settle_s
+            ));
+        }
+        if a.streaming_clients > b.streaming_clients {
+            reasons.push(format!(
+                "{node}stream leak: streaming_clients {} > baseline {}",
+                a.streaming_clients, b.streaming_clients
+            ));
+        }
+        if a.chat_members > b.chat_members {
+            reasons.push(format!(
+                "{node}session leak: chat_members {} > baseline {}",
+                a.chat_members, b.chat_members
+            ));
         }
     }
     reasons
@@ -570,7 +582,7 @@ mod tests {
         assert_eq!(check_presence(&moved).inconsistent, 1);
         let v = verdict(&Outcome {
             presence: Some(check_presence(&lost)),
-            leak: Some(Leak::default()),
+            leaks: vec![Some(Leak::default())],
             ..Outcome::default()
         });
         assert_eq!(v, vec!["1 joins or leaves lost".to_string()]);
@@ -622,7 +634,7 @@ mod tests {
     fn outcome_with_chat(t: ChatTally) -> Outcome {
         Outcome {
             chat: Some(t),
-            leak: Some(Leak::default()),
+            leaks: vec![Some(Leak::default())],
             ..Outcome::default()
         }
     }
@@ -774,7 +786,7 @@ mod tests {
         assert_eq!((t.on_time, t.late, t.missed, t.duplicated), (0, 1, 1, 1));
         let o = Outcome {
             alarm: Some(t),
-            leak: Some(Leak::default()),
+            leaks: vec![Some(Leak::default())],
             ..Outcome::default()
         };
         let r = verdict(&o);
@@ -827,27 +839,58 @@ mod tests {
             ..Leak::default()
         };
         let ok = Outcome {
-            leak: Some(leak.clone()),
+            leaks: vec![Some(leak.clone())],
             ..Outcome::default()
         };
         assert!(passes(&ok));
         // tiny_http may keep up to 3 more idle pool threads than at baseline.
         leak.after = snap(11, 2);
         let ok = Outcome {
-            leak: Some(leak.clone()),
+            leaks: vec![Some(leak.clone())],
             ..Outcome::default()
         };
         assert!(passes(&ok));
         // A server that never ends a few stream threads (each also pinning a pool thread).
         leak.after = snap(14, 5);
         let o = Outcome {
-            leak: Some(leak),
+            leaks: vec![Some(leak)],
             ..Outcome::default()
         };
         let r = verdict(&o);
         assert_eq!(r.len(), 2, "{r:?}");
         assert!(r[0].starts_with("thread leak: spawned_live 5 > baseline 2"));
         assert!(r[1].starts_with("thread leak: process_threads 14 > baseline 8 + 3"));
+    }
+
+    #[test]
+    fn with_two_nodes_a_leak_or_unreadable_figures_on_either_fails_and_names_it() {
+        let back = Leak {
+            baseline: snap(8, 2),
+            after: snap(8, 2),
+            ..Leak::default()
+        };
+        let mut leaked = back.clone();
+        leaked.after = snap(8, 4);
+        let both = Outcome {
+            leaks: vec![Some(back.clone()), Some(back.clone())],
+            ..Outcome::default()
+        };
+        assert!(passes(&both));
+        let second = Outcome {
+            leaks: vec![Some(back.clone()), Some(leaked)],
+            ..Outcome::default()
+        };
+        let r = verdict(&second);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].starts_with("node 2: thread leak: spawned_live 4 > baseline 2"));
+        let unread = Outcome {
+            leaks: vec![None, Some(back)],
+            ..Outcome::default()
+        };
+        assert_eq!(
+            verdict(&unread),
+            vec!["node 1: server threads could not be read".to_string()]
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crossbeam_channel::{bounded, select, Receiver};
 use check::{AlarmMode, Leak, Outcome, Snapshot};
 use report::{AlarmSummary, ChatSummary, Latency, Summary};
 use shared::Ctx;
+use syncast::kit::http::Target;
 
 const HELP: &str = "\
 syncast-stress: many simulated clients against a syncast server; PASS only if nothing is lost,
@@ -31,6 +32,12 @@ USAGE: syncast-stress [OPTIONS]
 
 OPTIONS:
   --url URL            the server                          [default: http://127.0.0.1:8080]
+                       given again (or as a comma list): nodes on one Redis; member i
+                       joins and posts on node i and streams on node i+1 (mod n), and the
+                       threads must fall back to baseline on every node
+  --spread-alarms      with several --url: alarm stream i on node i, its PUTs to node i+1
+                       (needs a shared alarm store: the nodes' --alarm-store redis);
+                       without it the alarm scenario stays on the first --url
   --scenario NAME      chat | alarm | mixed (both at once) [default: chat]
   --clients N          chat members / alarm streams        [default: 500]
   --transport T        the chat members': sse | tcp (the server's --chat-tcp) | mixed
@@ -81,7 +88,9 @@ impl Scenario {
 
 #[derive(Debug, Clone)]
 struct Opts {
-    url: String,
+    /// Every node, in the order given (one without `--url`).
+    urls: Vec<String>,
+    spread_alarms: bool,
     scenario: Scenario,
     /// Chat over TCP (`--transport tcp`) at this address; `None`: over SSE.
     chat_tcp: Option<std::net::SocketAddr>,
@@ -111,7 +120,8 @@ struct Opts {
 impl Default for Opts {
     fn default() -> Opts {
         Opts {
-            url: "http://127.0.0.1:8080".into(),
+            urls: vec!["http://127.0.0.1:8080".into()],
+            spread_alarms: false,
             scenario: Scenario::Chat,
             chat_tcp: None,
             mixed_room: false,
@@ -160,6 +170,7 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
     let mut o = Opts::default();
     let mut p = lexopt::Parser::from_args(args);
     let mut tcp = false;
+    let mut urls: Vec<String> = Vec::new();
     fn text(p: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
         p.value()
             .map_err(|e| e.to_string())?
@@ -176,7 +187,16 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
     }
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("url") => o.url = text(&mut p, "--url")?,
+            Long("url") => {
+                for u in text(&mut p, "--url")?.split(',') {
+                    let u = u.trim();
+                    if u.is_empty() {
+                        return Err("--url: empty URL in the list".into());
+                    }
+                    urls.push(u.to_string());
+                }
+            }
+            Long("spread-alarms") => o.spread_alarms = true,
             Long("scenario") => {
                 o.scenario = match text(&mut p, "--scenario")?.as_str() {
                     "chat" => Scenario::Chat,
@@ -235,6 +255,12 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
             _ => return Err(arg.unexpected().to_string()),
         }
     }
+    if !urls.is_empty() {
+        o.urls = urls;
+    }
+    if tcp && o.urls.len() > 1 {
+        return Err("--transport tcp and mixed run against one node (one --url)".into());
+    }
     if tcp {
         if o.scenario == Scenario::Alarm {
             return Err("--transport tcp is for the chat (scenario chat or mixed)".into());
@@ -268,9 +294,9 @@ fn parse_args(args: Vec<std::ffi::OsString>) -> Result<Option<Opts>, String> {
     Ok(Some(o))
 }
 
-/// Reads a snapshot, folding it into `peak`.
-fn sample(ctx: &Ctx, peak: &mut Option<Snapshot>) -> Option<Snapshot> {
-    match probe::snapshot(ctx) {
+/// Reads a snapshot of node `target`, folding it into `peak`.
+fn sample(ctx: &Ctx, target: &Target, peak: &mut Option<Snapshot>) -> Option<Snapshot> {
+    match probe::snapshot(ctx, target) {
         Ok(s) => {
             *peak = Some(peak.map_or(s, |p| probe::max(p, s)));
             Some(s)
@@ -282,10 +308,14 @@ fn sample(ctx: &Ctx, peak: &mut Option<Snapshot>) -> Option<Snapshot> {
     }
 }
 
-/// One status line on stderr.
-fn status(ctx: &Ctx, snap: Option<Snapshot>, tty: bool) {
+/// One status line on stderr (server threads per node, `/`-separated).
+fn status(ctx: &Ctx, snaps: &[Option<Snapshot>], tty: bool) {
     let p = &ctx.progress;
-    let threads = snap.map_or("?".into(), |s| s.process_threads.to_string());
+    let threads = snaps
+        .iter()
+        .map(|s| s.map_or("?".into(), |s| s.process_threads.to_string()))
+        .collect::<Vec<String>>()
+        .join("/");
     let line = format!(
         "[{:>4.0}s] connected {} sent {} received {} flips {} errors {} server-threads {}",
         ctx.t0.elapsed().as_secs_f64(),
@@ -308,7 +338,13 @@ fn status(ctx: &Ctx, snap: Option<Snapshot>, tty: bool) {
 /// after 5 s without work, but every request (our probes too) wakes the longest-waiting one and
 /// restarts its 5 s: probing 8 times a second keeps about 40 idle threads alive. So probe fast
 /// (250 ms) only until our own clients are gone, then one request every 2 s.
-fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Option<Leak> {
+fn settle(
+    ctx: &Ctx,
+    target: &Target,
+    baseline: Snapshot,
+    peak: Snapshot,
+    settle: Duration,
+) -> Option<Leak> {
     let start = Instant::now();
     let mut leak = Leak {
         baseline,
@@ -320,9 +356,9 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
     let mut clients_back = false;
     loop {
         let snap = if clients_back {
-            probe::threads(ctx, leak.after)
+            probe::threads(ctx, target, leak.after)
         } else {
-            probe::snapshot(ctx)
+            probe::snapshot(ctx, target)
         };
         if let Ok(s) = snap {
             read_once = true;
@@ -358,7 +394,11 @@ fn settle(ctx: &Ctx, baseline: Snapshot, peak: Snapshot, settle: Duration) -> Op
 }
 
 fn run(o: Opts) -> Result<Summary, String> {
-    let target = syncast::kit::http::Target::parse(&o.url)?;
+    let targets = o
+        .urls
+        .iter()
+        .map(|u| Target::parse(u))
+        .collect::<Result<Vec<Target>, String>>()?;
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -373,10 +413,15 @@ fn run(o: Opts) -> Result<Summary, String> {
         Some(path) => Some(syncast::kit::jwt::Minter::hs256_file(path)?),
         None => None,
     };
-    let ctx = Arc::new(Ctx::new(target, o.ramp, minter));
-    let baseline = probe::snapshot(&ctx)
-        .map_err(|e| format!("cannot read the server's figures at {}: {e}", o.url))?;
-    let mut peak = Some(baseline);
+    let ctx = Arc::new(Ctx::new(targets, o.ramp, minter)?);
+    let mut baselines = Vec::with_capacity(o.urls.len());
+    for (t, url) in ctx.nodes.iter().zip(&o.urls) {
+        baselines.push(
+            probe::snapshot(&ctx, t)
+                .map_err(|e| format!("cannot read the server's figures at {url}: {e}"))?,
+        );
+    }
+    let mut peaks: Vec<Option<Snapshot>> = baselines.iter().copied().map(Some).collect();
     let chat_on = o.scenario != Scenario::Alarm;
     let alarm_on = o.scenario != Scenario::Chat;
     let chat_plan = chat::ChatPlan {
@@ -407,6 +452,7 @@ fn run(o: Opts) -> Result<Summary, String> {
         put_rate: o.put_rate,
         tag: tag.clone(),
         idle: o.idle,
+        spread: o.spread_alarms,
     };
     // Each runner holds a sender of `done`; when both have returned it disconnects.
     let (done_tx, done_rx) = bounded::<()>(0);
@@ -451,10 +497,15 @@ fn run(o: Opts) -> Result<Summary, String> {
         select! {
             recv(done_rx) -> _ => break,
             default(Duration::from_millis(500)) => {
-                let snap = sample(&ctx, &mut peak);
+                let snaps: Vec<Option<Snapshot>> = ctx
+                    .nodes
+                    .iter()
+                    .zip(peaks.iter_mut())
+                    .map(|(t, peak)| sample(&ctx, t, peak))
+                    .collect();
                 samples += 1;
                 if !o.quiet && samples.is_multiple_of(2) {
-                    status(&ctx, snap, tty);
+                    status(&ctx, &snaps, tty);
                 }
             }
         }
@@ -479,8 +530,14 @@ fn run(o: Opts) -> Result<Summary, String> {
         ),
         None => None,
     };
-    let peak = peak.unwrap_or(baseline);
-    let leak = settle(&ctx, baseline, peak, o.settle);
+    // One node after the other: each gets the whole settle wait, and by the time the first is
+    // back the others have had as long.
+    let leaks: Vec<Option<Leak>> = ctx
+        .nodes
+        .iter()
+        .zip(baselines.iter().zip(&peaks))
+        .map(|(t, (&baseline, peak))| settle(&ctx, t, baseline, peak.unwrap_or(baseline), o.settle))
+        .collect();
     let mut clients_failed = 0;
     let mut clients_total = 0;
     let chat = chat_run.map(|(r, took)| {
@@ -514,7 +571,7 @@ fn run(o: Opts) -> Result<Summary, String> {
         presence: chat.as_ref().map(|c| c.presence.clone()),
         alarm: alarm.as_ref().map(|a| a.tally.clone()),
         clients_failed,
-        leak: leak.clone(),
+        leaks: leaks.clone(),
     };
     let reasons = check::verdict(&outcome);
     Ok(Summary {
@@ -523,14 +580,26 @@ fn run(o: Opts) -> Result<Summary, String> {
             Some(_) => format!("{} (chat over tcp)", o.scenario.as_str()),
             None => o.scenario.as_str().into(),
         },
-        url: o.url.clone(),
+        url: o.urls.join(","),
         seed,
         elapsed_s: ctx.t0.elapsed().as_secs_f64(),
         clients_ok: clients_total.saturating_sub(clients_failed),
         clients_failed,
         chat,
         alarm,
-        server: leak,
+        server: leaks.first().cloned().flatten(),
+        nodes: if leaks.len() > 1 {
+            o.urls
+                .iter()
+                .zip(leaks)
+                .map(|(url, server)| report::Node {
+                    url: url.clone(),
+                    server,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
         errors: ctx.errors(),
         refused: ctx.refusals(),
         verdict: if reasons.is_empty() { "PASS" } else { "FAIL" },
@@ -605,5 +674,34 @@ mod tests {
         assert!(args(&["--bogus"]).is_err());
         assert!(args(&["--clients", "6001"]).is_err());
         assert!(args(&["--scenario", "alarm", "--clients", "6001"]).is_ok());
+    }
+
+    #[test]
+    fn url_repeats_or_lists_nodes_and_one_url_stays_as_it_was() {
+        let one = args(&["--url", "http://127.0.0.1:9"]).unwrap().unwrap();
+        assert_eq!(one.urls, vec!["http://127.0.0.1:9".to_string()]);
+        assert_eq!(
+            args(&[]).unwrap().unwrap().urls,
+            vec!["http://127.0.0.1:8080".to_string()]
+        );
+        let two = args(&["--url", "http://a:1", "--url", "http://b:2"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            two.urls,
+            vec!["http://a:1".to_string(), "http://b:2".into()]
+        );
+        let list = args(&[
+            "--url",
+            "http://a:1,http://b:2,http://c:3",
+            "--spread-alarms",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(list.urls.len(), 3);
+        assert!(list.spread_alarms);
+        assert!(args(&["--url", "http://a:1,"]).is_err());
+        assert!(args(&["--url", "http://a:1,http://b:2", "--transport", "tcp"]).is_err());
+        assert!(args(&["--url", "http://a:1", "--transport", "tcp"]).is_ok());
     }
 }

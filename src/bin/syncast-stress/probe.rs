@@ -9,18 +9,18 @@ use syncast::kit::prom;
 use crate::check::Snapshot;
 use crate::shared::{Ctx, REQUEST_TIMEOUT};
 
-/// Takes one snapshot (two requests); `Err` says what could not be read.
-pub fn snapshot(ctx: &Ctx) -> Result<Snapshot, String> {
-    let mut s = threads(ctx, Snapshot::default())?;
-    let metrics = String::from_utf8_lossy(&get(ctx, "/metrics")?).into_owned();
+/// Takes one snapshot of node `target` (two requests); `Err` says what could not be read.
+pub fn snapshot(ctx: &Ctx, target: &Target) -> Result<Snapshot, String> {
+    let mut s = threads(ctx, target, Snapshot::default())?;
+    let metrics = String::from_utf8_lossy(&get(ctx, target, "/metrics")?).into_owned();
     s.streaming_clients = gauge(&metrics, "syncast_streaming_clients").unwrap_or(0);
     s.chat_members = gauge(&metrics, "syncast_chat_members").unwrap_or(0);
     Ok(s)
 }
 
 /// Reads only `/debug/threads` (one request); the `/metrics` figures are taken from `prev`.
-pub fn threads(ctx: &Ctx, prev: Snapshot) -> Result<Snapshot, String> {
-    let threads = get(ctx, "/debug/threads")?;
+pub fn threads(ctx: &Ctx, target: &Target, prev: Snapshot) -> Result<Snapshot, String> {
+    let threads = get(ctx, target, "/debug/threads")?;
     let v: Value =
         serde_json::from_slice(&threads).map_err(|e| format!("/debug/threads: not JSON: {e}"))?;
     let num = |key: &str| {
@@ -37,10 +37,10 @@ pub fn threads(ctx: &Ctx, prev: Snapshot) -> Result<Snapshot, String> {
 }
 
 /// `GET path` of an ops endpoint (with an admin token when auth is on).
-fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
+fn get(ctx: &Ctx, target: &Target, path: &str) -> Result<Vec<u8>, String> {
     let auth = ctx.admin_auth();
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-    get_from(&ctx.target, path, &headers)
+    get_from(target, path, &headers)
 }
 
 fn get_from(target: &Target, path: &str, headers: &[(&str, &str)]) -> Result<Vec<u8>, String> {

@@ -68,6 +68,15 @@ pub struct AlarmSummary {
     pub latency_ms: Latency,
 }
 
+/// One node's figures in a run over several.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// Its `--url`.
+    pub url: String,
+    /// Its threads and RSS; `None` if unreadable.
+    pub server: Option<Leak>,
+}
+
 /// Everything a run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -87,8 +96,12 @@ pub struct Summary {
     pub chat: Option<ChatSummary>,
     /// Alarm results.
     pub alarm: Option<AlarmSummary>,
-    /// Server threads and RSS at baseline, peak and after; `None` if unreadable.
+    /// Server threads and RSS at baseline, peak and after; `None` if unreadable. With several
+    /// nodes: the first `--url`'s (all of them are in `nodes`).
     pub server: Option<Leak>,
+    /// With several `--url`s: each node's figures, in order (empty with one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Node>,
     /// Errors met, by kind (retried or not).
     pub errors: BTreeMap<String, u64>,
     /// Streams refused with `event: refused` and then retried, by reason.
@@ -108,6 +121,50 @@ fn lat(l: &Latency) -> String {
         "p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         l.p50, l.p90, l.p99, l.max
     )
+}
+
+/// The server figures of one node.
+fn server_text(o: &mut String, server: &Option<Leak>) {
+    match server {
+        Some(l) => {
+            let (b, p, a) = (&l.baseline, &l.peak, &l.after);
+            let _ = writeln!(
+                o,
+                "server threads     baseline {} / peak {} / after {} (process)",
+                b.process_threads, p.process_threads, a.process_threads
+            );
+            let _ = writeln!(
+                o,
+                "  spawned live     baseline {} / peak {} / after {}",
+                b.spawned_live, p.spawned_live, a.spawned_live
+            );
+            let back = |v: Option<f64>| {
+                v.map_or("not within the wait".to_string(), |s| format!("{s:.1} s"))
+            };
+            let _ = writeln!(
+                o,
+                "  back to baseline spawned {}, process {} (waited up to {:.0} s)",
+                back(l.spawned_back_after_s),
+                back(l.process_back_after_s),
+                l.settle_s
+            );
+            let _ = writeln!(
+                o,
+                "server RSS         baseline {:.1} MiB / peak {:.1} MiB / after {:.1} MiB",
+                mib(b.rss_bytes),
+                mib(p.rss_bytes),
+                mib(a.rss_bytes)
+            );
+            let _ = writeln!(
+                o,
+                "  streams/members  peak {} / {}, after {} / {}",
+                p.streaming_clients, p.chat_members, a.streaming_clients, a.chat_members
+            );
+        }
+        None => {
+            let _ = writeln!(o, "server threads     unreadable");
+        }
+    }
 }
 
 impl Summary {
@@ -159,45 +216,20 @@ impl Summary {
             let _ = writeln!(o, "  events           {}", t.events);
             let _ = writeln!(o, "  latency          {}", lat(&a.latency_ms));
         }
-        match &self.server {
-            Some(l) => {
-                let (b, p, a) = (&l.baseline, &l.peak, &l.after);
-                let _ = writeln!(
-                    o,
-                    "server threads     baseline {} / peak {} / after {} (process)",
-                    b.process_threads, p.process_threads, a.process_threads
-                );
-                let _ = writeln!(
-                    o,
-                    "  spawned live     baseline {} / peak {} / after {}",
-                    b.spawned_live, p.spawned_live, a.spawned_live
-                );
-                let back = |v: Option<f64>| {
-                    v.map_or("not within the wait".to_string(), |s| format!("{s:.1} s"))
-                };
-                let _ = writeln!(
-                    o,
-                    "  back to baseline spawned {}, process {} (waited up to {:.0} s)",
-                    back(l.spawned_back_after_s),
-                    back(l.process_back_after_s),
-                    l.settle_s
-                );
-                let _ = writeln!(
-                    o,
-                    "server RSS         baseline {:.1} MiB / peak {:.1} MiB / after {:.1} MiB",
-                    mib(b.rss_bytes),
-                    mib(p.rss_bytes),
-                    mib(a.rss_bytes)
-                );
-                let _ = writeln!(
-                    o,
-                    "  streams/members  peak {} / {}, after {} / {}",
-                    p.streaming_clients, p.chat_members, a.streaming_clients, a.chat_members
-                );
+        // One block per node with several (the first headed like the others), else as always.
+        let servers: Vec<(Option<&str>, &Option<Leak>)> = if self.nodes.is_empty() {
+            vec![(None, &self.server)]
+        } else {
+            self.nodes
+                .iter()
+                .map(|n| (Some(n.url.as_str()), &n.server))
+                .collect()
+        };
+        for (k, (url, server)) in servers.into_iter().enumerate() {
+            if let Some(url) = url {
+                let _ = writeln!(o, "node {}             {url}", k + 1);
             }
-            None => {
-                let _ = writeln!(o, "server threads     unreadable");
-            }
+            server_text(&mut o, server);
         }
         if self.errors.is_empty() {
             let _ = writeln!(o, "errors             none");

@@ -67,8 +67,10 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// State shared by every client of one run.
 pub struct Ctx {
-    /// The server.
+    /// The server (the first `--url`).
     pub target: Target,
+    /// Every `--url`, the first one first: the nodes the clients are spread over.
+    pub nodes: Vec<Target>,
     /// With `--jwt-secret-file`: signs each client's tokens.
     pub minter: Option<Minter>,
     /// When the run started; every recorded time is relative to it.
@@ -82,12 +84,14 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A context for `target`, opening at most `ramp` connections per second, minting tokens
-    /// with `minter` (auth on) or none.
-    pub fn new(target: Target, ramp: f64, minter: Option<Minter>) -> Ctx {
+    /// A context for `nodes` (at least one; the clients are spread over them), opening at most
+    /// `ramp` connections per second, minting tokens with `minter` (auth on) or none.
+    pub fn new(nodes: Vec<Target>, ramp: f64, minter: Option<Minter>) -> Result<Ctx, String> {
         let t0 = Instant::now();
-        Ctx {
+        let target = nodes.first().cloned().ok_or("no --url")?;
+        Ok(Ctx {
             target,
+            nodes,
             minter,
             t0,
             progress: Progress::default(),
@@ -95,7 +99,12 @@ impl Ctx {
             refused: Mutex::new(BTreeMap::new()),
             ramp_next: Mutex::new(t0),
             ramp_gap: Duration::from_secs_f64(1.0 / ramp),
-        }
+        })
+    }
+
+    /// Node `i` modulo the number of nodes: client `i` of a run is placed on `node(i)`.
+    pub fn node(&self, i: usize) -> &Target {
+        &self.nodes[i % self.nodes.len()]
     }
 
     /// `Bearer JWT` for `sub` with `extra` claims merged in (`None` with auth off, or if the
