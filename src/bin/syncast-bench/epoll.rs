@@ -81,6 +81,11 @@ impl Clients {
         })
     }
 
+    /// Connections opened from now on go to `addr` (another node); open ones stay where they are.
+    pub fn retarget(&mut self, addr: SocketAddr) {
+        self.addr = addr;
+    }
+
     fn connect(&mut self, request: Vec<u8>) -> io::Result<()> {
         let SocketAddr::V4(v4) = self.addr else {
             return Err(io::Error::other("IPv4 only"));

@@ -21,10 +21,14 @@ pub const PACED_RATE: u32 = 50;
 const PACED_FOR: Duration = Duration::from_secs(4);
 /// Messages of the burst, each sent when the previous one's 202 came back.
 pub const BURST: usize = 100;
+/// Streams opening at once: below the server's `--max-requests` (64), since on Redis a stream's
+/// attach (its session looked up and claimed in Redis) is a short request, and one over the cap
+/// is refused (`event: refused`, which a browser retries and this client does not).
+const OPENING: usize = 48;
 
-/// What one server did.
+/// What one server (or the nodes of one Redis together) did.
 pub struct Fanout {
-    /// Server CPU (user + system) per delivery over the paced phase, µs.
+    /// Server CPU (user + system, all nodes) per delivery over the paced phase, µs.
     pub paced_cpu_us: f64,
     /// Latency quantiles of the paced phase, ms.
     pub paced_p50: f64,
@@ -32,12 +36,30 @@ pub struct Fanout {
     /// Latency quantiles of the burst, ms.
     pub burst_p50: f64,
     pub burst_p99: f64,
-    /// Server CPU per delivery over the burst, µs.
+    /// Server CPU (all nodes) per delivery over the burst, µs.
     pub burst_cpu_us: f64,
+    /// Deliveries of the burst a second: from its first POST to its last receipt.
+    pub burst_rate: f64,
     /// Deliveries that never arrived (both phases).
     pub lost: usize,
+    /// Deliveries that arrived more than once on one member (both phases).
+    pub duplicated: usize,
     /// Members that streamed.
     pub members: usize,
+    /// The members of each node, in the order the nodes were given.
+    pub nodes: Vec<NodeFanout>,
+}
+
+/// The members of one node: their latencies, and that node's process CPU.
+pub struct NodeFanout {
+    pub paced_p50: f64,
+    pub paced_p99: f64,
+    pub burst_p50: f64,
+    pub burst_p99: f64,
+    /// This node's CPU over the paced phase per delivery to its own members, µs.
+    pub paced_cpu_us: f64,
+    /// This node's CPU over the paced phase, % of one core.
+    pub paced_cpu_pct: f64,
 }
 
 /// One POST: when it was due (paced) or sent (burst).
@@ -83,20 +105,16 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 
 /// Runs both phases against `srv` (its process's CPU is read from `/proc`).
 pub fn measure(srv: &ServerProc, tag: &str) -> Result<Fanout, String> {
-    let mut tokens = Vec::new();
-    for i in 0..MEMBERS {
-        tokens.push(join(srv, &format!("{tag}m{i}"))?);
-    }
-    let mut posters = Vec::new();
-    for i in 0..POSTERS {
-        posters.push(join(srv, &format!("{tag}p{i}"))?);
-    }
-    let mut c = Clients::new(srv.addr).map_err(|e| e.to_string())?;
+    measure_nodes(&[srv], tag)
+}
+
+/// Runs both phases with the members split evenly over `nodes` (several nodes on one Redis),
+/// every session joined and every message posted on the first node; each node's CPU is read
+/// from `/proc`. With one node this is [`measure`].
+pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String> {
+    let first = *nodes.first().ok_or("no node")?;
+    let mut c = Clients::new(first.addr).map_err(|e| e.to_string())?;
     c.parse = true;
-    let rqs: Vec<Vec<u8>> = tokens
-        .iter()
-        .map(|t| get(srv.addr, &format!("/chat/stream?token={t}")))
-        .collect();
     let receipts: Arc<Mutex<Vec<(u64, usize, Instant)>>> = Arc::default();
     let rec = receipts.clone();
     let mut on_event = move |e: epoll::Event<'_>| {
@@ -106,15 +124,36 @@ pub fn measure(srv: &ServerProc, tag: &str) -> Result<Fanout, String> {
             }
         }
     };
-    let members = c
-        .open(rqs, 256, Duration::from_secs(60), &mut on_event)
-        .map_err(|e| e.to_string())?;
+    // Connections are numbered in the order they are opened: node k's members are the
+    // connections from bounds[k] (inclusive) to bounds[k + 1].
+    let mut bounds = vec![0usize];
+    let mut members = 0;
+    for (k, node) in nodes.iter().enumerate() {
+        let share = MEMBERS / nodes.len() + usize::from(k < MEMBERS % nodes.len());
+        let mut rqs = Vec::with_capacity(share);
+        for i in 0..share {
+            let t = join(node, &format!("{tag}n{k}m{i}"))?;
+            rqs.push(get(node.addr, &format!("/chat/stream?token={t}")));
+        }
+        c.retarget(node.addr);
+        members = c
+            .open(rqs, OPENING, Duration::from_secs(60), &mut on_event)
+            .map_err(|e| e.to_string())?;
+        bounds.push(c.conns.len());
+    }
+    let mut posters = Vec::new();
+    for i in 0..POSTERS {
+        posters.push(join(first, &format!("{tag}p{i}"))?);
+    }
+    let node_of = |conn: usize| bounds[1..].iter().position(|&b| conn < b).unwrap_or(0);
     // Let the joins' presence events and tiny_http's surplus threads settle.
     c.run_until(Duration::from_secs(2), &mut on_event, |_| false);
     receipts.lock().unwrap().clear();
     let sent: Arc<Mutex<HashMap<u64, Sent>>> = Arc::default();
-    let addr = srv.addr;
-    let cpu0 = srv.sample().cpu;
+    let addr = first.addr;
+    let cpu = || nodes.iter().map(|n| n.sample().cpu).collect::<Vec<f64>>();
+    let cpu0 = cpu();
+    let t_paced = Instant::now();
     let (phase_tx, phase_rx) = crossbeam_channel::bounded::<Result<(), String>>(2);
     let poster = {
         let sent = sent.clone();
@@ -158,8 +197,9 @@ pub fn measure(srv: &ServerProc, tag: &str) -> Result<Fanout, String> {
     };
     let expected_paced = (PACED_FOR.as_secs_f64() * PACED_RATE as f64) as usize * members;
     let mut phases_done = 0;
-    let mut cpu_paced = (cpu0, cpu0);
-    let mut cpu_burst = (cpu0, cpu0);
+    let mut cpu_paced = (cpu0.clone(), None::<Vec<f64>>);
+    let mut paced_secs = f64::NAN;
+    let mut cpu_burst = (cpu0.clone(), None::<Vec<f64>>);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut since_last: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -171,17 +211,19 @@ pub fn measure(srv: &ServerProc, tag: &str) -> Result<Fanout, String> {
         }
         let got = receipts.lock().unwrap().len();
         // The paced phase's CPU ends when its deliveries are in (the burst starts 2 s later).
-        if phases_done >= 1 && cpu_paced.1 == cpu0 && got >= expected_paced {
-            cpu_paced.1 = srv.sample().cpu;
-            cpu_burst.0 = cpu_paced.1;
+        if phases_done >= 1 && cpu_paced.1.is_none() && got >= expected_paced {
+            let now = cpu();
+            paced_secs = t_paced.elapsed().as_secs_f64();
+            cpu_burst.0 = now.clone();
+            cpu_paced.1 = Some(now);
         }
         if phases_done == 2 && got >= expected_paced + BURST * members {
-            cpu_burst.1 = srv.sample().cpu;
+            cpu_burst.1 = Some(cpu());
             break;
         }
         // Stragglers get 5 s after the last post; what is missing then counts as lost.
         if since_last.is_some_and(|t| phases_done == 2 && t.elapsed() > Duration::from_secs(5)) {
-            cpu_burst.1 = srv.sample().cpu;
+            cpu_burst.1 = Some(cpu());
             break;
         }
     }
@@ -189,30 +231,63 @@ pub fn measure(srv: &ServerProc, tag: &str) -> Result<Fanout, String> {
     let sent = sent.lock().unwrap().clone();
     let receipts = receipts.lock().unwrap().clone();
     let mut seen: HashSet<(u64, usize)> = HashSet::new();
+    let mut duplicated = 0;
     let (mut paced, mut burst) = (Vec::new(), Vec::new());
+    // Per node: paced latencies, burst latencies.
+    let mut by_node: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); nodes.len()];
+    let mut burst_span: Option<(Instant, Instant)> = None;
     for &(id, conn, at) in &receipts {
         if !seen.insert((id, conn)) {
+            duplicated += 1;
             continue;
         }
         if let Some(s) = sent.get(&id) {
             let ms = at.saturating_duration_since(s.due).as_secs_f64() * 1e3;
+            let node = &mut by_node[node_of(conn)];
             if s.burst {
                 burst.push(ms);
+                node.1.push(ms);
+                let (a, b) = burst_span.get_or_insert((s.due, at));
+                *a = (*a).min(s.due);
+                *b = (*b).max(at);
             } else {
                 paced.push(ms);
+                node.0.push(ms);
             }
         }
     }
     let lost = (sent.len() * members).saturating_sub(paced.len() + burst.len());
-    let per = |cpu: (f64, f64), n: usize| (cpu.1 - cpu.0) / n.max(1) as f64 * 1e6;
+    // Phases whose end was never reached (deliveries lost) are measured to the loop's end.
+    let end = cpu();
+    let cpu_paced = (cpu_paced.0, cpu_paced.1.unwrap_or_else(|| end.clone()));
+    let cpu_burst = (cpu_burst.0, cpu_burst.1.unwrap_or(end));
+    let total = |v: &[f64]| v.iter().sum::<f64>();
+    let per = |secs: f64, n: usize| secs / n.max(1) as f64 * 1e6;
+    let nodes_out = by_node
+        .iter_mut()
+        .enumerate()
+        .map(|(k, (p, b))| NodeFanout {
+            paced_cpu_us: per(cpu_paced.1[k] - cpu_paced.0[k], p.len()),
+            paced_cpu_pct: (cpu_paced.1[k] - cpu_paced.0[k]) / paced_secs * 100.0,
+            paced_p50: quantile(p, 0.5),
+            paced_p99: quantile(p, 0.99),
+            burst_p50: quantile(b, 0.5),
+            burst_p99: quantile(b, 0.99),
+        })
+        .collect();
     Ok(Fanout {
-        paced_cpu_us: per(cpu_paced, paced.len()),
-        burst_cpu_us: per(cpu_burst, burst.len()),
+        paced_cpu_us: per(total(&cpu_paced.1) - total(&cpu_paced.0), paced.len()),
+        burst_cpu_us: per(total(&cpu_burst.1) - total(&cpu_burst.0), burst.len()),
+        burst_rate: burst_span.map_or(f64::NAN, |(a, b)| {
+            burst.len() as f64 / b.duration_since(a).as_secs_f64().max(1e-9)
+        }),
         paced_p50: quantile(&mut paced, 0.5),
         paced_p99: quantile(&mut paced, 0.99),
         burst_p50: quantile(&mut burst, 0.5),
         burst_p99: quantile(&mut burst, 0.99),
         lost,
+        duplicated,
         members,
+        nodes: nodes_out,
     })
 }

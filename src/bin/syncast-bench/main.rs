@@ -3,7 +3,7 @@
 //! the runs, and writes `target/bench/results.json`.
 //!
 //! Usage: `syncast-bench [--runs N]
-//! [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,chat,fanout,floor]
+//! [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,redis-fanout,chat,fanout,floor]
 //! [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--close-size 10000] [--out PATH] [--auth]`
 //!
 //! `--auth`: the server runs with an HS256 secret, and the footprint and idle scenarios' streams
@@ -1365,7 +1365,7 @@ fn main() -> std::process::ExitCode {
                     .unwrap_or(sizes)
             }
             _ => {
-                eprintln!("usage: syncast-bench [--runs N] [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,chat,fanout,floor] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--close-size 10000] [--out PATH] [--auth]\n       syncast-bench --naive-server tick|chat [--listen ADDR]");
+                eprintln!("usage: syncast-bench [--runs N] [--only footprint,idle,chat-idle,close,tick,refresh,redis-refresh,redis-fanout,chat,fanout,floor] [--idle-sizes 1000,5000,10000] [--chat-sizes 5000,10000] [--close-size 10000] [--out PATH] [--auth]\n       syncast-bench --naive-server tick|chat [--listen ADDR]");
                 return std::process::ExitCode::from(2);
             }
         }
@@ -1417,6 +1417,9 @@ fn main() -> std::process::ExitCode {
     }
     if want("redis-refresh") {
         steps.push(("redis-refresh", Box::new(|b| b.redis_refresh())));
+    }
+    if want("redis-fanout") {
+        steps.push(("redis-fanout", Box::new(|b| b.redis_fanout())));
     }
     if want("chat") {
         steps.push(("chat", Box::new(|b| b.chat())));

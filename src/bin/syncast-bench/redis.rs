@@ -198,3 +198,157 @@ impl Bench {
         Ok(())
     }
 }
+
+impl Bench {
+    /// `--only redis-fanout`: the chat fan-out of fanout.rs (1,000 members, paced 50 messages
+    /// a second, then a burst of 100) across two nodes on one `redis-server` of the bench's own,
+    /// 500 members on each, every message posted on node A; and, in the same run, the same load
+    /// on one node without Redis. Node A's members measure the POST → script → reader → fan-out
+    /// path on the posting node, node B's the same through the other node's reader; the single
+    /// node is the room without Redis.
+    pub(super) fn redis_fanout(&mut self) -> Result<(), String> {
+        let sc = "chat fan-out across two nodes on Redis: 1,000 members (500 + 500)";
+        let paced = format!("paced {}/s", super::fanout::PACED_RATE);
+        let burst = format!("burst of {}", super::fanout::BURST);
+        for run in 0..self.runs {
+            let redis = RedisServer::start()?;
+            let url = redis.url();
+            let nodes = [
+                self.server(&["--redis", &url])?,
+                self.server(&["--redis", &url])?,
+            ];
+            let two = super::fanout::measure_nodes(&[&nodes[0], &nodes[1]], &format!("r{run}"));
+            let errors: f64 = nodes
+                .iter()
+                .map(|n| n.metric("syncast_redis_errors_total").unwrap_or(f64::NAN))
+                .sum();
+            for n in nodes {
+                n.stop();
+            }
+            drop(redis);
+            let two = two?;
+            let one = self.server(&[])?;
+            let single = super::fanout::measure(&one, &format!("o{run}"));
+            one.stop();
+            let single = single?;
+            let r = &mut self.results;
+            r.add(sc, "members streaming", "", "1000", two.members as f64);
+            for (k, node) in two.nodes.iter().enumerate() {
+                let on = if k == 0 {
+                    "node A (posts here)"
+                } else {
+                    "node B"
+                };
+                r.add(
+                    sc,
+                    &format!("{on}: {paced}: latency p50"),
+                    "ms",
+                    "",
+                    node.paced_p50,
+                );
+                r.add(
+                    sc,
+                    &format!("{on}: {paced}: latency p99"),
+                    "ms",
+                    "",
+                    node.paced_p99,
+                );
+                r.add(
+                    sc,
+                    &format!("{on}: {burst}: latency p50"),
+                    "ms",
+                    "",
+                    node.burst_p50,
+                );
+                r.add(
+                    sc,
+                    &format!("{on}: {burst}: latency p99"),
+                    "ms",
+                    "",
+                    node.burst_p99,
+                );
+                r.add(
+                    sc,
+                    &format!("{on}: {paced}: CPU per delivery to its members"),
+                    "µs",
+                    "",
+                    node.paced_cpu_us,
+                );
+                r.add(
+                    sc,
+                    &format!("{on}: {paced}: CPU"),
+                    "% of a core",
+                    "",
+                    node.paced_cpu_pct,
+                );
+            }
+            for (q, v) in [
+                (format!("{paced}: latency p50"), single.paced_p50),
+                (format!("{paced}: latency p99"), single.paced_p99),
+                (format!("{burst}: latency p50"), single.burst_p50),
+                (format!("{burst}: latency p99"), single.burst_p99),
+            ] {
+                r.add(sc, &format!("one node, no Redis: {q}"), "ms", "", v);
+            }
+            // Every node, the posting one too, delivers from its reader's mirror of the Redis
+            // stream: node B's members wait for no more than node A's, and what the Redis hop
+            // adds is the difference from one node without Redis.
+            if let [a, b] = &two.nodes[..] {
+                r.add(
+                    sc,
+                    &format!("{paced}: p50 node B − node A"),
+                    "ms",
+                    "",
+                    b.paced_p50 - a.paced_p50,
+                );
+                r.add(
+                    sc,
+                    &format!("latency added by the Redis hop, {paced}: p50 node B − one node"),
+                    "ms",
+                    "",
+                    b.paced_p50 - single.paced_p50,
+                );
+                r.add(
+                    sc,
+                    &format!("latency added by the Redis hop, {paced}: p99 node B − one node"),
+                    "ms",
+                    "",
+                    b.paced_p99 - single.paced_p99,
+                );
+            }
+            r.add(
+                sc,
+                &format!("two nodes: {paced}: CPU per delivery, both nodes"),
+                "µs",
+                "",
+                two.paced_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("one node, no Redis: {paced}: CPU per delivery"),
+                "µs",
+                "",
+                single.paced_cpu_us,
+            );
+            r.add(
+                sc,
+                &format!("two nodes: {burst}: deliveries/s"),
+                "1/s",
+                "",
+                two.burst_rate,
+            );
+            r.add(
+                sc,
+                &format!("one node, no Redis: {burst}: deliveries/s"),
+                "1/s",
+                "",
+                single.burst_rate,
+            );
+            r.add(sc, "two nodes: lost", "", "0", two.lost as f64);
+            r.add(sc, "two nodes: duplicated", "", "0", two.duplicated as f64);
+            r.add(sc, "one node, no Redis: lost", "", "0", single.lost as f64);
+            r.add(sc, "redis errors (both nodes)", "", "0", errors);
+        }
+        Ok(())
+    }
+}
