@@ -316,26 +316,43 @@ impl Admission {
     where
         F: FnOnce(Request, StreamSlot, u64) + Send + 'static,
     {
+        let Some((request, slot, conn, name)) = self.stream_start(role, request) else {
+            return;
+        };
+        self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
+            body(rq, slot, conn)
+        });
+    }
+
+    /// What every stream spawn does first, on the calling thread: a request with a body on the
+    /// socket is refused (400: a stream never reads one, and one left unread would close the
+    /// connection anyway), a stream asked for during shutdown or at `--max-clients` gets
+    /// `event: refused`; otherwise the request comes back with its slot, connection number and
+    /// thread name. `None`: it was answered.
+    fn stream_start(
+        self: &Arc<Self>,
+        role: Role,
+        request: Request,
+    ) -> Option<(Request, StreamSlot, u64, String)> {
         if body::location(&request) == body::Location::OnSocket {
-            // A stream never reads a body, and one left on the socket would close it anyway.
             let reply = bad_request(&self.metrics, "a stream request carries no body");
             self.respond(request, reply);
-            return;
+            return None;
         }
         let conn = self.next_conn();
         let name = format!("{}-{conn}", role.stream_prefix());
         let peer = request.remote_addr().copied();
         if self.closers.lock().shut {
             log::warn!("stream refused reason=shutting-down");
-            return self.refuse_stream(request, Refusal::ShuttingDown);
+            self.refuse_stream(request, Refusal::ShuttingDown);
+            return None;
         }
         let Some(slot) = self.stream_slot(peer) else {
             log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            return self.refuse_stream(request, Refusal::MaxClients);
+            self.refuse_stream(request, Refusal::MaxClients);
+            return None;
         };
-        self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
-            body(rq, slot, conn)
-        });
+        Some((request, slot, conn, name))
     }
 
     /// A retry delay for `why`: its base ± 50 %, in milliseconds.
@@ -395,22 +412,8 @@ impl Admission {
         G: FnOnce(&Request) -> Result<P, Unprepared>,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
-        if body::location(&request) == body::Location::OnSocket {
-            // As in spawn_stream: a stream never reads a body.
-            let reply = bad_request(&self.metrics, "a stream request carries no body");
-            self.respond(request, reply);
+        let Some((request, slot, conn, name)) = self.stream_start(role, request) else {
             return;
-        }
-        let conn = self.next_conn();
-        let name = format!("{}-{conn}", role.stream_prefix());
-        let peer = request.remote_addr().copied();
-        if self.closers.lock().shut {
-            log::warn!("stream refused reason=shutting-down");
-            return self.refuse_stream(request, Refusal::ShuttingDown);
-        }
-        let Some(slot) = self.stream_slot(peer) else {
-            log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            return self.refuse_stream(request, Refusal::MaxClients);
         };
         let prepared = match prepare(&request) {
             Ok(p) => p,
@@ -446,23 +449,10 @@ impl Admission {
         G: FnOnce(&Request) -> Result<P, Unprepared> + Send + 'static,
         F: FnOnce(Request, P, StreamSlot, u64) + Send + 'static,
     {
-        if body::location(&request) == body::Location::OnSocket {
-            // As in spawn_stream: a stream never reads a body.
-            let reply = bad_request(&self.metrics, "a stream request carries no body");
-            self.respond(request, reply);
+        let Some((request, slot, conn, name)) = self.stream_start(role, request) else {
             return;
-        }
-        let conn = self.next_conn();
-        let name = format!("{}-{conn}", role.stream_prefix());
-        let peer = request.remote_addr().copied();
-        if self.closers.lock().shut {
-            log::warn!("stream refused reason=shutting-down");
-            return self.refuse_stream(request, Refusal::ShuttingDown);
-        }
-        let Some(slot) = self.stream_slot(peer) else {
-            log::warn!("stream refused reason=max-clients max={}", self.max_clients);
-            return self.refuse_stream(request, Refusal::MaxClients);
         };
+        let peer = request.remote_addr().copied();
         let admit = self.clone();
         let run = move |rq: Request| {
             let prepared = prepare(&rq);

@@ -107,6 +107,28 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     .expect("thread in namespace")
 }
 
+/// Starts the real binary inside `ns`'s server namespace (through `ip netns exec`, which execs
+/// it in place, so the child is the server itself) on the veth address with `args`; not a
+/// loopback address, so without a key it needs `--insecure`: the namespace is private.
+fn server_in(ns: &Namespaces, run: &common::RunDir, args: &[&str]) -> (KillOnDrop, SocketAddr) {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", &ns.server])
+        .arg(syncast_bin().get_program())
+        .args(["--listen", &format!("{SERVER_IP}:0"), "--insecure"])
+        .args(args);
+    run.server_args(&mut cmd);
+    let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
+    let addr: SocketAddr = listen_addr(&mut child.0);
+    (child, addr)
+}
+
+/// From now on everything the client sends to the server is dropped: to the server, the client
+/// has vanished without a FIN or RST.
+fn black_hole(ns: &Namespaces) {
+    let to = format!("{SERVER_IP}/32");
+    run_cmd("ip", &["-n", &ns.client, "route", "add", "blackhole", &to]).expect("blackhole route");
+}
+
 #[test]
 #[ignore = "needs root: network namespaces (iproute2); `make test` runs it as root"]
 fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
@@ -116,19 +138,14 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
         Err(why) => root::cannot_run(test, &why),
     };
     let run = common::RunDir::new("syncast-nofin-");
-    let mut cmd = std::process::Command::new("ip");
     // A heartbeat every 500 ms keeps data in flight, as a real stream's 15 s heartbeat does
     // (so keepalive, which probes only idle sockets, never fires): only the user time-out can
     // end the connection soon. Without it the kernel retransmits for about 15 minutes.
-    cmd.args(["netns", "exec", &ns.server])
-        .arg(syncast_bin().get_program())
-        // Not a loopback address, so without a key it needs --insecure: the namespace is private.
-        .args(["--listen", &format!("{SERVER_IP}:0"), "--insecure"])
-        .args(["--heartbeat", "500ms", "--tcp-user-timeout", "2s"]);
-    run.server_args(&mut cmd);
-    // `ip netns exec` execs the server in place, so the child is the server itself.
-    let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
-    let addr: SocketAddr = listen_addr(&mut child.0);
+    let (child, addr) = server_in(
+        &ns,
+        &run,
+        &["--heartbeat", "500ms", "--tcp-user-timeout", "2s"],
+    );
 
     let sock = in_netns(&ns.client, move || {
         let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
@@ -143,18 +160,7 @@ fn a_client_that_vanishes_without_fin_is_dropped_after_the_tcp_user_timeout() {
     // One heartbeat arrived: the stream is set up (socket options included).
     assert!(matches!(sse.next_item(), Some(common::Item::Comment(_))));
 
-    run_cmd(
-        "ip",
-        &[
-            "-n",
-            &ns.client,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{SERVER_IP}/32"),
-        ],
-    )
-    .expect("blackhole route");
+    black_hole(&ns);
     let vanished = Instant::now();
     // Bounded well below what would end it otherwise: keepalive needs the socket idle (it never
     // is), and retransmission gives up after ~15 minutes.
@@ -198,18 +204,22 @@ fn a_tcp_chat_member_that_vanishes_from_an_idle_room_is_dropped_by_keepalive() {
         Err(why) => root::cannot_run(test, &why),
     };
     let run = common::RunDir::new("syncast-nofin-tcp-");
-    let mut cmd = std::process::Command::new("ip");
     // Nothing is written to a TCP member of an idle room (no keepalive line: an `nc` user would
     // see it), so only the kernel's keepalive, probing after --heartbeat of silence, can find a
     // member that vanished; --tcp-user-timeout then bounds the wait for the probe's answer.
-    cmd.args(["netns", "exec", &ns.server])
-        .arg(syncast_bin().get_program())
-        .args(["--listen", &format!("{SERVER_IP}:0"), "--insecure"])
-        .args(["--chat-tcp", &format!("{SERVER_IP}:0")])
-        .args(["--heartbeat", "1s", "--tcp-user-timeout", "2s"]);
-    run.server_args(&mut cmd);
-    let mut child = KillOnDrop(cmd.spawn().expect("ip netns exec"));
-    let addr: SocketAddr = listen_addr(&mut child.0);
+    let tcp_at = format!("{SERVER_IP}:0");
+    let (child, addr) = server_in(
+        &ns,
+        &run,
+        &[
+            "--chat-tcp",
+            &tcp_at,
+            "--heartbeat",
+            "1s",
+            "--tcp-user-timeout",
+            "2s",
+        ],
+    );
     let tcp: SocketAddr = wait_for_within(common::PATIENCE, "the chat tcp listener", || {
         run.log_text()
             .lines()
@@ -230,18 +240,7 @@ fn a_tcp_chat_member_that_vanishes_from_an_idle_room_is_dropped_by_keepalive() {
     lines.read_line(&mut line).unwrap();
     assert!(line.starts_with("* ") && line.contains("ghost"), "{line:?}");
 
-    run_cmd(
-        "ip",
-        &[
-            "-n",
-            &ns.client,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{SERVER_IP}/32"),
-        ],
-    )
-    .expect("blackhole route");
+    black_hole(&ns);
     let vanished = Instant::now();
     // Without keepalive the idle member would stay for good (nothing is ever in flight).
     let closed = wait_for_within(Duration::from_secs(30), "the member closed", || {

@@ -610,9 +610,10 @@ mod tests {
         assert_eq!(threads.joined_total(), 1, "the refresher, joined");
     }
 
-    #[test]
-    fn a_thread_that_outlives_the_deadline_makes_the_shutdown_incomplete() {
-        let dir = std::env::temp_dir().join(format!("syncast-server-{}-stuck", std::process::id()));
+    /// A server and, in its registry, a thread that watches no close channel and touches no
+    /// socket: nothing shutdown does can end it (until the returned sender is dropped).
+    fn server_with_a_stuck_thread(tag: &str) -> (Server, Threads, crossbeam_channel::Sender<()>) {
+        let dir = std::env::temp_dir().join(format!("syncast-server-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = Config {
@@ -622,14 +623,18 @@ mod tests {
         };
         let threads = Threads::new();
         let server = Server::launch(config.validated().unwrap(), threads.clone()).unwrap();
-        // A thread that watches no close channel and touches no socket: nothing shutdown does
-        // can end it.
         let (release, stuck) = bounded::<()>(0);
         threads
             .spawn(Role::Request, "req-stuck".into(), 64 * 1024, move || {
                 let _ = stuck.recv();
             })
             .unwrap();
+        (server, threads, release)
+    }
+
+    #[test]
+    fn a_thread_that_outlives_the_deadline_makes_the_shutdown_incomplete() {
+        let (server, threads, release) = server_with_a_stuck_thread("stuck");
         let started = Instant::now();
         let done = server
             .shutdown_until(&mut || false)
@@ -649,23 +654,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_shutdown_returns_at_once() {
-        let dir =
-            std::env::temp_dir().join(format!("syncast-server-{}-interrupted", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            db: dir.join("a.db"),
-            ..Config::default()
-        };
-        let threads = Threads::new();
-        let server = Server::launch(config.validated().unwrap(), threads.clone()).unwrap();
-        let (release, stuck) = bounded::<()>(0);
-        threads
-            .spawn(Role::Request, "req-stuck".into(), 64 * 1024, move || {
-                let _ = stuck.recv();
-            })
-            .unwrap();
+        let (server, threads, release) = server_with_a_stuck_thread("interrupted");
         let mut asked = 0;
         let done = server.shutdown_until(&mut || {
             asked += 1;
