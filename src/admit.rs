@@ -355,6 +355,19 @@ impl Admission {
         Some((request, slot, conn, name))
     }
 
+    /// Answers a stream request its preparation refused, giving its slot back first: a reply
+    /// the user must act on as it is, a refusal that passes as `event: refused`.
+    fn unprepared(&self, request: Request, slot: StreamSlot, why: Unprepared) {
+        drop(slot);
+        match why {
+            Unprepared::Reply(reply) => self.respond(request, reply),
+            Unprepared::Retry(why) => {
+                log::warn!("stream refused reason={}", why.reason());
+                self.refuse_stream(request, why);
+            }
+        }
+    }
+
     /// A retry delay for `why`: its base ± 50 %, in milliseconds.
     pub(crate) fn retry_ms(&self, why: Refusal) -> u64 {
         jittered_ms(why.base_retry(), splitmix64(&self.jitter))
@@ -417,16 +430,7 @@ impl Admission {
         };
         let prepared = match prepare(&request) {
             Ok(p) => p,
-            Err(Unprepared::Reply(reply)) => {
-                drop(slot);
-                self.respond(request, reply);
-                return;
-            }
-            Err(Unprepared::Retry(why)) => {
-                drop(slot);
-                log::warn!("stream refused reason={}", why.reason());
-                return self.refuse_stream(request, why);
-            }
+            Err(why) => return self.unprepared(request, slot, why),
         };
         self.spawn_with(role, name, self.stream_stack, request, true, move |rq| {
             body(rq, prepared, slot, conn)
@@ -462,15 +466,7 @@ impl Admission {
                         body(rq, p, slot, conn)
                     });
                 }
-                Err(Unprepared::Reply(reply)) => {
-                    drop(slot);
-                    admit.respond(rq, reply);
-                }
-                Err(Unprepared::Retry(why)) => {
-                    drop(slot);
-                    log::warn!("stream refused reason={}", why.reason());
-                    admit.refuse_stream(rq, why);
-                }
+                Err(why) => admit.unprepared(rq, slot, why),
             }
         };
         if pipeline::serving(peer) {

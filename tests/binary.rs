@@ -343,21 +343,9 @@ fn server_for_stalls(run: &common::RunDir) -> (KillOnDrop, std::net::SocketAddr)
 /// for work sleeps in a futex). The sockets are returned, to be kept open.
 fn stall_chat_streams(pid: u32, addr: std::net::SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
     use std::io::Write as _;
-    use std::os::fd::AsRawFd;
     let stalled: Vec<std::net::TcpStream> = (0..n)
         .map(|i| {
-            let sock = std::net::TcpStream::connect(addr).unwrap();
-            let small: libc::c_int = 2048;
-            // SAFETY: setsockopt on our own socket with a c_int value.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    &small as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
+            let sock = common::connect_with_receive_buffer(addr, 2048);
             let name = common::unique(&format!("stall{i}"));
             (&sock)
                 .write_all(

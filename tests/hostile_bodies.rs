@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::raw::{exchange, fds, read_all, rss_kib, threads};
+use common::raw::{declare, exchange, fds, read_all, rss_kib, threads};
 use common::{unique, wait_for, KillOnDrop, RunDir, Sse, PATIENCE};
 
 const T: &str = r#"{"alarm":true}"#;
@@ -72,17 +71,6 @@ impl Binary {
             (threads(pid) <= at_most).then_some(())
         });
     }
-}
-
-/// Sends a request head declaring `length` bytes and `sent` of them, and keeps the connection.
-/// One write: the server may answer and close as soon as it has the head, and a second write
-/// would then fail.
-fn declare(addr: SocketAddr, line: &str, length: &str, sent: &[u8]) -> TcpStream {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    let mut bytes = format!("{line}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").into_bytes();
-    bytes.extend_from_slice(sent);
-    sock.write_all(&bytes).unwrap();
-    sock
 }
 
 #[test]

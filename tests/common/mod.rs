@@ -564,3 +564,21 @@ pub fn run_cmd(program: &str, args: &[&str]) -> Result<(), String> {
 
 /// One metric's value in a `/metrics` text (the line `name value`, labels included in `name`).
 pub use syncast::kit::prom::sample as metric_in;
+
+/// A connection to `addr` whose receive buffer is then set to `bytes` (`SO_RCVBUF`; the kernel
+/// doubles it): a client that stops reading fills the server's side sooner.
+pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: libc::c_int) -> std::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    // SAFETY: setsockopt(2) on our own socket with a c_int of the size given.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    sock
+}

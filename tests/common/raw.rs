@@ -113,3 +113,14 @@ pub fn threads(pid: u32) -> u64 {
 pub fn fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
+
+/// Sends a request head declaring `length` bytes and `sent` of them, and keeps the connection.
+/// One write: the server may answer and close as soon as it has the head, and a second write
+/// would then fail.
+pub fn declare(addr: SocketAddr, line: &str, length: &str, sent: &[u8]) -> TcpStream {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    let mut bytes = format!("{line}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").into_bytes();
+    bytes.extend_from_slice(sent);
+    sock.write_all(&bytes).unwrap();
+    sock
+}

@@ -9,22 +9,11 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::common::raw::{exchange, read_all};
+use crate::common::raw::{declare, exchange, read_all};
 use crate::common::{start, unique, wait_for, Sse, PATIENCE};
 
 const T: &str = r#"{"alarm":true}"#;
 const F: &str = r#"{"alarm":false}"#;
-
-/// Sends a request head declaring `length` bytes and `sent` of them, and keeps the connection.
-/// One write: the server may answer and close as soon as it has the head, and a second write
-/// would then fail.
-fn declare(addr: SocketAddr, line: &str, length: &str, sent: &[u8]) -> TcpStream {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    let mut bytes = format!("{line}\r\nHost: x\r\nContent-Length: {length}\r\n\r\n").into_bytes();
-    bytes.extend_from_slice(sent);
-    sock.write_all(&bytes).unwrap();
-    sock
-}
 
 #[test]
 fn a_length_over_isize_max_panics_in_the_drain_and_the_panic_is_contained() {

@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use crate::common::{start, unique, wait_for, wait_log, Sse, PATIENCE};
@@ -99,18 +98,7 @@ fn a_client_that_never_reads_is_closed_as_stalled_and_its_thread_ends() {
         c.send_buffer = 4096;
     });
     let id = unique("stall");
-    let sock = TcpStream::connect(s.addr).unwrap();
-    let small: libc::c_int = 2048;
-    // SAFETY: setsockopt on our own socket with a c_int value.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &small as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let sock = crate::common::connect_with_receive_buffer(s.addr, 2048);
     (&sock)
         .write_all(format!("GET /sse/call/{id} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
