@@ -308,8 +308,12 @@ impl Bodies {
             },
         };
         let Some(peer) = peer else { return };
-        if let Err(keep) = self.conns.hold_for_stream(peer, keep) {
-            // The stream ended meanwhile and writes nothing more.
+        if let Err((keep, too_deep)) = self.conns.hold_for_stream(peer, keep) {
+            // The stream ended meanwhile and writes nothing more; or the client pipelined too
+            // much behind it, and the connection (the stream's too) is ended.
+            if too_deep {
+                log::info!("connection closed peer={peer} reason=pipelined-too-deep");
+            }
             self.release_held(peer, vec![keep]);
         }
     }

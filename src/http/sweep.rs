@@ -226,17 +226,23 @@ impl ConnTable {
     /// Keeps `item` (a discarded request's writer) until `peer`'s stream ends: tiny_http chains
     /// the writers of one connection, so releasing it earlier would let tiny_http write into the
     /// stream (its 400 for the bytes that follow, say). Gives `item` back if the stream has
-    /// already ended.
+    /// already ended, or if [`pipeline::MAX_QUEUED`](crate::http::pipeline::MAX_QUEUED) are
+    /// kept for it already (`true`: the caller closes the connection, as a pipeline that deep
+    /// is closed; the kept writers would otherwise grow with what the client sent).
     pub(crate) fn hold_for_stream(
         &self,
         peer: SocketAddr,
         item: Box<dyn Send>,
-    ) -> Result<(), Box<dyn Send>> {
+    ) -> Result<(), (Box<dyn Send>, bool)> {
         let mut inner = self.inner.lock();
         if !inner.streaming.contains(&peer) {
-            return Err(item);
+            return Err((item, false));
         }
-        inner.held.entry(peer).or_default().push(item);
+        let held = inner.held.entry(peer).or_default();
+        if held.len() >= crate::http::pipeline::MAX_QUEUED {
+            return Err((item, true));
+        }
+        held.push(item);
         Ok(())
     }
 
@@ -429,6 +435,27 @@ mod tests {
     use crate::sys::fd::fd_layout;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn requests_kept_behind_a_stream_are_bounded() {
+        let table = ConnTable::new("127.0.0.1:9".parse().unwrap());
+        let peer: SocketAddr = "127.0.0.1:40100".parse().unwrap();
+        let item = || Box::new(0u8) as Box<dyn Send>;
+        assert!(
+            matches!(table.hold_for_stream(peer, item()), Err((_, false))),
+            "no stream"
+        );
+        table.stream_started(peer);
+        for _ in 0..crate::http::pipeline::MAX_QUEUED {
+            assert!(table.hold_for_stream(peer, item()).is_ok());
+        }
+        assert!(
+            matches!(table.hold_for_stream(peer, item()), Err((_, true))),
+            "too deep"
+        );
+        let kept = table.stream_ended(peer);
+        assert_eq!(kept.len(), crate::http::pipeline::MAX_QUEUED);
+    }
 
     #[test]
     fn a_known_connection_above_a_gap_is_probed_and_an_unknown_one_found_by_the_full_scan() {
