@@ -199,9 +199,13 @@ impl ConnTable {
             Some((local, inode)) => (local, Some(inode)),
             None => (self.local, None),
         };
+        // Each inode read through a checked dup (fd::own_connection): a number found for
+        // `peer` that tiny_http closes meanwhile may be another connection's by the time its
+        // inode is read, and that inode would make the marked connection look gone and its
+        // request (one hidden in an unread body, say) be served.
         let live: Vec<u64> = fd::find_connection(local, peer, &self.stream_fds())
             .into_iter()
-            .filter_map(fd::inode)
+            .filter_map(|n| fd::own_connection(n, local, Some(peer))?.inode())
             .collect();
         match marked {
             _ if live.is_empty() => true,
