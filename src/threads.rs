@@ -43,6 +43,8 @@ pub(crate) enum Role {
     TcpAccept,
     /// Serves one chat member over plain TCP.
     ChatTcp,
+    /// Runs the chat room's wake rounds (one, while a chat stream is attached).
+    ChatWaker,
 }
 
 impl Role {
@@ -59,6 +61,7 @@ impl Role {
             Role::ChatKeeper => "chat-keeper",
             Role::TcpAccept => "tcp-accept",
             Role::ChatTcp => "chat-tcp",
+            Role::ChatWaker => "chat-waker",
         }
     }
 
@@ -72,7 +75,7 @@ impl Role {
     }
 
     /// Every role, in a fixed order (for metrics with zero counts).
-    pub(crate) const ALL: [Role; 10] = [
+    pub(crate) const ALL: [Role; 11] = [
         Role::Dispatcher,
         Role::Refresher,
         Role::AlarmStream,
@@ -83,6 +86,7 @@ impl Role {
         Role::ChatKeeper,
         Role::TcpAccept,
         Role::ChatTcp,
+        Role::ChatWaker,
     ];
 }
 

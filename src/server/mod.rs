@@ -231,6 +231,7 @@ impl Server {
             Some(sh) => Room::on_redis(&config, metrics.clone(), sh.clone()),
             None => Room::new(&config, metrics.clone()),
         };
+        room.run_rounds_on(threads.clone(), shutdown_rx.clone());
         let conns = Arc::new(ConnTable::new(local));
         let bodies = Arc::new(Bodies::new(conns.clone(), admin_local, metrics.clone()));
         let watcher = Watcher::new(local, threads.clone(), metrics.clone(), Paths::of(&config))

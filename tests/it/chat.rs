@@ -219,6 +219,40 @@ pub(crate) fn chat_threads_gone(s: &TestServer) {
 }
 
 #[test]
+fn wake_rounds_run_on_one_thread_only_while_streams_are_attached() {
+    let s = start(|_| {});
+    assert_eq!(s.threads_of("chat-waker"), 0, "an idle server has none");
+    for round in 0..2 {
+        let (a_name, b_name) = (unique("ann"), unique("ben"));
+        let mut a = Member::join(&s, &a_name);
+        let b = Member::join(&s, &b_name);
+        a.joined(&b_name);
+        say(&s, &b.token, "hello");
+        a.messages_until("hello");
+        assert_eq!(s.threads_of("chat-waker"), 1, "one, however many streams");
+        drop((a, b));
+        chat_threads_gone(&s);
+        wait_for(
+            &format!("the round thread ends with the last stream ({round})"),
+            || (s.threads_of("chat-waker") == 0).then_some(()),
+        );
+    }
+}
+
+#[test]
+fn the_wake_round_thread_is_joined_at_shutdown() {
+    let mut s = start(|_| {});
+    let mut a = Member::join(&s, &unique("ann"));
+    let b = Member::join(&s, &unique("ben"));
+    say(&s, &b.token, "hello");
+    a.messages_until("hello");
+    assert_eq!(s.threads_of("chat-waker"), 1);
+    // Two streams, the dispatcher, the refresher, the watcher and the round thread.
+    assert_eq!(s.shutdown(), 6);
+    drop((a, b));
+}
+
+#[test]
 fn two_members_exchange_messages_in_order_and_never_hear_themselves() {
     let s = start(|_| {});
     let (a_name, b_name) = (unique("ann"), unique("ben"));

@@ -13,7 +13,9 @@
 //! everything after its cursor with [`Room::take`] and writes it in one write, so under load one
 //! wake-up and one syscall carry many events instead of one each; at rest it is one per event,
 //! as before. The dispatcher holds the wakes ([`Room::hold_wakes`]) while it routes a run of
-//! queued requests, so a burst of posts wakes each stream once.
+//! queued requests, so a burst of posts wakes each stream once. The round runs on a thread of
+//! its own ([`rounds`]), so no broadcaster waits for it: broadcasts made while one runs share
+//! the next.
 //!
 //! The bound is the lag: a member more than `--queue` events behind (or whose next event left the
 //! history) is cut off as slow at the next broadcast, and resumes from history with
@@ -25,18 +27,21 @@
 //!   and after releasing it sends the wakes and writes the log lines.
 //! - [`state`]: everything under the lock.
 //! - [`wakes`]: the coalesced wake round.
+//! - [`rounds`]: where rounds run: a thread of their own, so a broadcaster never waits for one.
 //! - [`types`]: what the calls take and return, and the room's refusals.
 
 mod events;
 mod on_redis;
+mod rounds;
 mod state;
 pub(crate) mod types;
 mod wakes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use super::session::Token;
@@ -45,6 +50,8 @@ use crate::config::Config;
 use crate::http::validate::normalize_name;
 use crate::metrics::Metrics;
 use crate::stream::CloseReason;
+use crate::threads::Threads;
+use rounds::{Asked, Rounds};
 use state::{Inner, Limits};
 #[cfg(test)]
 pub(crate) use state::{PRESENCE_MAX, WELCOME_NAMES};
@@ -66,6 +73,10 @@ pub(crate) struct Room {
     held: AtomicUsize,
     /// The chat on Redis, with `--redis`.
     shared: Option<Arc<SharedChat>>,
+    /// Where wake rounds run (see [`rounds`]).
+    rounds: Rounds,
+    /// This room, for the round thread to hold.
+    me: Weak<Room>,
 }
 
 /// A log line to write once the lock is released.
@@ -103,13 +114,22 @@ impl Room {
             max_members: config.max_members,
             lines: config.chat_tcp.is_some(),
         };
-        Arc::new(Room {
+        Arc::new_cyclic(|me| Room {
             grace: config.grace,
             inner: Mutex::new(Inner::new(limits, metrics.clone())),
             metrics,
             held: AtomicUsize::new(0),
             shared,
+            rounds: Rounds::default(),
+            me: me.clone(),
         })
+    }
+
+    /// From now on wake rounds run on a `chat-waker` thread registered in `threads` (started
+    /// by the first broadcast, ended when nothing is attached or `shutdown` disconnects); until
+    /// this is called, each broadcaster runs its round itself (see [`rounds`]).
+    pub(crate) fn run_rounds_on(&self, threads: Threads, shutdown: Receiver<()>) {
+        self.rounds.run_on(threads, shutdown);
     }
 
     /// The chat on Redis, if this room is on it: its calls do I/O then, and must not run on
@@ -119,30 +139,60 @@ impl Room {
     }
 
     /// Holds back the wakes of broadcasts (from any thread) until the returned guard drops;
-    /// then sends them once. The dispatcher holds them while it routes a run of queued requests,
+    /// then asks for one round. The dispatcher holds them while it routes a run of queued requests,
     /// so a burst of posts wakes each stream once.
     pub(crate) fn hold_wakes(&self) -> HeldWakes<'_> {
         self.held.fetch_add(1, Ordering::AcqRel);
         HeldWakes(self)
     }
 
-    /// Runs `step` under the room's lock, then (lock released) sends the wakes its broadcasts
-    /// asked for; none while held (the [`HeldWakes`] guard sends them).
+    /// Runs `step` under the room's lock, then (lock released) asks for the wake round its
+    /// broadcasts want; none while held (the [`HeldWakes`] guard asks).
     fn locked<R>(&self, step: impl FnOnce(&mut Inner) -> R) -> R {
-        let (out, wakes) = {
+        let (out, wanted, idle) = {
             let mut inner = self.inner.lock();
             let out = step(&mut inner);
-            let wakes = if self.held.load(Ordering::Acquire) > 0 {
-                None
-            } else {
-                inner.wakes()
-            };
-            (out, wakes)
+            let wanted = self.held.load(Ordering::Acquire) == 0 && inner.wants_round();
+            (out, wanted, inner.idle())
         };
+        self.after_lock(wanted, idle);
+        out
+    }
+
+    /// Once the lock is released: asks for a round if one is `wanted`, or, when nothing is
+    /// attached any more (`idle`), lets the round thread see that and end.
+    fn after_lock(&self, wanted: bool, idle: bool) {
+        if wanted || (idle && self.rounds.running()) {
+            self.wake();
+        }
+    }
+
+    /// Has the round thread run a round, or runs it here where no thread can.
+    fn wake(&self) {
+        let Some(room) = self.me.upgrade() else {
+            return self.round();
+        };
+        let asked = self.rounds.ask(move |wanted, shutdown| {
+            rounds::run(
+                &room.rounds,
+                wanted,
+                shutdown,
+                || room.round(),
+                || room.inner.lock().idle(),
+            )
+        });
+        if asked == Asked::Inline {
+            self.round();
+        }
+    }
+
+    /// One wake round: the wakes the broadcasts since the last round asked for, sent once the
+    /// lock is released.
+    fn round(&self) {
+        let wakes = self.inner.lock().wakes();
         if let Some(w) = wakes {
             w.send();
         }
-        out
     }
 
     /// Creates a session without a stream (`POST /chat/join`); its join is announced in the
@@ -228,19 +278,20 @@ impl Room {
     /// Called when a stream ends: if it is still the session's stream, the session starts its
     /// grace period. Returns the session's current name (if it still exists).
     pub(crate) fn detach(&self, key: u64, serial: u64) -> Option<String> {
-        match &self.shared {
-            None => self.inner.lock().detach(key, serial),
-            Some(sh) => {
-                let name = {
-                    let mut inner = self.inner.lock();
-                    let name = inner.detach(key, serial);
-                    inner.forget_unattached(key);
-                    name
-                };
-                sh.detached(key, serial);
-                name
+        let (name, idle) = {
+            let mut inner = self.inner.lock();
+            let name = inner.detach(key, serial);
+            if self.shared.is_some() {
+                inner.forget_unattached(key);
             }
+            (name, inner.idle())
+        };
+        // The last stream gone: the round thread ends.
+        self.after_lock(false, idle);
+        if let Some(sh) = &self.shared {
+            sh.detached(key, serial);
         }
+        name
     }
 
     /// Why the room closed the stream `serial` (replaced, left, slow), if it did; asked once,
@@ -383,16 +434,15 @@ impl Room {
     }
 }
 
-/// Holds the room's wakes while it lives (see [`Room::hold_wakes`]); sends them when dropped.
+/// Holds the room's wakes while it lives (see [`Room::hold_wakes`]); asks for their round when
+/// dropped.
 pub(crate) struct HeldWakes<'a>(&'a Room);
 
 impl Drop for HeldWakes<'_> {
     fn drop(&mut self) {
         if self.0.held.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let wakes = self.0.inner.lock().wakes();
-            if let Some(w) = wakes {
-                w.send();
-            }
+            let wanted = self.0.inner.lock().wants_round();
+            self.0.after_lock(wanted, false);
         }
     }
 }

@@ -378,6 +378,16 @@ impl Inner {
         Some(name)
     }
 
+    /// Whether a broadcast since the last round wants one.
+    pub(crate) fn wants_round(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Whether no stream is attached (the round thread then ends).
+    pub(crate) fn idle(&self) -> bool {
+        self.wakers.is_empty()
+    }
+
     /// The wakes a broadcast under this lock asked for, to send once it is released.
     pub(crate) fn wakes(&mut self) -> Option<Wakes> {
         self.pending.take().map(|skip| Wakes {

@@ -610,3 +610,66 @@ fn a_welcome_is_the_room_as_of_its_last_id_with_waiting_joins_and_leaves_undone(
     );
     assert_eq!(Some(welcome["last_id"].as_u64().unwrap() + 1), last.1);
 }
+
+/// A room whose rounds run on a `chat-waker` thread, as the server's: the registry, and the
+/// shutdown channel's sender (drop it to shut down).
+fn room_with_rounds() -> (
+    Arc<Room>,
+    crate::threads::Threads,
+    crossbeam_channel::Sender<()>,
+) {
+    let r = room(|_| {});
+    let threads = crate::threads::Threads::new();
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+    r.run_rounds_on(threads.clone(), shutdown_rx);
+    (r, threads, shutdown_tx)
+}
+
+#[test]
+fn rounds_run_on_their_thread_until_the_last_stream_detaches_and_inline_after_shutdown() {
+    let (r, threads, shutdown) = room_with_rounds();
+    let w = r.join("w").unwrap();
+    let p = r.join("p").unwrap();
+    let att = r.attach(&token(&w), None).unwrap();
+    r.flush_presence();
+    let forever = std::time::Duration::from_secs(30);
+    assert!(
+        att.wake.recv_timeout(forever).is_ok(),
+        "woken by the thread"
+    );
+    assert_eq!(drain(&r, &att).len(), 1, "the presence event");
+    assert_eq!(threads.live(), 1, "the round thread");
+    r.post(&token(&p), "one").unwrap();
+    assert!(att.wake.recv_timeout(forever).is_ok());
+    assert_eq!(drain(&r, &att).len(), 1);
+    // The last stream goes: the thread ends by itself.
+    r.detach(att.key, att.serial);
+    assert_eq!(threads.join_all(Instant::now() + forever), (1, 0));
+    // The next round starts it again; shutdown ends it, and then rounds run inline.
+    let att = r.attach(&token(&w), None).unwrap();
+    r.post(&token(&p), "two").unwrap();
+    assert!(att.wake.recv_timeout(forever).is_ok());
+    drop(shutdown);
+    assert_eq!(threads.join_all(Instant::now() + forever), (1, 0));
+    r.post(&token(&p), "three").unwrap();
+    assert!(att.wake.try_recv().is_ok(), "woken by the poster itself");
+    assert_eq!(threads.live(), 0);
+}
+
+#[test]
+fn when_the_os_refuses_the_round_thread_the_broadcaster_wakes_the_streams_itself() {
+    let (r, threads, _shutdown) = room_with_rounds();
+    let w = r.join("w").unwrap();
+    let p = r.join("p").unwrap();
+    let att = r.attach(&token(&w), None).unwrap();
+    crate::threads::testing::refuse(Some(crate::threads::Role::ChatWaker));
+    r.post(&token(&p), "one").unwrap();
+    crate::threads::testing::refuse(None);
+    assert!(att.wake.try_recv().is_ok(), "woken inline");
+    assert_eq!(threads.live(), 0);
+    assert_eq!(
+        drain(&r, &att).len(),
+        2,
+        "the presence event and the message"
+    );
+}

@@ -77,6 +77,11 @@ impl Wakers {
         self.chunks.iter().map(|c| c.len()).sum()
     }
 
+    /// Whether no stream is attached.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
     /// Lets go of room kept for a past peak.
     pub(crate) fn shrink(&mut self) {
         self.chunks.shrink_to_fit();
