@@ -4,6 +4,7 @@
 //! does those after releasing it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,6 +43,8 @@ pub(crate) struct Attachment {
     pub(crate) serial: u64,
     /// Id of the last event this stream took (or skipped as its own).
     cursor: u64,
+    /// The cursor as of the stream's last take, for wake rounds (its [`Waker::taken`]).
+    taken: Arc<AtomicU64>,
     /// Where its wake channel sits in [`Inner::wakers`].
     slot: Slot,
     /// It reads the events' text lines (a TCP member), not their SSE encoding.
@@ -261,6 +264,7 @@ impl Inner {
             // has this one too (a sender that only posts must not fall behind).
             if from == Some(*key) && att.cursor + 1 == id {
                 att.cursor = id;
+                att.taken.store(id, Ordering::Relaxed);
             }
             // A cursor may be ahead of the history's newest id: a stream attached on a node
             // whose reader has not brought what the member saw elsewhere yet (the chat on
@@ -393,6 +397,7 @@ impl Inner {
         self.pending.take().map(|skip| Wakes {
             list: self.wakers.snapshot(),
             skip,
+            upto: self.last_id,
         })
     }
 
@@ -442,6 +447,7 @@ impl Inner {
                 &kept.bytes
             };
             let Some(slot) = out.get_mut(taken) else {
+                att.taken.store(att.cursor, Ordering::Relaxed);
                 return Take::More(taken);
             };
             *slot = Some(bytes.clone());
@@ -451,6 +457,7 @@ impl Inner {
             }
             taken += 1;
         }
+        att.taken.store(att.cursor, Ordering::Relaxed);
         Take::Done(taken)
     }
 
@@ -573,7 +580,10 @@ impl Inner {
         let last_id = self.last_id;
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
-        let slot = self.wakers.add(Waker { key, wake: wake_tx });
+        let waker = Waker::new(key, wake_tx);
+        let taken = waker.taken.clone();
+        taken.store(last_id, Ordering::Relaxed);
+        let slot = self.wakers.add(waker);
         // A line member is told how many are online, not who (it asks with /who), and gets no
         // welcome.
         let (first, announced) = self.announced(if lines { 0 } else { WELCOME_NAMES });
@@ -601,6 +611,7 @@ impl Inner {
         session.attached = Some(Attachment {
             serial,
             cursor: last_id,
+            taken,
             slot,
             lines,
         });

@@ -673,3 +673,29 @@ fn when_the_os_refuses_the_round_thread_the_broadcaster_wakes_the_streams_itself
         "the presence event and the message"
     );
 }
+
+#[test]
+fn a_round_skips_a_stream_that_took_everything_it_covers_already() {
+    let r = room(|_| {});
+    let (w, v, p) = (
+        r.join("w").unwrap(),
+        r.join("v").unwrap(),
+        r.join("p").unwrap(),
+    );
+    let (att, behind) = (
+        r.attach(&token(&w), None).unwrap(),
+        r.attach(&token(&v), None).unwrap(),
+    );
+    settle(&r, &[&att, &behind]);
+    let held = r.hold_wakes();
+    r.post(&token(&p), "one").unwrap();
+    // `w` takes it before the round goes out (woken by an earlier round, in a burst).
+    assert_eq!(drain(&r, &att).len(), 1);
+    drop(held);
+    assert!(att.wake.try_recv().is_err(), "nothing left for it to take");
+    assert!(behind.wake.try_recv().is_ok(), "the other is behind: woken");
+    assert_eq!(drain(&r, &behind).len(), 1);
+    // Behind again: woken again.
+    r.post(&token(&p), "two").unwrap();
+    assert!(att.wake.try_recv().is_ok());
+}

@@ -8,6 +8,7 @@
 //! holds them. A single `Arc<Vec<_>>` copied on write cost O(members) per attach during a wake
 //! round: during a ramp of joins, O(N) per join.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
@@ -20,6 +21,21 @@ const CHUNK: usize = 64;
 pub(crate) struct Waker {
     pub(crate) key: u64,
     pub(crate) wake: Sender<()>,
+    /// The last id its stream took, as of its last take (its attachment's cursor, stored
+    /// under the room's lock and read by a round without it: at worst older than the cursor,
+    /// never newer), so that a round skips a stream that has taken everything it covers.
+    pub(crate) taken: Arc<AtomicU64>,
+}
+
+impl Waker {
+    /// A waker for stream `key` that has taken nothing yet.
+    pub(crate) fn new(key: u64, wake: Sender<()>) -> Waker {
+        Waker {
+            key,
+            wake,
+            taken: Arc::default(),
+        }
+    }
 }
 
 /// Where a waker sits in [`Wakers`] (chunk, index); kept by its attachment.
@@ -97,12 +113,17 @@ impl Wakers {
 pub(crate) struct Wakes {
     pub(crate) list: Vec<Arc<Vec<Waker>>>,
     pub(crate) skip: Option<u64>,
+    /// The newest id when the round was taken: a stream that took it already needs no wake.
+    /// (Anything newer asked for a round of its own.)
+    pub(crate) upto: u64,
 }
 
 impl Wakes {
     pub(crate) fn send(self) {
         for w in self.list.iter().flat_map(|c| c.iter()) {
-            if Some(w.key) != self.skip {
+            // A stream woken by an earlier round that took everything up to here while this
+            // round waited (a burst of posts): a wake-up would find nothing to take.
+            if Some(w.key) != self.skip && w.taken.load(Ordering::Relaxed) < self.upto {
                 // Full: a wake is already pending and that stream will take this event too.
                 // Disconnected: the stream is ending.
                 let _ = w.wake.try_send(());
@@ -123,7 +144,7 @@ mod tests {
         for key in 0..200u64 {
             let (tx, r) = crossbeam_channel::bounded(1);
             rx.push(r);
-            slots.insert(key, w.add(Waker { key, wake: tx }));
+            slots.insert(key, w.add(Waker::new(key, tx)));
         }
         let held = w.snapshot();
         // Remove every third, as streams leave at random while a wake round holds a snapshot.
@@ -146,6 +167,7 @@ mod tests {
         Wakes {
             list: w.snapshot(),
             skip: Some(1),
+            upto: 1,
         }
         .send();
         for (key, r) in rx.iter().enumerate() {

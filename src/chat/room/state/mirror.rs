@@ -54,7 +54,9 @@ impl Inner {
         // A stream of the session on this node; one on another node was told by the script.
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
-        let slot = self.wakers.add(Waker { key, wake: wake_tx });
+        let waker = Waker::new(key, wake_tx);
+        let taken = waker.taken.clone();
+        let slot = self.wakers.add(waker);
         let head = self.last_id;
         let top = r.last_id.max(head);
         // A line member (TCP) gets no welcome and no history: live from the join on.
@@ -95,9 +97,11 @@ impl Inner {
             ever_attached: true,
         });
         session.name.clone_from(&r.name);
+        taken.store(cursor, std::sync::atomic::Ordering::Relaxed);
         session.attached = Some(Attachment {
             serial,
             cursor,
+            taken,
             slot,
             lines,
         });
