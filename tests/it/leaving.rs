@@ -63,16 +63,17 @@ fn ramp(s: &TestServer, tag: &str) -> Vec<Sse> {
     streams
 }
 
-/// Every stream thread ended, the watcher's too: this server's threads are its baseline.
+/// Every stream thread ended, the watcher's and the chat's round thread's too: this server's
+/// threads are its baseline.
 fn back_to_baseline(s: &TestServer) {
     // The `TCP_INFO` sweep reaches each socket within 10 s: a generous bound above that.
     wait_for_within(
         Duration::from_secs(60),
-        "every stream ended and the watcher stopped",
+        "every stream ended, the watcher and the round thread stopped",
         || {
             let t = s.json("/debug/threads");
             let by = &t["by_role"];
-            let left: u64 = ["alarm-stream", "chat-stream", "watcher"]
+            let left: u64 = ["alarm-stream", "chat-stream", "watcher", "chat-waker"]
                 .iter()
                 .map(|r| by[*r].as_u64().unwrap_or(u64::MAX))
                 .sum();

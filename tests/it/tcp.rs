@@ -214,8 +214,13 @@ fn names_are_unique_across_transports_case_insensitively_and_renames_reach_both(
 #[test]
 fn quit_and_a_closed_socket_each_end_the_session_at_once_with_a_leave() {
     let s = server(|_| {});
-    let mut watcher = Member::join(&s, &unique("watch"));
-    // Every thread the server spawned, with one SSE member (and so the watcher) running.
+    let watch = unique("watch");
+    let mut watcher = Member::join(&s, &watch);
+    // Its own join announced: a wake round ran, so the room's round thread runs (until the last
+    // stream goes).
+    watcher.joined(&watch);
+    // Every thread the server spawned, with one SSE member (and so the watcher and the round
+    // thread) running.
     let baseline = s.metric("syncast_threads_spawned_live");
     // A TCP member watches too: leaves reach it as `* NAME left` lines.
     let mut tcp_watcher = Tcp::join(&s, &unique("twatch"));
