@@ -152,7 +152,9 @@ impl Room {
         let (out, wanted, idle) = {
             let mut inner = self.inner.lock();
             let out = step(&mut inner);
-            let wanted = self.held.load(Ordering::Acquire) == 0 && inner.wants_round();
+            // With no stream attached a round has nobody to wake.
+            let wanted =
+                self.held.load(Ordering::Acquire) == 0 && inner.wants_round() && !inner.idle();
             (out, wanted, inner.idle())
         };
         self.after_lock(wanted, idle);

@@ -283,6 +283,12 @@ impl Inner {
                 self.metrics.chat_slow.inc();
             }
         }
+        // Last position first: a removal moves the list's last waker into the freed place, and
+        // that one is then never another of these (each still sits where its slot says). In
+        // any other order a slow stream's waker moved into a freed place was left behind at a
+        // slot nobody knew (its attachment was gone already), and the removal meant for it
+        // took whatever sat at its old slot: another, live stream's.
+        slow.sort_unstable_by_key(|&(_, slot)| std::cmp::Reverse(slot));
         for (_, slot) in slow {
             self.unwake(slot);
         }
@@ -385,6 +391,12 @@ impl Inner {
     /// Whether a broadcast since the last round wants one.
     pub(crate) fn wants_round(&self) -> bool {
         self.pending.is_some()
+    }
+
+    /// Wake channels in the list (one per attached stream).
+    #[cfg(test)]
+    pub(crate) fn wakers_len(&self) -> usize {
+        self.wakers.len()
     }
 
     /// Whether no stream is attached (the round thread then ends).

@@ -699,3 +699,45 @@ fn a_round_skips_a_stream_that_took_everything_it_covers_already() {
     r.post(&token(&p), "two").unwrap();
     assert!(att.wake.try_recv().is_ok());
 }
+
+#[test]
+fn members_cut_off_as_slow_together_each_lose_their_wake_channel_and_no_one_else_does() {
+    let r = room(|c| {
+        c.queue = 2;
+        c.rate = 1000.0;
+        c.burst = 1000.0;
+    });
+    let p = r.join("p").unwrap();
+    let keeps_up = r.attach(&token(&r.join("live").unwrap()), None).unwrap();
+    let slow: Vec<Attached> = (0..20)
+        .map(|i| {
+            let j = r.join(&format!("slow{i}")).unwrap();
+            r.attach(&token(&j), None).unwrap()
+        })
+        .collect();
+    let last = r.attach(&token(&r.join("last").unwrap()), None).unwrap();
+    r.flush_presence();
+    let _ = drain(&r, &keeps_up);
+    let _ = drain(&r, &last);
+    // The slow ones take nothing: the third post puts all twenty more than 2 behind at once.
+    for text in ["one", "two", "three", "four"] {
+        r.post(&token(&p), text).unwrap();
+        let _ = drain(&r, &keeps_up);
+        let _ = drain(&r, &last);
+    }
+    for s in &slow {
+        while s.wake.try_recv().is_ok() {}
+        assert_eq!(
+            s.wake.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected),
+            "a slow member's wake channel is closed"
+        );
+        assert!(matches!(r.kick_of(s.serial), Some(k) if k.reason == CloseReason::Slow));
+    }
+    assert_eq!(r.inner.lock().wakers_len(), 2, "only the two streams left");
+    r.post(&token(&p), "five").unwrap();
+    for live in [&keeps_up, &last] {
+        assert!(live.wake.try_recv().is_ok(), "still woken");
+        assert_eq!(drain(&r, live).len(), 1);
+    }
+}

@@ -38,8 +38,9 @@ impl Waker {
     }
 }
 
-/// Where a waker sits in [`Wakers`] (chunk, index); kept by its attachment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a waker sits in [`Wakers`] (chunk, index); kept by its attachment. Ordered by
+/// position in the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Slot {
     chunk: u32,
     index: u32,
