@@ -152,6 +152,13 @@ pub(crate) fn shrink_set<T: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
     }
 }
 
+/// [`shrink_map`] for a vector.
+pub(crate) fn shrink_vec<T>(v: &mut Vec<T>) {
+    if v.capacity() > 64 && v.len() < v.capacity() / 4 {
+        v.shrink_to_fit();
+    }
+}
+
 /// Gives memory freed by many stream threads back to the system once they are gone.
 ///
 /// Each stream thread allocates in one of glibc's per-thread malloc arenas; when thousands of

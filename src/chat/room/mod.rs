@@ -28,6 +28,7 @@
 //! - [`types`]: what the calls take and return, and the room's refusals.
 
 mod events;
+mod name;
 mod on_redis;
 mod state;
 pub(crate) mod types;
@@ -220,8 +221,8 @@ impl Room {
             return self.attach_shared(sh, token, last_event_id, None);
         }
         let mut inner = self.inner.lock();
-        let key = inner.session(token)?;
-        let key = key.token.selector();
+        inner.session(token)?;
+        let key = token.selector();
         Ok(inner.attach(key, last_event_id, false))
     }
 
@@ -298,7 +299,8 @@ impl Room {
             return self.leave_shared(sh, token);
         }
         let name = self.locked(|inner| {
-            let key = inner.session(token)?.token.selector();
+            inner.session(token)?;
+            let key = token.selector();
             inner
                 .remove(key, "left", CloseReason::Left)
                 .ok_or(ChatError::Unauthorized)
@@ -314,7 +316,7 @@ impl Room {
             .lock()
             .session(token)
             .ok()
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
     }
 
     /// Names of every session, sorted.
@@ -332,10 +334,8 @@ impl Room {
     }
 
     /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
-    /// Its sessions' names move to fresh memory, the old ones freed after the lock.
     pub(crate) fn shrink(&self) {
-        let old = self.inner.lock().shrink();
-        drop(old);
+        self.inner.lock().shrink();
     }
 
     /// Periodic work, called by the dispatcher (every 250 ms): expires sessions that have had

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use super::{Attachment, Inner, Kept, Session};
+use super::{Attachment, Inner, Kept, Name, Session};
 use crate::chat::room::events;
 use crate::chat::room::types::{Attached, Encoded};
 use crate::chat::room::wakes::Waker;
@@ -85,16 +85,16 @@ impl Inner {
         };
         let limits = self.limits;
         let session = self.sessions.entry(key).or_insert_with(|| Session {
-            token,
-            name: String::new(),
+            secret: token.verifier(),
+            name: Name::from(""),
             // Not used: the rate is counted in Redis.
-            limiter: RateLimiter::new(limits.rate, limits.burst, Instant::now()),
+            limiter: RateLimiter::new(limits.burst, Instant::now()),
             attached: None,
             detached_since: None,
             joined_after: 0,
             ever_attached: true,
         });
-        session.name.clone_from(&r.name);
+        session.name = Name::from(r.name.as_str());
         session.attached = Some(Attachment {
             serial,
             cursor,
@@ -183,7 +183,7 @@ impl Inner {
             }
             Event::Rename { key, from, to } => {
                 if let Some(s) = self.sessions.get_mut(key) {
-                    s.name.clone_from(to);
+                    s.name = Name::from(to.as_str());
                 }
                 self.append(id, "rename", events::rename_data(from, to), None)
             }
