@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         // to the first `:`, which glibc's parsing overwrote).
         None => {
             if let Some(t) = std::env::var_os("GLIBC_TUNABLES") {
-                log::info!("glibc tunables={}", t.to_string_lossy());
+                log::debug!("glibc tunables={}", t.to_string_lossy());
             }
         }
     }

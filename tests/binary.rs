@@ -640,7 +640,7 @@ fn the_server_restarts_itself_once_with_the_malloc_tunables_and_the_users_own_va
     ] {
         let run = common::RunDir::new("syncast-tunables-");
         let mut cmd = syncast_bin();
-        cmd.args(["--listen", "127.0.0.1:0"]);
+        cmd.args(["--listen", "127.0.0.1:0", "--log-level", "debug"]);
         match users {
             Some(t) => cmd.env("GLIBC_TUNABLES", t),
             None => cmd.env_remove("GLIBC_TUNABLES"),
