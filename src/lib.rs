@@ -43,11 +43,13 @@ pub use reload::{ReloadHook, Reloaded};
 pub use server::{Server, Shutdown, StartError, SHUTDOWN_DEADLINE};
 
 /// Starts this program again with glibc's cache of exited threads' stacks bounded (1 MiB instead
-/// of 40 MiB, so the memory of thousands of ended streams comes back), unless `GLIBC_TUNABLES`
-/// already bounds it. Call it first thing in `main`; it returns only if it did not restart the
-/// program: `Some` with the error if the restart failed (the program can go on without it).
-pub fn restart_with_small_stack_cache() -> Option<std::io::Error> {
-    sys::mem::exec_with_small_stack_cache()
+/// of 40 MiB, so the memory of thousands of ended streams comes back) and each thread's cache of
+/// freed blocks kept to the smallest size (a parked stream then keeps none of what setting it up
+/// freed), unless `GLIBC_TUNABLES` already sets those. Call it first thing in `main`; it returns
+/// only if it did not restart the program: `Some` with the error if the restart failed (the
+/// program can go on without it).
+pub fn restart_with_malloc_tunables() -> Option<std::io::Error> {
+    sys::mem::exec_with_tunables()
 }
 
 /// Every route the router answers, as (method, path pattern) — e.g. `("GET", "/sse/call/{id}")` —

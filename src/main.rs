@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     };
     // Before the log file, the signal handlers or any thread exist: on success this does not
     // return, and the program starts again with the same arguments (see the function).
-    let restart_failed = syncast::restart_with_small_stack_cache();
+    let restart_failed = syncast::restart_with_malloc_tunables();
     let log_file = match init_logging(run.log_level, run.log_file.as_deref()) {
         Ok(f) => f,
         Err(e) => {
@@ -109,8 +109,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(e) = restart_failed {
-        log::warn!("stack cache not bounded error={e}");
+    match restart_failed {
+        Some(e) => log::warn!("stack cache not bounded error={e}"),
+        // What glibc read at this start (ours and the user's; /proc/PID/environ shows only up
+        // to the first `:`, which glibc's parsing overwrote).
+        None => {
+            if let Some(t) = std::env::var_os("GLIBC_TUNABLES") {
+                log::debug!("glibc tunables={}", t.to_string_lossy());
+            }
+        }
     }
     // Register for signals before starting, so none is lost between the two.
     let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {

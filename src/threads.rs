@@ -161,11 +161,15 @@ impl Threads {
             self.inner.lock().live.remove(&id);
             return Err(refused);
         }
+        // Boxed, so that the closure std moves onto the new stack (twice: into its start
+        // shim, then into its short-backtrace frame, both live for the thread's whole life) is
+        // a pointer, not everything `body` captured.
+        let body = Box::new(body);
         let spawned = thread::Builder::new()
             .name(name)
             .stack_size(stack)
             .spawn(move || {
-                if let Err(cause) = panic::catch_unwind(AssertUnwindSafe(body)) {
+                if let Err(cause) = panic::catch_unwind(AssertUnwindSafe(move || call(body))) {
                     registry.panicked(&*cause);
                 }
                 registry.finish(id);
@@ -376,6 +380,13 @@ pub(crate) mod testing {
         (REFUSE.with(|r| r.get()) == Some(role))
             .then(|| std::io::Error::new(std::io::ErrorKind::WouldBlock, "refused by a test"))
     }
+}
+
+/// Runs a thread's boxed body: the body's captures are moved out of the box here, in one
+/// frame, instead of in each of std's frames above it (see [`Threads::spawn`]).
+#[inline(never)]
+fn call<F: FnOnce()>(body: Box<F>) {
+    body()
 }
 
 #[cfg(test)]

@@ -625,3 +625,43 @@ fn a_stdout_nobody_reads_does_not_stop_the_server() {
     let exit = wait_for("exit", || child.0.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0), "{}", run.log_text());
 }
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn the_server_restarts_itself_once_with_the_malloc_tunables_and_the_users_own_value_wins() {
+    let ours = "glibc.pthread.stack_cache_size=1048576:glibc.malloc.tcache_max=24";
+    for (users, expected) in [
+        (None, ours.to_string()),
+        (
+            Some("glibc.malloc.tcache_max=1032"),
+            "glibc.malloc.tcache_max=1032:glibc.pthread.stack_cache_size=1048576".to_string(),
+        ),
+        (Some(ours), ours.to_string()),
+    ] {
+        let run = common::RunDir::new("syncast-tunables-");
+        let mut cmd = syncast_bin();
+        cmd.args(["--listen", "127.0.0.1:0", "--log-level", "debug"]);
+        match users {
+            Some(t) => cmd.env("GLIBC_TUNABLES", t),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        let mut child = KillOnDrop(run.server_args(&mut cmd).spawn().unwrap());
+        // It answers only once it has restarted (the restart comes before the listener).
+        let addr = common::listen_addr(&mut child.0);
+        assert_eq!(call(addr, "GET", "/healthz", "").0, 200);
+        // What the restarted process read (its own `getenv`: /proc/PID/environ shows only up
+        // to the first `:`, which glibc's parsing overwrote).
+        let log = wait_file_line(&run.log, &["glibc tunables="]);
+        assert!(
+            log.lines()
+                .any(|l| l.ends_with(&format!("glibc tunables={expected}"))),
+            "user's GLIBC_TUNABLES {users:?}: {log}"
+        );
+        assert!(!log.contains("stack cache not bounded"), "{log}");
+        assert_eq!(
+            log.matches("glibc tunables=").count(),
+            1,
+            "one start logs, after one restart: {log}"
+        );
+    }
+}

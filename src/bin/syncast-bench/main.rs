@@ -236,6 +236,7 @@ impl Bench {
             let h0 = srv.sample();
             c.run_until(hold, &mut no_events, |_| false);
             let at = srv.sample();
+            let stacks = proc::stack_resident(srv.pid(), proc::STREAM_STACK);
             let sweep_ms = srv
                 .metric("syncast_watcher_last_sweep_seconds")
                 .map_or(f64::NAN, |v| v * 1e3);
@@ -270,6 +271,13 @@ impl Bench {
                 "KiB",
                 if n == 10_000 { "<= 16" } else { "" },
                 (at.rss as f64 - before.rss as f64) / KIB / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "resident stack per stream thread",
+                "KiB",
+                "8",
+                stacks.map_or(f64::NAN, |(_, kib)| kib),
             );
             r.add(
                 &sc,
@@ -349,6 +357,7 @@ impl Bench {
             // As for alarm streams: tiny_http's surplus pool threads go first (5 s).
             c.run_until(Duration::from_secs(6), &mut no_events, |_| false);
             let at = srv.sample();
+            let stacks = proc::stack_resident(srv.pid(), proc::STREAM_STACK);
             let still = c.streaming();
             c.close_all();
             let back = Self::wait_threads(&srv, before.threads, Duration::from_secs(10));
@@ -388,6 +397,13 @@ impl Bench {
                 "",
                 "1",
                 (at.threads as f64 - before.threads as f64) / open.max(1) as f64,
+            );
+            r.add(
+                &sc,
+                "resident stack per member thread",
+                "KiB",
+                "8",
+                stacks.map_or(f64::NAN, |(_, kib)| kib),
             );
             r.add(
                 &sc,

@@ -166,6 +166,40 @@ pub fn sample(pid: u32) -> Sample {
     }
 }
 
+/// The server's default stack for a stream thread (`Config::stream_stack`): the size of the
+/// stack mappings [`stack_resident`] looks for.
+pub const STREAM_STACK: u64 = 64 * 1024;
+
+/// Stream thread stacks of `pid` and their mean resident KiB: private writable anonymous
+/// mappings of exactly `size` bytes right above a guard page (`---p`), which is how glibc lays
+/// out a thread's stack. Shows where a member's memory is: a parked stream should keep two
+/// stack pages (8 KiB: the thread's descriptor and its loop), not three.
+pub fn stack_resident(pid: u32, size: u64) -> Option<(usize, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut count, mut kib) = (0usize, 0u64);
+    let (mut guard_below, mut in_stack) = (false, false);
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if let Some((a, b)) = range.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                // A mapping's first line: "start-end perms offset dev inode [path]".
+                let anon = parts.nth(2).is_some() && parts.next().is_none();
+                in_stack = guard_below && anon && perms == "rw-p" && b - a == size;
+                guard_below = perms == "---p";
+                count += usize::from(in_stack);
+                continue;
+            }
+        }
+        if in_stack && range == "Rss:" {
+            kib += perms.parse::<u64>().unwrap_or(0);
+        }
+    }
+    (count > 0).then(|| (count, kib as f64 / count as f64))
+}
+
 /// One HTTP/1.1 request with `Connection: close`; returns status and body.
 pub fn http(
     addr: SocketAddr,

@@ -31,6 +31,7 @@
 //! - [`types`]: what the calls take and return, and the room's refusals.
 
 mod events;
+mod name;
 mod on_redis;
 mod rounds;
 mod state;
@@ -272,8 +273,8 @@ impl Room {
             return self.attach_shared(sh, token, last_event_id, None);
         }
         let mut inner = self.inner.lock();
-        let key = inner.session(token)?;
-        let key = key.token.selector();
+        inner.session(token)?;
+        let key = token.selector();
         Ok(inner.attach(key, last_event_id, false))
     }
 
@@ -351,7 +352,8 @@ impl Room {
             return self.leave_shared(sh, token);
         }
         let name = self.locked(|inner| {
-            let key = inner.session(token)?.token.selector();
+            inner.session(token)?;
+            let key = token.selector();
             inner
                 .remove(key, "left", CloseReason::Left)
                 .ok_or(ChatError::Unauthorized)
@@ -367,7 +369,7 @@ impl Room {
             .lock()
             .session(token)
             .ok()
-            .map(|s| s.name.clone())
+            .map(|s| s.name.to_string())
     }
 
     /// Names of every session, sorted.
@@ -385,10 +387,8 @@ impl Room {
     }
 
     /// Lets go of the room's tables after a peak of sessions (see [`crate::sys::mem::shrink_map`]).
-    /// Its sessions' names move to fresh memory, the old ones freed after the lock.
     pub(crate) fn shrink(&self) {
-        let old = self.inner.lock().shrink();
-        drop(old);
+        self.inner.lock().shrink();
     }
 
     /// Periodic work, called by the dispatcher (every 250 ms): expires sessions that have had

@@ -3,8 +3,7 @@
 //! Nothing here blocks, writes a socket or logs; [`super::Room`] takes the lock, calls in, and
 //! does those after releasing it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,9 +11,10 @@ use crossbeam_channel::bounded;
 use serde_json::json;
 
 use super::events::{self, presence_data};
+use super::name::Name;
 use super::types::{check_text, Attached, ChatError, Encoded, Kick, Take, UsersPage};
 use super::wakes::{Slot, Waker, Wakers, Wakes};
-use crate::chat::session::{RateLimiter, Token};
+use crate::chat::session::{RateLimiter, Token, Verifier};
 use crate::http::sse::encode_event;
 use crate::http::validate::{name_key, normalize_name};
 use crate::metrics::Metrics;
@@ -43,8 +43,6 @@ pub(crate) struct Attachment {
     pub(crate) serial: u64,
     /// Id of the last event this stream took (or skipped as its own).
     cursor: u64,
-    /// The cursor as of the stream's last take, for wake rounds (its [`Waker::taken`]).
-    taken: Arc<AtomicU64>,
     /// Where its wake channel sits in [`Inner::wakers`].
     slot: Slot,
     /// It reads the events' text lines (a TCP member), not their SSE encoding.
@@ -52,8 +50,9 @@ pub(crate) struct Attachment {
 }
 
 pub(crate) struct Session {
-    pub(crate) token: Token,
-    pub(crate) name: String,
+    /// The secret half of its token (the selector is its key in [`Inner::sessions`]).
+    pub(crate) secret: Verifier,
+    pub(crate) name: Name,
     limiter: RateLimiter,
     pub(crate) attached: Option<Attachment>,
     /// When the session lost (or never had) its stream; `None` while attached.
@@ -115,12 +114,16 @@ pub(crate) struct Inner {
     pub(crate) last_id: u64,
     history: VecDeque<Kept>,
     pub(crate) sessions: HashMap<u64, Session>,
-    /// Lower-cased name → session key.
-    names: HashMap<String, u64>,
+    /// Folded name ([`fold`]) → session key.
+    names: HashMap<Name, u64>,
     /// Every session's name, sorted: `GET /chat/users` (exact, now). The names online as of
     /// `last_id`, which a `welcome` lists, are these without the joins still in `presence` and
-    /// with its leaves (see [`Inner::announced`]).
-    online: BTreeSet<String>,
+    /// with its leaves (see [`Inner::announced`]). A sorted vector, not a `BTreeSet`: one
+    /// allocation, where the set's ~900 nodes for 10,000 names were allocated during the ramp
+    /// among the stream threads' blocks and each kept a page resident after they closed (see
+    /// [`super::name`]). An insert or removal moves the names after it: at 10,000 members
+    /// ~120 KB, a few microseconds.
+    online: Vec<Name>,
     /// Joins and leaves waiting for the next `presence` event.
     presence: Presence,
     next_serial: u64,
@@ -156,7 +159,7 @@ impl Inner {
             history: VecDeque::new(),
             sessions: HashMap::new(),
             names: HashMap::new(),
-            online: BTreeSet::new(),
+            online: Vec::new(),
             presence: Presence::default(),
             next_serial: 0,
             wakers: Wakers::default(),
@@ -264,7 +267,7 @@ impl Inner {
             // has this one too (a sender that only posts must not fall behind).
             if from == Some(*key) && att.cursor + 1 == id {
                 att.cursor = id;
-                att.taken.store(id, Ordering::Relaxed);
+                self.wakers.set_taken(att.slot, id);
             }
             // A cursor may be ahead of the history's newest id: a stream attached on a node
             // whose reader has not brought what the member saw elsewhere yet (the chat on
@@ -274,7 +277,7 @@ impl Inner {
                     att.serial,
                     Kick {
                         reason: CloseReason::Slow,
-                        name: session.name.clone(),
+                        name: session.name.to_string(),
                     },
                 );
                 slow.push((*key, att.slot));
@@ -322,47 +325,20 @@ impl Inner {
             return;
         };
         session.detached_since = Some(Instant::now());
-        let name = session.name.clone();
+        let name = session.name.to_string();
         self.kicks.insert(att.serial, Kick { reason, name });
         self.unwake(att.slot);
     }
 
-    /// Shrinks the tables sized for a past peak of sessions, and moves the sessions' names to
-    /// fresh memory; returns the old names, for the caller to drop once the lock is released.
-    ///
-    /// Why the move: a session's three names (its own, the folded key, the sorted set's) and its
-    /// token's text were
-    /// allocated when it joined, on the dispatcher, between the blocks that opening its stream
-    /// took and that closing it gave back. After a mass close, the sessions still in their grace
-    /// period kept a few live bytes on every page of that stretch, so none could be trimmed:
-    /// measured, 10 s after 10,000 members closed, one arena of 24 MiB was resident for 2.5 MiB
-    /// in use. Copied all at once while the old ones still live, the new names are carved from
-    /// the free space one after another (a few pages); the old ones are then freed together and
-    /// their pages come back at the trim that follows.
-    #[must_use]
-    pub(crate) fn shrink(&mut self) -> Compacted {
+    /// Shrinks the tables sized for a past peak of sessions (see [`crate::sys::mem::shrink_map`]).
+    /// Nothing else of a session has a block of its own to move (its name and token are in
+    /// place: [`super::name`], [`Token`]).
+    pub(crate) fn shrink(&mut self) {
         crate::sys::mem::shrink_map(&mut self.sessions);
         crate::sys::mem::shrink_map(&mut self.names);
         crate::sys::mem::shrink_map(&mut self.kicks);
+        crate::sys::mem::shrink_vec(&mut self.online);
         self.wakers.shrink();
-        let fresh: Vec<(String, Token)> = self
-            .sessions
-            .values()
-            .map(|s| (s.name.clone(), s.token.clone()))
-            .collect();
-        let folded: HashMap<String, u64> =
-            self.names.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        let online: BTreeSet<String> = self.online.iter().cloned().collect();
-        let mut old = Vec::with_capacity(fresh.len());
-        for (session, (name, token)) in self.sessions.values_mut().zip(fresh) {
-            let name = std::mem::replace(&mut session.name, name);
-            old.push((name, std::mem::replace(&mut session.token, token)));
-        }
-        Compacted {
-            _names: old,
-            _folded: std::mem::replace(&mut self.names, folded),
-            _online: std::mem::replace(&mut self.online, online),
-        }
     }
 
     /// The kick of attachment `serial`, if the room closed it (taken: asked once).
@@ -374,7 +350,7 @@ impl Inner {
     pub(crate) fn detach(&mut self, key: u64, serial: u64) -> Option<String> {
         self.kicks.remove(&serial);
         let session = self.sessions.get_mut(&key)?;
-        let name = session.name.clone();
+        let name = session.name.to_string();
         if session
             .attached
             .as_ref()
@@ -459,7 +435,7 @@ impl Inner {
                 &kept.bytes
             };
             let Some(slot) = out.get_mut(taken) else {
-                att.taken.store(att.cursor, Ordering::Relaxed);
+                self.wakers.set_taken(att.slot, att.cursor);
                 return Take::More(taken);
             };
             *slot = Some(bytes.clone());
@@ -469,13 +445,13 @@ impl Inner {
             }
             taken += 1;
         }
-        att.taken.store(att.cursor, Ordering::Relaxed);
+        self.wakers.set_taken(att.slot, att.cursor);
         Take::Done(taken)
     }
 
     pub(crate) fn session(&mut self, token: &Token) -> Result<&mut Session, ChatError> {
         match self.sessions.get_mut(&token.selector()) {
-            Some(s) if s.token.matches(token) => Ok(s),
+            Some(s) if s.secret.matches(token) => Ok(s),
             _ => Err(ChatError::Unauthorized),
         }
     }
@@ -493,7 +469,7 @@ impl Inner {
         let mut now = self
             .online
             .iter()
-            .map(String::as_str)
+            .map(Name::as_str)
             .filter(|n| !joined.contains(n))
             .peekable();
         let mut gone = left.into_iter().peekable();
@@ -516,22 +492,40 @@ impl Inner {
     /// Every session's name, sorted.
     #[cfg(test)]
     pub(crate) fn online(&self) -> Vec<String> {
-        self.online.iter().cloned().collect()
+        self.online.iter().map(|n| n.to_string()).collect()
+    }
+
+    /// Room for how many sessions the tables hold (sessions, names, the sorted list).
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> [usize; 3] {
+        [
+            self.sessions.capacity(),
+            self.names.capacity(),
+            self.online.capacity(),
+        ]
+    }
+
+    /// Adds `name` to the sorted list (not there yet: [`Inner::names`] says so).
+    fn list(&mut self, name: &str) {
+        let at = self.online.partition_point(|n| n.as_str() < name);
+        self.online.insert(at, Name::from(name));
+    }
+
+    /// Takes `name` off the sorted list.
+    fn unlist(&mut self, name: &str) {
+        if let Ok(at) = self.online.binary_search_by(|n| n.as_str().cmp(name)) {
+            self.online.remove(at);
+        }
     }
 
     /// A page of the sessions' names, sorted: up to `limit` names after `after` (all from the
     /// first without it), how many sessions there are, and the room's last id.
     pub(crate) fn users(&self, after: Option<&str>, limit: usize) -> UsersPage {
-        use std::ops::Bound;
-        let from = match after {
-            Some(a) => Bound::Excluded(a.to_string()),
-            None => Bound::Unbounded,
-        };
-        let mut names: Vec<String> = self
-            .online
-            .range((from, Bound::Unbounded))
+        let from = after.map_or(0, |a| self.online.partition_point(|n| n.as_str() <= a));
+        let mut names: Vec<String> = self.online[from..]
+            .iter()
             .take(limit + 1)
-            .cloned()
+            .map(|n| n.to_string())
             .collect();
         let more = names.len() > limit;
         names.truncate(limit);
@@ -548,7 +542,7 @@ impl Inner {
     pub(crate) fn join(&mut self, name: &str, token: Token) -> Result<u64, ChatError> {
         let name = &normalize_name(name).ok_or(ChatError::InvalidName)?;
         let folded = fold(name);
-        if self.names.contains_key(&folded) {
+        if self.names.contains_key(folded.as_str()) {
             return Err(ChatError::NameTaken);
         }
         // The bound on sessions; the policy when full: 503, the client retries later.
@@ -564,17 +558,17 @@ impl Inner {
         self.sessions.insert(
             key,
             Session {
-                token,
-                name: name.to_string(),
-                limiter: RateLimiter::new(self.limits.rate, self.limits.burst, Instant::now()),
+                secret: token.verifier(),
+                name: Name::from(name.as_str()),
+                limiter: RateLimiter::new(self.limits.burst, Instant::now()),
                 attached: None,
                 detached_since: Some(Instant::now()),
                 joined_after: self.last_id,
                 ever_attached: false,
             },
         );
-        self.names.insert(folded, key);
-        self.online.insert(name.to_string());
+        self.names.insert(Name::from(folded), key);
+        self.list(name);
         self.metrics.chat_members.inc();
         Ok(key)
     }
@@ -592,10 +586,8 @@ impl Inner {
         let last_id = self.last_id;
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
-        let waker = Waker::new(key, wake_tx);
-        let taken = waker.taken.clone();
-        taken.store(last_id, Ordering::Relaxed);
-        let slot = self.wakers.add(waker);
+        let slot = self.wakers.add(Waker::new(key, wake_tx));
+        self.wakers.set_taken(slot, last_id);
         // A line member is told how many are online, not who (it asks with /who), and gets no
         // welcome.
         let (first, announced) = self.announced(if lines { 0 } else { WELCOME_NAMES });
@@ -603,7 +595,7 @@ impl Inner {
         let welcome = (!lines).then(|| {
             events::welcome(
                 &session.name,
-                session.token.as_str(),
+                session.secret.token(key).as_str(),
                 first,
                 announced,
                 last_id,
@@ -623,14 +615,13 @@ impl Inner {
         session.attached = Some(Attachment {
             serial,
             cursor: last_id,
-            taken,
             slot,
             lines,
         });
         session.detached_since = None;
         session.ever_attached = true;
         Attached {
-            name: session.name.clone(),
+            name: session.name.to_string(),
             key,
             serial,
             backlog,
@@ -674,32 +665,26 @@ impl Inner {
         // The kick first: a stream that sees its wake channel close looks for it.
         self.kick(key, reason);
         let session = self.sessions.remove(&key)?;
-        self.names.remove(&fold(&session.name));
-        self.online.remove(&session.name);
+        self.names.remove(fold(&session.name).as_str());
+        self.unlist(&session.name);
         self.metrics.chat_members.dec();
         self.note_presence(&session.name, Some(why));
-        Some(session.name)
+        Some(session.name.to_string())
     }
-}
-
-/// The names [`Inner::shrink`] replaced, dropped after the room's lock.
-pub(crate) struct Compacted {
-    _names: Vec<(String, Token)>,
-    _folded: HashMap<String, u64>,
-    _online: BTreeSet<String>,
 }
 
 impl Inner {
     /// [`super::Room::post`] under the lock.
     pub(crate) fn post(&mut self, token: &Token, text: &str) -> Result<u64, ChatError> {
+        let Limits { rate, burst, .. } = self.limits;
+        let key = token.selector();
         let session = self.session(token)?;
         check_text(text)?;
         session
             .limiter
-            .take(Instant::now())
+            .take(rate, burst, Instant::now())
             .map_err(ChatError::RateLimited)?;
-        let key = session.token.selector();
-        let from = session.name.clone();
+        let from = session.name.to_string();
         let data = events::message_data(&from, text, now_ms());
         let id = self.broadcast("message", data, Some(key));
         self.metrics.chat_messages.inc();
@@ -712,27 +697,28 @@ impl Inner {
         token: &Token,
         to: &str,
     ) -> Result<(String, String), ChatError> {
+        let Limits { rate, burst, .. } = self.limits;
+        let key = token.selector();
         let session = self.session(token)?;
-        let key = session.token.selector();
         let to = &normalize_name(to).ok_or(ChatError::InvalidName)?;
         // A rename is broadcast like a message, so it draws on the same bucket.
         session
             .limiter
-            .take(Instant::now())
+            .take(rate, burst, Instant::now())
             .map_err(ChatError::RateLimited)?;
         let folded = fold(to);
-        if self.names.get(&folded).is_some_and(|k| *k != key) {
+        if self.names.get(folded.as_str()).is_some_and(|k| *k != key) {
             return Err(ChatError::NameTaken);
         }
         let session = self.sessions.get_mut(&key).expect("found above");
-        let from = std::mem::replace(&mut session.name, to.to_string());
+        let from = std::mem::replace(&mut session.name, Name::from(to.as_str())).to_string();
         if from == *to {
             return Ok((from, to.clone()));
         }
-        self.names.remove(&fold(&from));
-        self.names.insert(folded, key);
-        self.online.remove(&from);
-        self.online.insert(to.to_string());
+        self.names.remove(fold(&from).as_str());
+        self.names.insert(Name::from(folded), key);
+        self.unlist(&from);
+        self.list(to);
         let data = events::rename_data(&from, to);
         // The waiting joins go out first: the rename's own join among them, if it is that new.
         self.flush_presence();

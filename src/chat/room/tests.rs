@@ -741,3 +741,78 @@ fn members_cut_off_as_slow_together_each_lose_their_wake_channel_and_no_one_else
         assert_eq!(drain(&r, live).len(), 1);
     }
 }
+
+#[test]
+fn the_room_s_tables_shrink_once_the_sessions_of_a_peak_are_gone() {
+    let r = room(|c| c.max_members = 2000);
+    let joined: Vec<Joined> = (0..2000)
+        .map(|i| r.join(&format!("m{i}")).unwrap())
+        .collect();
+    let peak = r.inner.lock().capacities();
+    assert!(peak.iter().all(|&c| c >= 2000), "{peak:?}");
+    // Shrinking while they are all there keeps the room it needs.
+    r.shrink();
+    assert_eq!(r.inner.lock().capacities(), peak);
+    for j in &joined[10..] {
+        r.leave(&token(j)).unwrap();
+    }
+    r.shrink();
+    let after = r.inner.lock().capacities();
+    assert!(
+        after.iter().all(|&c| c <= 64),
+        "10 sessions left of 2,000: {after:?} (peak {peak:?})"
+    );
+    // What is left is whole and still sorted, and the room takes new members as before.
+    let page = r.users(None, 100).unwrap();
+    assert_eq!(page.count, 10);
+    let mut names: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    names.sort();
+    assert_eq!(page.names, names);
+    assert_eq!(r.join("m1").unwrap_err(), ChatError::NameTaken);
+    assert_eq!(r.join("M5").unwrap_err(), ChatError::NameTaken, "folded");
+    r.join("m10").unwrap();
+    assert_eq!(r.users(Some("m1"), 1).unwrap().names, ["m10"]);
+}
+
+#[test]
+fn users_pages_are_sorted_and_exact_through_joins_renames_and_leaves() {
+    let r = room(|_| {});
+    let long = "a-name-over-twenty-two-bytes";
+    let mut tokens = Vec::new();
+    for n in ["cat", "Bob", long, "ann", "dan", "émile"] {
+        tokens.push(token(&r.join(n).unwrap()));
+    }
+    r.rename(&tokens[0], "zed").unwrap();
+    r.leave(&tokens[4]).unwrap();
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.users(after.as_deref(), 2).unwrap();
+        assert_eq!(page.count, 5);
+        all.extend(page.names);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(all, ["Bob", long, "ann", "zed", "émile"]);
+    assert_eq!(r.online(), all);
+    assert_eq!(
+        r.rename(&tokens[1], &long.to_uppercase()).unwrap_err(),
+        ChatError::NameTaken
+    );
+    assert!(
+        r.users(Some("émile"), 10).unwrap().names.is_empty(),
+        "after the last"
+    );
+}
+
+#[test]
+fn a_session_is_small_and_has_no_heap_block_of_its_own() {
+    // What 10,000 sessions in their grace period hold is the sessions table, ~size_of
+    // (key, Session) a bucket: their names and tokens are in place (no block of their own).
+    // 168 bytes with the token's text and the rate in every session, plus a 64-byte block
+    // for the token and three 32-byte ones for the names.
+    let size = std::mem::size_of::<(u64, state::Session)>();
+    assert!(size <= 136, "{size} bytes a bucket");
+}

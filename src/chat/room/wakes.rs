@@ -24,6 +24,7 @@ pub(crate) struct Waker {
     /// The last id its stream took, as of its last take (its attachment's cursor, stored
     /// under the room's lock and read by a round without it: at worst older than the cursor,
     /// never newer), so that a round skips a stream that has taken everything it covers.
+    /// Shared: a chunk copied while a round holds it keeps the same counter.
     pub(crate) taken: Arc<AtomicU64>,
 }
 
@@ -92,6 +93,19 @@ impl Wakers {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.chunks.iter().map(|c| c.len()).sum()
+    }
+
+    /// Records that the stream whose waker sits at `slot` took every event up to `id` (its
+    /// cursor: see [`Waker::taken`]). Kept beside the wake channel, not in the attachment, so
+    /// a session costs no more for it.
+    pub(crate) fn set_taken(&self, slot: Slot, id: u64) {
+        if let Some(w) = self
+            .chunks
+            .get(slot.chunk as usize)
+            .and_then(|c| c.get(slot.index as usize))
+        {
+            w.taken.store(id, Ordering::Relaxed);
+        }
     }
 
     /// Whether no stream is attached.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crossbeam_channel::bounded;
 
-use super::{Attachment, Inner, Kept, Session};
+use super::{Attachment, Inner, Kept, Name, Session};
 use crate::chat::room::events;
 use crate::chat::room::types::{Attached, Encoded};
 use crate::chat::room::wakes::Waker;
@@ -54,9 +54,7 @@ impl Inner {
         // A stream of the session on this node; one on another node was told by the script.
         self.kick(key, CloseReason::Replaced);
         let (wake_tx, wake_rx) = bounded(1);
-        let waker = Waker::new(key, wake_tx);
-        let taken = waker.taken.clone();
-        let slot = self.wakers.add(waker);
+        let slot = self.wakers.add(Waker::new(key, wake_tx));
         let head = self.last_id;
         let top = r.last_id.max(head);
         // A line member (TCP) gets no welcome and no history: live from the join on.
@@ -87,21 +85,20 @@ impl Inner {
         };
         let limits = self.limits;
         let session = self.sessions.entry(key).or_insert_with(|| Session {
-            token,
-            name: String::new(),
+            secret: token.verifier(),
+            name: Name::from(""),
             // Not used: the rate is counted in Redis.
-            limiter: RateLimiter::new(limits.rate, limits.burst, Instant::now()),
+            limiter: RateLimiter::new(limits.burst, Instant::now()),
             attached: None,
             detached_since: None,
             joined_after: 0,
             ever_attached: true,
         });
-        session.name.clone_from(&r.name);
-        taken.store(cursor, std::sync::atomic::Ordering::Relaxed);
+        session.name = Name::from(r.name.as_str());
+        self.wakers.set_taken(slot, cursor);
         session.attached = Some(Attachment {
             serial,
             cursor,
-            taken,
             slot,
             lines,
         });
@@ -187,7 +184,7 @@ impl Inner {
             }
             Event::Rename { key, from, to } => {
                 if let Some(s) = self.sessions.get_mut(key) {
-                    s.name.clone_from(to);
+                    s.name = Name::from(to.as_str());
                 }
                 self.append(id, "rename", events::rename_data(from, to), None)
             }
