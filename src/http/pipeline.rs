@@ -24,11 +24,8 @@ use parking_lot::Mutex;
 use tiny_http::Request;
 
 use super::sweep::ConnTable;
+pub(crate) use super::sweep::MAX_QUEUED;
 use crate::sys::fd;
-
-/// Most requests one connection may have waiting behind the one in flight; one more shuts the
-/// connection (no client pipelines that deep; tiny_http would otherwise read without end).
-pub(crate) const MAX_QUEUED: usize = 32;
 
 thread_local! {
     /// The connection whose requests this thread serves (a request thread working its queue).

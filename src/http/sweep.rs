@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 use crate::sys::fd::{self, FdSet};
 
+/// Most requests one connection may have waiting behind the one in flight (in the request
+/// pipelines, and the writers kept behind a stream here); one more shuts the connection (no
+/// client pipelines that deep; tiny_http would otherwise read without end).
+pub(crate) const MAX_QUEUED: usize = 32;
+
 /// Every this many sweeps, [`ConnTable::sweep`] lists `/proc/self/fd` instead of probing, so a
 /// connection a probe cannot reach (above a gap of closed numbers) is still shut in bounded time.
 pub(crate) const FULL_SCAN_EVERY: u32 = 5;
@@ -230,7 +235,7 @@ impl ConnTable {
     /// Keeps `item` (a discarded request's writer) until `peer`'s stream ends: tiny_http chains
     /// the writers of one connection, so releasing it earlier would let tiny_http write into the
     /// stream (its 400 for the bytes that follow, say). Gives `item` back if the stream has
-    /// already ended, or if [`pipeline::MAX_QUEUED`](crate::http::pipeline::MAX_QUEUED) are
+    /// already ended, or if [`MAX_QUEUED`] are
     /// kept for it already (`true`: the caller closes the connection, as a pipeline that deep
     /// is closed; the kept writers would otherwise grow with what the client sent).
     pub(crate) fn hold_for_stream(
@@ -243,7 +248,7 @@ impl ConnTable {
             return Err((item, false));
         }
         let held = inner.held.entry(peer).or_default();
-        if held.len() >= crate::http::pipeline::MAX_QUEUED {
+        if held.len() >= MAX_QUEUED {
             return Err((item, true));
         }
         held.push(item);
@@ -450,7 +455,7 @@ mod tests {
             "no stream"
         );
         table.stream_started(peer);
-        for _ in 0..crate::http::pipeline::MAX_QUEUED {
+        for _ in 0..MAX_QUEUED {
             assert!(table.hold_for_stream(peer, item()).is_ok());
         }
         assert!(
@@ -458,7 +463,7 @@ mod tests {
             "too deep"
         );
         let kept = table.stream_ended(peer);
-        assert_eq!(kept.len(), crate::http::pipeline::MAX_QUEUED);
+        assert_eq!(kept.len(), MAX_QUEUED);
     }
 
     #[test]
