@@ -420,16 +420,7 @@ impl Sse {
             l_onoff: 1,
             l_linger: 0,
         };
-        // SAFETY: linger is a valid struct of the size passed; the socket is ours.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                &linger as *const libc::linger as *const libc::c_void,
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        let rc = set_socket_option(sock.as_raw_fd(), libc::SO_LINGER, &linger);
         assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
         drop(self);
     }
@@ -570,15 +561,21 @@ pub use syncast::kit::prom::sample as metric_in;
 pub fn connect_with_receive_buffer(addr: SocketAddr, bytes: libc::c_int) -> std::net::TcpStream {
     use std::os::fd::AsRawFd;
     let sock = std::net::TcpStream::connect(addr).unwrap();
-    // SAFETY: setsockopt(2) on our own socket with a c_int of the size given.
+    set_socket_option(sock.as_raw_fd(), libc::SO_RCVBUF, &bytes);
+    sock
+}
+
+/// `setsockopt(2)` at `SOL_SOCKET` level with `value` (a plain C struct or integer) on a socket
+/// of ours; its return code.
+pub fn set_socket_option<T>(fd: std::os::fd::RawFd, name: libc::c_int, value: &T) -> libc::c_int {
+    // SAFETY: `value` is a valid `T` of the size passed; the socket is the caller's own.
     unsafe {
         libc::setsockopt(
-            sock.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &bytes as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
     }
-    sock
 }
