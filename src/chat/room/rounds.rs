@@ -87,20 +87,29 @@ impl Rounds {
         }
         let (tx, rx) = bounded::<()>(1);
         let _ = tx.try_send(());
-        let shutdown = spawn.shutdown.clone();
-        let spawned = spawn.threads.spawn(
+        let (threads, shutdown) = (spawn.threads.clone(), spawn.shutdown.clone());
+        // The thread's channel is in place before the lock is let go: a broadcast asking
+        // meanwhile finds it full, and the thread's first round covers that broadcast too. The
+        // OS creates the thread without this lock held (as the registry's own lock is not), so
+        // no other broadcaster waits for it.
+        st.wanted = Some(tx.clone());
+        drop(st);
+        let spawned = threads.spawn(
             Role::ChatWaker,
             "chat-waker".into(),
             SERVICE_STACK,
             move || body(rx, shutdown),
         );
         match spawned {
-            Ok(_) => {
-                st.wanted = Some(tx);
-                Asked::Queued
-            }
+            Ok(_) => Asked::Queued,
             Err(e) => {
                 log::error!("thread spawn failed role=chat-waker error={e}");
+                let mut st = self.state.lock();
+                if st.wanted.as_ref().is_some_and(|w| w.same_channel(&tx)) {
+                    st.wanted = None;
+                }
+                // The caller's round, run inline, comes after every broadcast that found
+                // this channel full (each asked before this), so it covers them.
                 Asked::Inline
             }
         }
