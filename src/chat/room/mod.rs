@@ -154,9 +154,9 @@ impl Room {
             let mut inner = self.inner.lock();
             let out = step(&mut inner);
             // With no stream attached a round has nobody to wake.
-            let wanted =
-                self.held.load(Ordering::Acquire) == 0 && inner.wants_round() && !inner.idle();
-            (out, wanted, inner.idle())
+            let idle = inner.idle();
+            let wanted = self.held.load(Ordering::Acquire) == 0 && inner.wants_round() && !idle;
+            (out, wanted, idle)
         };
         self.after_lock(wanted, idle);
         out
