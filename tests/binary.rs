@@ -665,3 +665,34 @@ fn the_server_restarts_itself_once_with_the_malloc_tunables_and_the_users_own_va
         );
     }
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn the_server_sizes_its_futex_hash_for_its_stream_cap_where_the_kernel_has_one() {
+    // Linux 6.16 gives each process a private futex hash, 16 buckets on 2 cores whatever the
+    // thread count; older kernels answer EINVAL and keep the system's table.
+    // SAFETY: PR_FUTEX_HASH GET_SLOTS takes no pointer.
+    let supported = unsafe { libc::prctl(78, 2, 0, 0, 0) } >= 0;
+    let run = common::RunDir::new("syncast-futex-");
+    let mut cmd = syncast_bin();
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log-level",
+        "debug",
+        "--max-clients",
+        "100000",
+    ]);
+    let mut child = KillOnDrop(run.server_args(&mut cmd).spawn().unwrap());
+    let addr = common::listen_addr(&mut child.0);
+    assert_eq!(call(addr, "GET", "/healthz", "").0, 200);
+    let log = wait_file_line(&run.log, &["futex hash slots="]);
+    // One bucket per 4 streams, a power of two: 100,000 / 4 = 25,000 -> 32,768.
+    let expected = if supported { "32768" } else { "system" };
+    assert!(
+        log.lines()
+            .any(|l| l.ends_with(&format!("futex hash slots={expected}"))),
+        "kernel has private futex hashes: {supported}; {log}"
+    );
+    assert!(!log.contains("futex hash not sized"), "{log}");
+}

@@ -161,6 +161,12 @@ impl Server {
         let config = config.into_inner();
         accept::install_panic_watch();
         crate::sys::mem::tune_malloc();
+        let slots = crate::sys::thread::futex_slots_for(config.max_clients);
+        match crate::sys::thread::size_futex_hash(slots) {
+            Ok(Some(n)) => log::debug!("futex hash slots={n}"),
+            Ok(None) => log::debug!("futex hash slots=system"),
+            Err(e) => log::warn!("futex hash not sized slots={slots} error={e}"),
+        }
         let auth = Arc::new(Auth::new(&config).map_err(StartError::Key)?);
         let link = match &config.redis {
             Some(url) => {
