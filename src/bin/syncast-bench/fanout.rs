@@ -40,6 +40,13 @@ pub struct Fanout {
     pub burst_cpu_us: f64,
     /// Deliveries of the burst a second: from its first POST to its last receipt.
     pub burst_rate: f64,
+    /// This load client's own CPU (all its threads) over the burst, % of one core: the two
+    /// cores are shared, and what the server spends the client cannot.
+    pub burst_client_cpu_pct: f64,
+    /// The server's own account of the burst (`syncast_chat_delivery_seconds`, first node):
+    /// the bucket bound within which 99 % of the burst's events were written to members'
+    /// sockets after their post was accepted, ms. NaN for a server without that histogram.
+    pub burst_written_p99: f64,
     /// Deliveries that never arrived (both phases).
     pub lost: usize,
     /// Deliveries that arrived more than once on one member (both phases).
@@ -96,6 +103,56 @@ fn post(srv_addr: std::net::SocketAddr, token: &str, k: usize) -> Result<u64, St
     }
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
     v["id"].as_u64().ok_or(format!("no id in {body}"))
+}
+
+/// This process's CPU (user + system, all threads), seconds.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// A cumulative histogram's buckets: (upper bound, count).
+type Buckets = Vec<(f64, f64)>;
+
+/// The cumulative buckets of `syncast_chat_delivery_seconds` on `srv` (bounds in seconds).
+fn delivery_buckets(srv: &ServerProc) -> Option<Buckets> {
+    let (_, body) = http(srv.addr, "GET", "/metrics", None, None).ok()?;
+    let prefix = "syncast_chat_delivery_seconds_bucket{le=\"";
+    let buckets: Buckets = body
+        .lines()
+        .filter_map(|l| {
+            let (le, rest) = l.strip_prefix(prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The smallest bucket bound holding the `q` quantile of what was counted between two reads of
+/// one cumulative histogram.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let total = match (before.last(), after.last()) {
+        (Some(b), Some(a)) => a.1 - b.1,
+        _ => return f64::NAN,
+    };
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    before
+        .iter()
+        .zip(after)
+        .find(|(b, a)| a.1 - b.1 >= q * total)
+        .map_or(f64::NAN, |(_, a)| a.0)
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -155,8 +212,11 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
     let cpu0 = cpu();
     let t_paced = Instant::now();
     let (phase_tx, phase_rx) = crossbeam_channel::bounded::<Result<(), String>>(2);
+    // The load client's CPU when the burst's first POST goes out (read by the poster).
+    let client_at_burst: Arc<Mutex<f64>> = Arc::new(Mutex::new(f64::NAN));
     let poster = {
         let sent = sent.clone();
+        let client_at_burst = client_at_burst.clone();
         std::thread::spawn(move || {
             let n = (PACED_FOR.as_secs_f64() * PACED_RATE as f64) as usize;
             let every = Duration::from_secs(1) / PACED_RATE;
@@ -184,6 +244,7 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
             });
             let _ = phase_tx.send(paced);
             std::thread::sleep(Duration::from_secs(2));
+            *client_at_burst.lock().unwrap() = own_cpu();
             let burst = (|| {
                 for k in 0..BURST {
                     let due = Instant::now();
@@ -200,6 +261,8 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
     let mut cpu_paced = (cpu0.clone(), None::<Vec<f64>>);
     let mut paced_secs = f64::NAN;
     let mut cpu_burst = (cpu0.clone(), None::<Vec<f64>>);
+    let mut client_end = f64::NAN;
+    let mut written_burst: (Option<Buckets>, Option<Buckets>) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut since_last: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -216,14 +279,16 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
             paced_secs = t_paced.elapsed().as_secs_f64();
             cpu_burst.0 = now.clone();
             cpu_paced.1 = Some(now);
+            written_burst.0 = delivery_buckets(first);
         }
-        if phases_done == 2 && got >= expected_paced + BURST * members {
-            cpu_burst.1 = Some(cpu());
-            break;
-        }
+        let all_in = phases_done == 2 && got >= expected_paced + BURST * members;
         // Stragglers get 5 s after the last post; what is missing then counts as lost.
-        if since_last.is_some_and(|t| phases_done == 2 && t.elapsed() > Duration::from_secs(5)) {
+        let given_up =
+            since_last.is_some_and(|t| phases_done == 2 && t.elapsed() > Duration::from_secs(5));
+        if all_in || given_up {
             cpu_burst.1 = Some(cpu());
+            client_end = own_cpu();
+            written_burst.1 = delivery_buckets(first);
             break;
         }
     }
@@ -281,6 +346,15 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
         burst_rate: burst_span.map_or(f64::NAN, |(a, b)| {
             burst.len() as f64 / b.duration_since(a).as_secs_f64().max(1e-9)
         }),
+        burst_client_cpu_pct: burst_span.map_or(f64::NAN, |(a, b)| {
+            (client_end - *client_at_burst.lock().unwrap())
+                / b.duration_since(a).as_secs_f64().max(1e-9)
+                * 100.0
+        }),
+        burst_written_p99: match written_burst {
+            (Some(a), Some(b)) => bucket_quantile(&a, &b, 0.99) * 1e3,
+            _ => f64::NAN,
+        },
         paced_p50: quantile(&mut paced, 0.5),
         paced_p99: quantile(&mut paced, 0.99),
         burst_p50: quantile(&mut burst, 0.5),
@@ -290,4 +364,28 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
         members,
         nodes: nodes_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_quantile;
+
+    #[test]
+    fn a_bucket_quantile_is_the_first_bound_holding_that_share_of_what_was_added() {
+        let before = [(0.01, 5.0), (0.025, 5.0), (0.05, 5.0), (f64::INFINITY, 5.0)];
+        // 100 added: 50 within 10 ms, 45 more within 25 ms, the last 5 within 50 ms.
+        let after = [
+            (0.01, 55.0),
+            (0.025, 100.0),
+            (0.05, 105.0),
+            (f64::INFINITY, 105.0),
+        ];
+        assert_eq!(bucket_quantile(&before, &after, 0.5), 0.01);
+        assert_eq!(bucket_quantile(&before, &after, 0.9), 0.025);
+        assert_eq!(bucket_quantile(&before, &after, 0.99), 0.05);
+        assert!(
+            bucket_quantile(&before, &before, 0.99).is_nan(),
+            "nothing added"
+        );
+    }
 }

@@ -1109,6 +1109,20 @@ impl Bench {
                 "<= 25",
                 ours.burst_p99,
             );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: written to members' sockets within (server's histogram, p99 bucket)"),
+                "ms",
+                "",
+                ours.burst_written_p99,
+            );
+            r.add(
+                sc,
+                &format!("syncast: {burst}: load client's own CPU"),
+                "% core",
+                "",
+                ours.burst_client_cpu_pct,
+            );
             r.add(sc, "syncast: lost", "", "0", ours.lost as f64);
             if let Some(n) = naive {
                 r.add(
