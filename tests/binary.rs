@@ -675,14 +675,8 @@ fn the_server_sizes_its_futex_hash_for_its_stream_cap_where_the_kernel_has_one()
     let supported = unsafe { libc::prctl(78, 2, 0, 0, 0) } >= 0;
     let run = common::RunDir::new("syncast-futex-");
     let mut cmd = syncast_bin();
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "debug",
-        "--max-clients",
-        "100000",
-    ]);
+    let debug = ["--listen", "127.0.0.1:0", "--log-level", "debug"];
+    cmd.args(debug).args(["--max-clients", "100000"]);
     let mut child = KillOnDrop(run.server_args(&mut cmd).spawn().unwrap());
     let addr = common::listen_addr(&mut child.0);
     assert_eq!(call(addr, "GET", "/healthz", "").0, 200);
