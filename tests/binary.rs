@@ -671,8 +671,10 @@ fn the_server_restarts_itself_once_with_the_malloc_tunables_and_the_users_own_va
 fn the_server_sizes_its_futex_hash_for_its_stream_cap_where_the_kernel_has_one() {
     // Linux 6.16 gives each process a private futex hash, 16 buckets on 2 cores whatever the
     // thread count; older kernels answer EINVAL and keep the system's table.
-    // SAFETY: PR_FUTEX_HASH GET_SLOTS takes no pointer.
-    let supported = unsafe { libc::prctl(78, 2, 0, 0, 0) } >= 0;
+    const PR_FUTEX_HASH: libc::c_int = 78;
+    const PR_FUTEX_HASH_GET_SLOTS: libc::c_ulong = 2;
+    // SAFETY: PR_FUTEX_HASH takes integer arguments and touches no memory of ours.
+    let supported = unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0) } >= 0;
     let run = common::RunDir::new("syncast-futex-");
     let mut cmd = syncast_bin();
     let debug = ["--listen", "127.0.0.1:0", "--log-level", "debug"];

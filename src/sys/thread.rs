@@ -116,21 +116,24 @@ fn release_unused_stack_linux() {
 pub(crate) fn size_futex_hash(slots: usize) -> std::io::Result<Option<usize>> {
     #[cfg(target_os = "linux")]
     {
-        const PR_FUTEX_HASH: libc::c_int = 78;
-        const SET_SLOTS: libc::c_ulong = 1;
-        const GET_SLOTS: libc::c_ulong = 2;
-        let slots = slots.next_power_of_two().clamp(16, MAX_FUTEX_SLOTS);
-        // SAFETY: PR_FUTEX_HASH takes integer arguments and touches no memory of ours.
-        let now = unsafe { libc::prctl(PR_FUTEX_HASH, GET_SLOTS, 0, 0, 0) };
-        if now < 0 {
-            // EINVAL: a kernel without private futex hashes; nothing to size.
+        let slots = power_of_two_slots(slots);
+        let Some(now) = futex_hash_slots() else {
+            // A kernel without private futex hashes: nothing to size.
             return Ok(None);
+        };
+        if now >= slots {
+            return Ok(Some(now));
         }
-        if now as usize >= slots {
-            return Ok(Some(now as usize));
-        }
-        // SAFETY: as above.
-        let rc = unsafe { libc::prctl(PR_FUTEX_HASH, SET_SLOTS, slots as libc::c_ulong, 0, 0) };
+        // SAFETY: PR_FUTEX_HASH takes integer arguments and touches no memory of ours.
+        let rc = unsafe {
+            libc::prctl(
+                PR_FUTEX_HASH,
+                PR_FUTEX_HASH_SET_SLOTS,
+                slots as libc::c_ulong,
+                0,
+                0,
+            )
+        };
         if rc == 0 {
             return Ok(Some(slots));
         }
@@ -148,15 +151,34 @@ pub(crate) fn size_futex_hash(slots: usize) -> std::io::Result<Option<usize>> {
     }
 }
 
+/// `prctl(PR_FUTEX_HASH, …)` and its two requests (Linux 6.16; not in the libc crate yet).
+#[cfg(target_os = "linux")]
+const PR_FUTEX_HASH: libc::c_int = 78;
+#[cfg(target_os = "linux")]
+const PR_FUTEX_HASH_SET_SLOTS: libc::c_ulong = 1;
+#[cfg(target_os = "linux")]
+const PR_FUTEX_HASH_GET_SLOTS: libc::c_ulong = 2;
+
+/// The buckets of the process's private futex hash (0: none yet, or the system's table);
+/// `None` on a kernel without private hashes.
+#[cfg(target_os = "linux")]
+fn futex_hash_slots() -> Option<usize> {
+    // SAFETY: PR_FUTEX_HASH takes integer arguments and touches no memory of ours.
+    let now = unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0) };
+    usize::try_from(now).ok()
+}
+
 /// The most futex hash buckets [`size_futex_hash`] asks for (4 MiB of kernel memory).
 pub(crate) const MAX_FUTEX_SLOTS: usize = 1 << 16;
 
+/// `n` buckets as the kernel takes them: a power of two, from 16 to [`MAX_FUTEX_SLOTS`].
+fn power_of_two_slots(n: usize) -> usize {
+    n.max(1).next_power_of_two().clamp(16, MAX_FUTEX_SLOTS)
+}
+
 /// The futex hash buckets for a server of up to `streams` streams: one per 4 streams.
 pub(crate) fn futex_slots_for(streams: usize) -> usize {
-    (streams / 4)
-        .max(1)
-        .next_power_of_two()
-        .clamp(16, MAX_FUTEX_SLOTS)
+    power_of_two_slots(streams / 4)
 }
 
 #[cfg(test)]
@@ -224,14 +246,19 @@ mod tests {
     #[test]
     #[cfg(target_os = "linux")]
     fn the_futex_hash_grows_to_the_size_asked_and_never_shrinks() {
-        // SAFETY: PR_FUTEX_HASH GET takes no pointer.
-        let get = || unsafe { libc::prctl(78, 2, 0, 0, 0) };
         match size_futex_hash(8192).unwrap() {
             // A kernel without private futex hashes (before 6.16): nothing to see.
-            None => assert!(get() <= 0, "sized nothing, yet the kernel reports a size"),
+            None => assert!(
+                futex_hash_slots().unwrap_or(0) == 0,
+                "sized nothing, yet the kernel reports a size"
+            ),
             Some(n) => {
                 assert!(n >= 8192, "{n}");
-                assert_eq!(get() as usize, n, "the kernel reports what was set");
+                assert_eq!(
+                    futex_hash_slots(),
+                    Some(n),
+                    "the kernel reports what was set"
+                );
                 assert_eq!(
                     size_futex_hash(64).unwrap(),
                     Some(n),

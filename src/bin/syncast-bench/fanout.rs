@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::epoll::{self, get, Clients};
 use crate::proc::{http, ServerProc};
+use syncast::kit::proc::{self, Proc};
+use syncast::kit::prom;
 
 /// Members streaming.
 pub const MEMBERS: usize = 1000;
@@ -107,52 +109,14 @@ fn post(srv_addr: std::net::SocketAddr, token: &str, k: usize) -> Result<u64, St
 
 /// This process's CPU (user + system, all threads), seconds.
 fn own_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
+    proc::cpu_seconds(Proc::This)
 }
-
-/// A cumulative histogram's buckets: (upper bound, count).
-type Buckets = Vec<(f64, f64)>;
 
 /// The cumulative buckets of `syncast_chat_delivery_seconds` on `srv` (bounds in seconds).
-fn delivery_buckets(srv: &ServerProc) -> Option<Buckets> {
+fn delivery_buckets(srv: &ServerProc) -> Option<prom::Buckets> {
     let (_, body) = http(srv.addr, "GET", "/metrics", None, None).ok()?;
-    let prefix = "syncast_chat_delivery_seconds_bucket{le=\"";
-    let buckets: Buckets = body
-        .lines()
-        .filter_map(|l| {
-            let (le, rest) = l.strip_prefix(prefix)?.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, rest.trim().parse().ok()?))
-        })
-        .collect();
+    let buckets = prom::buckets(&body, "syncast_chat_delivery_seconds");
     (!buckets.is_empty()).then_some(buckets)
-}
-
-/// The smallest bucket bound holding the `q` quantile of what was counted between two reads of
-/// one cumulative histogram.
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let total = match (before.last(), after.last()) {
-        (Some(b), Some(a)) => a.1 - b.1,
-        _ => return f64::NAN,
-    };
-    if total <= 0.0 {
-        return f64::NAN;
-    }
-    before
-        .iter()
-        .zip(after)
-        .find(|(b, a)| a.1 - b.1 >= q * total)
-        .map_or(f64::NAN, |(_, a)| a.0)
 }
 
 fn quantile(v: &mut [f64], q: f64) -> f64 {
@@ -262,7 +226,7 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
     let mut paced_secs = f64::NAN;
     let mut cpu_burst = (cpu0.clone(), None::<Vec<f64>>);
     let mut client_end = f64::NAN;
-    let mut written_burst: (Option<Buckets>, Option<Buckets>) = (None, None);
+    let mut written_burst: (Option<prom::Buckets>, Option<prom::Buckets>) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut since_last: Option<Instant> = None;
     while Instant::now() < deadline {
@@ -352,7 +316,7 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
                 * 100.0
         }),
         burst_written_p99: match written_burst {
-            (Some(a), Some(b)) => bucket_quantile(&a, &b, 0.99) * 1e3,
+            (Some(a), Some(b)) => prom::bucket_quantile(&a, &b, 0.99) * 1e3,
             _ => f64::NAN,
         },
         paced_p50: quantile(&mut paced, 0.5),
@@ -364,28 +328,4 @@ pub fn measure_nodes(nodes: &[&ServerProc], tag: &str) -> Result<Fanout, String>
         members,
         nodes: nodes_out,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bucket_quantile;
-
-    #[test]
-    fn a_bucket_quantile_is_the_first_bound_holding_that_share_of_what_was_added() {
-        let before = [(0.01, 5.0), (0.025, 5.0), (0.05, 5.0), (f64::INFINITY, 5.0)];
-        // 100 added: 50 within 10 ms, 45 more within 25 ms, the last 5 within 50 ms.
-        let after = [
-            (0.01, 55.0),
-            (0.025, 100.0),
-            (0.05, 105.0),
-            (f64::INFINITY, 105.0),
-        ];
-        assert_eq!(bucket_quantile(&before, &after, 0.5), 0.01);
-        assert_eq!(bucket_quantile(&before, &after, 0.9), 0.025);
-        assert_eq!(bucket_quantile(&before, &after, 0.99), 0.05);
-        assert!(
-            bucket_quantile(&before, &before, 0.99).is_nan(),
-            "nothing added"
-        );
-    }
 }
